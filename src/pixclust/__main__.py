@@ -1,0 +1,3 @@
+from pixclust.cli import main
+
+main()

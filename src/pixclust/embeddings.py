@@ -1,0 +1,93 @@
+"""The one data type that flows between stages: images, their vectors, and what was skipped."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pixclust.images import SkippedFile
+
+
+def arrow_schema(dim: int) -> pa.Schema:
+    """Columns of ``embeddings.parquet``; one row per usable image."""
+    return pa.schema(
+        [
+            ("path", pa.string()),
+            ("content_hash", pa.string()),
+            ("model_id", pa.string()),
+            ("file_size", pa.int64()),
+            ("mtime_ns", pa.int64()),
+            ("width", pa.int32()),
+            ("height", pa.int32()),
+            ("vector", pa.list_(pa.float32(), dim)),
+        ]
+    )
+
+
+@dataclass
+class Embeddings:
+    """Vectors for a set of images, in a stable order, with the model that made them.
+
+    ``model`` is the extractor's record (name, weights source and hash,
+    preprocessing); ``skipped`` lists the files that could not be used and why.
+    ``n_extracted``/``n_reused`` say how much work this run did versus the cache.
+    """
+
+    paths: list[str]
+    vectors: np.ndarray
+    content_hashes: list[str]
+    file_sizes: np.ndarray
+    mtimes_ns: np.ndarray
+    image_sizes: np.ndarray
+    model_id: str
+    model: dict[str, Any] = field(default_factory=dict)
+    skipped: list[SkippedFile] = field(default_factory=list)
+    n_extracted: int = 0
+    n_reused: int = 0
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def to_table(self) -> pa.Table:
+        n = len(self.paths)
+        return pa.Table.from_arrays(
+            [
+                pa.array(self.paths, pa.string()),
+                pa.array(self.content_hashes, pa.string()),
+                pa.array([self.model_id] * n, pa.string()),
+                pa.array(self.file_sizes, pa.int64()),
+                pa.array(self.mtimes_ns, pa.int64()),
+                pa.array(self.image_sizes[:, 0], pa.int32()),
+                pa.array(self.image_sizes[:, 1], pa.int32()),
+                pa.FixedSizeListArray.from_arrays(
+                    pa.array(np.ascontiguousarray(self.vectors, np.float32).reshape(-1)), self.dim
+                ),
+            ],
+            schema=arrow_schema(self.dim),
+        )
+
+    @classmethod
+    def from_table(cls, table: pa.Table, *, model: dict[str, Any] | None = None) -> Embeddings:
+        """Rebuild from a table with :func:`arrow_schema` columns (one model_id)."""
+        model_ids = set(table.column("model_id").to_pylist())
+        if len(model_ids) > 1:
+            raise ValueError(f"table mixes embeddings of several models: {sorted(model_ids)}")
+        vectors = table.column("vector").combine_chunks()
+        dim = vectors.type.list_size
+        return cls(
+            paths=table.column("path").to_pylist(),
+            vectors=vectors.flatten().to_numpy().reshape(-1, dim).astype(np.float32, copy=False),
+            content_hashes=table.column("content_hash").to_pylist(),
+            file_sizes=table.column("file_size").to_numpy(),
+            mtimes_ns=table.column("mtime_ns").to_numpy(),
+            image_sizes=np.column_stack([table.column("width").to_numpy(), table.column("height").to_numpy()]),
+            model_id=model_ids.pop() if model_ids else "",
+            model=dict(model or {}),
+        )

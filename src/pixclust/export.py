@@ -1,0 +1,174 @@
+"""Files a run leaves behind: tables, the run record, and one folder of links per cluster.
+
+Everything here writes into the run folder only, and atomically: a table is
+written beside its final name and renamed; the cluster folders are built
+under a temporary name and swapped in whole. Source images are only ever
+the target of a link or the source of a copy.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pixclust.atomic import permissions_for_new, write_text_atomic
+from pixclust.images import SkippedFile
+from pixclust.metrics import NOISE_LABEL
+
+CLUSTERS_CSV = "clusters.csv"
+ERRORS_CSV = "errors.csv"
+RUN_JSON = "run.json"
+CLUSTERS_DIR = "clusters"
+NOISE_NAME = "noise"
+
+
+def cluster_names(labels: np.ndarray) -> dict[int, str]:
+    """``cluster_00``, ``cluster_01``... (zero-padded so folders sort), ``noise`` for -1."""
+    ids = sorted({int(label) for label in labels})
+    width = max(2, len(str(max(ids, default=0))))
+    return {label: NOISE_NAME if label == NOISE_LABEL else f"cluster_{label:0{width}d}" for label in ids}
+
+
+@dataclass(frozen=True)
+class ClusterRow:
+    """One line of the summary table.
+
+    ``duplication`` is the seeds' figure: the share of all images that would be
+    redundant if one image per cluster were kept, i.e. (size - 1) / total.
+    Summed over clusters it gives (N - k) / N, the seeds' overall figure.
+    """
+
+    name: str
+    images: int
+    share: float
+    duplication: float
+
+
+def cluster_summary(labels: np.ndarray) -> list[ClusterRow]:
+    names = cluster_names(labels)
+    total = len(labels)
+    rows = []
+    for label, name in names.items():
+        size = int(np.sum(labels == label))
+        redundant = size if label == NOISE_LABEL else size - 1
+        rows.append(ClusterRow(name, size, size / total, redundant / total))
+    return rows
+
+
+def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_clusters_csv(
+    path: Path, paths: Sequence[str], labels: np.ndarray, distances: np.ndarray, coords_2d: np.ndarray
+) -> None:
+    """One row per image: path, cluster name, cluster id, distance to its centre, 2-D map position."""
+    names = cluster_names(labels)
+    rows = (
+        (
+            file,
+            names[int(label)],
+            int(label),
+            "" if np.isnan(distance) else f"{distance:.6f}",
+            f"{x:.6f}",
+            f"{y:.6f}",
+        )
+        for file, label, distance, (x, y) in zip(paths, labels, distances, coords_2d, strict=True)
+    )
+    write_text_atomic(path, _csv_text(("path", "cluster", "cluster_id", "distance", "x", "y"), rows))
+
+
+def write_errors_csv(path: Path, skipped: Sequence[SkippedFile]) -> None:
+    """Every file that could not be used, with a short reason and the full detail."""
+    rows = ((item.path, item.reason, item.detail) for item in skipped)
+    write_text_atomic(path, _csv_text(("path", "reason", "detail"), rows))
+
+
+def write_run_json(path: Path, record: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(record, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in run.json")
+
+
+_UNSAFE_NAME_CHARS = re.compile(r"[^\w.\- ]+")
+
+
+def safe_file_name(name: str) -> str:
+    """A name that stays one entry inside its folder: no separators, no '..', no control characters."""
+    cleaned = _UNSAFE_NAME_CHARS.sub("_", name).strip(" .")
+    return cleaned or "_"
+
+
+def export_cluster_folders(
+    run_dir: Path, paths: Sequence[str], labels: np.ndarray, *, copy: bool = False
+) -> Path:
+    """Build ``clusters/<name>/`` with a link (or copy) of each image, replacing any previous ones.
+
+    Two images with the same file name in one cluster get distinct names
+    (``photo.jpg``, ``photo~2.jpg``), in path order so names are stable.
+    """
+    names = cluster_names(labels)
+    final = run_dir / CLUSTERS_DIR
+    staging = Path(tempfile.mkdtemp(prefix=f".{CLUSTERS_DIR}.", dir=run_dir))
+    os.chmod(staging, permissions_for_new(0o777))
+    try:
+        taken: dict[str, set[str]] = {name: set() for name in names.values()}
+        for folder in taken:
+            (staging / folder).mkdir()
+        for file, label in sorted(zip(paths, labels, strict=True)):
+            folder = names[int(label)]
+            entry = _unique_name(safe_file_name(os.path.basename(file)), taken[folder])
+            target = staging / folder / entry
+            if copy:
+                shutil.copy2(file, target)
+            else:
+                os.symlink(os.path.abspath(file), target)
+        _swap_in(staging, final)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return final
+
+
+def _unique_name(name: str, taken: set[str]) -> str:
+    stem, suffix = os.path.splitext(name)
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}~{n}{suffix}"
+    taken.add(candidate)
+    return candidate
+
+
+def _swap_in(staging: Path, final: Path) -> None:
+    """Replace ``final`` by ``staging``; at every moment one complete version exists on disk."""
+    if final.exists() or final.is_symlink():
+        retired = final.with_name(f".{final.name}.old")
+        shutil.rmtree(retired, ignore_errors=True)
+        os.replace(final, retired)
+        os.replace(staging, final)
+        shutil.rmtree(retired, ignore_errors=True)
+    else:
+        os.replace(staging, final)

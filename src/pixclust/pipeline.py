@@ -1,0 +1,408 @@
+"""The public API: ``embed`` a folder, ``cluster`` embeddings, ``run`` the whole job into a run folder.
+
+These functions are what the CLI calls and what a Python user imports; they
+return plain result objects (arrays and lists) and write files only in
+``run``, only inside the run folder.
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict, dataclass, field, fields
+from datetime import datetime, timezone
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pixclust.clustering import CLUSTER_METHODS, ImageClusterer, KScan
+from pixclust.embedder import DEFAULT_BATCH_SIZE, Embedder
+from pixclust.embeddings import Embeddings, arrow_schema
+from pixclust.errors import NoImagesError, OutputNotWritableError, UsageError
+from pixclust.export import (
+    CLUSTERS_CSV,
+    ERRORS_CSV,
+    RUN_JSON,
+    ClusterRow,
+    cluster_summary,
+    export_cluster_folders,
+    write_clusters_csv,
+    write_errors_csv,
+    write_run_json,
+)
+from pixclust.images import DEFAULT_MAX_PIXELS, REASON_UNREADABLE, SkippedFile, discover_images
+from pixclust.metrics import clustering_scores
+from pixclust.models import DEFAULT_MODEL, load_extractor
+from pixclust.progress import progress_bar
+from pixclust.reduce import REDUCE_METHODS, Reduction, project_2d, reduce_features
+from pixclust.store import EmbeddingStore, KnownEmbeddings, StoredVector, content_hash
+from pixclust.truth import load_truth
+
+FLUSH_EVERY = 1024
+_HASH_THREADS = 4
+
+
+def embed(
+    source: str | Path,
+    *,
+    model: str = DEFAULT_MODEL,
+    weights: str | Path | None = None,
+    out: str | Path | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    num_workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    include_hidden: bool = False,
+    quiet: bool = False,
+) -> Embeddings:
+    """Embed every usable image under ``source``.
+
+    With ``out`` (a run folder), vectors already stored there for the same
+    bytes and the same model are reused, new ones are saved as they are made
+    (so an interrupted call resumes), and ``embeddings.parquet`` is written
+    at the end. Files that cannot be used are listed in ``Embeddings.skipped``;
+    the result may be empty, and callers decide whether that is an error.
+    """
+    root = os.path.abspath(source)
+    discovery = discover_images(root, include_hidden=include_hidden)
+    extractor = load_extractor(model, weights=weights)
+    store = EmbeddingStore(out) if out is not None else None
+    known = store.known(extractor.model_id) if store else KnownEmbeddings()
+
+    files, hashes, stats, skipped = _hash_files([str(p) for p in discovery.files], known, quiet=quiet)
+    skipped = list(discovery.skipped) + skipped
+    first_path_of_hash = {}
+    for path, digest in zip(files, hashes, strict=True):
+        if digest not in known.by_hash:
+            first_path_of_hash.setdefault(digest, path)
+    to_extract = list(first_path_of_hash.items())
+
+    fresh: dict[str, StoredVector] = {}
+    failed: dict[str, SkippedFile] = {}
+    stat_of = dict(zip(files, stats, strict=True))
+    pending: list[tuple[str, str, StoredVector]] = []
+
+    def flush() -> None:
+        if store and pending:
+            store.save_partial(_rows_table(pending, stat_of, extractor.model_id, extractor.dim))
+        pending.clear()
+
+    embedder = Embedder(extractor, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels)
+    try:
+        with progress_bar(f"embedding ({model})", len(to_extract), quiet=quiet) as advance:
+            for batch in embedder.iter_batches([path for _, path in to_extract]):
+                for row, index in enumerate(batch.indices):
+                    digest, path = to_extract[index]
+                    width, height = (int(v) for v in batch.image_sizes[row])
+                    fresh[digest] = StoredVector(batch.vectors[row], width, height)
+                    pending.append((path, digest, fresh[digest]))
+                for index, error in batch.failures:
+                    digest, path = to_extract[index]
+                    failed[digest] = SkippedFile(path, error.reason, error.detail)
+                advance(len(batch.indices) + len(batch.failures))
+                if len(pending) >= FLUSH_EVERY:
+                    flush()
+    finally:
+        flush()
+
+    kept = []
+    for path, digest in zip(files, hashes, strict=True):
+        if digest in failed:
+            reason = failed[digest]
+            skipped.append(SkippedFile(path, reason.reason, reason.detail))
+        else:
+            kept.append((path, digest, fresh.get(digest) or known.by_hash[digest]))
+    embeddings = _assemble(kept, stat_of, extractor.model_id, extractor.dim)
+    embeddings.model = extractor.record | {"model_id": extractor.model_id}
+    embeddings.skipped = sorted(skipped, key=lambda item: item.path)
+    embeddings.n_extracted = len(fresh)
+    embeddings.n_reused = sum(1 for _, digest, _ in kept if digest not in fresh)
+    if store:
+        store.save(embeddings)
+    return embeddings
+
+
+def _hash_files(
+    paths: Sequence[str], known: KnownEmbeddings, *, quiet: bool
+) -> tuple[list[str], list[str], list[tuple[int, int]], list[SkippedFile]]:
+    """Content hash per file, taken from the store when path, size and mtime are unchanged."""
+
+    def one(path: str) -> tuple[str, tuple[int, int]] | SkippedFile:
+        try:
+            status = os.stat(path)
+            stat = (status.st_size, status.st_mtime_ns)
+            digest = known.hash_by_stat.get((path, *stat)) or content_hash(path)
+            return digest, stat
+        except OSError as error:
+            return SkippedFile(path, REASON_UNREADABLE, f"cannot read the file ({error.strerror or error})")
+
+    files, hashes, stats, skipped = [], [], [], []
+    with progress_bar("hashing", len(paths), unit="files", quiet=quiet) as advance, ThreadPoolExecutor(_HASH_THREADS) as pool:
+        for path, result in zip(paths, pool.map(one, paths), strict=True):
+            if isinstance(result, SkippedFile):
+                skipped.append(result)
+            else:
+                files.append(path)
+                hashes.append(result[0])
+                stats.append(result[1])
+            advance(1)
+    return files, hashes, stats, skipped
+
+
+def _rows_table(
+    rows: Sequence[tuple[str, str, StoredVector]], stat_of: dict[str, tuple[int, int]], model_id: str, dim: int
+) -> pa.Table:
+    return _assemble(rows, stat_of, model_id, dim).to_table() if rows else arrow_schema(dim).empty_table()
+
+
+def _assemble(
+    rows: Sequence[tuple[str, str, StoredVector]], stat_of: dict[str, tuple[int, int]], model_id: str, dim: int
+) -> Embeddings:
+    return Embeddings(
+        paths=[path for path, _, _ in rows],
+        vectors=np.array([stored.vector for _, _, stored in rows], dtype=np.float32).reshape(-1, dim),
+        content_hashes=[digest for _, digest, _ in rows],
+        file_sizes=np.array([stat_of[path][0] for path, _, _ in rows], dtype=np.int64),
+        mtimes_ns=np.array([stat_of[path][1] for path, _, _ in rows], dtype=np.int64),
+        image_sizes=np.array([(s.width, s.height) for _, _, s in rows], dtype=np.int32).reshape(-1, 2),
+        model_id=model_id,
+    )
+
+
+@dataclass
+class ClusterResult:
+    """Cluster assignment of every image, with what was measured on the way.
+
+    ``labels[i]`` is the cluster of row ``i`` (0 = largest, -1 = noise);
+    ``distances`` are to the cluster centre in the clustering space;
+    ``coords_2d`` is a PCA map of the embeddings for tables and plots.
+    """
+
+    labels: np.ndarray
+    n_clusters: int
+    distances: np.ndarray
+    coords_2d: np.ndarray
+    reduction: Reduction
+    k_scan: KScan | None
+    silhouette: float
+    method: str
+
+
+def cluster(
+    data: Embeddings | np.ndarray,
+    *,
+    k: int | str = "auto",
+    method: str = "kmeans",
+    reduce: str = "pca",
+    n_components: int | None = None,
+    k_range: tuple[int, int] = (2, 20),
+    random_state: int = 0,
+) -> ClusterResult:
+    """Reduce (L2 + PCA, optionally UMAP/LLE/spectral) and cluster; ``k="auto"`` picks k by silhouette."""
+    vectors = data.vectors if isinstance(data, Embeddings) else np.asarray(data)
+    if len(vectors) == 0:
+        raise NoImagesError("no embeddings to cluster; point pixclust at a folder with usable images")
+    reduction = reduce_features(vectors, reduce, n_components=n_components, random_state=random_state)
+    clusterer = ImageClusterer(method=method, k=k, k_range=k_range, random_state=random_state).fit(reduction.coords)
+    return ClusterResult(
+        labels=clusterer.labels_,
+        n_clusters=clusterer.n_clusters_,
+        distances=clusterer.distances_,
+        coords_2d=project_2d(vectors, random_state=random_state),
+        reduction=reduction,
+        k_scan=clusterer.k_scan_,
+        silhouette=clusterer.silhouette_,
+        method=method,
+    )
+
+
+@dataclass
+class RunConfig:
+    """Every choice of a ``pixclust cluster`` run; saved in run.json so the run can be repeated."""
+
+    source: str
+    out: str
+    model: str = DEFAULT_MODEL
+    weights: str | None = None
+    k: int | str = "auto"
+    k_min: int = 2
+    k_max: int = 20
+    method: str = "kmeans"
+    reduce: str = "pca"
+    n_components: int | None = None
+    seed: int = 0
+    truth: str | None = None
+    copy: bool = False
+    batch_size: int = DEFAULT_BATCH_SIZE
+    workers: int | None = None
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    include_hidden: bool = False
+
+    def __post_init__(self) -> None:
+        if isinstance(self.k, str) and self.k != "auto":
+            if not self.k.isdigit():
+                raise UsageError(f"--k {self.k!r} is not a number; give a whole number like 10, or 'auto'")
+            self.k = int(self.k)
+        if self.method not in CLUSTER_METHODS:
+            raise UsageError(f"--method {self.method!r} is not known; choose one of {', '.join(CLUSTER_METHODS)}")
+        if self.reduce not in REDUCE_METHODS:
+            raise UsageError(f"--reduce {self.reduce!r} is not known; choose one of {', '.join(REDUCE_METHODS)}")
+        if not 2 <= self.k_min <= self.k_max:
+            raise UsageError(f"k range {self.k_min}..{self.k_max} is empty; need 2 <= --k-min <= --k-max")
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> RunConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise UsageError(f"run config has unknown settings {', '.join(unknown)}; was it written by pixclust?")
+        return cls(**values)
+
+
+@dataclass
+class RunResult:
+    config: RunConfig
+    run_dir: Path
+    embeddings: Embeddings
+    clustering: ClusterResult
+    summary: list[ClusterRow]
+    scores: dict[str, float] | None
+    n_scored: int
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
+    """Embed, cluster and export ``config.source`` into the run folder ``config.out``."""
+    run_dir = _prepare_run_dir(config)
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+    embeddings = embed(
+        config.source,
+        model=config.model,
+        weights=config.weights,
+        out=run_dir,
+        batch_size=config.batch_size,
+        num_workers=config.workers,
+        max_pixels=config.max_pixels,
+        include_hidden=config.include_hidden,
+        quiet=quiet,
+    )
+    timings["embed_s"] = time.perf_counter() - started
+    write_errors_csv(run_dir / ERRORS_CSV, embeddings.skipped)
+    if len(embeddings) == 0:
+        raise NoImagesError(
+            f"no usable images in {config.source}: {len(embeddings.skipped)} files skipped "
+            f"(reasons in {run_dir / ERRORS_CSV}); point pixclust at a folder of JPEG/PNG/WebP/BMP/TIFF/GIF images"
+        )
+
+    started = time.perf_counter()
+    clustering = cluster(
+        embeddings,
+        k=config.k,
+        method=config.method,
+        reduce=config.reduce,
+        n_components=config.n_components,
+        k_range=(config.k_min, config.k_max),
+        random_state=config.seed,
+    )
+    timings["cluster_s"] = time.perf_counter() - started
+
+    scores, n_scored = None, 0
+    if config.truth:
+        truth = load_truth(config.truth, embeddings.paths, config.source)
+        scored = [i for i, label in enumerate(truth) if label is not None]
+        n_scored = len(scored)
+        if scored:
+            scores = clustering_scores([truth[i] for i in scored], clustering.labels[scored])
+
+    started = time.perf_counter()
+    write_clusters_csv(
+        run_dir / CLUSTERS_CSV, embeddings.paths, clustering.labels, clustering.distances, clustering.coords_2d
+    )
+    export_cluster_folders(run_dir, embeddings.paths, clustering.labels, copy=config.copy)
+    timings["export_s"] = time.perf_counter() - started
+    result = RunResult(config, run_dir, embeddings, clustering, cluster_summary(clustering.labels), scores, n_scored, timings)
+    write_run_json(run_dir / RUN_JSON, run_record(result))
+    return result
+
+
+def _prepare_run_dir(config: RunConfig) -> Path:
+    source = Path(config.source)
+    if not source.exists():
+        raise UsageError(f"{config.source} does not exist; give a folder (or file) of images")
+    run_dir = Path(config.out).absolute()
+    source_abs = source.absolute()
+    if source_abs.is_dir() and (run_dir == source_abs or source_abs in run_dir.parents):
+        raise UsageError(
+            f"--out {config.out} is inside the image folder {config.source}; pixclust never writes into "
+            "your image folders, so choose an --out outside it"
+        )
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".pixclust-write-test"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as error:
+        raise OutputNotWritableError(
+            f"cannot write to the run folder {run_dir} ({error.strerror or error}); choose another --out"
+        ) from error
+    return run_dir
+
+
+def run_record(result: RunResult) -> dict[str, Any]:
+    """Everything run.json keeps: parameters, model and weights, counts, choices, scores, timings, versions."""
+    embeddings, clustering = result.embeddings, result.clustering
+    k_scan = clustering.k_scan
+    return {
+        "pixclust_version": _version("pixclust"),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "config": asdict(result.config),
+        "model": embeddings.model,
+        "counts": {
+            "images_used": len(embeddings),
+            "files_skipped": len(embeddings.skipped),
+            "extracted": embeddings.n_extracted,
+            "reused": embeddings.n_reused,
+        },
+        "clustering": {
+            "method": clustering.method,
+            "reduce": clustering.reduction.method,
+            "space_dims": int(clustering.reduction.coords.shape[1]),
+            "n_clusters": clustering.n_clusters,
+            "silhouette": _finite_or_none(clustering.silhouette),
+            "pca_explained_variance_ratio": clustering.reduction.pca_explained_variance_ratio,
+            "k_scan": None
+            if k_scan is None
+            else {
+                "k": k_scan.ks,
+                "inertia": k_scan.inertia,
+                "silhouette": [_finite_or_none(v) for v in k_scan.silhouette],
+                "silhouette_k": k_scan.silhouette_k,
+                "elbow_k": k_scan.elbow_k,
+            },
+            "sizes": {row.name: row.images for row in result.summary},
+        },
+        "scores": result.scores,
+        "n_scored": result.n_scored,
+        "timings_s": {name: round(value, 3) for name, value in result.timings.items()},
+        "versions": {
+            "python": platform.python_version(),
+            **{name: _version(name) for name in ("torch", "timm", "scikit-learn", "numpy", "pillow", "pyarrow", "umap-learn")},
+        },
+    }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
+
+def _version(distribution: str) -> str | None:
+    try:
+        return metadata.version(distribution)
+    except metadata.PackageNotFoundError:
+        return None

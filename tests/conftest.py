@@ -1,0 +1,77 @@
+"""Shared fixtures: real images built at run time, and the real default model loaded once."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixclust.models import FeatureExtractor, load_extractor
+
+# Three digit classes that look unlike each other, so a correct pipeline separates them.
+DIGIT_CLASSES = (0, 1, 6)
+PER_CLASS = 60
+
+
+def write_digit_tree(root: Path, *, per_class: int = PER_CLASS) -> Path:
+    """scikit-learn digits as 64x64 images in nested folders: <class>/<batch>/digit_<i>.<png|jpg>."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    for label in DIGIT_CLASSES:
+        indices = np.flatnonzero(digits.target == label)[:per_class]
+        for n, index in enumerate(indices):
+            grey = np.clip(digits.images[index] * 16, 0, 255).astype(np.uint8)
+            image = Image.fromarray(grey).resize((64, 64), Image.Resampling.NEAREST).convert("RGB")
+            folder = root / str(label) / f"batch{n % 2}"
+            folder.mkdir(parents=True, exist_ok=True)
+            extension = "jpg" if n % 3 == 0 else "png"
+            image.save(folder / f"digit_{index:04d}.{extension}", quality=95)
+    return root
+
+
+def add_bad_files(root: Path) -> dict[str, str]:
+    """The three kinds of bad file the acceptance test names; returns name -> expected reason."""
+    bad = root / "bad"
+    bad.mkdir()
+    good = root / "0" / "batch0"
+    source = next(good.glob("*.jpg"))
+    data = source.read_bytes()
+    (bad / "corrupt.jpg").write_bytes(data[: len(data) // 2])
+    (bad / "empty.jpg").write_bytes(b"")
+    (bad / "notes.png").write_text("these are my notes, not a picture\n")
+    return {"corrupt.jpg": "corrupt or truncated", "empty.jpg": "empty file", "notes.png": "not an image"}
+
+
+def tree_digest(root: Path) -> dict[str, tuple[str, int]]:
+    """Every file under root (symlinks not followed) with its content hash and mtime."""
+    found = {}
+    for folder, _, files in os.walk(root):
+        for name in files:
+            path = Path(folder) / name
+            stat = path.lstat()
+            content = b"" if path.is_symlink() else path.read_bytes()
+            found[str(path.relative_to(root))] = (hashlib.sha256(content).hexdigest(), stat.st_mtime_ns)
+    return found
+
+
+@pytest.fixture(scope="session")
+def default_extractor() -> FeatureExtractor:
+    return load_extractor()
+
+
+@pytest.fixture(scope="session")
+def digit_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A read-only-by-convention tree of 180 digit images; tests must not write into it."""
+    return write_digit_tree(tmp_path_factory.mktemp("digits"))
+
+
+@pytest.fixture
+def messy_tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """A fresh copy-able tree: 45 digit images plus the three bad files."""
+    root = write_digit_tree(tmp_path / "photos", per_class=15)
+    return root, add_bad_files(root)

@@ -1,0 +1,124 @@
+"""The installed command, run as a user runs it: real processes, exit codes and output."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import tree_digest
+
+
+def pixclust(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "pixclust", *args],
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "COLUMNS": "120", **(env or {})},
+    )
+
+
+def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
+    assert result.returncode == code, result.stderr
+    assert "Traceback" not in result.stderr
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
+    for fragment in fragments:
+        assert fragment in " ".join(result.stderr.split()), result.stderr
+
+
+def test_help_answers_without_loading_the_heavy_stack() -> None:
+    result = pixclust("--help")
+    assert result.returncode == 0 and "cluster" in result.stdout and "models" in result.stdout
+    probe = subprocess.run(
+        [sys.executable, "-c", "import sys, pixclust.cli; print('torch' in sys.modules, 'sklearn' in sys.modules)"],
+        capture_output=True,
+        text=True,
+    )
+    assert probe.stdout.split() == ["False", "False"]
+
+
+def test_cluster_end_to_end_then_rerun_reuses_everything(tmp_path: Path, messy_tree) -> None:
+    root, bad = messy_tree
+    before = tree_digest(root)
+    run_dir = tmp_path / "run"
+
+    first = pixclust("cluster", str(root), "--out", str(run_dir), "--k", "3", "--truth", "folders")
+    assert first.returncode == 0, first.stderr
+    assert "cluster_00" in first.stdout and "duplication" in first.stdout
+    assert "45 images used, 3 skipped (see errors.csv)" in first.stdout
+    assert "ACC" in first.stdout and "NMI" in first.stdout and "ARI" in first.stdout
+    errors = (run_dir / "errors.csv").read_text()
+    assert all(name in errors for name in bad)
+
+    second = pixclust("cluster", str(root), "--out", str(run_dir), "--k", "3", "--quiet")
+    assert second.returncode == 0, second.stderr
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["counts"]["extracted"] == 0 and record["counts"]["reused"] == 45
+    assert "0 embedded, 45 reused" in second.stdout
+    assert second.stderr == ""
+    assert tree_digest(root) == before
+
+
+def test_config_repeats_a_run(tmp_path: Path, messy_tree) -> None:
+    root, _ = messy_tree
+    first_dir, second_dir = tmp_path / "first", tmp_path / "second"
+    assert pixclust("cluster", str(root), "--out", str(first_dir), "--k", "2", "--seed", "3", "-q").returncode == 0
+    repeat = pixclust("cluster", "--config", str(first_dir / "run.json"), "--out", str(second_dir), "-q")
+    assert repeat.returncode == 0, repeat.stderr
+    assert (first_dir / "clusters.csv").read_text() == (second_dir / "clusters.csv").read_text()
+    assert json.loads((second_dir / "run.json").read_text())["config"]["seed"] == 3
+
+
+def test_unavailable_weights_stop_with_exit_2_and_one_line(tmp_path: Path, messy_tree) -> None:
+    root, _ = messy_tree
+    offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
+    result = pixclust("cluster", str(root), "--out", str(tmp_path / "run"), "--model", "vgg16", env=offline)
+    assert_one_line_error(result, 2, "vgg16", "--weights FILE")
+    assert not (tmp_path / "run" / "embeddings.parquet").exists()
+
+
+@pytest.mark.parametrize(
+    ("args", "fragments"),
+    [
+        (["--model", "resnet5"], ["unknown model 'resnet5'", "Did you mean 'resnet50'"]),
+        (["--k", "many"], ["--k 'many'"]),
+        (["--method", "dbscan"], ["--method 'dbscan'", "kmeans"]),
+        (["--weights", "/no/such/file.pth"], ["does not exist"]),
+    ],
+)
+def test_user_mistakes_are_one_line_errors(tmp_path: Path, messy_tree, args: list[str], fragments: list[str]) -> None:
+    root, _ = messy_tree
+    result = pixclust("cluster", str(root), "--out", str(tmp_path / "run"), *args)
+    assert_one_line_error(result, 2, *fragments)
+
+
+def test_missing_folder_and_empty_folder(tmp_path: Path) -> None:
+    assert_one_line_error(pixclust("cluster", str(tmp_path / "nope"), "--out", str(tmp_path / "r")), 2, "does not exist")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert_one_line_error(pixclust("cluster", str(empty), "--out", str(tmp_path / "r2")), 2, "no usable images")
+
+
+def test_models_lists_every_model_with_offline_status(tmp_path: Path) -> None:
+    result = pixclust("models", env={"HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")})
+    assert result.returncode == 0, result.stderr
+    rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 3}
+    assert "efficientnet-lite0 (default)" in rows and "yes" in rows["efficientnet-lite0 (default)"]
+    for name in ("efficientnet-lite1", "efficientnet-lite2", "vgg16", "inception_v3", "resnet50", "mobilenet_v2",
+                 "efficientnet_b0", "hog", "pixels"):
+        assert name in rows
+    assert " no " in rows["vgg16"] and "4096" in rows["vgg16"]
+
+
+@pytest.mark.slow
+def test_demo_prints_clusters_and_scores(tmp_path: Path) -> None:
+    result = pixclust("demo", "--out", str(tmp_path / "demo"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    assert "1,797 images used, 0 skipped" in result.stdout
+    assert "ACC" in result.stdout and "cluster_09" in result.stdout
+    assert len(list((tmp_path / "demo" / "digits").rglob("*.png"))) == 1797

@@ -1,0 +1,81 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from pixclust.embedder import Embedder, default_num_workers
+from pixclust.errors import UsageError
+from pixclust.images import REASON_CORRUPT, REASON_EMPTY
+from pixclust.models import load_extractor
+
+
+def _photo_folder(root: Path, count: int) -> list[str]:
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(count):
+        pixels = rng.integers(0, 256, (48 + i, 64, 3), dtype=np.uint8)
+        path = root / f"img_{i:03d}.png"
+        Image.fromarray(pixels).save(path)
+        paths.append(str(path))
+    return paths
+
+
+def _run(embedder: Embedder, paths: list[str]) -> tuple[np.ndarray, dict[int, str], np.ndarray]:
+    vectors = np.full((len(paths), embedder.extractor.dim), np.nan, np.float32)
+    sizes = np.zeros((len(paths), 2), np.int32)
+    failures = {}
+    for batch in embedder.iter_batches(paths):
+        vectors[batch.indices] = batch.vectors
+        sizes[batch.indices] = batch.image_sizes
+        failures.update({index: error.reason for index, error in batch.failures})
+    return vectors, failures, sizes
+
+
+def test_bad_files_are_reported_and_the_rest_embedded_in_order(tmp_path: Path, default_extractor) -> None:
+    paths = _photo_folder(tmp_path, 6)
+    empty = tmp_path / "empty.jpg"
+    empty.write_bytes(b"")
+    truncated = tmp_path / "cut.png"
+    truncated.write_bytes(Path(paths[0]).read_bytes()[:200])
+    paths[2:2] = [str(empty), str(truncated)]
+
+    vectors, failures, sizes = _run(Embedder(default_extractor, batch_size=3), paths)
+
+    assert failures == {2: REASON_EMPTY, 3: REASON_CORRUPT}
+    good = [i for i in range(len(paths)) if i not in failures]
+    assert np.isfinite(vectors[good]).all()
+    assert np.isnan(vectors[list(failures)]).all()
+    assert sizes[0].tolist() == [64, 48] and sizes[1].tolist() == [64, 49]
+
+
+def test_worker_processes_give_the_same_vectors_as_inline_decoding(tmp_path: Path) -> None:
+    paths = _photo_folder(tmp_path, 40)
+    extractor = load_extractor("pixels")
+    inline, _, _ = _run(Embedder(extractor, batch_size=8, num_workers=0), paths)
+    pooled, _, _ = _run(Embedder(extractor, batch_size=8, num_workers=2), paths)
+    np.testing.assert_array_equal(inline, pooled)
+
+
+def test_batch_size_does_not_change_the_embedding(tmp_path: Path, default_extractor) -> None:
+    paths = _photo_folder(tmp_path, 5)
+    one_by_one, _, _ = _run(Embedder(default_extractor, batch_size=1), paths)
+    batched, _, _ = _run(Embedder(default_extractor, batch_size=5), paths)
+    cosine = np.sum(one_by_one * batched, axis=1) / (
+        np.linalg.norm(one_by_one, axis=1) * np.linalg.norm(batched, axis=1)
+    )
+    assert cosine.min() > 0.9999
+
+
+def test_invalid_settings_are_usage_errors(default_extractor) -> None:
+    with pytest.raises(UsageError, match="--batch-size 0"):
+        Embedder(default_extractor, batch_size=0)
+    with pytest.raises(UsageError, match="--workers -1"):
+        Embedder(default_extractor, num_workers=-1)
+
+
+def test_small_jobs_decode_inline() -> None:
+    assert default_num_workers(10, 32) == 0
+    assert default_num_workers(10_000, 32) >= 1

@@ -1,0 +1,151 @@
+"""The public API end to end on real images with the real default model."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import DIGIT_CLASSES, tree_digest
+
+import pixclust
+from pixclust import pipeline
+from pixclust.errors import NoImagesError, UsageError
+from pixclust.pipeline import RunConfig
+from pixclust.store import EmbeddingStore
+
+
+def test_embed_caches_by_content_and_model(tmp_path: Path, messy_tree) -> None:
+    root, bad = messy_tree
+    run_dir = tmp_path / "run"
+    first = pixclust.embed(root, out=run_dir, quiet=True)
+    assert len(first) == 45 and first.n_extracted == 45 and first.n_reused == 0
+    assert {Path(s.path).name: s.reason for s in first.skipped} == bad
+
+    second = pixclust.embed(root, out=run_dir, quiet=True)
+    assert second.n_extracted == 0 and second.n_reused == 45
+    np.testing.assert_array_equal(first.vectors, second.vectors)
+
+    changed = Path(first.paths[0])
+    changed.write_bytes(Path(first.paths[1]).read_bytes())
+    third = pixclust.embed(root, out=run_dir, quiet=True)
+    # The changed file now holds another file's bytes: its vector is that file's, with nothing to extract.
+    assert third.n_extracted == 0
+    np.testing.assert_array_equal(third.vectors[0], third.vectors[1])
+
+    from PIL import Image
+
+    Image.new("RGB", (64, 64), (200, 10, 10)).save(changed, format="PNG")
+    fourth = pixclust.embed(root, out=run_dir, quiet=True)
+    assert fourth.n_extracted == 1 and fourth.n_reused == 44
+
+
+def test_identical_files_are_embedded_once(tmp_path: Path, messy_tree) -> None:
+    root, _ = messy_tree
+    original = next((root / "1").rglob("*.png"))
+    shutil.copy(original, root / "copy_of_one.png")
+    result = pixclust.embed(root, out=tmp_path / "run", quiet=True)
+    assert len(result) == 46 and result.n_extracted == 45
+    rows = {Path(p).name: i for i, p in enumerate(result.paths)}
+    np.testing.assert_array_equal(result.vectors[rows["copy_of_one.png"]], result.vectors[rows[original.name]])
+
+
+def test_interrupted_embedding_resumes_from_saved_shards(tmp_path: Path, messy_tree, monkeypatch) -> None:
+    root, _ = messy_tree
+    run_dir = tmp_path / "run"
+    monkeypatch.setattr(pipeline, "FLUSH_EVERY", 8)
+    original_batches = pipeline.Embedder.iter_batches
+
+    def interrupted_after_two_batches(self, paths):
+        for n, batch in enumerate(original_batches(self, paths)):
+            if n == 2:
+                raise KeyboardInterrupt
+            yield batch
+
+    monkeypatch.setattr(pipeline.Embedder, "iter_batches", interrupted_after_two_batches)
+    with pytest.raises(KeyboardInterrupt):
+        pixclust.embed(root, out=run_dir, batch_size=8, quiet=True)
+    assert len(EmbeddingStore(run_dir).known(pixclust.load_extractor().model_id).by_hash) == 16
+
+    monkeypatch.setattr(pipeline.Embedder, "iter_batches", original_batches)
+    resumed = pixclust.embed(root, out=run_dir, batch_size=8, quiet=True)
+    assert resumed.n_extracted == 45 - 16 and resumed.n_reused == 16
+    fresh = pixclust.embed(root, quiet=True)
+    assert fresh.paths == resumed.paths
+    np.testing.assert_allclose(fresh.vectors, resumed.vectors, rtol=1e-5, atol=1e-5)
+
+
+def test_cluster_separates_digit_classes(digit_tree: Path) -> None:
+    embeddings = pixclust.embed(digit_tree, quiet=True)
+    result = pixclust.cluster(embeddings, k=3, random_state=0)
+    assert result.n_clusters == 3
+    truth = [Path(p).parent.parent.name for p in embeddings.paths]
+    scores = pixclust.metrics.clustering_scores(truth, result.labels)
+    # Chance is 0.33; Lite0 on these 64x64 digits scores about 0.72.
+    assert scores["acc"] > 0.6
+    assert result.coords_2d.shape == (len(embeddings), 2)
+    assert np.all(result.distances >= 0)
+
+    again = pixclust.cluster(embeddings, k=3, random_state=0)
+    np.testing.assert_array_equal(result.labels, again.labels)
+
+    auto = pixclust.cluster(embeddings, k="auto", k_range=(2, 8))
+    assert auto.k_scan is not None and list(auto.k_scan.ks) == list(range(2, 9))
+    assert auto.n_clusters == auto.k_scan.silhouette_k
+    assert len(DIGIT_CLASSES) == 3
+
+
+def test_run_writes_every_output_and_leaves_the_source_alone(tmp_path: Path, messy_tree) -> None:
+    root, bad = messy_tree
+    before = tree_digest(root)
+    run_dir = tmp_path / "run"
+    result = pixclust.run(RunConfig(source=str(root), out=str(run_dir), k=3, truth="folders"), quiet=True)
+    assert tree_digest(root) == before
+
+    for name in ("embeddings.parquet", "clusters.csv", "errors.csv", "run.json"):
+        assert (run_dir / name).is_file(), name
+    with open(run_dir / "errors.csv", newline="") as stream:
+        errors = {Path(row["path"]).name: row["reason"] for row in csv.DictReader(stream)}
+    assert errors == bad
+    with open(run_dir / "clusters.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    assert len(rows) == 45 and {row["cluster"] for row in rows} == {"cluster_00", "cluster_01", "cluster_02"}
+    linked = sorted((run_dir / "clusters").rglob("*"))
+    links = [p for p in linked if p.is_symlink()]
+    assert len(links) == 45 and all(Path(os.readlink(p)).is_file() for p in links)
+
+    record = json.loads((run_dir / "run.json").read_text())
+    assert record["counts"] == {"images_used": 45, "files_skipped": 3, "extracted": 45, "reused": 0}
+    assert record["model"]["weights_sha256"] and record["versions"]["torch"]
+    assert record["clustering"]["n_clusters"] == 3 and record["scores"]["acc"] == pytest.approx(result.scores["acc"])
+    assert result.n_scored == 45
+
+
+def test_run_refuses_an_out_folder_inside_the_images(messy_tree) -> None:
+    root, _ = messy_tree
+    with pytest.raises(UsageError, match="inside the image folder"):
+        pixclust.run(RunConfig(source=str(root), out=str(root / "run")), quiet=True)
+
+
+def test_run_without_usable_images_says_so_and_lists_why(tmp_path: Path) -> None:
+    source = tmp_path / "junk"
+    source.mkdir()
+    (source / "a.jpg").write_bytes(b"")
+    (source / "b.png").write_text("hello")
+    with pytest.raises(NoImagesError, match="no usable images"):
+        pixclust.run(RunConfig(source=str(source), out=str(tmp_path / "run")), quiet=True)
+    assert len((tmp_path / "run" / "errors.csv").read_text().splitlines()) == 3
+
+
+@pytest.mark.parametrize(
+    ("settings", "message"),
+    [({"k": "ten"}, "--k 'ten'"), ({"method": "dbscan"}, "--method 'dbscan'"), ({"reduce": "tsne"}, "--reduce 'tsne'"),
+     ({"k_min": 5, "k_max": 3}, "k range"), ({"colour": "red"}, "unknown settings colour")],
+)
+def test_bad_settings_are_one_line_usage_errors(settings: dict, message: str) -> None:
+    with pytest.raises(UsageError, match=message):
+        RunConfig.from_dict({"source": ".", "out": "run", **settings})

@@ -1,0 +1,70 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from pixclust.embeddings import Embeddings
+from pixclust.store import EMBEDDINGS_FILE, EmbeddingStore, content_hash
+
+
+def _embeddings(n: int, model_id: str = "m:1", offset: int = 0) -> Embeddings:
+    rng = np.random.default_rng(offset)
+    return Embeddings(
+        paths=[f"/photos/{offset + i}.jpg" for i in range(n)],
+        vectors=rng.standard_normal((n, 4)).astype(np.float32),
+        content_hashes=[f"h{offset + i}" for i in range(n)],
+        file_sizes=np.arange(n, dtype=np.int64) + 100,
+        mtimes_ns=np.arange(n, dtype=np.int64) + 10**18,
+        image_sizes=np.tile([[64, 48]], (n, 1)).astype(np.int32),
+        model_id=model_id,
+    )
+
+
+def test_content_hash_follows_bytes_not_names(tmp_path: Path) -> None:
+    a, b, c = tmp_path / "a.jpg", tmp_path / "b.jpg", tmp_path / "c.jpg"
+    a.write_bytes(b"same bytes")
+    b.write_bytes(b"same bytes")
+    c.write_bytes(b"other bytes")
+    assert content_hash(a) == content_hash(b) != content_hash(c)
+    assert len(content_hash(a)) == 32
+
+
+def test_save_and_load_round_trip(tmp_path: Path) -> None:
+    store = EmbeddingStore(tmp_path)
+    original = _embeddings(5)
+    store.save(original)
+    loaded = store.load()
+    assert loaded.paths == original.paths
+    assert loaded.content_hashes == original.content_hashes
+    np.testing.assert_array_equal(loaded.vectors, original.vectors)
+    np.testing.assert_array_equal(loaded.image_sizes, original.image_sizes)
+    assert loaded.model_id == "m:1"
+    schema = pq.read_schema(tmp_path / EMBEDDINGS_FILE)
+    assert schema.field("vector").type.list_size == 4
+
+
+def test_known_combines_saved_file_and_partial_shards_for_one_model(tmp_path: Path) -> None:
+    store = EmbeddingStore(tmp_path)
+    store.save(_embeddings(3))
+    store.save_partial(_embeddings(2, offset=10).to_table())
+    store.save_partial(_embeddings(2, model_id="other:9", offset=20).to_table())
+    known = store.known("m:1")
+    assert set(known.by_hash) == {"h0", "h1", "h2", "h10", "h11"}
+    assert known.hash_by_stat[("/photos/10.jpg", 100, 10**18)] == "h10"
+    assert store.known("other:9").by_hash.keys() == {"h20", "h21"}
+
+
+def test_final_save_replaces_the_shards(tmp_path: Path) -> None:
+    store = EmbeddingStore(tmp_path)
+    store.save_partial(_embeddings(2).to_table())
+    assert store.partial_dir.is_dir()
+    store.save(_embeddings(2))
+    assert not store.partial_dir.exists()
+    assert [p.name for p in tmp_path.iterdir()] == [EMBEDDINGS_FILE]
+
+
+def test_a_damaged_store_is_treated_as_empty_not_fatal(tmp_path: Path) -> None:
+    (tmp_path / EMBEDDINGS_FILE).write_bytes(b"PAR1 this is not parquet")
+    assert EmbeddingStore(tmp_path).known("m:1").by_hash == {}

@@ -161,7 +161,7 @@ def models_command() -> None:
 @app.command("demo")
 def demo_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="Where the digit images and the run folder go.")] = Path("demo-out"),
-    k: Annotated[str, typer.Option(help="Number of clusters, or 'auto'.")] = "auto",
+    k: Annotated[str, typer.Option(help="Number of clusters (the digits have 10), or 'auto'.")] = "10",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Cluster scikit-learn's 1,797 handwritten digits (written as PNGs) and score against their classes."""

@@ -72,6 +72,13 @@ def digit_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture
 def messy_tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    """A fresh copy-able tree: 45 digit images plus the three bad files."""
+    """A fresh tree of 45 digit images in nested folders plus the three bad files."""
     root = write_digit_tree(tmp_path / "photos", per_class=15)
+    return root, add_bad_files(root)
+
+
+@pytest.fixture
+def large_messy_tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    """300 digit images in nested folders plus the three bad files."""
+    root = write_digit_tree(tmp_path / "photos", per_class=100)
     return root, add_bad_files(root)

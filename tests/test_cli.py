@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import subprocess
@@ -42,24 +43,28 @@ def test_help_answers_without_loading_the_heavy_stack() -> None:
     assert probe.stdout.split() == ["False", "False"]
 
 
-def test_cluster_end_to_end_then_rerun_reuses_everything(tmp_path: Path, messy_tree) -> None:
-    root, bad = messy_tree
+def test_cluster_end_to_end_then_rerun_reuses_everything(tmp_path: Path, large_messy_tree) -> None:
+    root, bad = large_messy_tree
     before = tree_digest(root)
     run_dir = tmp_path / "run"
 
     first = pixclust("cluster", str(root), "--out", str(run_dir), "--k", "3", "--truth", "folders")
     assert first.returncode == 0, first.stderr
     assert "cluster_00" in first.stdout and "duplication" in first.stdout
-    assert "45 images used, 3 skipped (see errors.csv)" in first.stdout
+    assert "300 images used, 3 skipped (see errors.csv)" in first.stdout
     assert "ACC" in first.stdout and "NMI" in first.stdout and "ARI" in first.stdout
-    errors = (run_dir / "errors.csv").read_text()
-    assert all(name in errors for name in bad)
+    with open(run_dir / "errors.csv", newline="") as stream:
+        errors = {Path(row["path"]).name: row["reason"] for row in csv.DictReader(stream)}
+    assert errors == bad
+    for name in ("clusters.csv", "run.json", "embeddings.parquet"):
+        assert (run_dir / name).is_file()
+    assert sum(1 for p in (run_dir / "clusters").rglob("*") if p.is_symlink()) == 300
 
     second = pixclust("cluster", str(root), "--out", str(run_dir), "--k", "3", "--quiet")
     assert second.returncode == 0, second.stderr
     record = json.loads((run_dir / "run.json").read_text())
-    assert record["counts"]["extracted"] == 0 and record["counts"]["reused"] == 45
-    assert "0 embedded, 45 reused" in second.stdout
+    assert record["counts"]["extracted"] == 0 and record["counts"]["reused"] == 300
+    assert "0 embedded, 300 reused" in second.stdout
     assert second.stderr == ""
     assert tree_digest(root) == before
 

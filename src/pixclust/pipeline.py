@@ -94,7 +94,7 @@ def embed(
 
     embedder = Embedder(extractor, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels)
     try:
-        with progress_bar(f"embedding ({model})", len(to_extract), quiet=quiet) as advance:
+        with progress_bar("embedding", len(to_extract), quiet=quiet) as advance:
             for batch in embedder.iter_batches([path for _, path in to_extract]):
                 for row, index in enumerate(batch.indices):
                     digest, path = to_extract[index]

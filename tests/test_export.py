@@ -15,7 +15,9 @@ from pixclust.export import (
     write_clusters_csv,
     write_errors_csv,
 )
+from pixclust.clustering import ClusterResult
 from pixclust.images import SkippedFile
+from pixclust.reduce import Reduction
 
 
 def test_cluster_names_sort_as_folders_and_name_noise() -> None:
@@ -72,12 +74,22 @@ def test_re_export_replaces_the_previous_folders_and_copy_copies(tmp_path: Path)
 
 
 def test_tables_are_plain_csv(tmp_path: Path) -> None:
-    write_clusters_csv(
-        tmp_path / "clusters.csv", ["/p/a,b.jpg", "/p/c.jpg"], np.array([0, -1]), np.array([0.5, np.nan]), np.zeros((2, 2))
+    clustering = ClusterResult(
+        labels=np.array([0, -1]),
+        n_clusters=1,
+        distances=np.array([0.5, np.nan]),
+        silhouettes=np.array([0.25, np.nan]),
+        coords_2d=np.zeros((2, 2)),
+        reduction=Reduction(np.zeros((2, 2)), "pca", np.ones(2)),
+        k_scan=None,
+        silhouette=float("nan"),
+        method="hdbscan",
     )
+    write_clusters_csv(tmp_path / "clusters.csv", ["/p/a,b.jpg", "/p/c.jpg"], clustering)
     rows = list(csv.DictReader(open(tmp_path / "clusters.csv", newline="")))
     assert rows[0]["path"] == "/p/a,b.jpg" and rows[0]["cluster"] == "cluster_00" and rows[0]["distance"] == "0.500000"
-    assert rows[1]["cluster"] == "noise" and rows[1]["distance"] == ""
+    assert rows[0]["silhouette"] == "0.250000"
+    assert rows[1]["cluster"] == "noise" and rows[1]["distance"] == "" and rows[1]["silhouette"] == ""
     write_errors_csv(tmp_path / "errors.csv", [SkippedFile("/p/x.png", "not an image", "content looks like text")])
     assert list(csv.reader(open(tmp_path / "errors.csv"))) == [
         ["path", "reason", "detail"],

@@ -21,7 +21,7 @@ _EXPORTS = {
     "run": "pixclust.pipeline",
     "RunConfig": "pixclust.pipeline",
     "RunResult": "pixclust.pipeline",
-    "ClusterResult": "pixclust.pipeline",
+    "ClusterResult": "pixclust.clustering",
     "Embeddings": "pixclust.embeddings",
     "Embedder": "pixclust.embedder",
     "ImageClusterer": "pixclust.clustering",

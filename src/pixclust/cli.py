@@ -11,13 +11,14 @@ import json
 import math
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 
 import typer
 
 from pixclust.errors import PixclustError, UsageError
 
 if TYPE_CHECKING:
+    from pixclust.move import MoveReport
     from pixclust.pipeline import RunResult
 
 app = typer.Typer(
@@ -52,10 +53,13 @@ def cluster_command(
     seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same clusters [default: 0].")] = None,
     truth: Annotated[Optional[str], typer.Option(help="Score against known classes: 'folders' or a CSV of path,label.")] = None,
     copy: Annotated[Optional[bool], typer.Option("--copy/--link", help="Copy images into cluster folders instead of linking.")] = None,
+    move: Annotated[Optional[bool], typer.Option("--move", help="Move the images into the cluster folders (journalled; see 'pixclust resume-move').")] = None,
     batch_size: Annotated[Optional[int], typer.Option(help="Images per model call [default: 32].")] = None,
     workers: Annotated[Optional[int], typer.Option(help="Decode worker processes [default: one per core].")] = None,
     max_pixels: Annotated[Optional[int], typer.Option(help="Skip images with more pixels than this (bomb guard).")] = None,
     include_hidden: Annotated[Optional[bool], typer.Option("--include-hidden", help="Also read hidden files and folders.")] = None,
+    maps: Annotated[Optional[list[str]], typer.Option("--map", help="Maps in the report: pca, tsne, umap; repeat or comma-separate [default: pca,tsne].")] = None,
+    report: Annotated[Optional[bool], typer.Option("--report/--no-report", help="Write plots/ and report.html [default: --report].")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Repeat a run from its run.json; other options override it.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -76,10 +80,13 @@ def cluster_command(
         "seed": seed,
         "truth": truth,
         "copy": copy,
+        "move": move,
         "batch_size": batch_size,
         "workers": workers,
         "max_pixels": max_pixels,
         "include_hidden": include_hidden,
+        "maps": _split_maps(maps),
+        "report": report,
     }
     settings = _read_config(config) if config else {}
     settings.update({name: value for name, value in given.items() if value is not None})
@@ -87,6 +94,13 @@ def cluster_command(
         raise UsageError("no image folder given; run: pixclust cluster FOLDER (or --config RUN/run.json)")
     settings.setdefault("out", str(Path("pixclust-out") / (Path(settings["source"]).resolve().name or "run")))
     _render_run(run(RunConfig.from_dict(settings), quiet=quiet))
+
+
+def _split_maps(values: list[str] | None) -> list[str] | None:
+    """``--map pca --map tsne`` and ``--map pca,tsne`` mean the same."""
+    if not values:
+        return None
+    return [name.strip() for value in values for name in value.split(",") if name.strip()]
 
 
 def _read_config(path: Path) -> dict[str, Any]:
@@ -137,7 +151,25 @@ def _render_run(result: RunResult) -> None:
         + (" (see errors.csv)" if embeddings.skipped else "")
         + f"; {embeddings.n_extracted:,} embedded, {embeddings.n_reused:,} reused from the store"
     )
+    if result.config.report:
+        console.print(f"report: {result.run_dir / 'report.html'}")
+    if result.moves is not None:
+        _render_moves(result.moves)
     console.print(f"run folder: {result.run_dir}")
+
+
+@app.command("report")
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by 'pixclust cluster'.")],
+    maps: Annotated[Optional[list[str]], typer.Option("--map", help="Maps: pca, tsne, umap; repeat or comma-separate [default: pca,tsne].")] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
+) -> None:
+    """Rebuild plots/ and report.html of a run folder (maps and thumbnails are reused)."""
+    from pixclust.maps import DEFAULT_MAPS
+    from pixclust.report import build_report
+
+    path = build_report(run_dir, maps=_split_maps(maps) or list(DEFAULT_MAPS), quiet=quiet)
+    _console().print(f"report: {path}")
 
 
 @app.command("models")
@@ -171,16 +203,210 @@ def demo_command(
     _render_run(run_demo(out, k=k, quiet=quiet))
 
 
+@app.command("similar")
+def similar_command(
+    queries: Annotated[list[str], typer.Argument(help="Image files, folders of images, or ids already in --in.")],
+    source: Annotated[Path, typer.Option("--in", help="Run folder, or an embeddings.npy (with --ids).")],
+    top: Annotated[int, typer.Option(help="Look-alikes per query.")] = 10,
+    min_sim: Annotated[Optional[float], typer.Option("--min-sim", help="Leave out matches below this cosine similarity.")] = None,
+    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy [default: row numbers].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write similar.csv and a contact sheet per query here.")] = None,
+) -> None:
+    """Find the images most like each query, by cosine similarity of embeddings."""
+    from rich.table import Table
+
+    from pixclust.workflows import find_similar
+
+    result = find_similar(source, queries, top=top, min_similarity=min_sim, ids=ids, out=out)
+    console = _console()
+    for answer in result.answers:
+        table = Table(title=answer[0].query if answer else "no match", title_justify="left")
+        for column in ("rank", "similarity", "path"):
+            table.add_column(column, justify="left" if column == "path" else "right")
+        for match in answer:
+            table.add_row(str(match.rank), f"{match.similarity:.3f}", match.path)
+        console.print(table)
+    if result.csv_path:
+        console.print(f"table: {result.csv_path}; {len(result.sheets)} contact sheets")
+
+
+@app.command("duplicates")
+def duplicates_command(
+    source: Annotated[Path, typer.Argument(help="Run folder, or an embeddings.npy (with --ids).")],
+    threshold: Annotated[float, typer.Option(help="Cosine similarity at or above which two images are near-duplicates.")] = 0.90,
+    colour: Annotated[bool, typer.Option("--colour/--no-colour", help="Also require matching colours (reads the image files).")] = True,
+    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy [default: row numbers].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write duplicates.csv here.")] = None,
+    export: Annotated[bool, typer.Option("--export", help="Also link group N's images into OUT/duplicate_links/clusters/cluster_N/.")] = False,
+) -> None:
+    """Group exact and near-duplicate images and suggest which one of each group to keep (the largest)."""
+    from rich.table import Table
+
+    from pixclust.workflows import find_duplicate_images
+
+    result = find_duplicate_images(source, threshold=threshold, colour=colour, ids=ids, out=out, export=export)
+    report, paths = result.report, result.embeddings.paths
+    table = Table(title=f"{len(report.groups)} duplicate groups", title_justify="left")
+    for column in ("group", "kind", "images", "keep", "min sim"):
+        table.add_column(column, justify="right" if column in ("group", "images", "min sim") else "left")
+    for number, group in enumerate(report.groups, start=1):
+        table.add_row(str(number), group.kind, str(len(group.rows)), paths[group.keeper], f"{group.min_similarity:.3f}")
+    console = _console()
+    console.print(table)
+    console.print(
+        f"{report.n_redundant:,} of {report.n_images:,} images ({report.n_redundant / max(report.n_images, 1):.1%}) could be dropped; "
+        f"colour compared for {report.colour_checked:,} pairs ({report.colour_rejected:,} rejected, {report.colour_unchecked:,} unreadable)"
+    )
+    if result.csv_path:
+        console.print(f"table: {result.csv_path}" + (f"; links: {result.links}" if result.links else ""))
+
+
+@app.command("label")
+def label_command(
+    refs: Annotated[Path, typer.Option(help="Folder with one subfolder of example images per class, or a CSV of class,id.")],
+    source: Annotated[Path, typer.Option("--in", help="Run folder, or an embeddings.npy (with --ids).")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder for labels.csv and contact sheets.")],
+    threshold: Annotated[Optional[list[float]], typer.Option(help="Cosine cut(s) for the nearest-example rule; repeat for a table [default: 0.70 0.75 0.80].")] = None,
+    method: Annotated[str, typer.Option(help="propagate (prototypes, label propagation, estimated none) or nearest (the nearest-example rule at the first --threshold).")] = "propagate",
+    suggest: Annotated[int, typer.Option(help="Also list N images worth labelling next.")] = 0,
+    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy [default: row numbers].")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Label every image with a class of the examples in REFS, or 'none'; writes labels.csv and contact sheets."""
+    from rich.table import Table
+
+    from pixclust.label import DEFAULT_THRESHOLDS
+    from pixclust.workflows import label
+
+    run = label(source, refs, out=out, method=method, thresholds=threshold or DEFAULT_THRESHOLDS, suggest=suggest, ids=ids, random_state=seed)
+    result = run.result
+    console = _console()
+    table = Table(title="nearest-example rule: images per class at each threshold", title_justify="left")
+    names = [*result.class_names, "none"]
+    table.add_column("threshold", justify="right")
+    for name in names:
+        table.add_column(name, justify="right")
+    for cut, counts in result.table.items():
+        table.add_row(f"{cut:.2f}", *(f"{counts[name]:,}" for name in names))
+    counts = result.counts()
+    table.add_section()
+    table.add_row(f"{result.method}", *(f"{counts[name]:,}" for name in names))
+    console.print(table)
+    console.print("examples: " + ", ".join(f"{name} {n}" for name, n in run.references.counts().items()))
+    for row in result.suggestions:
+        console.print(f"label next: {result.paths[row]} (now {result.label_name(row)}, confidence {result.confidence[row]:.2f})")
+    console.print(f"labels: {run.labels_csv}; {len(run.sheets)} contact sheets in {out / 'sheets'}")
+
+
+@app.command("train")
+def train_command(
+    labels: Annotated[Path, typer.Argument(help="CSV of path,label (e.g. labels.csv from 'pixclust label').")],
+    source: Annotated[Path, typer.Option("--in", help="Run folder, or an embeddings.npy (with --ids), holding those images.")],
+    out: Annotated[Path, typer.Option("--out", "-o", help="File to save the classifier to.")],
+    head: Annotated[Optional[list[str]], typer.Option(help="logistic and/or mlp; repeat [default: both, the better by cross-validation].")] = None,
+    cv: Annotated[int, typer.Option(help="Cross-validation folds of the hyperparameter search.")] = 3,
+    finetune: Annotated[bool, typer.Option("--finetune", help="Also train the network's last blocks (needs a CUDA GPU).")] = False,
+    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy [default: row numbers].")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+) -> None:
+    """Train a classifier on the embeddings of labelled images, with class weights and a cross-validated search."""
+    from pixclust.workflows import train
+
+    classifier = train(labels, source, out=out, heads=head or ("logistic", "mlp"), cv=cv, finetune=finetune, ids=ids, random_state=seed)
+    console = _console()
+    console.print("classes: " + ", ".join(f"{name} {n:,}" for name, n in classifier.class_counts.items()))
+    console.print(f"best: {classifier.head} {classifier.params}, cross-validated macro F1 {classifier.cv_f1:.3f}")
+    console.print(f"classifier: {out}")
+
+
+@app.command("evaluate")
+def evaluate_command(
+    model: Annotated[Path, typer.Argument(help="A classifier saved by 'pixclust train'.")],
+    test: Annotated[Path, typer.Option(help="CSV of id,label: images with known classes.")],
+    source: Annotated[Optional[Path], typer.Option("--in", help="Run folder or embeddings.npy holding the test ids [default: embed the listed image files].")] = None,
+    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy [default: row numbers].")] = None,
+    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for roc.png.")] = None,
+) -> None:
+    """Per-class precision, recall, F1 and one-vs-rest AUC on a labelled test list, and the confusion matrix."""
+    from rich.table import Table
+
+    from pixclust.workflows import evaluate
+
+    run = evaluate(model, test, source=source, ids=ids, out=out)
+    evaluation = run.evaluation
+
+    def cell(value: float | None) -> str:
+        return "n/a" if value is None else f"{value:.3f}"
+
+    table = Table(title=f"{evaluation.n:,} test images, accuracy {evaluation.accuracy:.3f}, macro F1 {cell(evaluation.macro_f1)}", title_justify="left")
+    for column in ("class", "support", "precision", "recall", "F1", "AUC"):
+        table.add_column(column, justify="left" if column == "class" else "right")
+    for row in evaluation.per_class:
+        table.add_row(row.name, f"{row.support:,}", cell(row.precision), cell(row.recall), cell(row.f1), cell(row.auc))
+    console = _console()
+    console.print(table)
+    for row in evaluation.per_class:
+        if row.note:
+            console.print(f"{row.name}: {row.note}")
+    confusion = Table(title="confusion (rows: truth, columns: predicted)", title_justify="left")
+    confusion.add_column("")
+    for name in evaluation.classes:
+        confusion.add_column(name, justify="right")
+    for name, counts in zip(evaluation.classes, evaluation.confusion, strict=True):
+        confusion.add_row(name, *(f"{int(n):,}" for n in counts))
+    console.print(confusion)
+    if run.roc_png:
+        console.print(f"ROC curves: {run.roc_png}")
+
+
+@app.command("predict")
+def predict_command(
+    model: Annotated[Path, typer.Argument(help="A classifier saved by 'pixclust train'.")],
+    images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+) -> None:
+    """Label new images, embedding them with the model the classifier was trained on."""
+    from rich.table import Table
+
+    from pixclust.workflows import predict_images
+
+    predictions = predict_images(model, images)
+    table = Table()
+    for column in ("path", "label", "probability"):
+        table.add_column(column, justify="right" if column == "probability" else "left")
+    for item in predictions:
+        table.add_row(item.path, item.label, f"{item.probability:.3f}")
+    _console().print(table)
+
+
+@app.command("resume-move")
+def resume_move_command(
+    run_dir: Annotated[Path, typer.Argument(help="The run folder of a 'pixclust cluster --move' that was interrupted.")],
+) -> None:
+    """Finish moving images into RUN_DIR/clusters/ after an interrupted --move; safe to run any number of times."""
+    from pixclust.move import resume_moves
+
+    _render_moves(resume_moves(run_dir))
+
+
+def _render_moves(report: MoveReport) -> None:
+    console = _console()
+    console.print(f"{report.moved:,} images moved into the cluster folders; the journal is {report.journal}")
+    for move, why in report.left:
+        console.print(f"not moved: {move.source}: {why}")
+    if report.left:
+        console.print(f"{len(report.left):,} images are still at their source; fix the cause, then: pixclust resume-move {report.journal.parent}")
+        raise typer.Exit(1)
+
+
 def main() -> None:
     """Entry point: run the Typer app, turning library errors and Ctrl-C into messages and exit codes."""
     try:
-        app(standalone_mode=False)
+        code = app(standalone_mode=False)
     except PixclustError as error:
         _console(stderr=True).print(f"[red]error:[/red] {error}")
         sys.exit(error.exit_code)
     except (KeyboardInterrupt, typer.Abort):
-        _console(stderr=True).print("interrupted; embeddings made so far are saved, run the same command to resume")
-        sys.exit(EXIT_INTERRUPTED)
+        _exit_interrupted()
     except typer.Exit as done:
         sys.exit(done.exit_code)
     except Exception as error:
@@ -190,3 +416,12 @@ def main() -> None:
             error.show()
             sys.exit(error.exit_code)
         raise
+    # Typer returns, rather than raises, the exit code of a command that ended in typer.Exit or Ctrl-C.
+    if code == EXIT_INTERRUPTED:
+        _exit_interrupted()
+    sys.exit(code)
+
+
+def _exit_interrupted() -> NoReturn:
+    _console(stderr=True).print("interrupted; embeddings made so far are saved, run the same command to resume")
+    sys.exit(EXIT_INTERRUPTED)

@@ -13,7 +13,7 @@ from sklearn.mixture import GaussianMixture
 
 from pixclust.errors import UsageError
 from pixclust.metrics import NOISE_LABEL, silhouette
-from pixclust.reduce import check_features, is_whole_number
+from pixclust.reduce import Reduction, check_features, is_whole_number
 
 CLUSTER_METHODS = ("kmeans", "agglomerative", "gmm", "hdbscan")
 
@@ -36,6 +36,27 @@ class KScan:
     silhouette: np.ndarray
     silhouette_k: int
     elbow_k: int | None
+
+
+@dataclass
+class ClusterResult:
+    """Cluster assignment of every image, with what was measured on the way.
+
+    ``labels[i]`` is the cluster of row ``i`` (0 = largest, -1 = noise);
+    ``distances`` are to the cluster centre in the clustering space;
+    ``silhouettes`` are per image in that space (NaN outside the scored sample
+    and for noise); ``coords_2d`` is a PCA map of the embeddings.
+    """
+
+    labels: np.ndarray
+    n_clusters: int
+    distances: np.ndarray
+    silhouettes: np.ndarray
+    coords_2d: np.ndarray
+    reduction: Reduction
+    k_scan: KScan | None
+    silhouette: float
+    method: str
 
 
 def knee_point(ks: np.ndarray, values: np.ndarray) -> int | None:

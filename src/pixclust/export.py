@@ -18,13 +18,16 @@ import tempfile
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pixclust.atomic import permissions_for_new, write_text_atomic
 from pixclust.images import SkippedFile
 from pixclust.metrics import NOISE_LABEL
+
+if TYPE_CHECKING:
+    from pixclust.clustering import ClusterResult
 
 CLUSTERS_CSV = "clusters.csv"
 ERRORS_CSV = "errors.csv"
@@ -74,23 +77,22 @@ def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
     return buffer.getvalue()
 
 
-def write_clusters_csv(
-    path: Path, paths: Sequence[str], labels: np.ndarray, distances: np.ndarray, coords_2d: np.ndarray
-) -> None:
-    """One row per image: path, cluster name, cluster id, distance to its centre, 2-D map position."""
-    names = cluster_names(labels)
+def write_clusters_csv(path: Path, paths: Sequence[str], clustering: ClusterResult) -> None:
+    """One row per image: path, cluster name and id, distance to its centre, silhouette, 2-D map position."""
+    names = cluster_names(clustering.labels)
     rows = (
-        (
-            file,
-            names[int(label)],
-            int(label),
-            "" if np.isnan(distance) else f"{distance:.6f}",
-            f"{x:.6f}",
-            f"{y:.6f}",
+        (file, names[int(label)], int(label), _number(distance), _number(silhouette), f"{x:.6f}", f"{y:.6f}")
+        for file, label, distance, silhouette, (x, y) in zip(
+            paths, clustering.labels, clustering.distances, clustering.silhouettes, clustering.coords_2d, strict=True
         )
-        for file, label, distance, (x, y) in zip(paths, labels, distances, coords_2d, strict=True)
     )
-    write_text_atomic(path, _csv_text(("path", "cluster", "cluster_id", "distance", "x", "y"), rows))
+    header = ("path", "cluster", "cluster_id", "distance", "silhouette", "x", "y")
+    write_text_atomic(path, _csv_text(header, rows))
+
+
+def _number(value: float) -> str:
+    """Six decimals, or empty where there is no value (noise, unscored)."""
+    return "" if np.isnan(value) else f"{value:.6f}"
 
 
 def write_errors_csv(path: Path, skipped: Sequence[SkippedFile]) -> None:
@@ -125,23 +127,14 @@ def safe_file_name(name: str) -> str:
 def export_cluster_folders(
     run_dir: Path, paths: Sequence[str], labels: np.ndarray, *, copy: bool = False
 ) -> Path:
-    """Build ``clusters/<name>/`` with a link (or copy) of each image, replacing any previous ones.
-
-    Two images with the same file name in one cluster get distinct names
-    (``photo.jpg``, ``photo~2.jpg``), in path order so names are stable.
-    """
-    names = cluster_names(labels)
+    """Build ``clusters/<name>/`` with a link (or copy) of each image, named as ``cluster_entries`` says, replacing any previous ones."""
     final = run_dir / CLUSTERS_DIR
     staging = Path(tempfile.mkdtemp(prefix=f".{CLUSTERS_DIR}.", dir=run_dir))
     os.chmod(staging, permissions_for_new(0o777))
     try:
-        taken: dict[str, set[str]] = {name: set() for name in names.values()}
-        for folder in taken:
-            (staging / folder).mkdir()
-        for file, label in sorted(zip(paths, labels, strict=True)):
-            folder = names[int(label)]
-            entry = _unique_name(safe_file_name(os.path.basename(file)), taken[folder])
+        for file, folder, entry in cluster_entries(paths, labels):
             target = staging / folder / entry
+            target.parent.mkdir(exist_ok=True)
             if copy:
                 shutil.copy2(file, target)
             else:
@@ -150,6 +143,21 @@ def export_cluster_folders(
     finally:
         shutil.rmtree(staging, ignore_errors=True)
     return final
+
+
+def cluster_entries(paths: Sequence[str], labels: np.ndarray) -> list[tuple[str, str, str]]:
+    """(file, cluster folder, name inside it) per image, in path order.
+
+    Names are ``safe_file_name`` of the file's own name; two images with the
+    same name in one cluster get distinct names (``photo.jpg``, ``photo~2.jpg``).
+    """
+    names = cluster_names(labels)
+    taken: dict[str, set[str]] = {name: set() for name in names.values()}
+    entries = []
+    for file, label in sorted(zip(paths, labels, strict=True)):
+        folder = names[int(label)]
+        entries.append((file, folder, _unique_name(safe_file_name(os.path.basename(file)), taken[folder])))
+    return entries
 
 
 def _unique_name(name: str, taken: set[str]) -> str:

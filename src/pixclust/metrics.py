@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import numpy as np
 from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_score
+from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_samples
 from sklearn.metrics.cluster import contingency_matrix
 
 from pixclust.errors import UsageError
@@ -68,6 +68,19 @@ def silhouette(
     a random sample is scored, which keeps the cost flat at 100k images;
     ``None`` scores every point.
     """
+    values = silhouette_values(X, labels, sample_size=sample_size, random_state=random_state)
+    scored = values[np.isfinite(values)]
+    return float(scored.mean()) if len(scored) else float("nan")
+
+
+def silhouette_values(
+    X: np.ndarray,
+    labels: np.ndarray,
+    *,
+    sample_size: int | None = 5000,
+    random_state: int = 0,
+) -> np.ndarray:
+    """Per-point silhouette, NaN for noise, for points outside the sample, and where undefined."""
     if sample_size is not None and (not is_whole_number(sample_size) or sample_size < 3):
         raise UsageError(f"silhouette sample size {sample_size!r} is not allowed; use a whole number >= 3 or None")
     points = np.asarray(X)
@@ -77,12 +90,12 @@ def silhouette(
             f"features of shape {points.shape} and labels of shape {label_array.shape} do not match; "
             "expected an N x D array and N labels"
         )
-    kept = label_array != NOISE_LABEL
-    points, label_array = points[kept], label_array[kept]
-    if sample_size is not None and len(label_array) > sample_size:
-        chosen = np.random.default_rng(random_state).choice(len(label_array), size=sample_size, replace=False)
-        points, label_array = points[chosen], label_array[chosen]
-    n_clusters = len(np.unique(label_array))
-    if len(label_array) < 3 or not 2 <= n_clusters <= len(label_array) - 1:
-        return float("nan")
-    return float(silhouette_score(points, label_array))
+    values = np.full(len(label_array), np.nan)
+    scored = np.flatnonzero(label_array != NOISE_LABEL)
+    if sample_size is not None and len(scored) > sample_size:
+        scored = np.sort(np.random.default_rng(random_state).choice(scored, size=sample_size, replace=False))
+    n_clusters = len(np.unique(label_array[scored]))
+    if len(scored) < 3 or not 2 <= n_clusters <= len(scored) - 1:
+        return values
+    values[scored] = silhouette_samples(points[scored], label_array[scored])
+    return values

@@ -7,21 +7,25 @@ return plain result objects (arrays and lists) and write files only in
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
+import signal
+import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
+from types import FrameType
 from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
-from pixclust.clustering import CLUSTER_METHODS, ImageClusterer, KScan
+from pixclust.clustering import CLUSTER_METHODS, ClusterResult, ImageClusterer
 from pixclust.embedder import DEFAULT_BATCH_SIZE, Embedder
 from pixclust.embeddings import Embeddings, arrow_schema
 from pixclust.errors import NoImagesError, OutputNotWritableError, UsageError
@@ -37,10 +41,13 @@ from pixclust.export import (
     write_run_json,
 )
 from pixclust.images import DEFAULT_MAX_PIXELS, REASON_UNREADABLE, SkippedFile, discover_images
-from pixclust.metrics import clustering_scores
+from pixclust.maps import DEFAULT_MAPS, check_map_methods
+from pixclust.metrics import clustering_scores, silhouette_values
 from pixclust.models import DEFAULT_MODEL, load_extractor
+from pixclust.move import MoveReport, check_no_moves, move_into_clusters
 from pixclust.progress import progress_bar
-from pixclust.reduce import REDUCE_METHODS, Reduction, project_2d, reduce_features
+from pixclust.reduce import REDUCE_METHODS, project_2d, reduce_features
+from pixclust.report import build_report
 from pixclust.store import EmbeddingStore, KnownEmbeddings, StoredVector, content_hash
 from pixclust.truth import load_truth
 
@@ -94,19 +101,23 @@ def embed(
 
     embedder = Embedder(extractor, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels)
     try:
-        with progress_bar("embedding", len(to_extract), quiet=quiet) as advance:
-            for batch in embedder.iter_batches([path for _, path in to_extract]):
-                for row, index in enumerate(batch.indices):
-                    digest, path = to_extract[index]
-                    width, height = (int(v) for v in batch.image_sizes[row])
-                    fresh[digest] = StoredVector(batch.vectors[row], width, height)
-                    pending.append((path, digest, fresh[digest]))
-                for index, error in batch.failures:
-                    digest, path = to_extract[index]
-                    failed[digest] = SkippedFile(path, error.reason, error.detail)
-                advance(len(batch.indices) + len(batch.failures))
-                if len(pending) >= FLUSH_EVERY:
-                    flush()
+        with _ctrl_c_after_batch() as stop_requested, progress_bar("embedding", len(to_extract), quiet=quiet) as advance:
+            # closing() shuts the decode workers down here, not whenever the generator is collected.
+            with contextlib.closing(embedder.iter_batches([path for _, path in to_extract])) as batches:
+                for batch in batches:
+                    for row, index in enumerate(batch.indices):
+                        digest, path = to_extract[index]
+                        width, height = (int(v) for v in batch.image_sizes[row])
+                        fresh[digest] = StoredVector(batch.vectors[row], width, height)
+                        pending.append((path, digest, fresh[digest]))
+                    for index, error in batch.failures:
+                        digest, path = to_extract[index]
+                        failed[digest] = SkippedFile(path, error.reason, error.detail)
+                    advance(len(batch.indices) + len(batch.failures))
+                    if len(pending) >= FLUSH_EVERY:
+                        flush()
+                    if stop_requested.is_set():
+                        break
     finally:
         flush()
 
@@ -125,6 +136,40 @@ def embed(
     if store:
         store.save(embeddings)
     return embeddings
+
+
+@contextlib.contextmanager
+def _ctrl_c_after_batch() -> Iterator[threading.Event]:
+    """Make the first Ctrl-C a request to stop after the batch in hand (whose vectors are then saved).
+
+    The caller checks the event between batches and leaves its loop; on the
+    way out of this block the request becomes a ``KeyboardInterrupt``, so it
+    also holds when it came after the last batch. A second Ctrl-C interrupts at once. Decode workers forked meanwhile inherit
+    the handler; it ignores the signal there (a terminal sends Ctrl-C to every
+    process in the group), so they keep serving until this process shuts them
+    down instead of dying mid-batch. Only the main thread may set handlers;
+    elsewhere Ctrl-C keeps its usual meaning.
+    """
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    owner = os.getpid()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            return
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if requested.is_set():
+        raise KeyboardInterrupt
 
 
 def _hash_files(
@@ -174,25 +219,6 @@ def _assemble(
     )
 
 
-@dataclass
-class ClusterResult:
-    """Cluster assignment of every image, with what was measured on the way.
-
-    ``labels[i]`` is the cluster of row ``i`` (0 = largest, -1 = noise);
-    ``distances`` are to the cluster centre in the clustering space;
-    ``coords_2d`` is a PCA map of the embeddings for tables and plots.
-    """
-
-    labels: np.ndarray
-    n_clusters: int
-    distances: np.ndarray
-    coords_2d: np.ndarray
-    reduction: Reduction
-    k_scan: KScan | None
-    silhouette: float
-    method: str
-
-
 def cluster(
     data: Embeddings | np.ndarray,
     *,
@@ -213,6 +239,7 @@ def cluster(
         labels=clusterer.labels_,
         n_clusters=clusterer.n_clusters_,
         distances=clusterer.distances_,
+        silhouettes=silhouette_values(reduction.coords, clusterer.labels_, random_state=random_state),
         coords_2d=project_2d(vectors, random_state=random_state),
         reduction=reduction,
         k_scan=clusterer.k_scan_,
@@ -238,12 +265,18 @@ class RunConfig:
     seed: int = 0
     truth: str | None = None
     copy: bool = False
+    move: bool = False
     batch_size: int = DEFAULT_BATCH_SIZE
     workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     include_hidden: bool = False
+    report: bool = True
+    maps: list[str] = field(default_factory=lambda: list(DEFAULT_MAPS))
 
     def __post_init__(self) -> None:
+        self.maps = list(check_map_methods(self.maps))
+        if self.copy and self.move:
+            raise UsageError("--copy and --move both say what goes into clusters/; choose one")
         if isinstance(self.k, str) and self.k != "auto":
             if not self.k.isdigit():
                 raise UsageError(f"--k {self.k!r} is not a number; give a whole number like 10, or 'auto'")
@@ -274,11 +307,13 @@ class RunResult:
     scores: dict[str, float] | None
     n_scored: int
     timings: dict[str, float] = field(default_factory=dict)
+    moves: MoveReport | None = None
 
 
 def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
     """Embed, cluster and export ``config.source`` into the run folder ``config.out``."""
     run_dir = _prepare_run_dir(config)
+    check_no_moves(run_dir)
     timings: dict[str, float] = {}
     started = time.perf_counter()
     embeddings = embed(
@@ -321,13 +356,19 @@ def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
             scores = clustering_scores([truth[i] for i in scored], clustering.labels[scored])
 
     started = time.perf_counter()
-    write_clusters_csv(
-        run_dir / CLUSTERS_CSV, embeddings.paths, clustering.labels, clustering.distances, clustering.coords_2d
-    )
-    export_cluster_folders(run_dir, embeddings.paths, clustering.labels, copy=config.copy)
+    write_clusters_csv(run_dir / CLUSTERS_CSV, embeddings.paths, clustering)
+    if not config.move:
+        export_cluster_folders(run_dir, embeddings.paths, clustering.labels, copy=config.copy)
     timings["export_s"] = time.perf_counter() - started
     result = RunResult(config, run_dir, embeddings, clustering, cluster_summary(clustering.labels), scores, n_scored, timings)
+    if config.report:
+        started = time.perf_counter()
+        build_report(run_dir, maps=config.maps, record=run_record(result), random_state=config.seed, quiet=quiet)
+        timings["report_s"] = time.perf_counter() - started
     write_run_json(run_dir / RUN_JSON, run_record(result))
+    if config.move:
+        # Last, once the report has read every image where it was.
+        result.moves = move_into_clusters(run_dir, embeddings.paths, clustering.labels)
     return result
 
 
@@ -355,7 +396,10 @@ def _prepare_run_dir(config: RunConfig) -> Path:
 
 
 def run_record(result: RunResult) -> dict[str, Any]:
-    """Everything run.json keeps: parameters, model and weights, counts, choices, scores, timings, versions."""
+    """Everything run.json keeps: parameters, model and weights, counts, choices, scores, timings, versions.
+
+    Plain JSON types throughout, so the record in memory equals the one read back from disk.
+    """
     embeddings, clustering = result.embeddings, result.clustering
     k_scan = clustering.k_scan
     return {
@@ -375,12 +419,12 @@ def run_record(result: RunResult) -> dict[str, Any]:
             "space_dims": int(clustering.reduction.coords.shape[1]),
             "n_clusters": clustering.n_clusters,
             "silhouette": _finite_or_none(clustering.silhouette),
-            "pca_explained_variance_ratio": clustering.reduction.pca_explained_variance_ratio,
+            "pca_explained_variance_ratio": clustering.reduction.pca_explained_variance_ratio.tolist(),
             "k_scan": None
             if k_scan is None
             else {
-                "k": k_scan.ks,
-                "inertia": k_scan.inertia,
+                "k": k_scan.ks.tolist(),
+                "inertia": k_scan.inertia.tolist(),
                 "silhouette": [_finite_or_none(v) for v in k_scan.silhouette],
                 "silhouette_k": k_scan.silhouette_k,
                 "elbow_k": k_scan.elbow_k,

@@ -1,0 +1,298 @@
+"""Build a run folder's pictures: ``plots/*.png`` and one self-contained ``report.html``.
+
+Everything is read back from the run folder (embeddings.parquet,
+clusters.csv, errors.csv, run.json), so ``pixclust report RUN`` rebuilds
+exactly what ``pixclust cluster`` made. Maps are cached in ``maps.parquet``
+and thumbnails in ``thumbnails.parquet``; a rebuild recomputes neither.
+"""
+
+from __future__ import annotations
+
+import base64
+import csv
+import hashlib
+import json
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pixclust.atomic import atomic_path, write_text_atomic
+from pixclust.errors import UsageError
+from pixclust.export import CLUSTERS_CSV, ERRORS_CSV, RUN_JSON, cluster_names
+from pixclust.images import SkippedFile
+from pixclust.maps import DEFAULT_MAPS, check_map_methods, map_coordinates
+from pixclust.progress import progress_bar
+from pixclust.report import plots
+from pixclust.report.thumbnails import load_thumbnails, montage
+from pixclust.store import EMBEDDINGS_FILE, EmbeddingStore
+
+REPORT_FILE = "report.html"
+PLOTS_DIR = "plots"
+MAPS_FILE = "maps.parquet"
+MONTAGE_SIZE = 32
+
+
+@dataclass
+class RunView:
+    """What the report needs from a finished run, rows in embeddings order."""
+
+    run_dir: Path
+    record: dict[str, Any]
+    paths: list[str]
+    hashes: list[str]
+    vectors: np.ndarray
+    labels: np.ndarray
+    distances: np.ndarray
+    silhouettes: np.ndarray
+    errors: list[SkippedFile]
+
+    @property
+    def names(self) -> dict[int, str]:
+        return cluster_names(self.labels)
+
+    def members(self, label: int) -> np.ndarray:
+        """Rows of one cluster, most typical (closest to the centre) first."""
+        rows = np.flatnonzero(self.labels == label)
+        return rows[np.argsort(np.nan_to_num(self.distances[rows], nan=np.inf), kind="stable")]
+
+
+def load_run(run_dir: str | Path, record: dict[str, Any] | None = None) -> RunView:
+    run_dir = Path(run_dir)
+    for needed in (EMBEDDINGS_FILE, CLUSTERS_CSV):
+        if not (run_dir / needed).is_file():
+            raise UsageError(f"{run_dir} has no {needed}; run 'pixclust cluster FOLDER --out {run_dir}' first")
+    embeddings = EmbeddingStore(run_dir).load()
+    with open(run_dir / CLUSTERS_CSV, newline="", encoding="utf-8") as stream:
+        rows = {row["path"]: row for row in csv.DictReader(stream)}
+    missing = [path for path in embeddings.paths if path not in rows]
+    if missing:
+        raise UsageError(f"{run_dir / CLUSTERS_CSV} does not list {missing[0]}; re-run pixclust cluster for this folder")
+    ordered = [rows[path] for path in embeddings.paths]
+    errors: list[SkippedFile] = []
+    if (run_dir / ERRORS_CSV).is_file():
+        with open(run_dir / ERRORS_CSV, newline="", encoding="utf-8") as stream:
+            errors = [SkippedFile(row["path"], row["reason"], row["detail"]) for row in csv.DictReader(stream)]
+    if record is None:
+        record = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8")) if (run_dir / RUN_JSON).is_file() else {}
+    return RunView(
+        run_dir=run_dir,
+        record=record,
+        paths=embeddings.paths,
+        hashes=embeddings.content_hashes,
+        vectors=embeddings.vectors,
+        labels=np.array([int(row["cluster_id"]) for row in ordered], dtype=np.int64),
+        distances=np.array([_float(row["distance"]) for row in ordered]),
+        silhouettes=np.array([_float(row.get("silhouette", "")) for row in ordered]),
+        errors=errors,
+    )
+
+
+def _float(text: str) -> float:
+    return float(text) if text else float("nan")
+
+
+def load_maps(view: RunView, methods: tuple[str, ...], *, random_state: int = 0, quiet: bool = False) -> dict[str, dict[int, np.ndarray]]:
+    """2-D and 3-D coordinates per map method, from ``maps.parquet`` when it matches these embeddings."""
+    fingerprint = hashlib.sha256("\n".join([view.record.get("model", {}).get("model_id", ""), *view.hashes]).encode()).hexdigest()
+    cache_file = view.run_dir / MAPS_FILE
+    cached = _read_maps(cache_file, fingerprint, len(view.paths))
+    wanted = [(method, dims) for method in methods for dims in (2, 3)]
+    missing = [key for key in wanted if key not in cached]
+    with progress_bar("maps", len(missing), unit="maps", quiet=quiet) as advance:
+        for method, dims in missing:
+            cached[(method, dims)] = map_coordinates(view.vectors, method, n_components=dims, random_state=random_state)
+            advance(1)
+    if missing:
+        _write_maps(cache_file, fingerprint, cached)
+    maps: dict[str, dict[int, np.ndarray]] = {}
+    for method, dims in wanted:
+        maps.setdefault(method, {})[dims] = cached[(method, dims)]
+    return maps
+
+
+def _read_maps(cache_file: Path, fingerprint: str, n: int) -> dict[tuple[str, int], np.ndarray]:
+    if not cache_file.is_file():
+        return {}
+    try:
+        table = pq.read_table(cache_file)
+    except (OSError, pa.ArrowInvalid):
+        return {}
+    metadata = table.schema.metadata or {}
+    if metadata.get(b"fingerprint", b"").decode() != fingerprint or table.num_rows != n:
+        return {}
+    found: dict[tuple[str, int], np.ndarray] = {}
+    for name in table.column_names:
+        method, dims = name.rsplit("_", 1)
+        dims_count = int(dims.removesuffix("d"))
+        flat = table.column(name).combine_chunks().flatten().to_numpy()
+        found[(method, dims_count)] = flat.reshape(-1, dims_count).astype(np.float32)
+    return found
+
+
+def _write_maps(cache_file: Path, fingerprint: str, maps: dict[tuple[str, int], np.ndarray]) -> None:
+    columns = {
+        f"{method}_{dims}d": pa.FixedSizeListArray.from_arrays(pa.array(coords.reshape(-1)), dims)
+        for (method, dims), coords in maps.items()
+    }
+    table = pa.table(columns).replace_schema_metadata({"fingerprint": fingerprint})
+    with atomic_path(cache_file) as tmp:
+        pq.write_table(table, tmp)
+
+
+def make_figures(view: RunView, maps: dict[str, dict[int, np.ndarray]]) -> dict[str, Any]:
+    """Every static figure for the run, by file stem."""
+    names = view.names
+    clustering = view.record.get("clustering", {})
+    figures: dict[str, Any] = {}
+    ratio = clustering.get("pca_explained_variance_ratio")
+    if ratio:
+        figures["pca_variance"] = plots.variance_figure(np.asarray(ratio))
+    scan = clustering.get("k_scan")
+    if scan:
+        chosen = scan["silhouette_k"]
+        figures["elbow"] = plots.elbow_figure(scan["k"], scan["inertia"], scan["elbow_k"], chosen)
+        figures["silhouette_k"] = plots.silhouette_scan_figure(scan["k"], scan["silhouette"], chosen)
+    if np.isfinite(view.silhouettes).any():
+        figures["silhouette_samples"] = plots.silhouette_samples_figure(view.silhouettes, view.labels, names)
+    for method, by_dims in maps.items():
+        figures[f"map_{method}"] = plots.map_figure(by_dims[2], view.labels, names, f"{method.upper()} map, by cluster")
+    return figures
+
+
+def build_report(
+    run_dir: str | Path,
+    *,
+    maps: tuple[str, ...] | list[str] = DEFAULT_MAPS,
+    record: dict[str, Any] | None = None,
+    html: bool = True,
+    random_state: int = 0,
+    quiet: bool = False,
+) -> Path:
+    """Write ``plots/*.png`` (and ``report.html`` unless ``html=False``); returns the report's path."""
+    methods = check_map_methods(list(maps))
+    view = load_run(run_dir, record)
+    coords = load_maps(view, methods, random_state=random_state, quiet=quiet)
+    thumbnails = load_thumbnails(view.run_dir, view.paths, view.hashes, quiet=quiet)
+    plot_dir = view.run_dir / PLOTS_DIR
+    pngs = {stem: plots.save_png(figure) for stem, figure in make_figures(view, coords).items()}
+    for label, name in view.names.items():
+        typical = [thumbnails[view.hashes[row]] for row in view.members(label)[:MONTAGE_SIZE] if view.hashes[row] in thumbnails]
+        with atomic_path(plot_dir / f"montage_{name}.png") as tmp:
+            montage(typical).save(tmp, format="PNG")
+    for stem, png in pngs.items():
+        with atomic_path(plot_dir / f"{stem}.png") as tmp:
+            tmp.write_bytes(png)
+    report = view.run_dir / REPORT_FILE
+    if html:
+        write_text_atomic(report, render_html(view, coords, thumbnails, pngs))
+    return report
+
+
+def render_html(
+    view: RunView, maps: dict[str, dict[int, np.ndarray]], thumbnails: dict[str, bytes], pngs: dict[str, bytes]
+) -> str:
+    """The whole report as one HTML string: styles, Plotly, data and behaviour inlined."""
+    assets = resources.files("pixclust.report") / "assets"
+    payload = json.dumps(_report_data(view, maps, thumbnails, pngs), separators=(",", ":"))
+    replacements = {
+        "{{TITLE}}": _html_escape(_title(view)),
+        "{{CSS}}": (assets / "report.css").read_text(encoding="utf-8"),
+        "{{PLOTLY}}": _plotly_js(),
+        # "</" inside a script element would end it early; JSON allows the escaped form.
+        "{{DATA}}": payload.replace("</", "<\\/"),
+        "{{APP}}": (assets / "report.js").read_text(encoding="utf-8"),
+    }
+    page = (assets / "report.html").read_text(encoding="utf-8")
+    for placeholder, value in replacements.items():
+        head, tail = page.split(placeholder, 1)
+        page = head + value + tail
+    return page
+
+
+def _plotly_js() -> str:
+    import plotly
+
+    return (Path(plotly.__file__).parent / "package_data" / "plotly.min.js").read_text(encoding="utf-8")
+
+
+def _html_escape(text: str) -> str:
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def _title(view: RunView) -> str:
+    source = view.record.get("config", {}).get("source", str(view.run_dir))
+    return f"pixclust: {Path(source).name or source}"
+
+
+def _data_uri(mime: str, data: bytes) -> str:
+    return f"data:{mime};base64,{base64.b64encode(data).decode()}"
+
+
+def _report_data(
+    view: RunView, maps: dict[str, dict[int, np.ndarray]], thumbnails: dict[str, bytes], pngs: dict[str, bytes]
+) -> dict[str, Any]:
+    names = view.names
+    ids = [label for label in names if label >= 0] + ([-1] if -1 in names else [])
+    colours = dict(zip([label for label in ids if label >= 0], plots.cluster_colours(len(ids)), strict=False))
+    unique_thumbs = {digest: index for index, digest in enumerate(dict.fromkeys(h for h in view.hashes if h in thumbnails))}
+    return {
+        "title": _title(view),
+        "summary": _summary_rows(view),
+        "clusters": [
+            {
+                "id": label,
+                "name": names[label],
+                "size": int(np.sum(view.labels == label)),
+                "colour": colours.get(label, "#999999"),
+                "members": view.members(label).tolist(),
+            }
+            for label in ids
+        ],
+        "points": {
+            "name": [Path(path).name for path in view.paths],
+            "path": view.paths,
+            "cluster": view.labels.tolist(),
+            "thumb": [unique_thumbs.get(digest, -1) for digest in view.hashes],
+        },
+        "thumbs": [_data_uri("image/webp", thumbnails[digest]) for digest in unique_thumbs],
+        "maps": {
+            method: {f"{dims}d": np.round(coords, 4).T.tolist() for dims, coords in by_dims.items()}
+            for method, by_dims in maps.items()
+        },
+        "plots": {stem: _data_uri("image/png", png) for stem, png in pngs.items() if not stem.startswith("map_")},
+        "errors": [[item.path, item.reason, item.detail] for item in view.errors],
+    }
+
+
+def _summary_rows(view: RunView) -> list[list[str]]:
+    record = view.record
+    counts = record.get("counts", {})
+    clustering = record.get("clustering", {})
+    model = record.get("model", {})
+    rows = [
+        ["images", f"{len(view.paths):,}"],
+        ["clusters", str(len([label for label in view.names if label >= 0]))],
+        ["files not used", f"{len(view.errors):,}"],
+        ["model", str(model.get("model", "?"))],
+        ["weights", str(model.get("weights", "?"))],
+        ["method", f"{clustering.get('reduce', '?')} → {clustering.get('method', '?')}"],
+    ]
+    silhouette = clustering.get("silhouette")
+    if silhouette is not None:
+        rows.append(["silhouette", f"{silhouette:.3f}"])
+    scan = clustering.get("k_scan")
+    if scan:
+        rows.append(["k by silhouette / elbow", f"{scan['silhouette_k']} / {scan['elbow_k'] or 'none'}"])
+    scores = record.get("scores")
+    if scores:
+        rows.append(["ACC / NMI / ARI", " / ".join(f"{scores[key]:.3f}" for key in ("acc", "nmi", "ari"))])
+    if counts:
+        rows.append(["embedded / reused", f"{counts.get('extracted', 0):,} / {counts.get('reused', 0):,}"])
+    for name, seconds in record.get("timings_s", {}).items():
+        rows.append([name.removesuffix("_s") + " time", f"{seconds:.1f} s"])
+    return rows

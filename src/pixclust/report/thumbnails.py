@@ -1,0 +1,112 @@
+"""Small WebP thumbnails for the report and montages, cached by content hash in the run folder.
+
+Thumbnails are made in worker processes (decoding is the cost) and kept in
+``thumbnails.parquet``, so rebuilding a report, or re-clustering the same
+images with another k, decodes nothing again.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+from collections.abc import Sequence
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+import pyarrow as pa
+import pyarrow.parquet as pq
+from PIL import Image
+
+from pixclust.atomic import atomic_path
+from pixclust.errors import DecodeError
+from pixclust.images import load_rgb
+from pixclust.progress import progress_bar
+
+THUMBNAILS_FILE = "thumbnails.parquet"
+THUMB_SIDE = 80
+_WEBP_QUALITY = 70
+_CHUNK = 64
+_SCHEMA = pa.schema([("content_hash", pa.string()), ("side", pa.int32()), ("webp", pa.binary())])
+
+
+def thumbnail_bytes(path: str, side: int = THUMB_SIDE) -> bytes | None:
+    """WebP bytes of the image shrunk to fit ``side`` x ``side``, or None if it cannot be decoded now."""
+    try:
+        image = load_rgb(path, draft_size=side)
+    except DecodeError:
+        return None
+    image.thumbnail((side, side), Image.Resampling.LANCZOS)
+    buffer = io.BytesIO()
+    image.save(buffer, format="WEBP", quality=_WEBP_QUALITY, method=4)
+    return buffer.getvalue()
+
+
+def _thumbnail_chunk(paths: Sequence[str], side: int) -> list[bytes | None]:
+    return [thumbnail_bytes(path, side) for path in paths]
+
+
+def load_thumbnails(
+    run_dir: Path, paths: Sequence[str], hashes: Sequence[str], *, side: int = THUMB_SIDE, quiet: bool = False
+) -> dict[str, bytes]:
+    """Thumbnail per content hash for the given files, made where missing and saved back to the cache."""
+    cache_file = run_dir / THUMBNAILS_FILE
+    cached = _read_cache(cache_file, side)
+    missing = {digest: path for path, digest in zip(paths, hashes, strict=True) if digest not in cached}
+    if missing:
+        digests, files = list(missing), list(missing.values())
+        chunks = [files[i : i + _CHUNK] for i in range(0, len(files), _CHUNK)]
+        workers = min(len(chunks), os.cpu_count() or 1)
+        made: list[bytes | None] = []
+        with progress_bar("thumbnails", len(files), quiet=quiet) as advance:
+            if workers > 1:
+                with ProcessPoolExecutor(workers) as pool:
+                    for result in pool.map(_thumbnail_chunk, chunks, [side] * len(chunks)):
+                        made.extend(result)
+                        advance(len(result))
+            else:
+                for chunk in chunks:
+                    made.extend(_thumbnail_chunk(chunk, side))
+                    advance(len(chunk))
+        fresh = {digest: data for digest, data in zip(digests, made, strict=True) if data is not None}
+        cached.update(fresh)
+        _write_cache(cache_file, cached, side)
+    return {digest: cached[digest] for digest in hashes if digest in cached}
+
+
+def _read_cache(cache_file: Path, side: int) -> dict[str, bytes]:
+    if not cache_file.is_file():
+        return {}
+    try:
+        table = pq.read_table(cache_file)
+    except (OSError, pa.ArrowInvalid):
+        return {}
+    return {
+        digest: data
+        for digest, stored_side, data in zip(
+            table.column("content_hash").to_pylist(), table.column("side").to_pylist(), table.column("webp").to_pylist(), strict=True
+        )
+        if stored_side == side
+    }
+
+
+def _write_cache(cache_file: Path, thumbnails: dict[str, bytes], side: int) -> None:
+    table = pa.table(
+        {"content_hash": list(thumbnails), "side": [side] * len(thumbnails), "webp": list(thumbnails.values())},
+        schema=_SCHEMA,
+    )
+    with atomic_path(cache_file) as tmp:
+        pq.write_table(table, tmp)
+
+
+def montage(thumbnails: Sequence[bytes], *, columns: int = 8, side: int = THUMB_SIDE, gap: int = 4) -> Image.Image:
+    """The thumbnails in a grid on white, each centred in a ``side`` square."""
+    rows = max(1, -(-len(thumbnails) // columns))
+    width = columns * side + (columns + 1) * gap
+    sheet = Image.new("RGB", (width, rows * side + (rows + 1) * gap), "white")
+    for index, data in enumerate(thumbnails):
+        tile = Image.open(io.BytesIO(data)).convert("RGB")
+        row, column = divmod(index, columns)
+        left = gap + column * (side + gap) + (side - tile.width) // 2
+        top = gap + row * (side + gap) + (side - tile.height) // 2
+        sheet.paste(tile, (left, top))
+    return sheet

@@ -1,0 +1,128 @@
+"""Plots and report.html of a real run (real images, the real default model)."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import pytest
+from conftest import write_digit_tree
+
+import pixclust
+from pixclust.errors import UsageError
+from pixclust.maps import map_coordinates
+from pixclust.pipeline import RunConfig
+from pixclust.report import plots
+from pixclust.report.build import MAPS_FILE, build_report
+
+
+@pytest.fixture(scope="module")
+def report_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One clustered run of 90 digit images with k chosen automatically, report built."""
+    base = tmp_path_factory.mktemp("report")
+    root = write_digit_tree(base / "images", per_class=30)
+    (root / "bad.jpg").write_bytes(b"")
+    run_dir = base / "run"
+    pixclust.run(RunConfig(source=str(root), out=str(run_dir), k_max=6), quiet=True)
+    return run_dir
+
+
+def _vertical_lines(figure) -> dict[str, float]:
+    axis = figure.axes[0]
+    return {line.get_label(): line.get_xdata()[0] for line in axis.get_lines() if len(set(line.get_xdata())) == 1}
+
+
+def test_elbow_and_silhouette_plots_mark_the_choices() -> None:
+    ks = [2, 3, 4, 5, 6]
+    elbow = plots.elbow_figure(ks, [100, 40, 30, 25, 22], elbow_k=3, chosen_k=4)
+    assert _vertical_lines(elbow) == {"elbow k = 3": 3, "chosen k = 4": 4}
+    scan = plots.silhouette_scan_figure(ks, [0.2, 0.3, 0.5, None, 0.1], chosen_k=4)
+    assert _vertical_lines(scan) == {"chosen k = 4": 4}
+    curve = scan.axes[0].get_lines()[0]
+    assert list(curve.get_xdata()) == ks and np.isnan(curve.get_ydata()[3])
+
+
+def test_variance_plot_shows_explained_cumulative_and_the_95_percent_line() -> None:
+    ratio = np.array([0.5, 0.3, 0.1, 0.06, 0.04])
+    figure = plots.variance_figure(ratio)
+    axis = figure.axes[0]
+    assert "95% with 4 components" in axis.get_title()
+    assert [bar.get_height() for bar in axis.patches] == pytest.approx(ratio)
+    assert [line.get_ydata()[0] for line in axis.get_lines() if line.get_label() == "95%"] == [0.95]
+
+
+def test_silhouette_samples_plot_has_one_band_per_cluster_and_the_mean() -> None:
+    labels = np.array([0, 0, 0, 1, 1, 2])
+    values = np.array([0.5, 0.4, np.nan, 0.2, 0.1, -0.1])
+    figure = plots.silhouette_samples_figure(values, labels, {0: "cluster_00", 1: "cluster_01", 2: "cluster_02"})
+    axis = figure.axes[0]
+    assert len(axis.collections) == 3
+    assert [t.get_text() for t in axis.texts] == ["cluster_00", "cluster_01", "cluster_02"]
+    assert _vertical_lines(figure) == {"mean = 0.220": pytest.approx(0.22)}
+
+
+def test_maps_fit_a_sample_and_place_the_rest() -> None:
+    from sklearn.datasets import load_digits
+
+    X = load_digits().data[:300]
+    for method in ("tsne", "umap"):
+        coords = map_coordinates(X, method, fit_sample=120, random_state=0)
+        assert coords.shape == (300, 2) and np.isfinite(coords).all()
+        np.testing.assert_array_equal(coords, map_coordinates(X, method, fit_sample=120, random_state=0))
+    assert map_coordinates(X, "pca", n_components=3).shape == (300, 3)
+    assert map_coordinates(X[:2], "tsne").shape == (2, 2)
+    with pytest.raises(UsageError, match="--map 'mds'"):
+        map_coordinates(X, "mds")
+
+
+def test_run_writes_every_plot_and_a_self_contained_report(report_run: Path) -> None:
+    record = json.loads((report_run / "run.json").read_text())
+    names = set(record["clustering"]["sizes"])
+    expected = {"pca_variance", "elbow", "silhouette_k", "silhouette_samples", "map_pca", "map_tsne"}
+    expected |= {f"montage_{name}" for name in names}
+    assert {p.stem for p in (report_run / "plots").glob("*.png")} == expected
+    assert record["timings_s"]["report_s"] > 0
+
+    html = (report_run / "report.html").read_text()
+    assert len(html) < 8_000_000
+    assert not re.search(r"<(script|link|img)[^>]+(src|href)=[\"']?(https?:)?//", html)
+    data = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html, re.S).group(1))
+    assert [c["name"] for c in data["clusters"]] == sorted(names)
+    assert sum(c["size"] for c in data["clusters"]) == 90
+    assert all(uri.startswith("data:image/webp;base64,") for uri in data["thumbs"])
+    assert min(data["points"]["thumb"]) >= 0
+    assert set(data["maps"]) == {"pca", "tsne"} and len(data["maps"]["tsne"]["2d"][0]) == 90
+    assert data["errors"][0][1] == "empty file"
+    assert {"elbow", "silhouette_k", "pca_variance", "silhouette_samples"} <= set(data["plots"])
+
+
+def test_galleries_put_the_most_typical_first(report_run: Path) -> None:
+    from pixclust.report.build import load_run
+
+    view = load_run(report_run)
+    for label in view.names:
+        distances = view.distances[view.members(label)]
+        assert np.all(np.diff(distances) >= 0)
+
+
+def test_rebuilding_reuses_maps_and_thumbnails(report_run: Path) -> None:
+    stamps = {name: (report_run / name).stat().st_mtime_ns for name in (MAPS_FILE, "thumbnails.parquet")}
+    build_report(report_run, maps=["pca", "tsne"], quiet=True)
+    assert {name: (report_run / name).stat().st_mtime_ns for name in stamps} == stamps
+    build_report(report_run, maps=["umap"], quiet=True)
+    assert (report_run / "plots" / "map_umap.png").is_file()
+    assert '"umap"' in (report_run / "report.html").read_text()
+
+
+def test_no_report_writes_only_the_tables(tmp_path: Path) -> None:
+    root = write_digit_tree(tmp_path / "images", per_class=4)
+    pixclust.run(RunConfig(source=str(root), out=str(tmp_path / "run"), k=2, report=False), quiet=True)
+    assert not (tmp_path / "run" / "report.html").exists() and not (tmp_path / "run" / "plots").exists()
+    assert (tmp_path / "run" / "clusters.csv").is_file()
+
+
+def test_report_on_a_folder_that_is_no_run_says_so(tmp_path: Path) -> None:
+    with pytest.raises(UsageError, match="no embeddings.parquet"):
+        build_report(tmp_path)

@@ -127,3 +127,15 @@ def test_demo_prints_clusters_and_scores(tmp_path: Path) -> None:
     assert "1,797 images used, 0 skipped" in result.stdout
     assert "ACC" in result.stdout and "cluster_09" in result.stdout
     assert len(list((tmp_path / "demo" / "digits").rglob("*.png"))) == 1797
+
+
+def test_report_command_rebuilds_and_refuses_a_non_run(tmp_path: Path, messy_tree) -> None:
+    root, _ = messy_tree
+    run_dir = tmp_path / "run"
+    assert pixclust("cluster", str(root), "--out", str(run_dir), "--k", "2", "--no-report", "-q").returncode == 0
+    assert not (run_dir / "report.html").exists()
+    rebuilt = pixclust("report", str(run_dir), "--map", "pca", "-q")
+    assert rebuilt.returncode == 0, rebuilt.stderr
+    assert (run_dir / "report.html").is_file() and (run_dir / "plots" / "map_pca.png").is_file()
+    assert_one_line_error(pixclust("report", str(tmp_path)), 2, "no embeddings.parquet")
+    assert_one_line_error(pixclust("report", str(run_dir), "--map", "mds"), 2, "--map 'mds'")

@@ -59,6 +59,14 @@ def tree_digest(root: Path) -> dict[str, tuple[str, int]]:
     return found
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Exported networks go to a cache of this test session (shared with the CLI subprocesses)."""
+    cache = tmp_path_factory.mktemp("pixclust-cache")
+    os.environ["PIXCLUST_CACHE"] = str(cache)
+    return cache
+
+
 @pytest.fixture(scope="session")
 def default_extractor() -> FeatureExtractor:
     return load_extractor()

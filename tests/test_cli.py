@@ -139,3 +139,9 @@ def test_report_command_rebuilds_and_refuses_a_non_run(tmp_path: Path, messy_tre
     assert (run_dir / "report.html").is_file() and (run_dir / "plots" / "map_pca.png").is_file()
     assert_one_line_error(pixclust("report", str(tmp_path)), 2, "no embeddings.parquet")
     assert_one_line_error(pixclust("report", str(run_dir), "--map", "mds"), 2, "--map 'mds'")
+
+
+def test_unknown_option_is_a_usage_message_not_a_traceback() -> None:
+    result = pixclust("cluster", "--bogus")
+    assert result.returncode == 2 and "No such option: --bogus" in result.stderr
+    assert "Traceback" not in result.stderr

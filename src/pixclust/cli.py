@@ -58,6 +58,8 @@ def cluster_command(
     workers: Annotated[Optional[int], typer.Option(help="Decode worker processes [default: one per core].")] = None,
     max_pixels: Annotated[Optional[int], typer.Option(help="Skip images with more pixels than this (bomb guard).")] = None,
     include_hidden: Annotated[Optional[bool], typer.Option("--include-hidden", help="Also read hidden files and folders.")] = None,
+    runtime: Annotated[Optional[str], typer.Option(help="Where the network runs: auto, openvino, onnxruntime, torch [default: auto].")] = None,
+    precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16 [default: auto: bf16 where the CPU has it, fp16 on a GPU].")] = None,
     maps: Annotated[Optional[list[str]], typer.Option("--map", help="Maps in the report: pca, tsne, umap; repeat or comma-separate [default: pca,tsne].")] = None,
     report: Annotated[Optional[bool], typer.Option("--report/--no-report", help="Write plots/ and report.html [default: --report].")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Repeat a run from its run.json; other options override it.")] = None,
@@ -85,6 +87,8 @@ def cluster_command(
         "workers": workers,
         "max_pixels": max_pixels,
         "include_hidden": include_hidden,
+        "runtime": runtime,
+        "precision": precision,
         "maps": _split_maps(maps),
         "report": report,
     }
@@ -209,7 +213,7 @@ def similar_command(
     source: Annotated[Path, typer.Option("--in", help="Run folder, or an embeddings.npy (with --ids).")],
     top: Annotated[int, typer.Option(help="Look-alikes per query.")] = 10,
     min_sim: Annotated[Optional[float], typer.Option("--min-sim", help="Leave out matches below this cosine similarity.")] = None,
-    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy [default: row numbers].")] = None,
+    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write similar.csv and a contact sheet per query here.")] = None,
 ) -> None:
     """Find the images most like each query, by cosine similarity of embeddings."""
@@ -219,8 +223,8 @@ def similar_command(
 
     result = find_similar(source, queries, top=top, min_similarity=min_sim, ids=ids, out=out)
     console = _console()
-    for answer in result.answers:
-        table = Table(title=answer[0].query if answer else "no match", title_justify="left")
+    for query, answer in zip(result.queries, result.answers, strict=True):
+        table = Table(title=query if answer else f"{query}: no match", title_justify="left")
         for column in ("rank", "similarity", "path"):
             table.add_column(column, justify="left" if column == "path" else "right")
         for match in answer:
@@ -234,8 +238,8 @@ def similar_command(
 def duplicates_command(
     source: Annotated[Path, typer.Argument(help="Run folder, or an embeddings.npy (with --ids).")],
     threshold: Annotated[float, typer.Option(help="Cosine similarity at or above which two images are near-duplicates.")] = 0.90,
-    colour: Annotated[bool, typer.Option("--colour/--no-colour", help="Also require matching colours (reads the image files).")] = True,
-    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy [default: row numbers].")] = None,
+    colour: Annotated[bool, typer.Option("--colour/--no-colour", help="Also require matching 16x16 colour thumbnails (reads the image files).")] = True,
+    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write duplicates.csv here.")] = None,
     export: Annotated[bool, typer.Option("--export", help="Also link group N's images into OUT/duplicate_links/clusters/cluster_N/.")] = False,
 ) -> None:
@@ -266,10 +270,11 @@ def label_command(
     refs: Annotated[Path, typer.Option(help="Folder with one subfolder of example images per class, or a CSV of class,id.")],
     source: Annotated[Path, typer.Option("--in", help="Run folder, or an embeddings.npy (with --ids).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for labels.csv and contact sheets.")],
-    threshold: Annotated[Optional[list[float]], typer.Option(help="Cosine cut(s) for the nearest-example rule; repeat for a table [default: 0.70 0.75 0.80].")] = None,
+    threshold: Annotated[Optional[list[float]], typer.Option(help="Cosine cut(s) for the nearest-example rule; repeat for a table (default: 0.70 0.75 0.80).")] = None,
     method: Annotated[str, typer.Option(help="propagate (prototypes, label propagation, estimated none) or nearest (the nearest-example rule at the first --threshold).")] = "propagate",
     suggest: Annotated[int, typer.Option(help="Also list N images worth labelling next.")] = 0,
-    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy [default: row numbers].")] = None,
+    none: Annotated[bool, typer.Option("--none/--no-none", help="Estimate a 'none' class; --no-none when every image belongs to one of the classes.")] = True,
+    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Label every image with a class of the examples in REFS, or 'none'; writes labels.csv and contact sheets."""
@@ -278,7 +283,9 @@ def label_command(
     from pixclust.label import DEFAULT_THRESHOLDS
     from pixclust.workflows import label
 
-    run = label(source, refs, out=out, method=method, thresholds=threshold or DEFAULT_THRESHOLDS, suggest=suggest, ids=ids, random_state=seed)
+    run = label(
+        source, refs, out=out, method=method, thresholds=threshold or DEFAULT_THRESHOLDS, suggest=suggest, estimate_none=none, ids=ids, random_state=seed
+    )
     result = run.result
     console = _console()
     table = Table(title="nearest-example rule: images per class at each threshold", title_justify="left")
@@ -303,10 +310,10 @@ def train_command(
     labels: Annotated[Path, typer.Argument(help="CSV of path,label (e.g. labels.csv from 'pixclust label').")],
     source: Annotated[Path, typer.Option("--in", help="Run folder, or an embeddings.npy (with --ids), holding those images.")],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to save the classifier to.")],
-    head: Annotated[Optional[list[str]], typer.Option(help="logistic and/or mlp; repeat [default: both, the better by cross-validation].")] = None,
+    head: Annotated[Optional[list[str]], typer.Option(help="logistic and/or mlp; repeat (default: both, the better by cross-validation).")] = None,
     cv: Annotated[int, typer.Option(help="Cross-validation folds of the hyperparameter search.")] = 3,
     finetune: Annotated[bool, typer.Option("--finetune", help="Also train the network's last blocks (needs a CUDA GPU).")] = False,
-    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy [default: row numbers].")] = None,
+    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Train a classifier on the embeddings of labelled images, with class weights and a cross-validated search."""
@@ -323,8 +330,8 @@ def train_command(
 def evaluate_command(
     model: Annotated[Path, typer.Argument(help="A classifier saved by 'pixclust train'.")],
     test: Annotated[Path, typer.Option(help="CSV of id,label: images with known classes.")],
-    source: Annotated[Optional[Path], typer.Option("--in", help="Run folder or embeddings.npy holding the test ids [default: embed the listed image files].")] = None,
-    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy [default: row numbers].")] = None,
+    source: Annotated[Optional[Path], typer.Option("--in", help="Run folder or embeddings.npy holding the test ids (default: embed the listed image files).")] = None,
+    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for roc.png.")] = None,
 ) -> None:
     """Per-class precision, recall, F1 and one-vs-rest AUC on a labelled test list, and the confusion matrix."""
@@ -369,13 +376,16 @@ def predict_command(
 
     from pixclust.workflows import predict_images
 
-    predictions = predict_images(model, images)
+    run = predict_images(model, images)
     table = Table()
     for column in ("path", "label", "probability"):
         table.add_column(column, justify="right" if column == "probability" else "left")
-    for item in predictions:
+    for item in run.predictions:
         table.add_row(item.path, item.label, f"{item.probability:.3f}")
-    _console().print(table)
+    console = _console()
+    console.print(table)
+    for item in run.skipped:
+        console.print(f"skipped {item.path}: {item.reason} ({item.detail})")
 
 
 @app.command("resume-move")
@@ -409,13 +419,10 @@ def main() -> None:
         _exit_interrupted()
     except typer.Exit as done:
         sys.exit(done.exit_code)
-    except Exception as error:
-        import click
-
-        if isinstance(error, click.ClickException):
-            error.show()
-            sys.exit(error.exit_code)
-        raise
+    except typer.TyperException as error:
+        # Typer's own (vendored click) usage errors: an unknown option, a missing argument.
+        error.show()
+        sys.exit(error.exit_code)
     # Typer returns, rather than raises, the exit code of a command that ended in typer.Exit or Ctrl-C.
     if code == EXIT_INTERRUPTED:
         _exit_interrupted()

@@ -116,12 +116,24 @@ def _json_default(value: Any) -> Any:
 
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^\w.\- ]+")
+# File systems allow 255 bytes per name; leave room for "~2" and for the prefixes and suffixes added around it.
+_MAX_NAME_BYTES = 200
+_MAX_EXTENSION_BYTES = 16
 
 
 def safe_file_name(name: str) -> str:
-    """A name that stays one entry inside its folder: no separators, no '..', no control characters."""
-    cleaned = _UNSAFE_NAME_CHARS.sub("_", name).strip(" .")
-    return cleaned or "_"
+    """A name that stays one entry inside its folder: no separators, no '..', no control characters, at most 200 bytes.
+
+    A shortened name keeps its extension, so the file still opens with the right program.
+    """
+    cleaned = _UNSAFE_NAME_CHARS.sub("_", name).strip(" .") or "_"
+    if len(cleaned.encode()) <= _MAX_NAME_BYTES:
+        return cleaned
+    stem, extension = os.path.splitext(cleaned)
+    if len(extension.encode()) > _MAX_EXTENSION_BYTES:
+        stem, extension = cleaned, ""
+    kept = stem.encode()[: _MAX_NAME_BYTES - len(extension.encode())].decode(errors="ignore")
+    return kept + extension
 
 
 def export_cluster_folders(

@@ -68,8 +68,8 @@ def _fit_tsne(points: np.ndarray, n_components: int, random_state: int) -> tuple
     tsne = TSNE(
         n_components=n_components,
         perplexity=perplexity,
-        # FFT interpolation is openTSNE's fast path but exists only for 1-2 dimensions.
-        negative_gradient_method="fft" if n_components <= 2 else "bh",
+        # openTSNE's "auto" takes Barnes-Hut below 10,000 points and FFT above; FFT exists only in 2-D.
+        negative_gradient_method="auto" if n_components <= 2 else "bh",
         n_jobs=-1,
         random_state=random_state,
         verbose=False,

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from pixclust.errors import ModelUnavailableError, UsageError
+from pixclust.runtimes import Runner, check_runtime, make_runner
 
 DEFAULT_MODEL = "efficientnet-lite0"
 RANDOM_WEIGHTS = "random"
@@ -215,7 +216,7 @@ class FeatureExtractor:
     transform: Callable[[Any], np.ndarray]
     draft_size: int
     record: dict[str, Any]
-    network: Any = field(default=None, repr=False)
+    runner: Runner | None = field(default=None, repr=False)
 
     @property
     def model_id(self) -> str:
@@ -225,23 +226,27 @@ class FeatureExtractor:
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:
         """Features for a stacked batch of ``transform`` outputs, float32, one row per image."""
-        if self.network is None:
+        if self.runner is None:
             return np.asarray(batch, dtype=np.float32)
-        import torch
-
-        with torch.inference_mode():
-            features = self.network(torch.from_numpy(batch).contiguous(memory_format=torch.channels_last))
-        return features.float().numpy()
+        return self.runner.run(np.ascontiguousarray(batch, dtype=np.float32))
 
 
-def load_extractor(name: str = DEFAULT_MODEL, *, weights: str | Path | None = None) -> FeatureExtractor:
+def load_extractor(
+    name: str = DEFAULT_MODEL,
+    *,
+    weights: str | Path | None = None,
+    runtime: str = "auto",
+    precision: str = "auto",
+) -> FeatureExtractor:
     """Build the feature extractor for a registry name.
 
     ``weights`` is ``None`` (the model's own pretrained weights: packaged, or
     from the hub when online), a file path (a state dict, ``.pth``/``.pt``/
     ``.bin``/``.safetensors``), or ``"random"`` for plumbing tests.
+    ``runtime``/``precision`` choose where a network runs (see ``runtimes.py``).
     Raises :class:`ModelUnavailableError` when weights cannot be had.
     """
+    check_runtime(runtime, precision)
     spec = resolve_model(name)
     if spec.family == "hog":
         _reject_weights(spec, weights)
@@ -249,7 +254,7 @@ def load_extractor(name: str = DEFAULT_MODEL, *, weights: str | Path | None = No
     if spec.family == "pixels":
         _reject_weights(spec, weights)
         return FeatureExtractor(spec, spec.dim, PixelTransform(), PixelTransform.side, _handmade_record(spec, "32x32 RGB"))
-    return _load_timm_extractor(spec, weights)
+    return _load_timm_extractor(spec, weights, runtime, precision)
 
 
 def _reject_weights(spec: ModelSpec, weights: str | Path | None) -> None:
@@ -261,7 +266,7 @@ def _handmade_record(spec: ModelSpec, preprocessing: str) -> dict[str, Any]:
     return {"model": spec.name, "weights": "none", "weights_sha256": None, "preprocessing": preprocessing}
 
 
-def _load_timm_extractor(spec: ModelSpec, weights: str | Path | None) -> FeatureExtractor:
+def _load_timm_extractor(spec: ModelSpec, weights: str | Path | None, runtime: str, precision: str) -> FeatureExtractor:
     import timm
     import torch
 
@@ -297,7 +302,10 @@ def _load_timm_extractor(spec: ModelSpec, weights: str | Path | None) -> Feature
         "dim": dim,
         "preprocessing": asdict(prep),
     }
-    return FeatureExtractor(spec, dim, ImageTransform(prep), prep.resize_to, record, network)
+    extractor = FeatureExtractor(spec, dim, ImageTransform(prep), prep.resize_to, record)
+    extractor.runner = make_runner(network, extractor.model_id, prep.input_size, runtime=runtime, precision=precision)
+    extractor.record["runtime"] = extractor.runner.description
+    return extractor
 
 
 def _preprocessing(network: Any) -> Preprocessing:

@@ -48,6 +48,7 @@ from pixclust.move import MoveReport, check_no_moves, move_into_clusters
 from pixclust.progress import progress_bar
 from pixclust.reduce import REDUCE_METHODS, project_2d, reduce_features
 from pixclust.report import build_report
+from pixclust.runtimes import check_runtime
 from pixclust.store import EmbeddingStore, KnownEmbeddings, StoredVector, content_hash
 from pixclust.truth import load_truth
 
@@ -65,6 +66,8 @@ def embed(
     num_workers: int | None = None,
     max_pixels: int = DEFAULT_MAX_PIXELS,
     include_hidden: bool = False,
+    runtime: str = "auto",
+    precision: str = "auto",
     quiet: bool = False,
 ) -> Embeddings:
     """Embed every usable image under ``source``.
@@ -77,7 +80,7 @@ def embed(
     """
     root = os.path.abspath(source)
     discovery = discover_images(root, include_hidden=include_hidden)
-    extractor = load_extractor(model, weights=weights)
+    extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision)
     store = EmbeddingStore(out) if out is not None else None
     known = store.known(extractor.model_id) if store else KnownEmbeddings()
 
@@ -270,11 +273,14 @@ class RunConfig:
     workers: int | None = None
     max_pixels: int = DEFAULT_MAX_PIXELS
     include_hidden: bool = False
+    runtime: str = "auto"
+    precision: str = "auto"
     report: bool = True
     maps: list[str] = field(default_factory=lambda: list(DEFAULT_MAPS))
 
     def __post_init__(self) -> None:
         self.maps = list(check_map_methods(self.maps))
+        check_runtime(self.runtime, self.precision)
         if self.copy and self.move:
             raise UsageError("--copy and --move both say what goes into clusters/; choose one")
         if isinstance(self.k, str) and self.k != "auto":
@@ -325,6 +331,8 @@ def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
         num_workers=config.workers,
         max_pixels=config.max_pixels,
         include_hidden=config.include_hidden,
+        runtime=config.runtime,
+        precision=config.precision,
         quiet=quiet,
     )
     timings["embed_s"] = time.perf_counter() - started

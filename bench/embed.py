@@ -1,0 +1,181 @@
+"""Embedding speed: the seeds' way, plain PyTorch, pixclust, clustimage, and each runtime model-only.
+
+    .venv/bin/python bench/embed.py [--n 2000] [--work /tmp/pixclust-bench-embed]
+
+All on one folder of Fashion-MNIST test images written as 640x480 JPEG photos
+(apt-get install dataset-fashion-mnist), with EfficientNet-Lite0 (the offline
+default) at 224x224. Each method runs in its own process so its peak memory is its
+own. clustimage is measured only when it is installed (pip install clustimage).
+The machine's load changes figures from hour to hour: compare within one run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import fashion_mnist, write_image_tree  # noqa: E402
+
+MODEL_ONLY = {
+    "torch fp32 NCHW": ("torch", "fp32", False),
+    "torch fp32 channels_last": ("torch", "fp32", True),
+    "torch bf16 channels_last": ("torch", "bf16", True),
+    "onnxruntime fp32": ("onnxruntime", "fp32", True),
+    "openvino fp32": ("openvino", "fp32", True),
+    "openvino bf16": ("openvino", "bf16", True),
+}
+END_TO_END = ("seed-style loop", "plain PyTorch batched", "pixclust end to end", "clustimage")
+BATCH = 32
+
+
+def _files(folder: Path) -> list[str]:
+    return sorted(str(p) for p in folder.rglob("*.jpg"))
+
+
+def model_only(name: str) -> dict[str, float]:
+    import torch
+
+    from pixclust.models import load_extractor
+
+    runtime, precision, channels_last = MODEL_ONLY[name]
+    extractor = load_extractor(runtime=runtime, precision=precision)
+    batch = np.random.default_rng(0).standard_normal((BATCH, 3, 224, 224)).astype(np.float32)
+    if channels_last:
+        run = extractor.embed_batch
+    else:
+        import timm
+
+        network = timm.create_model("tf_efficientnet_lite0", pretrained=False, num_classes=0).eval()
+
+        def run(x: np.ndarray) -> np.ndarray:
+            with torch.inference_mode():
+                return network(torch.from_numpy(x)).numpy()
+
+    run(batch)
+    rounds, started = 0, time.perf_counter()
+    while time.perf_counter() - started < 20 or rounds < 3:
+        run(batch)
+        rounds += 1
+    return {"images": rounds * BATCH, "seconds": time.perf_counter() - started}
+
+
+def seed_style(folder: Path) -> dict[str, float]:
+    """One image at a time: decode, resize to 224, one forward pass each (the seeds' loop)."""
+    import torch
+    from PIL import Image
+
+    from pixclust.models import load_extractor
+
+    extractor = load_extractor(runtime="torch", precision="fp32")
+    network = extractor.runner
+    files = _files(folder)
+    started = time.perf_counter()
+    for path in files:
+        image = Image.open(path).convert("RGB").resize((224, 224))
+        pixels = (np.asarray(image, dtype=np.float32) / 127.5 - 1.0).transpose(2, 0, 1)[None]
+        with torch.inference_mode():
+            network.run(np.ascontiguousarray(pixels))
+    return {"images": len(files), "seconds": time.perf_counter() - started}
+
+
+def plain_batched(folder: Path) -> dict[str, float]:
+    """Decode in the main process, batches of 32 through PyTorch fp32: what a careful script does."""
+    from pixclust.images import load_rgb
+    from pixclust.models import load_extractor
+
+    extractor = load_extractor(runtime="torch", precision="fp32")
+    files = _files(folder)
+    started = time.perf_counter()
+    for start in range(0, len(files), BATCH):
+        batch = np.stack([extractor.transform(load_rgb(path)) for path in files[start : start + BATCH]])
+        extractor.embed_batch(batch)
+    return {"images": len(files), "seconds": time.perf_counter() - started}
+
+
+def pixclust_end_to_end(folder: Path) -> dict[str, float]:
+    import pixclust
+
+    # Loading the model (and exporting it to ONNX the first time) is part of what a user waits for.
+    started = time.perf_counter()
+    embeddings = pixclust.embed(folder, quiet=True)
+    return {"images": len(embeddings), "seconds": time.perf_counter() - started, "runtime": embeddings.model["runtime"]}
+
+
+def clustimage(folder: Path) -> dict[str, float]:
+    from clustimage import Clustimage
+
+    files = _files(folder)
+    started = time.perf_counter()
+    Clustimage(verbose=0).fit_transform(files)
+    return {"images": len(files), "seconds": time.perf_counter() - started}
+
+
+def run_one(method: str, folder: Path) -> dict[str, float]:
+    if method in MODEL_ONLY:
+        return model_only(method)
+    return {
+        "seed-style loop": seed_style,
+        "plain PyTorch batched": plain_batched,
+        "pixclust end to end": pixclust_end_to_end,
+        "clustimage": clustimage,
+    }[method](folder)
+
+
+def measure(method: str, folder: Path) -> dict[str, float] | None:
+    """Run one method in a child process; its result plus its own peak memory, or None if unavailable."""
+    process = subprocess.Popen(
+        [sys.executable, __file__, "--one", method, "--folder", str(folder)], stdout=subprocess.PIPE, text=True
+    )
+    output = process.stdout.read() if process.stdout else ""
+    _, status, usage = os.wait4(process.pid, 0)
+    if status != 0 or not output.strip():
+        return None
+    result = json.loads(output.strip().splitlines()[-1])
+    result["peak_gb"] = usage.ru_maxrss / 1024**2
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--n", type=int, default=2000)
+    parser.add_argument("--work", type=Path, default=Path("/tmp/pixclust-bench-embed"))
+    parser.add_argument("--one", help=argparse.SUPPRESS)
+    parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.one:
+        print(json.dumps(run_one(args.one, args.folder)))
+        return
+
+    images, labels = fashion_mnist("test")
+    folder = write_image_tree(args.work / "photos", images[: args.n], labels[: args.n], size=(640, 480), fmt="jpg")
+    if importlib.util.find_spec("clustimage") is None:
+        print("(clustimage is not installed: pip install clustimage to include it)")
+    rows = {}
+    for method in (*MODEL_ONLY, *END_TO_END):
+        result = measure(method, folder)
+        if result is not None:
+            rows[method] = result
+    pixclust_rate = rows["pixclust end to end"]["images"] / rows["pixclust end to end"]["seconds"]
+    best_model_only = max(r["images"] / r["seconds"] for m, r in rows.items() if m in MODEL_ONLY)
+    print(f"{args.n} Fashion-MNIST images as 640x480 JPEG, EfficientNet-Lite0 at 224, {os.cpu_count()} cores")
+    print(f"{'method':<40}{'images/s':>10}{'peak GB':>9}{'pixclust ÷ it':>15}")
+    for method, result in rows.items():
+        rate = result["images"] / result["seconds"]
+        kind = " (model only)" if method in MODEL_ONLY else ""
+        print(f"{method + kind:<40}{rate:>10.1f}{result['peak_gb']:>9.2f}{pixclust_rate / rate:>15.2f}")
+    print(f"pixclust end to end runs on: {rows['pixclust end to end'].get('runtime')}")
+    print(f"pixclust end to end / best model-only: {pixclust_rate / best_model_only:.0%}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,167 @@
+"""Where a network runs: OpenVINO or ONNX Runtime on CPUs, PyTorch on GPUs or as the last resort.
+
+The network is exported once to ONNX and the file cached (keyed by the
+model id, so new weights or preprocessing export again). Every runtime takes
+the same float32 NCHW batch and returns float32 features; they agree with
+PyTorch fp32 to a cosine similarity above 0.99 (tests check), so stored
+embeddings are shared across runtimes. ``bench/embed.py`` measures them.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pixclust.atomic import atomic_path
+from pixclust.errors import UsageError
+
+RUNTIMES = ("auto", "openvino", "onnxruntime", "torch")
+PRECISIONS = ("auto", "fp32", "bf16", "fp16")
+_OPSET = 18
+
+
+@dataclass
+class Runner:
+    """A callable batch -> features, and what it is (recorded in run.json)."""
+
+    runtime: str
+    precision: str
+    device: str
+    run: Callable[[np.ndarray], np.ndarray]
+
+    @property
+    def description(self) -> str:
+        return f"{self.runtime} {self.precision} on {self.device}"
+
+
+def cache_dir() -> Path:
+    """Where exported networks live: $PIXCLUST_CACHE, else $XDG_CACHE_HOME/pixclust, else ~/.cache/pixclust."""
+    if os.environ.get("PIXCLUST_CACHE"):
+        return Path(os.environ["PIXCLUST_CACHE"])
+    base = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    return base / "pixclust"
+
+
+def check_runtime(runtime: str, precision: str) -> None:
+    if runtime not in RUNTIMES:
+        raise UsageError(f"--runtime {runtime!r} is not known; choose one of {', '.join(RUNTIMES)}")
+    if precision not in PRECISIONS:
+        raise UsageError(f"--precision {precision!r} is not known; choose one of {', '.join(PRECISIONS)}")
+
+
+def make_runner(network: Any, model_id: str, input_size: int, *, runtime: str = "auto", precision: str = "auto") -> Runner:
+    """The fastest available runner for ``network``, or exactly the one asked for.
+
+    ``auto``: PyTorch with half precision on a CUDA GPU; otherwise OpenVINO,
+    then ONNX Runtime, then PyTorch, each skipped when it is not installed.
+    """
+    check_runtime(runtime, precision)
+    if runtime == "auto":
+        if _cuda_available():
+            return _torch_runner(network, precision)
+        for candidate in (_openvino_runner, _onnxruntime_runner):
+            try:
+                return candidate(network, model_id, input_size, precision)
+            except ImportError:
+                continue
+        return _torch_runner(network, precision)
+    if runtime == "torch":
+        return _torch_runner(network, precision)
+    maker = _openvino_runner if runtime == "openvino" else _onnxruntime_runner
+    try:
+        return maker(network, model_id, input_size, precision)
+    except ImportError as error:
+        raise UsageError(f"--runtime {runtime} is not installed; run: pip install {runtime}, or use --runtime auto") from error
+
+
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def _torch_runner(network: Any, precision: str) -> Runner:
+    import torch
+
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    chosen = precision if precision != "auto" else ("fp16" if device == "cuda" else "fp32")
+    if device == "cpu" and chosen == "fp16":
+        raise UsageError("--precision fp16 with --runtime torch needs a GPU; use fp32 or bf16 on a CPU")
+    dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(chosen)
+    network.to(device)
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        tensor = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
+        with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
+            return network(tensor).float().cpu().numpy()
+
+    return Runner("torch", chosen, device, run)
+
+
+def exported_onnx(network: Any, model_id: str, input_size: int) -> Path:
+    """The network as an ONNX file with a dynamic batch axis, exported on first use and cached."""
+    import torch
+
+    target = cache_dir() / "onnx" / f"{model_id.replace(':', '-')}-{input_size}-opset{_OPSET}.onnx"
+    if target.is_file():
+        return target
+    example = torch.zeros(2, 3, input_size, input_size)
+    batch = torch.export.Dim("batch", min=1, max=4096)
+    network.to("cpu")
+    with atomic_path(target) as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            network,
+            (example,),
+            str(tmp),
+            input_names=["images"],
+            output_names=["features"],
+            dynamic_shapes=({0: batch},),
+            opset_version=_OPSET,
+            dynamo=True,
+            external_data=False,
+            verbose=False,
+        )
+    return target
+
+
+def _openvino_runner(network: Any, model_id: str, input_size: int, precision: str) -> Runner:
+    import openvino
+
+    core = openvino.Core()
+    capabilities = core.get_property("CPU", "OPTIMIZATION_CAPABILITIES")
+    chosen = precision if precision != "auto" else ("bf16" if "BF16" in capabilities else "fp32")
+    if chosen == "bf16" and "BF16" not in capabilities:
+        raise UsageError("--precision bf16: this CPU has no bf16 support; use fp32 or --precision auto")
+    hint = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[chosen]
+    compiled = core.compile_model(
+        core.read_model(exported_onnx(network, model_id, input_size)),
+        "CPU",
+        {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "THROUGHPUT"},
+    )
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(compiled(batch)[0], dtype=np.float32)
+
+    return Runner("openvino", chosen, "cpu", run)
+
+
+def _onnxruntime_runner(network: Any, model_id: str, input_size: int, precision: str) -> Runner:
+    import onnxruntime
+
+    if precision not in ("auto", "fp32"):
+        raise UsageError(f"--precision {precision} is not offered by onnxruntime on a CPU; use fp32 or --runtime openvino")
+    session = onnxruntime.InferenceSession(
+        str(exported_onnx(network, model_id, input_size)), providers=["CPUExecutionProvider"]
+    )
+
+    def run(batch: np.ndarray) -> np.ndarray:
+        return np.asarray(session.run(None, {"images": batch})[0], dtype=np.float32)
+
+    return Runner("onnxruntime", "fp32", "cpu", run)

@@ -1,0 +1,80 @@
+"""Every installed runtime gives the PyTorch fp32 answer; a missing one falls back cleanly."""
+
+from __future__ import annotations
+
+import sys
+
+import numpy as np
+import pytest
+from conftest import write_digit_tree
+
+from pixclust.embedder import Embedder
+from pixclust.errors import UsageError
+from pixclust.models import load_extractor
+from pixclust.runtimes import cache_dir
+
+
+@pytest.fixture(scope="module")
+def real_images(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
+    from skimage import data
+    from PIL import Image
+
+    root = write_digit_tree(tmp_path_factory.mktemp("runtime-images"), per_class=4)
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        Image.fromarray(getattr(data, name)()).convert("RGB").save(root / f"{name}.jpg", quality=92)
+    return sorted(str(p) for p in root.rglob("*") if p.is_file())
+
+
+def _embed(extractor, paths: list[str]) -> np.ndarray:
+    rows = [batch.vectors for batch in Embedder(extractor, batch_size=8, num_workers=0).iter_batches(paths)]
+    return np.concatenate(rows)
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.fixture(scope="module")
+def torch_fp32(real_images: list[str]) -> np.ndarray:
+    return _embed(load_extractor(runtime="torch", precision="fp32"), real_images)
+
+
+@pytest.mark.parametrize(
+    ("runtime", "precision"),
+    [("openvino", "fp32"), ("openvino", "auto"), ("onnxruntime", "fp32"), ("torch", "bf16")],
+)
+def test_runtimes_agree_with_pytorch_fp32(real_images, torch_fp32, runtime: str, precision: str) -> None:
+    pytest.importorskip(runtime if runtime != "torch" else "torch")
+    extractor = load_extractor(runtime=runtime, precision=precision)
+    assert extractor.record["runtime"].startswith(runtime)
+    cosines = _cosines(_embed(extractor, real_images), torch_fp32)
+    assert cosines.mean() >= 0.99 and cosines.min() >= 0.98
+
+
+def test_runtime_does_not_change_the_model_id() -> None:
+    assert load_extractor(runtime="torch").model_id == load_extractor(runtime="onnxruntime").model_id
+
+
+def test_the_onnx_export_is_cached(real_images) -> None:
+    load_extractor(runtime="onnxruntime")
+    exported = list((cache_dir() / "onnx").glob("efficientnet-lite0-*.onnx"))
+    assert len(exported) == 1
+    stamp = exported[0].stat().st_mtime_ns
+    load_extractor(runtime="openvino")
+    assert exported[0].stat().st_mtime_ns == stamp
+
+
+def test_auto_falls_back_when_openvino_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "openvino", None)
+    assert load_extractor(runtime="auto").record["runtime"].startswith("onnxruntime")
+    monkeypatch.setitem(sys.modules, "onnxruntime", None)
+    assert load_extractor(runtime="auto").record["runtime"].startswith("torch")
+    with pytest.raises(UsageError, match="--runtime openvino is not installed"):
+        load_extractor(runtime="openvino")
+
+
+def test_bad_runtime_settings_are_usage_errors() -> None:
+    with pytest.raises(UsageError, match="--runtime 'tpu'"):
+        load_extractor(runtime="tpu")
+    with pytest.raises(UsageError, match="needs a GPU"):
+        load_extractor(runtime="torch", precision="fp16")

@@ -9,7 +9,10 @@ worker, never the whole folder.
 
 from __future__ import annotations
 
+import contextlib
 import os
+import signal
+import threading
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -56,6 +59,26 @@ class _DecodedFiles:
             return index, None, (0, 0), DecodeError(REASON_DECODE_FAILED, f"{type(error).__name__}: {error}")
 
 
+@contextlib.contextmanager
+def _sigchld_handler_restored() -> Iterator[None]:
+    """Put back the SIGCHLD handler that a multi-worker DataLoader installs and never removes.
+
+    torch's handler stays for the life of the process and inspects its registry of
+    worker processes whenever any child exits; with that handler left behind, a
+    later, unrelated child process exiting crashed the interpreter (seen with
+    faiss and OpenVINO loaded). The DataLoader still notices a dead worker without
+    it, by checking its workers whenever it waits for a batch.
+    """
+    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.getsignal(signal.SIGCHLD)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGCHLD, previous if previous is not None else signal.SIG_DFL)
+
+
 def _collate(items: list[Any]) -> list[Any]:
     return items
 
@@ -99,6 +122,10 @@ class Embedder:
             collate_fn=_collate,
             prefetch_factor=2 if workers else None,
         )
+        with _sigchld_handler_restored():
+            yield from self._embed_batches(loader)
+
+    def _embed_batches(self, loader: Any) -> Iterator[ExtractedBatch]:
         for items in loader:
             decoded = [(index, array, size) for index, array, size, error in items if error is None]
             failures = [(index, error) for index, _, _, error in items if error is not None]

@@ -80,7 +80,7 @@ class EmbeddingStore:
         """Rows for ``model_id`` from the final file and any shards an interrupted run left."""
         known = KnownEmbeddings()
         for file in [self.path, *self._shards()]:
-            table = _read_readable(file)
+            table = read_table_or_none(file)
             if table is not None:
                 known.add(table.filter(pc.equal(table.column("model_id"), model_id)))
         return known
@@ -105,7 +105,7 @@ class EmbeddingStore:
         return sorted(self.partial_dir.glob("part-*.parquet")) if self.partial_dir.is_dir() else []
 
 
-def _read_readable(file: Path) -> pa.Table | None:
+def read_table_or_none(file: Path) -> pa.Table | None:
     """The table in ``file``, or None when it is absent or unreadable (a damaged cache is rebuilt, not fatal)."""
     if not file.is_file():
         return None

@@ -29,7 +29,7 @@ from pixclust.maps import DEFAULT_MAPS, check_map_methods, map_coordinates
 from pixclust.progress import progress_bar
 from pixclust.report import plots
 from pixclust.report.thumbnails import load_thumbnails, montage
-from pixclust.store import EMBEDDINGS_FILE, EmbeddingStore
+from pixclust.store import EMBEDDINGS_FILE, EmbeddingStore, read_table_or_none
 
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
@@ -116,11 +116,8 @@ def load_maps(view: RunView, methods: tuple[str, ...], *, random_state: int = 0,
 
 
 def _read_maps(cache_file: Path, fingerprint: str, n: int) -> dict[tuple[str, int], np.ndarray]:
-    if not cache_file.is_file():
-        return {}
-    try:
-        table = pq.read_table(cache_file)
-    except (OSError, pa.ArrowInvalid):
+    table = read_table_or_none(cache_file)
+    if table is None:
         return {}
     metadata = table.schema.metadata or {}
     if metadata.get(b"fingerprint", b"").decode() != fingerprint or table.num_rows != n:

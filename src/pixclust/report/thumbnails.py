@@ -21,6 +21,7 @@ from pixclust.atomic import atomic_path
 from pixclust.errors import DecodeError
 from pixclust.images import load_rgb
 from pixclust.progress import progress_bar
+from pixclust.store import read_table_or_none
 
 THUMBNAILS_FILE = "thumbnails.parquet"
 THUMB_SIDE = 80
@@ -74,11 +75,8 @@ def load_thumbnails(
 
 
 def _read_cache(cache_file: Path, side: int) -> dict[str, bytes]:
-    if not cache_file.is_file():
-        return {}
-    try:
-        table = pq.read_table(cache_file)
-    except (OSError, pa.ArrowInvalid):
+    table = read_table_or_none(cache_file)
+    if table is None:
         return {}
     return {
         digest: data

@@ -113,6 +113,7 @@ def test_rebuilding_reuses_maps_and_thumbnails(report_run: Path) -> None:
     assert {name: (report_run / name).stat().st_mtime_ns for name in stamps} == stamps
     build_report(report_run, maps=["umap"], quiet=True)
     assert (report_run / "plots" / "map_umap.png").is_file()
+    assert not (report_run / "plots" / "map_tsne.png").exists()
     assert '"umap"' in (report_run / "report.html").read_text()
 
 

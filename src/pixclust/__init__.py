@@ -27,8 +27,17 @@ _EXPORTS = {
     "ImageClusterer": "pixclust.clustering",
     "load_extractor": "pixclust.models",
     "PixclustError": "pixclust.errors",
+    "find_similar": "pixclust.workflows",
+    "find_duplicate_images": "pixclust.workflows",
+    "predict_images": "pixclust.workflows",
+    "build_report": "pixclust.report",
 }
-_SUBMODULES = {"images", "models", "embedder", "store", "reduce", "clustering", "metrics", "export", "truth", "demo"}
+# label/train/evaluate live in pixclust.workflows: a package-level ``label`` would be
+# shadowed by the submodule pixclust.label as soon as anything imported it.
+_SUBMODULES = {
+    "images", "models", "embedder", "runtimes", "store", "reduce", "clustering", "metrics", "maps",
+    "export", "truth", "demo", "search", "label", "classifier", "workflows", "report",
+}
 
 __all__ = sorted(_EXPORTS)
 

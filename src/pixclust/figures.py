@@ -9,13 +9,46 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from pixclust.atomic import atomic_path
+
+if TYPE_CHECKING:
+    from PIL import Image
 
 TILE = 128
 CAPTION = 16
 COLUMNS = 8
 _GREY = (200, 200, 200)
+
+
+def contact_sheet(
+    images: Sequence[Image.Image | None],
+    captions: Sequence[str] | None = None,
+    *,
+    tile: int = TILE,
+    columns: int = COLUMNS,
+) -> Image.Image:
+    """A grid of images (aspect kept, centred on white; a grey tile for None), captions under them if given."""
+    from PIL import Image, ImageDraw
+
+    caption_height = CAPTION if captions is not None else 0
+    labels = list(captions) if captions is not None else [""] * len(images)
+    columns = max(1, min(columns, len(images)))
+    rows = max(1, math.ceil(len(images) / columns))
+    sheet = Image.new("RGB", (columns * tile, rows * (tile + caption_height)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for n, (image, caption) in enumerate(zip(images, labels, strict=True)):
+        x, y = (n % columns) * tile, (n // columns) * (tile + caption_height)
+        if image is None:
+            draw.rectangle([x + 2, y + 2, x + tile - 3, y + tile - 3], fill=_GREY)
+        else:
+            shown = image.convert("RGB")
+            shown.thumbnail((tile - 4, tile - 4))
+            sheet.paste(shown, (x + (tile - shown.width) // 2, y + (tile - shown.height) // 2))
+        if caption:
+            draw.text((x + 3, y + tile + 2), caption[: tile // 7], fill="black")
+    return sheet
 
 
 def write_contact_sheet(
@@ -26,30 +59,22 @@ def write_contact_sheet(
     tile: int = TILE,
     columns: int = COLUMNS,
 ) -> Path:
-    """A grid of thumbnails (aspect kept, centred on white), each with an optional caption under it."""
-    from PIL import Image, ImageDraw
-
-    from pixclust.errors import DecodeError
-    from pixclust.images import load_rgb
-
-    labels = list(captions) if captions is not None else [""] * len(paths)
-    columns = max(1, min(columns, len(paths)))
-    rows = max(1, math.ceil(len(paths) / columns))
-    sheet = Image.new("RGB", (columns * tile, rows * (tile + CAPTION)), "white")
-    draw = ImageDraw.Draw(sheet)
-    for n, (path, caption) in enumerate(zip(paths, labels, strict=True)):
-        x, y = (n % columns) * tile, (n // columns) * (tile + CAPTION)
-        try:
-            image = load_rgb(path, draft_size=tile)
-            image.thumbnail((tile - 4, tile - 4))
-            sheet.paste(image, (x + (tile - image.width) // 2, y + (tile - image.height) // 2))
-        except DecodeError:
-            draw.rectangle([x + 2, y + 2, x + tile - 3, y + tile - 3], fill=_GREY)
-        draw.text((x + 3, y + tile + 2), caption[: tile // 7], fill="black")
+    """The images at ``paths`` as a :func:`contact_sheet` PNG; files that cannot be read become grey tiles."""
+    sheet = contact_sheet([_decoded_or_none(path, tile) for path in paths], captions, tile=tile, columns=columns)
     target = Path(target)
     with atomic_path(target) as tmp:
         sheet.save(tmp, format="PNG")
     return target
+
+
+def _decoded_or_none(path: str, tile: int) -> Image.Image | None:
+    from pixclust.errors import DecodeError
+    from pixclust.images import load_rgb
+
+    try:
+        return load_rgb(path, draft_size=tile)
+    except DecodeError:
+        return None
 
 
 def write_roc_plot(target: str | Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], aucs: dict[str, float | None]) -> Path:

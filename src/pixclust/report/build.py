@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import csv
 import hashlib
+import io
 import json
 from dataclasses import dataclass
 from importlib import resources
@@ -20,15 +21,17 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
+from PIL import Image
 
 from pixclust.atomic import atomic_path, write_text_atomic
 from pixclust.errors import UsageError
 from pixclust.export import CLUSTERS_CSV, ERRORS_CSV, RUN_JSON, cluster_names
+from pixclust.figures import contact_sheet
 from pixclust.images import SkippedFile
 from pixclust.maps import DEFAULT_MAPS, check_map_methods, map_coordinates
 from pixclust.progress import progress_bar
 from pixclust.report import plots
-from pixclust.report.thumbnails import load_thumbnails, montage
+from pixclust.report.thumbnails import THUMB_SIDE, load_thumbnails
 from pixclust.store import EMBEDDINGS_FILE, EmbeddingStore, read_table_or_none
 
 REPORT_FILE = "report.html"
@@ -178,12 +181,18 @@ def build_report(
     plot_dir = view.run_dir / PLOTS_DIR
     pngs = {stem: plots.save_png(figure) for stem, figure in make_figures(view, coords).items()}
     for label, name in view.names.items():
-        typical = [thumbnails[view.hashes[row]] for row in view.members(label)[:MONTAGE_SIZE] if view.hashes[row] in thumbnails]
+        typical = [thumbnails.get(view.hashes[row]) for row in view.members(label)[:MONTAGE_SIZE]]
+        sheet = contact_sheet([None if data is None else Image.open(io.BytesIO(data)) for data in typical], tile=THUMB_SIDE)
         with atomic_path(plot_dir / f"montage_{name}.png") as tmp:
-            montage(typical).save(tmp, format="PNG")
+            sheet.save(tmp, format="PNG")
     for stem, png in pngs.items():
         with atomic_path(plot_dir / f"{stem}.png") as tmp:
             tmp.write_bytes(png)
+    # A montage of a cluster that no longer exists (another k) or a map no longer asked for would mislead.
+    written = {f"{stem}.png" for stem in pngs} | {f"montage_{name}.png" for name in view.names.values()}
+    for stale in plot_dir.glob("*.png"):
+        if stale.name not in written:
+            stale.unlink()
     report = view.run_dir / REPORT_FILE
     if html:
         write_text_atomic(report, render_html(view, coords, thumbnails, pngs))

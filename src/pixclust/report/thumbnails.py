@@ -1,4 +1,4 @@
-"""Small WebP thumbnails for the report and montages, cached by content hash in the run folder.
+"""Small WebP thumbnails for the report, cached by content hash in the run folder.
 
 Thumbnails are made in worker processes (decoding is the cost) and kept in
 ``thumbnails.parquet``, so rebuilding a report, or re-clustering the same
@@ -94,17 +94,3 @@ def _write_cache(cache_file: Path, thumbnails: dict[str, bytes], side: int) -> N
     )
     with atomic_path(cache_file) as tmp:
         pq.write_table(table, tmp)
-
-
-def montage(thumbnails: Sequence[bytes], *, columns: int = 8, side: int = THUMB_SIDE, gap: int = 4) -> Image.Image:
-    """The thumbnails in a grid on white, each centred in a ``side`` square."""
-    rows = max(1, -(-len(thumbnails) // columns))
-    width = columns * side + (columns + 1) * gap
-    sheet = Image.new("RGB", (width, rows * side + (rows + 1) * gap), "white")
-    for index, data in enumerate(thumbnails):
-        tile = Image.open(io.BytesIO(data)).convert("RGB")
-        row, column = divmod(index, columns)
-        left = gap + column * (side + gap) + (side - tile.width) // 2
-        top = gap + row * (side + gap) + (side - tile.height) // 2
-        sheet.paste(tile, (left, top))
-    return sheet

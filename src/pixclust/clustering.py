@@ -12,7 +12,7 @@ from sklearn.metrics import pairwise_distances_argmin
 from sklearn.mixture import GaussianMixture
 
 from pixclust.errors import UsageError
-from pixclust.metrics import NOISE_LABEL, silhouette
+from pixclust.metrics import NOISE_LABEL, silhouette, silhouette_values
 from pixclust.reduce import Reduction, check_features, is_whole_number
 
 CLUSTER_METHODS = ("kmeans", "agglomerative", "gmm", "hdbscan")
@@ -159,8 +159,9 @@ class ImageClusterer:
 
     Fitted attributes: ``labels_``, ``n_clusters_``, ``cluster_centers_`` (mean
     of each cluster's members), ``distances_`` (to the own centre, NaN for
-    noise), ``k_scan_`` (a :class:`KScan`, or None without a scan) and
-    ``silhouette_`` (NaN where undefined).
+    noise), ``k_scan_`` (a :class:`KScan`, or None without a scan),
+    ``silhouette_values_`` (per point, NaN for noise and outside the scored
+    sample) and ``silhouette_`` (their mean, NaN where undefined).
     """
 
     def __init__(
@@ -286,7 +287,11 @@ class ImageClusterer:
         self.cluster_centers_ = partition.centres
         self.distances_ = partition.distances
         self.k_scan_ = scan
-        self.silhouette_ = self._silhouette(features, partition.labels)
+        self.silhouette_values_ = silhouette_values(
+            features, partition.labels, sample_size=self.silhouette_sample, random_state=self.random_state
+        )
+        scored = self.silhouette_values_[np.isfinite(self.silhouette_values_)]
+        self.silhouette_ = float(scored.mean()) if len(scored) else float("nan")
         self._mixture = partition.mixture
         self._mixture_components = partition.mixture_components
         return self

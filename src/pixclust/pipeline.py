@@ -42,7 +42,7 @@ from pixclust.export import (
 )
 from pixclust.images import DEFAULT_MAX_PIXELS, REASON_UNREADABLE, SkippedFile, discover_images
 from pixclust.maps import DEFAULT_MAPS, check_map_methods
-from pixclust.metrics import clustering_scores, silhouette_values
+from pixclust.metrics import clustering_scores
 from pixclust.models import DEFAULT_MODEL, load_extractor
 from pixclust.move import MoveReport, check_no_moves, move_into_clusters
 from pixclust.progress import progress_bar
@@ -242,7 +242,7 @@ def cluster(
         labels=clusterer.labels_,
         n_clusters=clusterer.n_clusters_,
         distances=clusterer.distances_,
-        silhouettes=silhouette_values(reduction.coords, clusterer.labels_, random_state=random_state),
+        silhouettes=clusterer.silhouette_values_,
         coords_2d=project_2d(vectors, random_state=random_state),
         reduction=reduction,
         k_scan=clusterer.k_scan_,

@@ -11,42 +11,30 @@ be "none" (B). Scores are macro precision, recall and F1 over the classes (and
 
 from __future__ import annotations
 
-import gzip
 import sys
 from pathlib import Path
 
 import numpy as np
 from sklearn.metrics import precision_recall_fscore_support
 
+from pixclust.datasets import FASHION_CLASSES, fashion_mnist
 from pixclust.label import ExampleLabeller, References, nearest_example_scores, threshold_labels
 from pixclust.pipeline import embed
 
-FASHION_DIR = Path("/usr/share/datasets/fashion-mnist")
-CLASS_NAMES = ("tshirt", "trouser", "pullover", "dress", "coat", "sandal", "shirt", "sneaker", "bag", "boot")
 KEPT = (0, 1, 2, 5, 8)
 SHOTS = (3, 5, 10)
 SEEDS = range(5)
 THRESHOLDS = (0.70, 0.75, 0.80)
 
 
-def read_idx(path: Path) -> np.ndarray:
-    """An idx (MNIST format) gz file as a numpy array."""
-    with gzip.open(path, "rb") as stream:
-        data = stream.read()
-    ndim = data[3]
-    shape = tuple(int.from_bytes(data[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
-    return np.frombuffer(data, np.uint8, offset=4 + 4 * ndim).reshape(shape)
-
-
 def write_fashion_tree(root: Path, per_class: int) -> Path:
     """``per_class`` test-set images of each class as <root>/<class>/<n>.png, dark on white, 64x64."""
     from PIL import Image
 
-    images = read_idx(FASHION_DIR / "t10k-images-idx3-ubyte.gz")
-    labels = read_idx(FASHION_DIR / "t10k-labels-idx1-ubyte.gz")
+    images, labels = fashion_mnist("test")
     rng = np.random.default_rng(0)
     for c in range(10):
-        folder = root / CLASS_NAMES[c]
+        folder = root / FASHION_CLASSES[c]
         folder.mkdir(parents=True, exist_ok=True)
         for index in rng.choice(np.flatnonzero(labels == c), per_class, replace=False):
             target = folder / f"{index:05d}.png"
@@ -74,7 +62,7 @@ def compare(vectors: np.ndarray, truth: np.ndarray, kept: tuple[int, ...]) -> No
         for seed in SEEDS:
             rng = np.random.default_rng(seed)
             examples = np.concatenate([rng.choice(np.flatnonzero(truth == c), shots, replace=False) for c in kept])
-            refs = References([CLASS_NAMES[c] for c in kept], vectors[examples], expected[examples], list(examples))
+            refs = References([FASHION_CLASSES[c] for c in kept], vectors[examples], expected[examples], list(examples))
             mask = np.ones(len(truth), bool)
             mask[examples] = False
             nearest = nearest_example_scores(vectors, refs)
@@ -93,9 +81,9 @@ def compare(vectors: np.ndarray, truth: np.ndarray, kept: tuple[int, ...]) -> No
 
 def main(work: Path, per_class: int) -> None:
     embeddings = embed(write_fashion_tree(work / f"images{per_class}", per_class), out=work / f"run{per_class}", quiet=True)
-    truth = np.array([CLASS_NAMES.index(Path(path).parent.name) for path in embeddings.paths])
+    truth = np.array([FASHION_CLASSES.index(Path(path).parent.name) for path in embeddings.paths])
     print(f"{len(embeddings):,} Fashion-MNIST images, {len(SEEDS)} random draws of examples per row.")
-    print(f"\nA. Examples of {', '.join(CLASS_NAMES[c] for c in KEPT)}; the other five classes (half the images) should be 'none'.")
+    print(f"\nA. Examples of {', '.join(FASHION_CLASSES[c] for c in KEPT)}; the other five classes (half the images) should be 'none'.")
     compare(embeddings.vectors, truth, KEPT)
     print("\nB. Examples of all ten classes; no image should be 'none'.")
     compare(embeddings.vectors, truth, tuple(range(10)))

@@ -61,7 +61,7 @@ def test_auto_k_picks_the_true_k_by_silhouette_and_the_elbow_agrees(
 ) -> None:
     scan = blob_fits[method].k_scan_
     np.testing.assert_array_equal(scan.ks, np.arange(2, 11))
-    assert scan.silhouette_k == 5
+    assert scan.chosen_k == 5
     assert abs(scan.elbow_k - 5) <= 1
     assert scan.silhouette[3] == np.nanmax(scan.silhouette)
     assert np.all(np.diff(scan.inertia[:4]) < 0)

@@ -95,7 +95,7 @@ def test_cluster_separates_digit_classes(digit_tree: Path) -> None:
 
     auto = pixclust.cluster(embeddings, k="auto", k_range=(2, 8))
     assert auto.k_scan is not None and list(auto.k_scan.ks) == list(range(2, 9))
-    assert auto.n_clusters == auto.k_scan.silhouette_k
+    assert auto.n_clusters == auto.k_scan.chosen_k
     assert len(DIGIT_CLASSES) == 3
 
 

@@ -38,7 +38,7 @@ def test_elbow_and_silhouette_plots_mark_the_choices() -> None:
     ks = [2, 3, 4, 5, 6]
     elbow = plots.elbow_figure(ks, [100, 40, 30, 25, 22], elbow_k=3, chosen_k=4)
     assert _vertical_lines(elbow) == {"elbow k = 3": 3, "chosen k = 4": 4}
-    scan = plots.silhouette_scan_figure(ks, [0.2, 0.3, 0.5, None, 0.1], chosen_k=4)
+    scan = plots.k_scan_figure(ks, [0.2, 0.3, 0.5, None, 0.1], 4, "silhouette")
     assert _vertical_lines(scan) == {"chosen k = 4": 4}
     curve = scan.axes[0].get_lines()[0]
     assert list(curve.get_xdata()) == ks and np.isnan(curve.get_ydata()[3])
@@ -80,7 +80,7 @@ def test_maps_fit_a_sample_and_place_the_rest() -> None:
 def test_run_writes_every_plot_and_a_self_contained_report(report_run: Path) -> None:
     record = json.loads((report_run / "run.json").read_text())
     names = set(record["clustering"]["sizes"])
-    expected = {"pca_variance", "elbow", "silhouette_k", "silhouette_samples", "map_pca", "map_tsne"}
+    expected = {"pca_variance", "elbow", "silhouette_k", "modularity_k", "silhouette_samples", "map_pca", "map_tsne"}
     expected |= {f"montage_{name}" for name in names}
     assert {p.stem for p in (report_run / "plots").glob("*.png")} == expected
     assert record["timings_s"]["report_s"] > 0

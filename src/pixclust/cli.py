@@ -26,6 +26,8 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    # Plain help text: with Rich markup on, every "[default: ...]" in an option's help vanished as an unknown tag.
+    rich_markup_mode=None,
 )
 
 EXIT_INTERRUPTED = 130
@@ -42,11 +44,13 @@ def _console(stderr: bool = False) -> Any:
 def cluster_command(
     source: Annotated[Optional[Path], typer.Argument(help="Folder (searched recursively) or file of images.")] = None,
     out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder [default: pixclust-out/<folder name>].")] = None,
-    k: Annotated[Optional[str], typer.Option(help="Number of clusters, or 'auto' to choose by silhouette [default: auto].")] = None,
+    k: Annotated[Optional[str], typer.Option(help="Number of clusters, or 'auto' to choose it (modularity, or silhouette with --pipeline fixed) [default: auto].")] = None,
     k_min: Annotated[Optional[int], typer.Option(help="Smallest k scanned by --k auto [default: 2].")] = None,
     k_max: Annotated[Optional[int], typer.Option(help="Largest k scanned by --k auto [default: 20].")] = None,
-    method: Annotated[Optional[str], typer.Option(help="kmeans, agglomerative, gmm or hdbscan [default: kmeans].")] = None,
-    reduce: Annotated[Optional[str], typer.Option(help="Space to cluster in: pca, umap, lle, spectral, none [default: pca].")] = None,
+    pipeline: Annotated[Optional[str], typer.Option(help="auto: choose features (embedding, or embedding+HOG) and k without labels, k-means, refine; fixed: --reduce then --method [default: auto].")] = None,
+    method: Annotated[Optional[str], typer.Option(help="kmeans, agglomerative, gmm or hdbscan; implies --pipeline fixed [default: kmeans].")] = None,
+    reduce: Annotated[Optional[str], typer.Option(help="Space to cluster in: pca, umap, lle, spectral, none; implies --pipeline fixed [default: pca].")] = None,
+    refine: Annotated[Optional[bool], typer.Option("--refine/--no-refine", help="Let nearest neighbours correct k-means (--pipeline auto) [default: --refine].")] = None,
     n_components: Annotated[Optional[int], typer.Option(help="Dimensions kept by --reduce [default: 50 for pca, 10 otherwise].")] = None,
     model: Annotated[Optional[str], typer.Option(help="Feature model; see 'pixclust models' [default: efficientnet-lite0].")] = None,
     weights: Annotated[Optional[str], typer.Option(help="Weights file for the model, or 'random' for plumbing tests.")] = None,
@@ -62,6 +66,8 @@ def cluster_command(
     precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16 [default: auto: bf16 where the CPU has it, fp16 on a GPU].")] = None,
     maps: Annotated[Optional[list[str]], typer.Option("--map", help="Maps in the report: pca, tsne, umap; repeat or comma-separate [default: pca,tsne].")] = None,
     report: Annotated[Optional[bool], typer.Option("--report/--no-report", help="Write plots/ and report.html [default: --report].")] = None,
+    engine: Annotated[Optional[str], typer.Option(help="Where images are embedded: local, or ray (a Ray cluster; needs the ray extra, see docs/SCALE.md) [default: local].")] = None,
+    address: Annotated[Optional[str], typer.Option(help="Ray cluster for --engine ray: host:6379 or ray://host:10001 [default: the one 'ray start' made here, else a new local one].")] = None,
     config: Annotated[Optional[Path], typer.Option(help="Repeat a run from its run.json; other options override it.")] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -74,8 +80,10 @@ def cluster_command(
         "k": k,
         "k_min": k_min,
         "k_max": k_max,
+        "pipeline": pipeline,
         "method": method,
         "reduce": reduce,
+        "refine": refine,
         "n_components": n_components,
         "model": model,
         "weights": weights,
@@ -91,6 +99,8 @@ def cluster_command(
         "precision": precision,
         "maps": _split_maps(maps),
         "report": report,
+        "engine": engine,
+        "address": address,
     }
     settings = _read_config(config) if config else {}
     settings.update({name: value for name, value in given.items() if value is not None})
@@ -141,7 +151,9 @@ def _render_run(result: RunResult) -> None:
     scan = clustering.k_scan
     if scan is not None:
         elbow = "none" if scan.elbow_k is None else str(scan.elbow_k)
-        console.print(f"k chosen by silhouette: {scan.silhouette_k} (scanned {scan.ks[0]}..{scan.ks[-1]}; elbow at {elbow})")
+        console.print(f"k chosen by {scan.criterion}: {scan.chosen_k} (scanned {scan.ks[0]}..{scan.ks[-1]}; elbow at {elbow})")
+    if clustering.choice is not None:
+        console.print(f"features chosen by stability: {clustering.choice['representation']}")
     silhouette = "n/a" if math.isnan(clustering.silhouette) else f"{clustering.silhouette:.3f}"
     console.print(f"silhouette: {silhouette}")
     if result.scores is not None:
@@ -413,7 +425,10 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except PixclustError as error:
-        _console(stderr=True).print(f"[red]error:[/red] {error}")
+        from rich.markup import escape
+
+        # escape(): a message such as "pip install 'pixclust[ray]'" holds brackets that Rich would take for markup.
+        _console(stderr=True).print(f"[red]error:[/red] {escape(str(error))}")
         sys.exit(error.exit_code)
     except (KeyboardInterrupt, typer.Abort):
         _exit_interrupted()

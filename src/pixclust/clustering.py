@@ -12,12 +12,15 @@ from sklearn.metrics import pairwise_distances_argmin
 from sklearn.mixture import GaussianMixture
 
 from pixclust.errors import UsageError
+from pixclust.large_kmeans import LargeKMeans
 from pixclust.metrics import NOISE_LABEL, silhouette, silhouette_values
 from pixclust.reduce import Reduction, check_features, is_whole_number
 
 CLUSTER_METHODS = ("kmeans", "agglomerative", "gmm", "hdbscan")
 
 KMEANS_FEW_RESTARTS_ABOVE = 20_000
+# Above this many rows k-means is fitted on a sample by faiss (large_kmeans.py) instead of on every row.
+KMEANS_SAMPLED_ABOVE = 50_000
 GMM_FULL_COVARIANCE_MAX_DIMS = 64
 
 
@@ -27,15 +30,19 @@ class KScan:
 
     ``inertia`` is the within-cluster sum of squares of each k's labels in the
     clustering space (computed the same way for every method, so the elbow is
-    comparable); ``silhouette`` is NaN where undefined. ``silhouette_k`` is the
-    k chosen; ``elbow_k`` is shown beside it and is None when the curve has no knee.
+    comparable); ``silhouette`` is NaN where undefined. ``chosen_k`` is the
+    k chosen by ``criterion`` (``"silhouette"``, or ``"modularity"`` in the
+    adaptive pipeline, which also fills ``modularity``); ``elbow_k`` is shown
+    beside it and is None when the curve has no knee.
     """
 
     ks: np.ndarray
     inertia: np.ndarray
     silhouette: np.ndarray
-    silhouette_k: int
+    chosen_k: int
     elbow_k: int | None
+    criterion: str = "silhouette"
+    modularity: np.ndarray | None = None
 
 
 @dataclass
@@ -45,7 +52,8 @@ class ClusterResult:
     ``labels[i]`` is the cluster of row ``i`` (0 = largest, -1 = noise);
     ``distances`` are to the cluster centre in the clustering space;
     ``silhouettes`` are per image in that space (NaN outside the scored sample
-    and for noise); ``coords_2d`` is a PCA map of the embeddings.
+    and for noise); ``coords_2d`` is a PCA map of the embeddings; ``choice``
+    records what the adaptive pipeline chose (None for the fixed pipeline).
     """
 
     labels: np.ndarray
@@ -57,6 +65,7 @@ class ClusterResult:
     k_scan: KScan | None
     silhouette: float
     method: str
+    choice: dict[str, object] | None = None
 
 
 def knee_point(ks: np.ndarray, values: np.ndarray) -> int | None:
@@ -106,7 +115,7 @@ def relabel_by_size(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return new_labels, old_by_size
 
 
-def _centres_and_distances(X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def centres_and_distances(X: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Mean of each cluster 0..n-1, and each point's Euclidean distance to its own (NaN for noise).
 
     One cluster at a time, so the temporary arrays stay the size of the
@@ -139,7 +148,7 @@ class _Partition:
         cls, X: np.ndarray, raw_labels: np.ndarray, mixture: GaussianMixture | None = None
     ) -> _Partition:
         labels, old_by_size = relabel_by_size(raw_labels)
-        centres, distances = _centres_and_distances(X, labels)
+        centres, distances = centres_and_distances(X, labels)
         return cls(labels, centres, distances, mixture, old_by_size if mixture is not None else None)
 
     @property
@@ -222,6 +231,8 @@ class ImageClusterer:
         n_samples = X.shape[0]
         if k == 1:
             return _Partition.from_raw_labels(X, np.zeros(n_samples, dtype=np.int64))
+        if self.method == "kmeans" and n_samples > KMEANS_SAMPLED_ABOVE:
+            return _Partition.from_raw_labels(X, LargeKMeans(k, n_init=3, random_state=self.random_state).fit_predict(X))
         if self.method == "kmeans":
             n_init = 10 if n_samples <= KMEANS_FEW_RESTARTS_ABOVE else 3
             kmeans = KMeans(n_clusters=k, n_init=n_init, random_state=self.random_state)

@@ -25,9 +25,11 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from pixclust.adaptive import EMBEDDING_VIEW, HOG_VIEW, AdaptiveClusterer
 from pixclust.clustering import CLUSTER_METHODS, ClusterResult, ImageClusterer
 from pixclust.embedder import DEFAULT_BATCH_SIZE, Embedder
 from pixclust.embeddings import Embeddings, arrow_schema
+from pixclust.engines import check_engine
 from pixclust.errors import NoImagesError, OutputNotWritableError, UsageError
 from pixclust.export import (
     CLUSTERS_CSV,
@@ -53,6 +55,9 @@ from pixclust.store import EmbeddingStore, KnownEmbeddings, StoredVector, conten
 from pixclust.truth import load_truth
 
 FLUSH_EVERY = 1024
+PIPELINES = ("auto", "fixed")
+VIEWS_DIR = "views"
+HOG_MODEL = "hog"
 _HASH_THREADS = 4
 
 
@@ -69,6 +74,8 @@ def embed(
     runtime: str = "auto",
     precision: str = "auto",
     quiet: bool = False,
+    engine: str = "local",
+    address: str | None = None,
 ) -> Embeddings:
     """Embed every usable image under ``source``.
 
@@ -77,7 +84,10 @@ def embed(
     (so an interrupted call resumes), and ``embeddings.parquet`` is written
     at the end. Files that cannot be used are listed in ``Embeddings.skipped``;
     the result may be empty, and callers decide whether that is an error.
+    ``engine="ray"`` has the images not found in the store embedded by Ray
+    actors (on the cluster at ``address``; see ``engines/ray.py``).
     """
+    check_engine(engine, address, num_workers)
     root = os.path.abspath(source)
     discovery = discover_images(root, include_hidden=include_hidden)
     extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision)
@@ -102,7 +112,21 @@ def embed(
             store.save_partial(_rows_table(pending, stat_of, extractor.model_id, extractor.dim))
         pending.clear()
 
-    embedder = Embedder(extractor, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels)
+    if engine == "ray":
+        from pixclust.engines.ray import RayEmbedder
+
+        embedder: Embedder = RayEmbedder(
+            extractor,
+            model=model,
+            weights=weights,
+            runtime=runtime,
+            precision=precision,
+            batch_size=batch_size,
+            max_pixels=max_pixels,
+            address=address,
+        )
+    else:
+        embedder = Embedder(extractor, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels)
     try:
         with _ctrl_c_after_batch() as stop_requested, progress_bar("embedding", len(to_extract), quiet=quiet) as advance:
             # closing() shuts the decode workers down here, not whenever the generator is collected.
@@ -226,17 +250,46 @@ def cluster(
     data: Embeddings | np.ndarray,
     *,
     k: int | str = "auto",
-    method: str = "kmeans",
-    reduce: str = "pca",
+    pipeline: str = "auto",
+    method: str | None = None,
+    reduce: str | None = None,
     n_components: int | None = None,
     k_range: tuple[int, int] = (2, 20),
+    hog: np.ndarray | None = None,
+    refine: bool = True,
     random_state: int = 0,
 ) -> ClusterResult:
-    """Reduce (L2 + PCA, optionally UMAP/LLE/spectral) and cluster; ``k="auto"`` picks k by silhouette."""
+    """Cluster embeddings (one row per image).
+
+    ``pipeline="auto"`` (the default) chooses between the embedding and the
+    embedding joined with ``hog`` (HOG vectors of the same images, when given)
+    by stability, picks k by kNN-graph modularity, runs k-means and refines it
+    (``refine=False`` stops after k-means); see :mod:`pixclust.adaptive`.
+    ``pipeline="fixed"`` reduces (L2 + PCA, or ``reduce``: UMAP/LLE/spectral)
+    and runs ``method`` (default k-means), picking k by silhouette. Giving
+    ``method`` or ``reduce`` means the fixed pipeline.
+    """
     vectors = data.vectors if isinstance(data, Embeddings) else np.asarray(data)
     if len(vectors) == 0:
         raise NoImagesError("no embeddings to cluster; point pixclust at a folder with usable images")
-    reduction = reduce_features(vectors, reduce, n_components=n_components, random_state=random_state)
+    pipeline = resolve_pipeline(pipeline, method, reduce)
+    if pipeline == "auto":
+        views = {EMBEDDING_VIEW: vectors} | ({HOG_VIEW: np.asarray(hog)} if hog is not None else {})
+        adaptive = AdaptiveClusterer(k=k, k_range=k_range, refine=refine, random_state=random_state).fit(views).result_
+        return ClusterResult(
+            labels=adaptive.labels,
+            n_clusters=adaptive.n_clusters,
+            distances=adaptive.distances,
+            silhouettes=adaptive.silhouettes,
+            coords_2d=project_2d(vectors, random_state=random_state),
+            reduction=adaptive.reduction,
+            k_scan=adaptive.k_scan,
+            silhouette=adaptive.silhouette,
+            method="kmeans+refine" if adaptive.refined_share is not None else "kmeans",
+            choice=adaptive.record(),
+        )
+    method = method or "kmeans"
+    reduction = reduce_features(vectors, reduce or "pca", n_components=n_components, random_state=random_state)
     clusterer = ImageClusterer(method=method, k=k, k_range=k_range, random_state=random_state).fit(reduction.coords)
     return ClusterResult(
         labels=clusterer.labels_,
@@ -251,6 +304,17 @@ def cluster(
     )
 
 
+def resolve_pipeline(pipeline: str, method: str | None, reduce: str | None) -> str:
+    """``"auto"`` or ``"fixed"``; an explicit ``method`` or ``reduce`` asks for the fixed pipeline."""
+    if pipeline not in PIPELINES:
+        raise UsageError(f"--pipeline {pipeline!r} is not known; choose one of {', '.join(PIPELINES)}")
+    if method is not None and method not in CLUSTER_METHODS:
+        raise UsageError(f"--method {method!r} is not known; choose one of {', '.join(CLUSTER_METHODS)}")
+    if reduce is not None and reduce not in REDUCE_METHODS:
+        raise UsageError(f"--reduce {reduce!r} is not known; choose one of {', '.join(REDUCE_METHODS)}")
+    return "fixed" if method is not None or reduce is not None else pipeline
+
+
 @dataclass
 class RunConfig:
     """Every choice of a ``pixclust cluster`` run; saved in run.json so the run can be repeated."""
@@ -262,9 +326,11 @@ class RunConfig:
     k: int | str = "auto"
     k_min: int = 2
     k_max: int = 20
-    method: str = "kmeans"
-    reduce: str = "pca"
+    pipeline: str = "auto"
+    method: str | None = None
+    reduce: str | None = None
     n_components: int | None = None
+    refine: bool = True
     seed: int = 0
     truth: str | None = None
     copy: bool = False
@@ -277,20 +343,20 @@ class RunConfig:
     precision: str = "auto"
     report: bool = True
     maps: list[str] = field(default_factory=lambda: list(DEFAULT_MAPS))
+    engine: str = "local"
+    address: str | None = None
 
     def __post_init__(self) -> None:
         self.maps = list(check_map_methods(self.maps))
         check_runtime(self.runtime, self.precision)
+        check_engine(self.engine, self.address, self.workers)
         if self.copy and self.move:
             raise UsageError("--copy and --move both say what goes into clusters/; choose one")
         if isinstance(self.k, str) and self.k != "auto":
             if not self.k.isdigit():
                 raise UsageError(f"--k {self.k!r} is not a number; give a whole number like 10, or 'auto'")
             self.k = int(self.k)
-        if self.method not in CLUSTER_METHODS:
-            raise UsageError(f"--method {self.method!r} is not known; choose one of {', '.join(CLUSTER_METHODS)}")
-        if self.reduce not in REDUCE_METHODS:
-            raise UsageError(f"--reduce {self.reduce!r} is not known; choose one of {', '.join(REDUCE_METHODS)}")
+        self.pipeline = resolve_pipeline(self.pipeline, self.method, self.reduce)
         if not 2 <= self.k_min <= self.k_max:
             raise UsageError(f"k range {self.k_min}..{self.k_max} is empty; need 2 <= --k-min <= --k-max")
 
@@ -334,6 +400,8 @@ def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
         runtime=config.runtime,
         precision=config.precision,
         quiet=quiet,
+        engine=config.engine,
+        address=config.address,
     )
     timings["embed_s"] = time.perf_counter() - started
     write_errors_csv(run_dir / ERRORS_CSV, embeddings.skipped)
@@ -344,13 +412,19 @@ def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
         )
 
     started = time.perf_counter()
+    hog = _hog_view(config, run_dir, embeddings, quiet=quiet) if config.pipeline == "auto" else None
+    timings["hog_s"] = time.perf_counter() - started
+    started = time.perf_counter()
     clustering = cluster(
         embeddings,
         k=config.k,
+        pipeline=config.pipeline,
         method=config.method,
         reduce=config.reduce,
         n_components=config.n_components,
         k_range=(config.k_min, config.k_max),
+        hog=hog,
+        refine=config.refine,
         random_state=config.seed,
     )
     timings["cluster_s"] = time.perf_counter() - started
@@ -378,6 +452,33 @@ def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
         # Last, once the report has read every image where it was.
         result.moves = move_into_clusters(run_dir, embeddings.paths, clustering.labels)
     return result
+
+
+def _hog_view(config: RunConfig, run_dir: Path, embeddings: Embeddings, *, quiet: bool) -> np.ndarray | None:
+    """HOG vectors in the order of ``embeddings``, stored (and reused) in the run's views/hog/ folder.
+
+    None when the model is HOG already, or when some image gave an embedding
+    but no HOG vector (then the adaptive pipeline uses the embedding alone).
+    """
+    if config.model == HOG_MODEL:
+        return None
+    hog = embed(
+        config.source,
+        model=HOG_MODEL,
+        out=run_dir / VIEWS_DIR / HOG_VIEW,
+        batch_size=config.batch_size,
+        num_workers=config.workers,
+        max_pixels=config.max_pixels,
+        include_hidden=config.include_hidden,
+        quiet=quiet,
+        engine=config.engine,
+        address=config.address,
+    )
+    row_of = {path: row for row, path in enumerate(hog.paths)}
+    rows = [row_of.get(path) for path in embeddings.paths]
+    if any(row is None for row in rows):
+        return None
+    return hog.vectors[np.asarray(rows, dtype=np.int64)]
 
 
 def _prepare_run_dir(config: RunConfig) -> Path:
@@ -434,9 +535,12 @@ def run_record(result: RunResult) -> dict[str, Any]:
                 "k": k_scan.ks.tolist(),
                 "inertia": k_scan.inertia.tolist(),
                 "silhouette": [_finite_or_none(v) for v in k_scan.silhouette],
-                "silhouette_k": k_scan.silhouette_k,
+                "chosen_k": k_scan.chosen_k,
+                "criterion": k_scan.criterion,
+                "modularity": None if k_scan.modularity is None else [_finite_or_none(v) for v in k_scan.modularity],
                 "elbow_k": k_scan.elbow_k,
             },
+            "pipeline": clustering.choice,
             "sizes": {row.name: row.images for row in result.summary},
         },
         "scores": result.scores,

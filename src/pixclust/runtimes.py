@@ -104,11 +104,16 @@ def _torch_runner(network: Any, precision: str) -> Runner:
     return Runner("torch", chosen, device, run)
 
 
+def onnx_path(model_id: str, input_size: int) -> Path:
+    """Where the ONNX export of a model id lives in the cache."""
+    return cache_dir() / "onnx" / f"{model_id.replace(':', '-')}-{input_size}-opset{_OPSET}.onnx"
+
+
 def exported_onnx(network: Any, model_id: str, input_size: int) -> Path:
     """The network as an ONNX file with a dynamic batch axis, exported on first use and cached."""
     import torch
 
-    target = cache_dir() / "onnx" / f"{model_id.replace(':', '-')}-{input_size}-opset{_OPSET}.onnx"
+    target = onnx_path(model_id, input_size)
     if target.is_file():
         return target
     example = torch.zeros(2, 3, input_size, input_size)

@@ -154,9 +154,11 @@ def make_figures(view: RunView, maps: dict[str, dict[int, np.ndarray]]) -> dict[
         figures["pca_variance"] = plots.variance_figure(np.asarray(ratio))
     scan = clustering.get("k_scan")
     if scan:
-        chosen = scan["silhouette_k"]
+        chosen = scan["chosen_k"]
         figures["elbow"] = plots.elbow_figure(scan["k"], scan["inertia"], scan["elbow_k"], chosen)
-        figures["silhouette_k"] = plots.silhouette_scan_figure(scan["k"], scan["silhouette"], chosen)
+        figures["silhouette_k"] = plots.k_scan_figure(scan["k"], scan["silhouette"], chosen, "silhouette")
+        if scan.get("modularity"):
+            figures["modularity_k"] = plots.k_scan_figure(scan["k"], scan["modularity"], chosen, "modularity")
     if np.isfinite(view.silhouettes).any():
         figures["silhouette_samples"] = plots.silhouette_samples_figure(view.silhouettes, view.labels, names)
     for method, by_dims in maps.items():
@@ -293,7 +295,7 @@ def _summary_rows(view: RunView) -> list[list[str]]:
         rows.append(["silhouette", f"{silhouette:.3f}"])
     scan = clustering.get("k_scan")
     if scan:
-        rows.append(["k by silhouette / elbow", f"{scan['silhouette_k']} / {scan['elbow_k'] or 'none'}"])
+        rows.append([f"k by {scan['criterion']} / elbow", f"{scan['chosen_k']} / {scan['elbow_k'] or 'none'}"])
     scores = record.get("scores")
     if scores:
         rows.append(["ACC / NMI / ARI", " / ".join(f"{scores[key]:.3f}" for key in ("acc", "nmi", "ari"))])

@@ -65,13 +65,13 @@ def elbow_figure(ks: Sequence[int], inertia: Sequence[float], elbow_k: int | Non
     return figure
 
 
-def silhouette_scan_figure(ks: Sequence[int], silhouette: Sequence[float | None], chosen_k: int) -> Figure:
-    """Mean silhouette over k with the chosen k marked."""
-    values = np.array([np.nan if v is None else v for v in silhouette], dtype=float)
+def k_scan_figure(ks: Sequence[int], values: Sequence[float | None], chosen_k: int, score: str) -> Figure:
+    """One score (mean silhouette, or kNN-graph modularity) over k, with the chosen k marked."""
+    points = np.array([np.nan if v is None else v for v in values], dtype=float)
     figure, axis = plt.subplots(figsize=(7, 4))
-    axis.plot(ks, values, "o-", color="#1f77b4")
+    axis.plot(ks, points, "o-", color="#1f77b4")
     axis.axvline(chosen_k, color=CHOICE_COLOUR, linestyle=":", label=f"chosen k = {chosen_k}")
-    axis.set(title="Silhouette over k", xlabel="k", ylabel="mean silhouette")
+    axis.set(title=f"{score.capitalize()} over k", xlabel="k", ylabel=score)
     axis.legend()
     figure.tight_layout()
     return figure

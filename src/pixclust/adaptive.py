@@ -1,0 +1,240 @@
+"""The default pipeline: choose the representation and k without labels, cluster, then refine.
+
+No fixed recipe suits every collection. A network trained on photos groups
+clothing well but handwriting badly; gradient histograms (HOG) are the other
+way round. Measured here (k-means on PCA-50, k = 10): Fashion-MNIST ACC 0.72
+with the network's embedding alone against 0.57 with embedding + HOG; the
+digits 0.55 against 0.95. What tells them apart without labels is how
+*stable* each clustering is: run k-means from several seeds on a sample and
+compare the runs (adjusted Rand index), at the k each candidate proposes. At
+k = 10 the right representation scored 0.99 on both data sets, the wrong one
+0.77-0.80.
+
+The number of clusters (``k="auto"``) is chosen by the modularity of the
+k-means partition on the k-nearest-neighbour graph (how many graph edges stay
+inside clusters beyond what cluster sizes alone would give), taking the
+smallest k within 1% of the best. Silhouette in PCA space, which the fixed
+pipeline uses, picked 3-7 clusters on data with 10 classes; modularity picked
+10-12.
+
+Finally :mod:`pixclust.refine` lets nearest neighbours correct the k-means
+boundaries.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+from sklearn.cluster import KMeans
+from sklearn.metrics import adjusted_rand_score
+
+from pixclust.clustering import ImageClusterer, KScan, centres_and_distances, knee_point, relabel_by_size
+from pixclust.errors import UsageError
+from pixclust.metrics import silhouette, silhouette_values
+from pixclust.reduce import Reduction, l2_normalize, reduce_features
+from pixclust.refine import DEFAULT_NEIGHBOURS, nearest_neighbours, refine_clusters
+
+EMBEDDING_VIEW = "embedding"
+HOG_VIEW = "hog"
+# Rows used to choose the representation and k; the final clustering uses every row.
+SELECTION_SAMPLE = 10_000
+STABILITY_SEEDS = 3
+GRAPH_NEIGHBOURS = 10
+# A larger k must beat the best modularity by more than this share to be preferred over a smaller one.
+MODULARITY_TOLERANCE = 0.01
+
+
+def candidate_representations(views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    """The representations to choose from: the embedding, and the embedding joined with HOG when given.
+
+    Each view is L2-normalised (HOG after centring, since its raw vectors all
+    point into the positive orthant) before joining, so both count equally.
+    """
+    if EMBEDDING_VIEW not in views:
+        raise UsageError("the adaptive pipeline needs the image embeddings (view 'embedding')")
+    embedding = l2_normalize(views[EMBEDDING_VIEW])
+    candidates = {EMBEDDING_VIEW: embedding}
+    hog = views.get(HOG_VIEW)
+    if hog is not None:
+        if len(hog) != len(embedding):
+            raise UsageError(f"{len(hog)} HOG vectors cannot pair with {len(embedding)} embeddings")
+        centred = l2_normalize(hog - hog.mean(axis=0))
+        candidates[f"{EMBEDDING_VIEW}+{HOG_VIEW}"] = l2_normalize(np.hstack([embedding, centred]))
+    return candidates
+
+
+def graph_modularity(neighbours: np.ndarray, labels: np.ndarray) -> float:
+    """Newman modularity of ``labels`` on the symmetrised k-nearest-neighbour graph (-1 ids are absent edges)."""
+    rows, slots = np.nonzero(neighbours >= 0)
+    cols = neighbours[rows, slots]
+    # Each directed edge is counted from both ends, which is the symmetrised graph's edge list.
+    same = labels[rows] == labels[cols]
+    n_edges = len(rows)
+    if n_edges == 0:
+        return float("nan")
+    degree = np.bincount(rows, minlength=len(labels)) + np.bincount(cols, minlength=len(labels))
+    cluster_degree = np.bincount(labels, weights=degree) / (2 * n_edges)
+    return float(same.mean() - np.sum(cluster_degree**2))
+
+
+def clustering_stability(coords: np.ndarray, k: int, *, seeds: int = STABILITY_SEEDS, random_state: int = 0) -> float:
+    """Mean adjusted Rand index between k-means runs from different seeds (1 = every run agrees).
+
+    Each run keeps the best of 3 starts: single starts measure how often
+    Lloyd's algorithm lands in a poor local optimum, which says little about
+    the data (Fashion-MNIST's embedding scored 0.74 with 1 start, 0.99 with 3).
+    """
+    if k < 2 or len(coords) <= k:
+        return 1.0
+    runs = [
+        KMeans(n_clusters=k, n_init=3, random_state=random_state + seed).fit_predict(coords) for seed in range(seeds)
+    ]
+    scores = [adjusted_rand_score(runs[i], runs[j]) for i in range(seeds) for j in range(i + 1, seeds)]
+    return float(np.mean(scores))
+
+
+def choose_k_by_modularity(ks: np.ndarray, modularity: np.ndarray) -> int:
+    """The smallest k whose modularity is within the tolerance of the best."""
+    best = np.nanmax(modularity)
+    good = np.flatnonzero(modularity >= best - MODULARITY_TOLERANCE * abs(best))
+    return int(ks[good[0]])
+
+
+@dataclass
+class CandidateScore:
+    """How one representation did: the k it led to, and its mean stability over every candidate's k."""
+
+    k: int
+    scan: KScan | None
+    stability: float = float("nan")
+
+
+@dataclass
+class AdaptiveResult:
+    labels: np.ndarray
+    n_clusters: int
+    distances: np.ndarray
+    silhouettes: np.ndarray
+    silhouette: float
+    reduction: Reduction
+    k_scan: KScan | None
+    representation: str
+    candidates: dict[str, CandidateScore] = field(default_factory=dict)
+    refined_share: float | None = None
+
+    def record(self) -> dict[str, object]:
+        """What was chosen and why, for run.json and the report."""
+        return {
+            "representation": self.representation,
+            "candidates": {
+                name: {"k": score.k, "stability": round(score.stability, 4) if np.isfinite(score.stability) else None}
+                for name, score in self.candidates.items()
+            },
+            "refined_share": None if self.refined_share is None else round(self.refined_share, 4),
+        }
+
+
+class AdaptiveClusterer:
+    """Choose the representation and k on a sample, cluster every row with k-means, then refine.
+
+    ``fit(views)`` takes ``{"embedding": N x d}`` and optionally ``{"hog": N x h}``
+    with rows for the same images. ``k`` is a whole number or ``"auto"``
+    (scanned over ``k_range`` by kNN-graph modularity). ``refine=False`` stops
+    after k-means.
+    """
+
+    def __init__(
+        self,
+        *,
+        k: int | str = "auto",
+        k_range: tuple[int, int] = (2, 20),
+        refine: bool = True,
+        random_state: int = 0,
+        selection_sample: int = SELECTION_SAMPLE,
+    ) -> None:
+        self.k = k
+        self.k_range = k_range
+        self.refine = refine
+        self.random_state = random_state
+        self.selection_sample = selection_sample
+
+    def _sample_rows(self, n: int) -> np.ndarray:
+        if n <= self.selection_sample:
+            return np.arange(n)
+        rng = np.random.default_rng(self.random_state)
+        return np.sort(rng.choice(n, size=self.selection_sample, replace=False))
+
+    def _scan(self, coords: np.ndarray) -> KScan:
+        """k-means at every k in range, scored by modularity on the sample's own kNN graph."""
+        neighbours = nearest_neighbours(coords, GRAPH_NEIGHBOURS, random_state=self.random_state)
+        low, high = np.clip(self.k_range, 2, len(coords) - 1)
+        ks = np.arange(low, high + 1)
+        inertia, silhouettes, modularity = [], [], []
+        for k in ks:
+            kmeans = KMeans(n_clusters=int(k), n_init=3, random_state=self.random_state).fit(coords)
+            inertia.append(kmeans.inertia_)
+            silhouettes.append(silhouette(coords, kmeans.labels_, random_state=self.random_state))
+            modularity.append(graph_modularity(neighbours, kmeans.labels_))
+        modularity_values = np.array(modularity)
+        inertia_values = np.array(inertia)
+        return KScan(
+            ks,
+            inertia_values,
+            np.array(silhouettes),
+            choose_k_by_modularity(ks, modularity_values),
+            knee_point(ks, inertia_values),
+            criterion="modularity",
+            modularity=modularity_values,
+        )
+
+    def _choose_k(self, sample: np.ndarray) -> CandidateScore:
+        if self.k != "auto":
+            return CandidateScore(int(self.k), None)
+        scan = self._scan(sample) if len(sample) >= 3 else None
+        return CandidateScore(scan.chosen_k if scan else 1, scan)
+
+    def fit(self, views: dict[str, np.ndarray]) -> AdaptiveClusterer:
+        candidates = candidate_representations(views)
+        reductions = {
+            name: reduce_features(features, "pca", random_state=self.random_state) for name, features in candidates.items()
+        }
+        rows = self._sample_rows(len(views[EMBEDDING_VIEW]))
+        samples = {name: reduction.coords[rows] for name, reduction in reductions.items()}
+        scores = {name: self._choose_k(sample) for name, sample in samples.items()}
+        if len(scores) > 1:
+            # Compared at the same ks: stability drifts with k, so each candidate is judged at every k proposed.
+            ks = sorted({score.k for score in scores.values()})
+            for name, score in scores.items():
+                score.stability = float(
+                    np.mean([clustering_stability(samples[name], k, random_state=self.random_state) for k in ks])
+                )
+        # max() keeps the first on a tie, which is the embedding alone.
+        chosen = max(scores, key=lambda name: scores[name].stability)
+        reduction = reductions[chosen]
+        coords = reduction.coords
+        k = min(scores[chosen].k, len(coords))
+        start = ImageClusterer(method="kmeans", k=k, random_state=self.random_state).fit(coords)
+        labels = start.labels_
+        refined_share = None
+        if self.refine and start.n_clusters_ >= 2:
+            neighbours = nearest_neighbours(coords, DEFAULT_NEIGHBOURS, random_state=self.random_state)
+            refinement = refine_clusters(coords, labels, neighbours, random_state=self.random_state)
+            labels, _ = relabel_by_size(refinement.labels)
+            refined_share = refinement.changed
+        _, distances = centres_and_distances(coords, labels)
+        values = silhouette_values(coords, labels, random_state=self.random_state)
+        scored = values[np.isfinite(values)]
+        self.result_ = AdaptiveResult(
+            labels=labels,
+            n_clusters=int(labels.max()) + 1,
+            distances=distances,
+            silhouettes=values,
+            silhouette=float(scored.mean()) if len(scored) else float("nan"),
+            reduction=reduction,
+            k_scan=scores[chosen].scan,
+            representation=chosen,
+            candidates=scores,
+            refined_share=refined_share,
+        )
+        return self

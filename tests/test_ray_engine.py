@@ -1,0 +1,224 @@
+"""--engine ray: a real local Ray instance (2 CPUs) embeds like the local engine, and a killed run resumes.
+
+The Ray instance is started once in this process; the killed run is a
+separate driver process (the real CLI) that joins it with --address, as a
+user's second terminal would join a cluster, and is killed with SIGKILL
+right after its second shard is saved.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+import pytest
+
+import pixclust
+from pixclust.embeddings import arrow_schema
+from pixclust.errors import UsageError
+from pixclust.models import load_extractor
+from pixclust.pipeline import RunConfig
+from pixclust.store import EmbeddingStore
+
+BATCH = 8
+FLUSH_EVERY = 16
+
+# The real CLI, with shards every FLUSH_EVERY vectors and a SIGKILL to itself once KILL_AFTER_SHARDS are on disk.
+DRIVER = r"""
+import os, signal, sys
+from pixclust import pipeline, store
+from pixclust.cli import main
+
+pipeline.FLUSH_EVERY = int(os.environ["FLUSH_EVERY"])
+real_save = store.EmbeddingStore.save_partial
+saved = []
+def save_partial(self, table):
+    real_save(self, table)
+    saved.append(table.num_rows)
+    if len(saved) == int(os.environ["KILL_AFTER_SHARDS"]):
+        os.kill(os.getpid(), signal.SIGKILL)
+store.EmbeddingStore.save_partial = save_partial
+
+sys.argv = ["pixclust", *sys.argv[1:]]
+main()
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_cluster() -> Iterator[Any]:
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+
+
+@pytest.mark.slow
+def test_ray_engine_gives_the_local_engines_embeddings_and_clusters(
+    ray_cluster: Any, digit_tree: Path, tmp_path: Path
+) -> None:
+    local = pixclust.embed(digit_tree, quiet=True)
+    on_ray = pixclust.embed(digit_tree, out=tmp_path / "run", engine="ray", quiet=True)
+
+    assert on_ray.paths == local.paths
+    assert on_ray.n_extracted == len(local) == 180 and on_ray.n_reused == 0
+    assert cosines(on_ray.vectors, local.vectors).min() >= 0.999
+    np.testing.assert_array_equal(on_ray.image_sizes, local.image_sizes)
+    assert pq.read_schema(tmp_path / "run" / "embeddings.parquet") == arrow_schema(local.dim)
+    assert not (tmp_path / "run" / "embeddings.partial").exists()
+    np.testing.assert_array_equal(pixclust.cluster(on_ray, k=3).labels, pixclust.cluster(local, k=3).labels)
+    # The store does not care which engine filled it.
+    again = pixclust.embed(digit_tree, out=tmp_path / "run", quiet=True)
+    assert (again.n_extracted, again.n_reused) == (0, 180)
+
+
+@pytest.mark.slow
+def test_ray_engine_skips_bad_files_with_the_local_engines_reasons(
+    ray_cluster: Any, messy_tree: tuple[Path, dict[str, str]], tmp_path: Path
+) -> None:
+    root, expected = messy_tree
+    local = pixclust.embed(root, model="pixels", quiet=True)
+    on_ray = pixclust.embed(root, model="pixels", out=tmp_path / "run", engine="ray", batch_size=BATCH, quiet=True)
+    assert {Path(s.path).name: s.reason for s in on_ray.skipped} == expected
+    assert on_ray.skipped == local.skipped
+    np.testing.assert_array_equal(on_ray.vectors, local.vectors)
+
+
+@pytest.mark.slow
+def test_killed_ray_run_resumes_embedding_only_the_missing_images(
+    ray_cluster: Any, digit_tree: Path, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    args = [
+        "cluster",
+        str(digit_tree),
+        "--out",
+        str(run_dir),
+        "--model",
+        "pixels",
+        "--k",
+        "3",
+        "--batch-size",
+        str(BATCH),
+        "--no-report",
+        "--quiet",
+        "--engine",
+        "ray",
+        "--address",
+        ray_cluster.get_runtime_context().gcs_address,
+    ]
+    env = {**os.environ, "FLUSH_EVERY": str(FLUSH_EVERY), "KILL_AFTER_SHARDS": "2"}
+    process = subprocess.Popen(
+        [sys.executable, "-c", DRIVER, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
+    try:
+        _, stderr = process.communicate(timeout=240)
+    finally:
+        # Whatever the driver left in its session goes with it; the cluster itself lives in this process.
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    assert process.returncode == -signal.SIGKILL, stderr
+
+    shards = sorted((run_dir / "embeddings.partial").glob("part-*.parquet"))
+    assert len(shards) == 2
+    saved = len(EmbeddingStore(run_dir).known(load_extractor("pixels").model_id).by_hash)
+    assert saved == sum(pq.read_metadata(shard).num_rows for shard in shards) >= 2 * FLUSH_EVERY
+    assert saved < 180 and not (run_dir / "embeddings.parquet").exists()
+
+    pixclust.run(
+        RunConfig(str(digit_tree), str(run_dir), model="pixels", k=3, batch_size=BATCH, report=False, engine="ray"),
+        quiet=True,
+    )
+    counts = json.loads((run_dir / "run.json").read_text())["counts"]
+    assert counts == {"images_used": 180, "files_skipped": 0, "extracted": 180 - saved, "reused": saved}
+    resumed = EmbeddingStore(run_dir).load()
+    never_killed = pixclust.embed(digit_tree, model="pixels", quiet=True)
+    assert resumed.paths == never_killed.paths
+    np.testing.assert_allclose(resumed.vectors, never_killed.vectors, rtol=1e-6, atol=1e-6)
+    assert not (run_dir / "embeddings.partial").exists()
+
+
+def test_engine_options_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    with pytest.raises(UsageError, match="--engine 'spark' is not known"):
+        RunConfig("photos", str(tmp_path), engine="spark")
+    with pytest.raises(UsageError, match="add --engine ray"):
+        RunConfig("photos", str(tmp_path), address="head:6379")
+    with pytest.raises(UsageError, match="drop it with --engine ray"):
+        RunConfig("photos", str(tmp_path), engine="ray", workers=2)
+    # As if Ray were not installed: a None entry makes `import ray` fail.
+    monkeypatch.setitem(sys.modules, "ray", None)
+    with pytest.raises(UsageError, match=r"run: pip install 'pixclust\[ray\]'$"):
+        RunConfig("photos", str(tmp_path), engine="ray")
+
+
+def test_cli_names_an_unusable_ray_address(digit_tree: Path, tmp_path: Path) -> None:
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "pixclust",
+            "cluster",
+            str(digit_tree),
+            "--out",
+            str(tmp_path / "run"),
+            "--model",
+            "pixels",
+            "--engine",
+            "ray",
+            "--address",
+            "no-port-here",
+            "--quiet",
+            "--no-report",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=240,
+    )
+    assert result.returncode == 2
+    assert "error: cannot use the Ray cluster at --address no-port-here" in result.stderr
+    assert "Traceback" not in result.stderr
+
+
+def test_cli_says_how_to_install_ray_when_it_is_missing(digit_tree: Path, tmp_path: Path) -> None:
+    without_ray = "import sys; sys.modules['ray'] = None; from pixclust.cli import main; main()"
+    result = subprocess.run(
+        [
+            sys.executable,
+            "-c",
+            without_ray,
+            "cluster",
+            str(digit_tree),
+            "--out",
+            str(tmp_path / "run"),
+            "--engine",
+            "ray",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        "error: --engine ray needs Ray Data, which is not installed; run: pip install 'pixclust[ray]'"
+    )

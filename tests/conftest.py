@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
 import os
 from pathlib import Path
 
@@ -45,6 +46,25 @@ def add_bad_files(root: Path) -> dict[str, str]:
     (bad / "empty.jpg").write_bytes(b"")
     (bad / "notes.png").write_text("these are my notes, not a picture\n")
     return {"corrupt.jpg": "corrupt or truncated", "empty.jpg": "empty file", "notes.png": "not an image"}
+
+
+def plant_duplicates(root: Path) -> None:
+    """An exact copy of a digit (``*_copy.png``), and ``photos/photo.jpg`` with a smaller JPEG copy.
+
+    The near copy is a photo: the network sees a digit enlarged 2x as another
+    texture (cosine 0.6 to 0.8 to the original), and real near-duplicates are photos.
+    """
+    from PIL import Image
+    from sklearn.datasets import load_sample_image
+
+    digit = sorted(root.rglob("*.png"))[0]
+    shutil.copyfile(digit, digit.with_name(f"{digit.stem}_copy.png"))
+    photos = root / "photos"
+    photos.mkdir()
+    photo = Image.fromarray(load_sample_image("china.jpg"))
+    photo.save(photos / "photo.jpg", quality=90)
+    # 480 wide at q75 stays near cosine 0.96; a 320-wide q70 copy is at 0.91, too close to the 0.90 threshold.
+    photo.resize((480, 320), Image.Resampling.BILINEAR).save(photos / "photo-small.jpg", quality=75)
 
 
 def tree_digest(root: Path) -> dict[str, tuple[str, int]]:

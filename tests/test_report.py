@@ -5,25 +5,33 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
-from conftest import write_digit_tree
+from conftest import plant_duplicates, write_digit_tree
 
 import pixclust
 from pixclust.errors import UsageError
 from pixclust.maps import map_coordinates
 from pixclust.pipeline import RunConfig
 from pixclust.report import plots
-from pixclust.report.build import MAPS_FILE, build_report
+from pixclust.report.build import DUPLICATES_FILE, MAPS_FILE, build_report
+
+
+def report_data(run_dir: Path) -> dict[str, Any]:
+    html = (run_dir / "report.html").read_text()
+    found = re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html, re.S)
+    return json.loads(found.group(1))
 
 
 @pytest.fixture(scope="module")
 def report_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One clustered run of 90 digit images with k chosen automatically, report built."""
+    """One clustered run of 90 digit images and 3 planted duplicates, k chosen automatically, report built."""
     base = tmp_path_factory.mktemp("report")
     root = write_digit_tree(base / "images", per_class=30)
     (root / "bad.jpg").write_bytes(b"")
+    plant_duplicates(root)
     run_dir = base / "run"
     pixclust.run(RunConfig(source=str(root), out=str(run_dir), k_max=6), quiet=True)
     return run_dir
@@ -88,14 +96,31 @@ def test_run_writes_every_plot_and_a_self_contained_report(report_run: Path) -> 
     html = (report_run / "report.html").read_text()
     assert len(html) < 8_000_000
     assert not re.search(r"<(script|link|img)[^>]+(src|href)=[\"']?(https?:)?//", html)
-    data = json.loads(re.search(r'<script type="application/json" id="report-data">(.*?)</script>', html, re.S).group(1))
+    data = report_data(report_run)
     assert [c["name"] for c in data["clusters"]] == sorted(names)
-    assert sum(c["size"] for c in data["clusters"]) == 90
+    assert sum(c["size"] for c in data["clusters"]) == 93
     assert all(uri.startswith("data:image/webp;base64,") for uri in data["thumbs"])
     assert min(data["points"]["thumb"]) >= 0
-    assert set(data["maps"]) == {"pca", "tsne"} and len(data["maps"]["tsne"]["2d"][0]) == 90
+    assert set(data["maps"]) == {"pca", "tsne"} and len(data["maps"]["tsne"]["2d"][0]) == 93
     assert data["errors"][0][1] == "empty file"
     assert {"elbow", "silhouette_k", "pca_variance", "silhouette_samples"} <= set(data["plots"])
+
+
+def test_report_shows_the_planted_duplicate_groups_with_the_largest_kept(report_run: Path) -> None:
+    data = report_data(report_run)
+    names = data["points"]["name"]
+    groups = {group["kind"]: group for group in data["duplicates"]["groups"]}
+    assert len(data["duplicates"]["groups"]) == 2
+    original, copy = sorted(names[row] for row in groups["exact"]["rows"])
+    assert copy == original.replace(".png", "_copy.png")
+    assert groups["exact"]["similarity"] == 1.0
+    near = groups["near"]
+    assert {names[row] for row in near["rows"]} == {"photo.jpg", "photo-small.jpg"}
+    assert names[near["keeper"]] == "photo.jpg" and near["rows"][0] == near["keeper"]
+    assert near["sizes"] == [[640, 427], [480, 320]]
+    assert 0.9 <= near["similarity"] < 1.0
+    assert data["duplicates"]["headline"].startswith("2 groups, 2 redundant images")
+    assert ["duplicate groups", "2 (2 redundant images)"] in data["summary"]
 
 
 def test_galleries_put_the_most_typical_first(report_run: Path) -> None:
@@ -107,21 +132,29 @@ def test_galleries_put_the_most_typical_first(report_run: Path) -> None:
         assert np.all(np.diff(distances) >= 0)
 
 
-def test_rebuilding_reuses_maps_and_thumbnails(report_run: Path) -> None:
-    stamps = {name: (report_run / name).stat().st_mtime_ns for name in (MAPS_FILE, "thumbnails.parquet")}
+def test_rebuilding_reuses_maps_thumbnails_and_duplicates(report_run: Path) -> None:
+    caches = (MAPS_FILE, "thumbnails.parquet", DUPLICATES_FILE)
+    stamps = {name: (report_run / name).stat().st_mtime_ns for name in caches}
+    found = report_data(report_run)["duplicates"]
     build_report(report_run, maps=["pca", "tsne"], quiet=True)
     assert {name: (report_run / name).stat().st_mtime_ns for name in stamps} == stamps
+    assert report_data(report_run)["duplicates"] == found
     build_report(report_run, maps=["umap"], quiet=True)
     assert (report_run / "plots" / "map_umap.png").is_file()
     assert not (report_run / "plots" / "map_tsne.png").exists()
     assert '"umap"' in (report_run / "report.html").read_text()
 
 
-def test_no_report_writes_only_the_tables(tmp_path: Path) -> None:
+def test_no_report_writes_only_the_tables_and_a_later_report_finds_no_duplicates(tmp_path: Path) -> None:
     root = write_digit_tree(tmp_path / "images", per_class=4)
-    pixclust.run(RunConfig(source=str(root), out=str(tmp_path / "run"), k=2, report=False), quiet=True)
-    assert not (tmp_path / "run" / "report.html").exists() and not (tmp_path / "run" / "plots").exists()
-    assert (tmp_path / "run" / "clusters.csv").is_file()
+    run_dir = tmp_path / "run"
+    pixclust.run(RunConfig(source=str(root), out=str(run_dir), k=2, report=False), quiet=True)
+    assert not (run_dir / "report.html").exists() and not (run_dir / "plots").exists()
+    assert (run_dir / "clusters.csv").is_file()
+    build_report(run_dir, maps=["pca"], quiet=True)
+    duplicates = report_data(run_dir)["duplicates"]
+    assert duplicates["groups"] == [] and duplicates["headline"] == "No duplicates found at cosine ≥ 0.90."
+    assert ["duplicate groups", "0 (0 redundant images)"] in report_data(run_dir)["summary"]
 
 
 def test_report_on_a_folder_that_is_no_run_says_so(tmp_path: Path) -> None:

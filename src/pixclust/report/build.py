@@ -2,8 +2,9 @@
 
 Everything is read back from the run folder (embeddings.parquet,
 clusters.csv, errors.csv, run.json), so ``pixclust report RUN`` rebuilds
-exactly what ``pixclust cluster`` made. Maps are cached in ``maps.parquet``
-and thumbnails in ``thumbnails.parquet``; a rebuild recomputes neither.
+exactly what ``pixclust cluster`` made. Maps are cached in ``maps.parquet``,
+thumbnails in ``thumbnails.parquet`` and duplicate groups in
+``duplicates.parquet``; a rebuild recomputes none of them.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pixclust.atomic import atomic_path, write_text_atomic
+from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
 from pixclust.export import CLUSTERS_CSV, ERRORS_CSV, RUN_JSON, cluster_names
 from pixclust.figures import contact_sheet
@@ -32,12 +34,23 @@ from pixclust.maps import DEFAULT_MAPS, check_map_methods, map_coordinates
 from pixclust.progress import progress_bar
 from pixclust.report import plots
 from pixclust.report.thumbnails import THUMB_SIDE, load_thumbnails
+from pixclust.search import (
+    DEFAULT_COLOUR_TOLERANCE,
+    DEFAULT_DUPLICATE_THRESHOLD,
+    DuplicateGroup,
+    DuplicateReport,
+    find_duplicates,
+)
 from pixclust.store import EMBEDDINGS_FILE, EmbeddingStore, read_table_or_none
 
 REPORT_FILE = "report.html"
 PLOTS_DIR = "plots"
 MAPS_FILE = "maps.parquet"
+DUPLICATES_FILE = "duplicates.parquet"
 MONTAGE_SIZE = 32
+_DUPLICATES_SCHEMA = pa.schema(
+    [("rows", pa.list_(pa.int64())), ("keeper", pa.int64()), ("kind", pa.string()), ("min_similarity", pa.float64())]
+)
 
 
 @dataclass
@@ -46,13 +59,23 @@ class RunView:
 
     run_dir: Path
     record: dict[str, Any]
-    paths: list[str]
-    hashes: list[str]
-    vectors: np.ndarray
+    embeddings: Embeddings
     labels: np.ndarray
     distances: np.ndarray
     silhouettes: np.ndarray
     errors: list[SkippedFile]
+
+    @property
+    def paths(self) -> list[str]:
+        return self.embeddings.paths
+
+    @property
+    def hashes(self) -> list[str]:
+        return self.embeddings.content_hashes
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self.embeddings.vectors
 
     @property
     def names(self) -> dict[int, str]:
@@ -85,9 +108,7 @@ def load_run(run_dir: str | Path, record: dict[str, Any] | None = None) -> RunVi
     return RunView(
         run_dir=run_dir,
         record=record,
-        paths=embeddings.paths,
-        hashes=embeddings.content_hashes,
-        vectors=embeddings.vectors,
+        embeddings=embeddings,
         labels=np.array([int(row["cluster_id"]) for row in ordered], dtype=np.int64),
         distances=np.array([_float(row["distance"]) for row in ordered]),
         silhouettes=np.array([_float(row.get("silhouette", "")) for row in ordered]),
@@ -101,7 +122,7 @@ def _float(text: str) -> float:
 
 def load_maps(view: RunView, methods: tuple[str, ...], *, random_state: int = 0, quiet: bool = False) -> dict[str, dict[int, np.ndarray]]:
     """2-D and 3-D coordinates per map method, from ``maps.parquet`` when it matches these embeddings."""
-    fingerprint = hashlib.sha256("\n".join([view.record.get("model", {}).get("model_id", ""), *view.hashes]).encode()).hexdigest()
+    fingerprint = _fingerprint(view)
     cache_file = view.run_dir / MAPS_FILE
     cached = _read_maps(cache_file, fingerprint, len(view.paths))
     wanted = [(method, dims) for method in methods for dims in (2, 3)]
@@ -116,6 +137,12 @@ def load_maps(view: RunView, methods: tuple[str, ...], *, random_state: int = 0,
     for method, dims in wanted:
         maps.setdefault(method, {})[dims] = cached[(method, dims)]
     return maps
+
+
+def _fingerprint(view: RunView, *settings: str) -> str:
+    """Names the embeddings (model, and content in row order) and the settings a cache was made from."""
+    model_id = view.record.get("model", {}).get("model_id", "")
+    return hashlib.sha256("\n".join([model_id, *view.hashes, *settings]).encode()).hexdigest()
 
 
 def _read_maps(cache_file: Path, fingerprint: str, n: int) -> dict[tuple[str, int], np.ndarray]:
@@ -142,6 +169,51 @@ def _write_maps(cache_file: Path, fingerprint: str, maps: dict[tuple[str, int], 
     table = pa.table(columns).replace_schema_metadata({"fingerprint": fingerprint})
     with atomic_path(cache_file) as tmp:
         pq.write_table(table, tmp)
+
+
+def load_duplicates(
+    view: RunView, *, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, quiet: bool = False
+) -> DuplicateReport:
+    """Exact and near-duplicate groups, from ``duplicates.parquet`` when it matches these embeddings."""
+    # The colour check is part of the answer, so a change to its tolerance must not reuse old groups.
+    fingerprint = _fingerprint(view, f"duplicates {threshold} {DEFAULT_COLOUR_TOLERANCE}")
+    cache_file = view.run_dir / DUPLICATES_FILE
+    cached = _read_duplicates(cache_file, fingerprint)
+    if cached is not None:
+        return cached
+    # One step, so a long search over many images still shows that it is running and for how long.
+    with progress_bar("duplicates", 1, unit="searches", quiet=quiet) as advance:
+        found = find_duplicates(view.embeddings, threshold=threshold)
+        advance(1)
+    _write_duplicates(cache_file, fingerprint, found)
+    return found
+
+
+def _read_duplicates(cache_file: Path, fingerprint: str) -> DuplicateReport | None:
+    table = read_table_or_none(cache_file)
+    if table is None:
+        return None
+    metadata = table.schema.metadata or {}
+    if metadata.get(b"fingerprint", b"").decode() != fingerprint or table.schema.names != _DUPLICATES_SCHEMA.names:
+        return None
+    columns = (table.column(name).to_pylist() for name in _DUPLICATES_SCHEMA.names)
+    groups = [DuplicateGroup(tuple(rows), keeper, kind, sim) for rows, keeper, kind, sim in zip(*columns, strict=True)]
+    return DuplicateReport(groups, **json.loads(metadata[b"counts"]))
+
+
+def _write_duplicates(cache_file: Path, fingerprint: str, found: DuplicateReport) -> None:
+    table = pa.table(
+        {
+            "rows": [list(group.rows) for group in found.groups],
+            "keeper": [group.keeper for group in found.groups],
+            "kind": [group.kind for group in found.groups],
+            "min_similarity": [group.min_similarity for group in found.groups],
+        },
+        schema=_DUPLICATES_SCHEMA,
+    )
+    counts = {name: value for name, value in vars(found).items() if name != "groups"}
+    with atomic_path(cache_file) as tmp:
+        pq.write_table(table.replace_schema_metadata({"fingerprint": fingerprint, "counts": json.dumps(counts)}), tmp)
 
 
 def make_figures(view: RunView, maps: dict[str, dict[int, np.ndarray]]) -> dict[str, Any]:
@@ -180,6 +252,7 @@ def build_report(
     view = load_run(run_dir, record)
     coords = load_maps(view, methods, random_state=random_state, quiet=quiet)
     thumbnails = load_thumbnails(view.run_dir, view.paths, view.hashes, quiet=quiet)
+    duplicates = load_duplicates(view, quiet=quiet)
     plot_dir = view.run_dir / PLOTS_DIR
     pngs = {stem: plots.save_png(figure) for stem, figure in make_figures(view, coords).items()}
     for label, name in view.names.items():
@@ -197,16 +270,20 @@ def build_report(
             stale.unlink()
     report = view.run_dir / REPORT_FILE
     if html:
-        write_text_atomic(report, render_html(view, coords, thumbnails, pngs))
+        write_text_atomic(report, render_html(view, coords, thumbnails, pngs, duplicates))
     return report
 
 
 def render_html(
-    view: RunView, maps: dict[str, dict[int, np.ndarray]], thumbnails: dict[str, bytes], pngs: dict[str, bytes]
+    view: RunView,
+    maps: dict[str, dict[int, np.ndarray]],
+    thumbnails: dict[str, bytes],
+    pngs: dict[str, bytes],
+    duplicates: DuplicateReport,
 ) -> str:
     """The whole report as one HTML string: styles, Plotly, data and behaviour inlined."""
     assets = resources.files("pixclust.report") / "assets"
-    payload = json.dumps(_report_data(view, maps, thumbnails, pngs), separators=(",", ":"))
+    payload = json.dumps(_report_data(view, maps, thumbnails, pngs, duplicates), separators=(",", ":"))
     replacements = {
         "{{TITLE}}": _html_escape(_title(view)),
         "{{CSS}}": (assets / "report.css").read_text(encoding="utf-8"),
@@ -242,7 +319,11 @@ def _data_uri(mime: str, data: bytes) -> str:
 
 
 def _report_data(
-    view: RunView, maps: dict[str, dict[int, np.ndarray]], thumbnails: dict[str, bytes], pngs: dict[str, bytes]
+    view: RunView,
+    maps: dict[str, dict[int, np.ndarray]],
+    thumbnails: dict[str, bytes],
+    pngs: dict[str, bytes],
+    duplicates: DuplicateReport,
 ) -> dict[str, Any]:
     names = view.names
     ids = [label for label in names if label >= 0] + ([-1] if -1 in names else [])
@@ -250,7 +331,7 @@ def _report_data(
     unique_thumbs = {digest: index for index, digest in enumerate(dict.fromkeys(h for h in view.hashes if h in thumbnails))}
     return {
         "title": _title(view),
-        "summary": _summary_rows(view),
+        "summary": _summary_rows(view, duplicates),
         "clusters": [
             {
                 "id": label,
@@ -273,11 +354,42 @@ def _report_data(
             for method, by_dims in maps.items()
         },
         "plots": {stem: _data_uri("image/png", png) for stem, png in pngs.items() if not stem.startswith("map_")},
+        "duplicates": _duplicates_data(view, duplicates),
         "errors": [[item.path, item.reason, item.detail] for item in view.errors],
     }
 
 
-def _summary_rows(view: RunView) -> list[list[str]]:
+def _duplicates_data(view: RunView, duplicates: DuplicateReport) -> dict[str, Any]:
+    """Groups with the keeper first; rows index ``points``, so the page reuses their thumbnails."""
+    threshold = f"cosine ≥ {duplicates.threshold:.2f}"
+    if duplicates.groups:
+        headline = (
+            f"{_count(len(duplicates.groups), 'group')}, {_count(duplicates.n_redundant, 'redundant image')}: "
+            f"exact copies, and images at {threshold} with the same colours. "
+            "The first of each group (the most pixels) is the one to keep; click an image to see its cluster."
+        )
+    else:
+        headline = f"No duplicates found at {threshold}."
+    groups = []
+    for group in duplicates.groups:
+        rows = [group.keeper, *(row for row in group.rows if row != group.keeper)]
+        groups.append(
+            {
+                "rows": rows,
+                "keeper": group.keeper,
+                "kind": group.kind,
+                "similarity": round(group.min_similarity, 4),
+                "sizes": view.embeddings.image_sizes[rows].tolist(),
+            }
+        )
+    return {"threshold": duplicates.threshold, "headline": headline, "groups": groups}
+
+
+def _count(n: int, noun: str) -> str:
+    return f"{n:,} {noun}" + ("" if n == 1 else "s")
+
+
+def _summary_rows(view: RunView, duplicates: DuplicateReport) -> list[list[str]]:
     record = view.record
     counts = record.get("counts", {})
     clustering = record.get("clustering", {})
@@ -286,6 +398,7 @@ def _summary_rows(view: RunView) -> list[list[str]]:
         ["images", f"{len(view.paths):,}"],
         ["clusters", str(len([label for label in view.names if label >= 0]))],
         ["files not used", f"{len(view.errors):,}"],
+        ["duplicate groups", f"{len(duplicates.groups):,} ({_count(duplicates.n_redundant, 'redundant image')})"],
         ["model", str(model.get("model", "?"))],
         ["weights", str(model.get("weights", "?"))],
         ["method", f"{clustering.get('reduce', '?')} → {clustering.get('method', '?')}"],

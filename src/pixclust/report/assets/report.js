@@ -1,10 +1,11 @@
 "use strict";
-// The report's behaviour: maps (Plotly), hover thumbnails, cluster filters, galleries.
+// The report's behaviour: maps (Plotly), hover thumbnails, cluster filters, galleries, duplicate groups.
 // Every string from the data is set with textContent or as an attribute, never as HTML.
 (function () {
   const data = JSON.parse(document.getElementById("report-data").textContent);
   const SHOWN_TYPICAL = 48;
   const SHOWN_OUTLIERS = 12;
+  const SHOWN_GROUPS = 60;
   const WEBGL_ABOVE = 5000;
 
   function el(tag, attrs, text) {
@@ -93,6 +94,47 @@
         section.append(more);
       }
       box.append(section);
+    }
+  }
+
+  // ---- duplicates ----
+  function duplicateGroup(group, number) {
+    const box = el("div", { class: "dup-group", "data-kind": group.kind });
+    const what = group.kind === "exact" ? "exact copies" : `near duplicates, cosine ≥ ${group.similarity.toFixed(3)}`;
+    box.append(el("h3", {}, `group ${number}: ${group.rows.length} images, ${what}`));
+    const grid = el("div", { class: "grid" });
+    group.rows.forEach((point, index) => {
+      const keep = point === group.keeper;
+      const figure = el("figure", { class: keep ? "keeper" : "" });
+      const img = image(point);
+      img.addEventListener("click", () => {
+        filterGalleries(data.points.cluster[point]);
+        document.getElementById("gallery-card").scrollIntoView();
+      });
+      const [width, height] = group.sizes[index];
+      figure.append(img, el("figcaption", {}, `${keep ? "keep, " : ""}${width}×${height}`));
+      grid.append(figure);
+    });
+    box.append(grid);
+    return box;
+  }
+
+  function renderDuplicates() {
+    const duplicates = data.duplicates;
+    const box = document.getElementById("duplicates");
+    box.append(el("p", { class: "muted" }, duplicates.headline));
+    const list = el("div");
+    // Thousands of groups would make the page slow to open; the first ones show, the rest on request.
+    const show = (count) => {
+      list.textContent = "";
+      duplicates.groups.slice(0, count).forEach((group, index) => list.append(duplicateGroup(group, index + 1)));
+    };
+    show(SHOWN_GROUPS);
+    box.append(list);
+    if (duplicates.groups.length > SHOWN_GROUPS) {
+      const more = el("button", {}, `show all ${duplicates.groups.length.toLocaleString()} groups`);
+      more.addEventListener("click", () => { show(duplicates.groups.length); more.remove(); });
+      box.append(more);
     }
   }
 
@@ -188,6 +230,7 @@
 
   renderSummary();
   renderGalleries();
+  renderDuplicates();
   renderPlots();
   renderErrors();
   if (typeof Plotly === "undefined") {

@@ -121,6 +121,8 @@ def test_report_shows_the_planted_duplicate_groups_with_the_largest_kept(report_
     assert 0.9 <= near["similarity"] < 1.0
     assert data["duplicates"]["headline"].startswith("2 groups, 2 redundant images")
     assert ["duplicate groups", "2 (2 redundant images)"] in data["summary"]
+    features = dict(data["summary"])["features chosen"]
+    assert re.fullmatch(r"(embedding|embedding\+hog) \(stability: embedding \d\.\d\d, embedding\+hog -?\d\.\d\d\)", features)
 
 
 def test_galleries_put_the_most_typical_first(report_run: Path) -> None:

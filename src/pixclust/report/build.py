@@ -406,6 +406,12 @@ def _summary_rows(view: RunView, duplicates: DuplicateReport) -> list[list[str]]
     silhouette = clustering.get("silhouette")
     if silhouette is not None:
         rows.append(["silhouette", f"{silhouette:.3f}"])
+    choice = clustering.get("pipeline")
+    if choice:
+        stabilities = ", ".join(
+            f"{name} {score['stability']:.2f}" for name, score in choice["candidates"].items() if score["stability"] is not None
+        )
+        rows.append(["features chosen", choice["representation"] + (f" (stability: {stabilities})" if stabilities else "")])
     scan = clustering.get("k_scan")
     if scan:
         rows.append([f"k by {scan['criterion']} / elbow", f"{scan['chosen_k']} / {scan['elbow_k'] or 'none'}"])

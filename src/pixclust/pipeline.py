@@ -388,20 +388,8 @@ def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
     check_no_moves(run_dir)
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    embeddings = embed(
-        config.source,
-        model=config.model,
-        weights=config.weights,
-        out=run_dir,
-        batch_size=config.batch_size,
-        num_workers=config.workers,
-        max_pixels=config.max_pixels,
-        include_hidden=config.include_hidden,
-        runtime=config.runtime,
-        precision=config.precision,
-        quiet=quiet,
-        engine=config.engine,
-        address=config.address,
+    embeddings = _embed_source(
+        config, out=run_dir, model=config.model, weights=config.weights, runtime=config.runtime, precision=config.precision, quiet=quiet
     )
     timings["embed_s"] = time.perf_counter() - started
     write_errors_csv(run_dir / ERRORS_CSV, embeddings.skipped)
@@ -454,18 +442,24 @@ def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
     return result
 
 
-def _hog_view(config: RunConfig, run_dir: Path, embeddings: Embeddings, *, quiet: bool) -> np.ndarray | None:
-    """HOG vectors in the order of ``embeddings``, stored (and reused) in the run's views/hog/ folder.
-
-    None when the model is HOG already, or when some image gave an embedding
-    but no HOG vector (then the adaptive pipeline uses the embedding alone).
-    """
-    if config.model == HOG_MODEL:
-        return None
-    hog = embed(
+def _embed_source(
+    config: RunConfig,
+    *,
+    out: Path,
+    model: str,
+    quiet: bool,
+    weights: str | None = None,
+    runtime: str = "auto",
+    precision: str = "auto",
+) -> Embeddings:
+    """``embed`` of the run's source into ``out`` with ``model``, reading files as the config says."""
+    return embed(
         config.source,
-        model=HOG_MODEL,
-        out=run_dir / VIEWS_DIR / HOG_VIEW,
+        model=model,
+        weights=weights,
+        runtime=runtime,
+        precision=precision,
+        out=out,
         batch_size=config.batch_size,
         num_workers=config.workers,
         max_pixels=config.max_pixels,
@@ -474,6 +468,17 @@ def _hog_view(config: RunConfig, run_dir: Path, embeddings: Embeddings, *, quiet
         engine=config.engine,
         address=config.address,
     )
+
+
+def _hog_view(config: RunConfig, run_dir: Path, embeddings: Embeddings, *, quiet: bool) -> np.ndarray | None:
+    """HOG vectors in the order of ``embeddings``, stored (and reused) in the run's views/hog/ folder.
+
+    None when the model is HOG already, or when some image gave an embedding
+    but no HOG vector (then the adaptive pipeline uses the embedding alone).
+    """
+    if config.model == HOG_MODEL:
+        return None
+    hog = _embed_source(config, out=run_dir / VIEWS_DIR / HOG_VIEW, model=HOG_MODEL, quiet=quiet)
     row_of = {path: row for row, path in enumerate(hog.paths)}
     rows = [row_of.get(path) for path in embeddings.paths]
     if any(row is None for row in rows):

@@ -52,19 +52,18 @@ def iter_candidates(views: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndar
     Each view is L2-normalised (HOG after centring, since its raw vectors all
     point into the positive orthant) before joining, so both count equally.
     One at a time because the joined matrix is the largest thing pixclust
-    holds (70,000 x 3,044 floats is 0.85 GB); callers reduce it and let it go.
+    holds (70,000 x 3,044 floats is 0.85 GB): callers reduce each candidate
+    and let it go, so no two joined matrices ever coexist.
     """
     if EMBEDDING_VIEW not in views:
         raise UsageError("the adaptive pipeline needs the image embeddings (view 'embedding')")
     hog = views.get(HOG_VIEW)
     if hog is not None and len(hog) != len(views[EMBEDDING_VIEW]):
         raise UsageError(f"{len(hog)} HOG vectors cannot pair with {len(views[EMBEDDING_VIEW])} embeddings")
-    yield EMBEDDING_VIEW, l2_normalize(views[EMBEDDING_VIEW])
+    embedding = l2_normalize(views[EMBEDDING_VIEW])
+    yield EMBEDDING_VIEW, embedding
     if hog is not None:
-        embedding = l2_normalize(views[EMBEDDING_VIEW])
-        joined = np.hstack([embedding, l2_normalize(hog - hog.mean(axis=0))])
-        del embedding
-        yield f"{EMBEDDING_VIEW}+{HOG_VIEW}", l2_normalize(joined)
+        yield f"{EMBEDDING_VIEW}+{HOG_VIEW}", l2_normalize(np.hstack([embedding, l2_normalize(hog - hog.mean(axis=0))]))
 
 
 def candidate_representations(views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

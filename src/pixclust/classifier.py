@@ -6,7 +6,8 @@ the best is refitted on everything. Classes are weighted by inverse frequency
 (``class_weight="balanced"`` for the logistic regression, the same weights as
 sample weights for the MLP). The saved file records the embedding model the
 classifier needs, so ``predict`` embeds new images exactly as the training
-images were embedded.
+images were embedded. A classifier made by ``finetune.py`` is the same type,
+with ``finetuned`` holding what rebuilds its network.
 """
 
 from __future__ import annotations
@@ -15,13 +16,16 @@ import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from pixclust.atomic import atomic_path
 from pixclust.errors import UsageError
 from pixclust.reduce import l2_normalize
+
+if TYPE_CHECKING:
+    from pixclust.finetune import FinetunedNetwork
 
 FORMAT = "pixclust-classifier"
 FORMAT_VERSION = 1
@@ -30,7 +34,12 @@ HEADS = ("logistic", "mlp")
 
 @dataclass
 class TrainedClassifier:
-    """A fitted scikit-learn estimator over L2-normalised embeddings, with what it needs and how it was chosen."""
+    """A fitted scikit-learn estimator over L2-normalised embeddings, with what it needs and how it was chosen.
+
+    ``finetuned`` is None for a head on the run's frozen embeddings; for a fine-tuned
+    classifier it rebuilds the network whose embeddings the estimator reads, and
+    ``cv_f1`` is then the macro F1 on its held-out validation images.
+    """
 
     estimator: Any
     classes: list[str]
@@ -40,6 +49,7 @@ class TrainedClassifier:
     cv_f1: float
     search: list[dict[str, Any]] = field(default_factory=list)
     class_counts: dict[str, int] = field(default_factory=dict)
+    finetuned: FinetunedNetwork | None = None
 
     def predict_proba(self, vectors: np.ndarray) -> np.ndarray:
         """N x C probabilities, columns in ``classes`` order."""

@@ -324,17 +324,39 @@ def train_command(
     out: Annotated[Path, typer.Option("--out", "-o", help="File to save the classifier to.")],
     head: Annotated[Optional[list[str]], typer.Option(help="logistic and/or mlp; repeat (default: both, the better by cross-validation).")] = None,
     cv: Annotated[int, typer.Option(help="Cross-validation folds of the hyperparameter search.")] = 3,
-    finetune: Annotated[bool, typer.Option("--finetune", help="Also train the network's last blocks (needs a CUDA GPU).")] = False,
+    finetune: Annotated[bool, typer.Option("--finetune", help="Also train the network's last blocks and a linear head on the images themselves (needs --in RUN with the images at their paths). Uses a CUDA GPU when there is one, else the CPU: minutes for a few hundred images.")] = False,
+    epochs: Annotated[Optional[int], typer.Option(help="Most epochs of --finetune; it stops earlier when the held-out images stop improving [default: 10].")] = None,
     ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Train a classifier on the embeddings of labelled images, with class weights and a cross-validated search."""
+    """Train a classifier on the embeddings of labelled images, with class weights and a cross-validated search; --finetune also trains the network's last blocks."""
     from pixclust.workflows import train
 
-    classifier = train(labels, source, out=out, heads=head or ("logistic", "mlp"), cv=cv, finetune=finetune, ids=ids, random_state=seed)
+    if finetune and head:
+        raise UsageError("--head chooses a head for frozen embeddings; --finetune always trains a linear head with the network, so drop --head")
+    if epochs is not None and not finetune:
+        raise UsageError("--epochs is for --finetune; add --finetune or drop --epochs")
     console = _console()
+    settings = None
+    if finetune:
+        from pixclust.finetune import FinetuneSettings, training_device
+
+        settings = FinetuneSettings() if epochs is None else FinetuneSettings(epochs=epochs)
+        if training_device() == "cpu":
+            console.print("note: no CUDA GPU visible, so fine-tuning runs on the CPU (slower)")
+    classifier = train(
+        labels, source, out=out, heads=head or ("logistic", "mlp"), cv=cv, finetune=finetune, finetune_settings=settings, ids=ids, random_state=seed, quiet=quiet
+    )
     console.print("classes: " + ", ".join(f"{name} {n:,}" for name, n in classifier.class_counts.items()))
-    console.print(f"best: {classifier.head} {classifier.params}, cross-validated macro F1 {classifier.cv_f1:.3f}")
+    if classifier.finetuned is None:
+        console.print(f"best: {classifier.head} {classifier.params}, cross-validated macro F1 {classifier.cv_f1:.3f}")
+    else:
+        history = classifier.finetuned.history
+        console.print(
+            f"fine-tuned: best epoch {classifier.finetuned.best_epoch} of {len(history) - 1}, validation macro F1 {classifier.cv_f1:.3f} "
+            f"(linear probe alone {history[0]['validation_f1']:.3f}, {len(classifier.finetuned.validation):,} held-out images)"
+        )
     console.print(f"classifier: {out}")
 
 

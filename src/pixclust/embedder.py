@@ -13,7 +13,7 @@ import contextlib
 import os
 import signal
 import threading
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -36,13 +36,15 @@ class ExtractedBatch:
     failures: list[tuple[int, DecodeError]]
 
 
-class _DecodedFiles:
+class DecodedFiles:
     """Map-style dataset: index -> (index, transformed array or None, (w, h), error or None)."""
 
-    def __init__(self, paths: Sequence[str], extractor: FeatureExtractor, max_pixels: int) -> None:
+    def __init__(
+        self, paths: Sequence[str], transform: Callable[[Any], np.ndarray], draft_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
+    ) -> None:
         self.paths = list(paths)
-        self.transform = extractor.transform
-        self.draft_size = extractor.draft_size
+        self.transform = transform
+        self.draft_size = draft_size
         self.max_pixels = max_pixels
 
     def __len__(self) -> int:
@@ -83,6 +85,18 @@ def _collate(items: list[Any]) -> list[Any]:
     return items
 
 
+def decoded_batches(files: DecodedFiles, *, batch_size: int, num_workers: int | None = None) -> Iterator[list[Any]]:
+    """Lists of ``DecodedFiles`` items in input order, decoded in worker processes when there are enough files."""
+    from torch.utils.data import DataLoader
+
+    workers = default_num_workers(len(files), batch_size) if num_workers is None else num_workers
+    loader = DataLoader(
+        files, batch_size=batch_size, num_workers=workers, collate_fn=_collate, prefetch_factor=2 if workers else None
+    )
+    with _sigchld_handler_restored():
+        yield from loader
+
+
 def default_num_workers(n_files: int, batch_size: int) -> int:
     """Decode workers: one per core, none for a handful of files (process start costs more)."""
     if n_files <= 2 * batch_size:
@@ -112,30 +126,22 @@ class Embedder:
 
     def iter_batches(self, paths: Sequence[str]) -> Iterator[ExtractedBatch]:
         """Yield results batch by batch, in input order."""
-        from torch.utils.data import DataLoader
+        files = DecodedFiles(paths, self.extractor.transform, self.extractor.draft_size, self.max_pixels)
+        # closing(): when our caller closes us midway, the workers stop now, not at garbage collection.
+        with contextlib.closing(decoded_batches(files, batch_size=self.batch_size, num_workers=self.num_workers)) as batches:
+            for items in batches:
+                yield self._embed_items(items)
 
-        workers = default_num_workers(len(paths), self.batch_size) if self.num_workers is None else self.num_workers
-        loader = DataLoader(
-            _DecodedFiles(paths, self.extractor, self.max_pixels),
-            batch_size=self.batch_size,
-            num_workers=workers,
-            collate_fn=_collate,
-            prefetch_factor=2 if workers else None,
+    def _embed_items(self, items: list[Any]) -> ExtractedBatch:
+        decoded = [(index, array, size) for index, array, size, error in items if error is None]
+        failures = [(index, error) for index, _, _, error in items if error is not None]
+        if decoded:
+            vectors = self.extractor.embed_batch(np.stack([array for _, array, _ in decoded]))
+        else:
+            vectors = np.empty((0, self.extractor.dim), np.float32)
+        return ExtractedBatch(
+            indices=np.array([index for index, _, _ in decoded], dtype=np.int64),
+            vectors=vectors,
+            image_sizes=np.array([size for _, _, size in decoded], dtype=np.int32).reshape(-1, 2),
+            failures=failures,
         )
-        with _sigchld_handler_restored():
-            yield from self._embed_batches(loader)
-
-    def _embed_batches(self, loader: Any) -> Iterator[ExtractedBatch]:
-        for items in loader:
-            decoded = [(index, array, size) for index, array, size, error in items if error is None]
-            failures = [(index, error) for index, _, _, error in items if error is not None]
-            if decoded:
-                vectors = self.extractor.embed_batch(np.stack([array for _, array, _ in decoded]))
-            else:
-                vectors = np.empty((0, self.extractor.dim), np.float32)
-            yield ExtractedBatch(
-                indices=np.array([index for index, _, _ in decoded], dtype=np.int64),
-                vectors=vectors,
-                image_sizes=np.array([size for _, _, size in decoded], dtype=np.int32).reshape(-1, 2),
-                failures=failures,
-            )

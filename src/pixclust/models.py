@@ -167,15 +167,19 @@ class ImageTransform:
         resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}.get(
             self.prep.interpolation, Image.Resampling.BICUBIC
         )
-        # Cropping the central region of the original and resizing it in one step equals
-        # timm's resize-then-center-crop, without a huge intermediate for 1x10000 images.
-        width, height = image.size
-        side = min(width, height) * self.prep.input_size / self.prep.resize_to
-        box = ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
-        cropped = image.resize((self.prep.input_size, self.prep.input_size), resample, box=box)
+        cropped = image.resize((self.prep.input_size, self.prep.input_size), resample, box=self.crop_box(*image.size))
         pixels = np.asarray(cropped, dtype=np.float32) / 255.0
         pixels = (pixels - np.asarray(self.prep.mean, np.float32)) / np.asarray(self.prep.std, np.float32)
         return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+
+    def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The central square that timm's resize-then-center-crop keeps, in the original's pixels.
+
+        Cropping it from the original and resizing in one step equals timm's two steps,
+        without a huge intermediate for 1x10000 images.
+        """
+        side = min(width, height) * self.prep.input_size / self.prep.resize_to
+        return ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
 
 
 class HogTransform:
@@ -267,6 +271,13 @@ def _handmade_record(spec: ModelSpec, preprocessing: str) -> dict[str, Any]:
 
 
 def _load_timm_extractor(spec: ModelSpec, weights: str | Path | None, runtime: str, precision: str) -> FeatureExtractor:
+    network, source = load_network(spec, weights)
+    extractor = network_extractor(spec, network, source, network_preprocessing(network))
+    return attach_runner(extractor, network, runtime=runtime, precision=precision)
+
+
+def load_network(spec: ModelSpec, weights: str | Path | None = None) -> tuple[Any, str]:
+    """The PyTorch network of a ``timm`` spec in eval mode, without a classifier, and where its weights came from."""
     import timm
     import torch
 
@@ -291,28 +302,40 @@ def _load_timm_extractor(spec: ModelSpec, weights: str | Path | None, runtime: s
     else:
         network = _download_pretrained(spec)
         source = f"timm pretrained {spec.timm_name}"
-    network.eval().to(memory_format=torch.channels_last)
-    prep = _preprocessing(network)
+    return network.eval().to(memory_format=torch.channels_last), source
+
+
+def network_extractor(spec: ModelSpec, network: Any, source: str, prep: Preprocessing) -> FeatureExtractor:
+    """A feature extractor around a loaded network, runnable once ``attach_runner`` gives it a runner.
+
+    Its record, and so its model id, hashes the network's weights as they are now.
+    """
     dim = int(network.num_features if spec.dim is None else spec.dim)
     record = {
         "model": spec.name,
         "architecture": spec.timm_name,
         "weights": source,
-        "weights_sha256": _state_dict_sha256(network),
+        "weights_sha256": state_dict_sha256(network),
         "dim": dim,
         "preprocessing": asdict(prep),
     }
-    extractor = FeatureExtractor(spec, dim, ImageTransform(prep), prep.resize_to, record)
-    extractor.runner = make_runner(network, extractor.model_id, prep.input_size, runtime=runtime, precision=precision)
+    return FeatureExtractor(spec, dim, ImageTransform(prep), prep.resize_to, record)
+
+
+def attach_runner(extractor: FeatureExtractor, network: Any, *, runtime: str = "auto", precision: str = "auto") -> FeatureExtractor:
+    """Give the extractor the runner for ``network`` (see ``runtimes.make_runner``) and record which it is."""
+    input_size = extractor.record["preprocessing"]["input_size"]
+    extractor.runner = make_runner(network, extractor.model_id, input_size, runtime=runtime, precision=precision)
     extractor.record["runtime"] = extractor.runner.description
     return extractor
 
 
-def _preprocessing(network: Any) -> Preprocessing:
+def network_preprocessing(network: Any, input_size: int | None = None) -> Preprocessing:
+    """The eval preprocessing timm records for the network's weights; ``input_size`` overrides the side, keeping the crop ratio."""
     import timm.data
 
     cfg = timm.data.resolve_model_data_config(network)
-    size = int(cfg["input_size"][-1])
+    size = int(input_size or cfg["input_size"][-1])
     return Preprocessing(
         input_size=size,
         resize_to=int(size / cfg.get("crop_pct", 0.875)),
@@ -423,7 +446,7 @@ def _hub_reachable(timeout: float = 3.0) -> bool:
         return False
 
 
-def _state_dict_sha256(network: Any) -> str:
+def state_dict_sha256(network: Any) -> str:
     """Hash of the tensors themselves, the same whether they came from a package, the hub or a file."""
     digest = hashlib.sha256()
     for key, tensor in network.state_dict().items():

@@ -13,7 +13,7 @@ import os
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
@@ -27,6 +27,10 @@ from pixclust.images import SkippedFile
 from pixclust.figures import write_contact_sheet, write_roc_plot
 from pixclust.label import DEFAULT_THRESHOLDS, NONE, LabelResult, References
 from pixclust.search import DEFAULT_DUPLICATE_THRESHOLD, DuplicateReport, Match
+
+if TYPE_CHECKING:
+    from pixclust.finetune import FinetuneSettings
+    from pixclust.models import FeatureExtractor
 
 LABELS_CSV = "labels.csv"
 SUGGEST_CSV = "suggested.csv"
@@ -233,29 +237,50 @@ def train(
     heads: Sequence[str] = ("logistic", "mlp"),
     cv: int = 3,
     finetune: bool = False,
+    finetune_settings: FinetuneSettings | None = None,
     ids: str | Path | None = None,
     random_state: int = 0,
+    quiet: bool = False,
 ) -> TrainedClassifier:
-    """Train a classifier on the embeddings of the images listed in ``labels_csv`` and save it to ``out``."""
+    """Train a classifier on the images listed in ``labels_csv`` and save it to ``out``.
+
+    By default a head (``heads``, searched by ``cv``-fold cross-validation) on their
+    stored embeddings; with ``finetune``, the network's last blocks and a linear head
+    on the images themselves (``finetune.py``; a GPU when torch sees one, else the CPU).
+    """
     from pixclust.classifier import save_classifier, train_classifier
     from pixclust.label import read_labelled_list, rows_with_labels
 
-    if finetune:
-        _refuse_finetune()
     embeddings = open_embeddings(source, ids=ids)
     rows, labels = rows_with_labels(embeddings, read_labelled_list(labels_csv), what=str(labels_csv))
     model = embeddings.model | {"model_id": embeddings.model_id}
-    classifier = train_classifier(embeddings.vectors[rows], labels, embedding_model=model, heads=heads, cv=cv, random_state=random_state)
+    if finetune:
+        from pixclust.finetune import FinetuneSettings, finetune_classifier
+
+        paths = [embeddings.paths[row] for row in rows]
+        settings = finetune_settings or FinetuneSettings()
+        classifier = finetune_classifier(paths, labels, base=model, settings=settings, random_state=random_state, quiet=quiet)
+    else:
+        classifier = train_classifier(embeddings.vectors[rows], labels, embedding_model=model, heads=heads, cv=cv, random_state=random_state)
     save_classifier(classifier, out)
     return classifier
 
 
-def _refuse_finetune() -> None:
-    import torch
+def _extractor_of(classifier: TrainedClassifier) -> FeatureExtractor:
+    """The network whose embeddings the classifier reads: the recorded model, or its fine-tuned network rebuilt."""
+    if classifier.finetuned is None:
+        return extractor_for(classifier.embedding_model)
+    from pixclust.finetune import finetuned_extractor
 
-    if not torch.cuda.is_available():
-        raise UsageError("--finetune trains the network's last blocks and needs a CUDA GPU; none is visible here. Drop --finetune to train a head on the frozen embeddings")
-    raise UsageError("--finetune is not built yet; drop it to train a head on the frozen embeddings")
+    return finetuned_extractor(classifier)
+
+
+def _embed_listed(paths: Sequence[str], extractor: FeatureExtractor) -> np.ndarray:
+    """Vectors of listed test images, in order; every one must be usable."""
+    _, vectors, skipped = embed_images(paths, extractor)
+    if skipped:
+        raise UsageError(f"test image {skipped[0].path} cannot be used ({skipped[0].reason}); fix or drop it")
+    return vectors
 
 
 @dataclass
@@ -272,22 +297,27 @@ def evaluate(
     ids: str | Path | None = None,
     out: str | Path | None = None,
 ) -> EvaluationRun:
-    """Score a saved classifier on a labelled test list (ids in ``source``, or image paths embedded with the recorded model)."""
+    """Score a saved classifier on a labelled test list (ids in ``source``, or image paths embedded with the recorded model).
+
+    A fine-tuned classifier's network embeds the images again, ids in ``source`` included.
+    """
     from pixclust.classifier import evaluate as evaluate_classifier
     from pixclust.classifier import load_classifier
     from pixclust.label import read_labelled_list, rows_with_labels
 
     classifier = load_classifier(model)
     pairs = read_labelled_list(test)
-    if source is not None:
+    if source is None:
+        vectors = _embed_listed([item for item, _ in pairs], _extractor_of(classifier))
+        truth = [label for _, label in pairs]
+    else:
         embeddings = open_embeddings(source, ids=ids)
         rows, truth = rows_with_labels(embeddings, pairs, what=str(test))
-        vectors = embeddings.vectors[rows]
-    else:
-        paths, vectors, skipped = embed_images([item for item, _ in pairs], extractor_for(classifier.embedding_model))
-        if skipped:
-            raise UsageError(f"test image {skipped[0].path} cannot be used ({skipped[0].reason}); fix or drop it")
-        truth = [label for _, label in pairs]
+        if classifier.finetuned is None:
+            vectors = embeddings.vectors[rows]
+        else:
+            # The run holds the base network's vectors; the fine-tuned network must embed the images again.
+            vectors = _embed_listed([embeddings.paths[row] for row in rows], _extractor_of(classifier))
     evaluation = evaluate_classifier(classifier, vectors, truth)
     roc_png = None
     if out is not None:
@@ -303,11 +333,11 @@ class PredictionRun:
 
 
 def predict_images(model: str | Path, images: Sequence[str | Path]) -> PredictionRun:
-    """Labels and probabilities for new images, embedded with the model the classifier records; unusable files are listed."""
+    """Labels and probabilities for new images, embedded with the (possibly fine-tuned) model the classifier records; unusable files are listed."""
     from pixclust.classifier import load_classifier, predict
 
     classifier = load_classifier(model)
-    paths, vectors, skipped = embed_images(images, extractor_for(classifier.embedding_model))
+    paths, vectors, skipped = embed_images(images, _extractor_of(classifier))
     if not paths:
         raise UsageError(f"no usable images in {', '.join(map(str, images))}; give image files or folders")
     return PredictionRun(predict(classifier, paths, vectors), skipped)

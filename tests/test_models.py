@@ -15,6 +15,7 @@ from pixclust.models import (
     _load_state_dict,
     _packaged_weights_path,
     load_extractor,
+    load_network,
     model_statuses,
     resolve_model,
     state_dict_sha256,
@@ -61,6 +62,32 @@ def test_model_id_is_stable_and_tracks_the_weights(default_extractor) -> None:
     random = load_extractor(DEFAULT_MODEL, weights="random")
     assert random.model_id != default_extractor.model_id
     assert random.record["weights"].startswith("random")
+
+
+def test_generalised_mean_lies_between_the_mean_and_the_max() -> None:
+    from pixclust.pooling import GeneralizedMeanPool
+
+    maps = torch.zeros(2, 3, 4, 4)
+    maps[0] = 2.0
+    maps[1, :, 0, 0] = 16.0
+    pooled = GeneralizedMeanPool(3.0)(maps)
+    assert pooled.shape == (2, 3)
+    assert torch.allclose(pooled[0], torch.full((3,), 2.0))
+    # One response of 16 among 16 cells: the mean is 1, GeM with p = 3 is 16 / 16^(1/3).
+    assert torch.allclose(pooled[1], torch.full((3,), 16.0 / 16.0 ** (1 / 3)), rtol=1e-4)
+    assert torch.allclose(GeneralizedMeanPool(1.0)(maps), maps.mean(dim=(2, 3)), atol=1e-5)
+
+
+def test_lite_networks_pool_by_generalised_mean_and_their_id_says_so(default_extractor) -> None:
+    from pixclust.pooling import GeneralizedMeanPool
+
+    network, _ = load_network(MODELS[DEFAULT_MODEL])
+    assert isinstance(network.global_pool, GeneralizedMeanPool)
+    maps = network.forward_features(torch.rand(1, 3, 224, 224))
+    assert torch.allclose(network.forward_head(maps), GeneralizedMeanPool()(maps))
+    assert default_extractor.record["pooling"] == "gem"
+    average = dict(default_extractor.record, pooling="avg")
+    assert type(default_extractor)(default_extractor.spec, 1280, default_extractor.transform, 256, average).model_id != default_extractor.model_id
 
 
 def test_default_model_embeds_images_into_1280_d(default_extractor) -> None:

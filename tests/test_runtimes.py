@@ -20,8 +20,8 @@ from pixclust.runtimes import cache_dir
 
 @pytest.fixture(scope="module")
 def real_images(tmp_path_factory: pytest.TempPathFactory) -> list[str]:
-    from skimage import data
     from PIL import Image
+    from skimage import data
 
     root = write_digit_tree(tmp_path_factory.mktemp("runtime-images"), per_class=4)
     for name in ("astronaut", "coffee", "chelsea", "rocket"):
@@ -90,7 +90,7 @@ def test_a_cached_record_and_export_start_the_network_without_building_it(tmp_pa
         "import sys, numpy as np\n"
         "from pixclust.models import load_extractor\n"
         "extractor = load_extractor(runtime='onnxruntime')\n"
-        "batch = np.random.default_rng(0).standard_normal((2, 3, 224, 224)).astype(np.float32)\n"
+        "batch = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)\n"
         "print('timm' in sys.modules, extractor.model_id, extractor.draft_size, extractor.embed_batch(batch).sum())\n"
     )
     env = {**os.environ, "PIXCLUST_CACHE": str(tmp_path)}

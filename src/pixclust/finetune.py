@@ -136,7 +136,7 @@ class AugmentingTransform(ImageTransform):
         import torch
 
         pixels = super().__call__(image)
-        return np.ascontiguousarray(pixels[:, :, ::-1]) if torch.rand(()) < 0.5 else pixels
+        return np.ascontiguousarray(pixels[:, ::-1]) if torch.rand(()) < 0.5 else pixels
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
         import torch
@@ -326,9 +326,12 @@ def _stratified_split(paths: Sequence[str], labels: Sequence[str], fraction: flo
 
 
 def _image_batches(paths: Sequence[str], transform: ImageTransform, batch_size: int) -> Iterator[tuple[int, Any]]:
-    """(offset, N x 3 x H x W tensor) in input order; an image that no longer decodes is the user's to fix."""
+    """(offset, N x 3 x H x W network input) in input order; an image that no longer decodes is the user's to fix."""
     import torch
 
+    from pixclust.network_input import NormalisedImages
+
+    normalise = NormalisedImages(transform.prep.mean, transform.prep.std)
     files = DecodedFiles(paths, transform, transform.prep.resize_to)
     offset = 0
     with contextlib.closing(decoded_batches(files, batch_size=batch_size)) as batches:
@@ -340,7 +343,7 @@ def _image_batches(paths: Sequence[str], transform: ImageTransform, batch_size: 
                         "fix it or drop it from the labels"
                     )
             pixels = torch.from_numpy(np.stack([array for _, array, _, _ in items]))
-            yield offset, pixels.contiguous(memory_format=torch.channels_last)
+            yield offset, normalise(pixels).contiguous(memory_format=torch.channels_last)
             offset += len(items)
 
 

@@ -171,7 +171,11 @@ class Preprocessing:
 
 
 class ImageTransform:
-    """Picklable PIL-image to float32 array transform, run inside decode workers."""
+    """Picklable PIL image to uint8 input_size x input_size x 3 pixels, run inside decode workers.
+
+    Scaling to the weights' mean and std happens inside the network
+    (``network_input.ImageNetwork``), so workers pass bytes, not floats.
+    """
 
     def __init__(self, prep: Preprocessing) -> None:
         self.prep = prep
@@ -183,9 +187,7 @@ class ImageTransform:
             self.prep.interpolation, Image.Resampling.BICUBIC
         )
         cropped = image.resize((self.prep.input_size, self.prep.input_size), resample, box=self.crop_box(*image.size))
-        pixels = np.asarray(cropped, dtype=np.float32) / 255.0
-        pixels = (pixels - np.asarray(self.prep.mean, np.float32)) / np.asarray(self.prep.std, np.float32)
-        return np.ascontiguousarray(pixels.transpose(2, 0, 1))
+        return np.asarray(cropped, dtype=np.uint8)
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The central square that timm's resize-then-center-crop keeps, in the original's pixels.
@@ -250,7 +252,7 @@ class FeatureExtractor:
         """Features for a stacked batch of ``transform`` outputs, float32, one row per image."""
         if self.runner is None:
             return np.asarray(batch, dtype=np.float32)
-        return self.runner.run(np.ascontiguousarray(batch, dtype=np.float32))
+        return self.runner.run(np.ascontiguousarray(batch, dtype=np.uint8))
 
 
 def load_extractor(
@@ -399,8 +401,11 @@ def _draft_size(prep: Preprocessing) -> int:
 
 def attach_runner(extractor: FeatureExtractor, network: Any, *, runtime: str = "auto", precision: str = "auto") -> FeatureExtractor:
     """Give the extractor the runner for ``network`` (see ``runtimes.make_runner``) and record which it is."""
-    input_size = extractor.record["preprocessing"]["input_size"]
-    extractor.runner = make_runner(network, extractor.model_id, input_size, runtime=runtime, precision=precision)
+    from pixclust.network_input import ImageNetwork
+
+    prep = extractor.record["preprocessing"]
+    pixels_in = ImageNetwork(network, prep["mean"], prep["std"]).eval()
+    extractor.runner = make_runner(pixels_in, extractor.model_id, prep["input_size"], runtime=runtime, precision=precision)
     extractor.record["runtime"] = extractor.runner.description
     return extractor
 

@@ -2,7 +2,8 @@
 
 The network is exported once to ONNX and the file cached (keyed by the
 model id, so new weights or preprocessing export again). Every runtime takes
-the same float32 NCHW batch and returns float32 features; they agree with
+the same uint8 N x H x W x 3 batch of pixels (``network_input.ImageNetwork``
+scales them inside the network) and returns float32 features; they agree with
 PyTorch fp32 to a cosine similarity above 0.99 (tests check), so stored
 embeddings are shared across runtimes. ``bench/embed.py`` measures them.
 """
@@ -24,6 +25,8 @@ from pixclust.errors import UsageError
 RUNTIMES = ("auto", "openvino", "onnxruntime", "torch")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _OPSET = 18
+# The exported graph's input, in the file name so that exports taking another input are never reused.
+_INPUT = "u8hwc"
 
 
 @dataclass
@@ -119,7 +122,7 @@ def _torch_runner(network: Any, precision: str) -> Runner:
     network.to(device)
 
     def run(batch: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(batch).to(device).contiguous(memory_format=torch.channels_last)
+        tensor = torch.from_numpy(batch).to(device)
         with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
             return network(tensor).float().cpu().numpy()
 
@@ -128,7 +131,7 @@ def _torch_runner(network: Any, precision: str) -> Runner:
 
 def onnx_path(model_id: str, input_size: int) -> Path:
     """Where the ONNX export of a model id lives in the cache."""
-    return cache_dir() / "onnx" / f"{model_id.replace(':', '-')}-{input_size}-opset{_OPSET}.onnx"
+    return cache_dir() / "onnx" / f"{model_id.replace(':', '-')}-{input_size}-{_INPUT}-opset{_OPSET}.onnx"
 
 
 def exported_onnx(network: Any, model_id: str, input_size: int) -> Path:
@@ -138,7 +141,7 @@ def exported_onnx(network: Any, model_id: str, input_size: int) -> Path:
     target = onnx_path(model_id, input_size)
     if target.is_file():
         return target
-    example = torch.zeros(2, 3, input_size, input_size)
+    example = torch.zeros(2, input_size, input_size, 3, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=4096)
     network.to("cpu")
     with atomic_path(target) as tmp, warnings.catch_warnings():

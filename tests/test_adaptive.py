@@ -17,7 +17,7 @@ from pixclust.adaptive import (
 )
 from pixclust.errors import UsageError
 from pixclust.metrics import cluster_accuracy, clustering_scores
-from pixclust.reduce import reduce_features
+from pixclust.reduce import l2_normalize, reduce_features
 from pixclust.refine import nearest_neighbours, refine_clusters
 
 
@@ -64,6 +64,14 @@ def test_candidates_are_unit_rows_and_need_matching_views() -> None:
     assert set(candidate_representations({"embedding": embedding})) == {"embedding"}
     with pytest.raises(UsageError, match="cannot pair"):
         candidate_representations({"embedding": embedding, "hog": hog_view[:10]})
+
+
+def test_joined_candidate_equals_the_plain_expression_it_is_built_in_place_of() -> None:
+    rng = np.random.default_rng(0)
+    embedding, hog_view = rng.random((30, 8), dtype=np.float32), rng.random((30, 5), dtype=np.float32)
+    joined = candidate_representations({"embedding": embedding, "hog": hog_view})["embedding+hog"]
+    expected = l2_normalize(np.hstack([l2_normalize(embedding), l2_normalize(hog_view - hog_view.mean(axis=0))]))
+    np.testing.assert_array_equal(joined, expected)
 
 
 def test_stability_chooses_the_view_that_carries_the_classes(digits) -> None:

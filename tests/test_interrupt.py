@@ -102,7 +102,7 @@ def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
 
 def saved_rows(run_dir: Path) -> int:
     """What the store holds for the pixels model; reading it must work whatever the kill left."""
-    return len(EmbeddingStore(run_dir).known(load_extractor("pixels").model_id).by_hash)
+    return len(EmbeddingStore(run_dir).known(load_extractor("pixels").model_id).row_of_hash)
 
 
 def resume_and_check(root: Path, run_dir: Path, saved: int, reference: dict[str, np.ndarray]) -> None:

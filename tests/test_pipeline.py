@@ -16,7 +16,7 @@ import pixclust
 from pixclust import pipeline
 from pixclust.errors import NoImagesError, UsageError
 from pixclust.pipeline import RunConfig
-from pixclust.store import EmbeddingStore
+from pixclust.store import EMBEDDINGS_FILE, EmbeddingStore
 
 
 def test_embed_caches_by_content_and_model(tmp_path: Path, messy_tree) -> None:
@@ -44,6 +44,32 @@ def test_embed_caches_by_content_and_model(tmp_path: Path, messy_tree) -> None:
     assert fourth.n_extracted == 1 and fourth.n_reused == 44
 
 
+def test_a_rerun_with_nothing_new_reuses_the_store_without_rewriting_it(tmp_path: Path, messy_tree) -> None:
+    root, _ = messy_tree
+    run_dir = tmp_path / "run"
+    first = pixclust.embed(root, model="pixels", out=run_dir, quiet=True)
+    store_file = run_dir / EMBEDDINGS_FILE
+
+    def identity() -> tuple[int, int]:
+        status = store_file.stat()
+        return status.st_ino, status.st_mtime_ns
+
+    saved = identity()
+    second = pixclust.embed(root, model="pixels", out=run_dir, quiet=True)
+    assert identity() == saved
+    assert second.vectors.dtype == np.float32 and second.vectors.flags.c_contiguous
+    np.testing.assert_array_equal(first.vectors, second.vectors)
+
+    # Same bytes, new mtime: nothing to extract, but the store must learn the new mtime so the next run skips hashing.
+    touched = Path(first.paths[0])
+    mtime_ns = touched.stat().st_mtime_ns + 10**9
+    os.utime(touched, ns=(mtime_ns, mtime_ns))
+    third = pixclust.embed(root, model="pixels", out=run_dir, quiet=True)
+    assert third.n_extracted == 0 and identity() != saved
+    known = EmbeddingStore(run_dir).known(third.model_id)
+    assert known.hash_by_stat[(str(touched), touched.stat().st_size, mtime_ns)] == third.content_hashes[0]
+
+
 def test_identical_files_are_embedded_once(tmp_path: Path, messy_tree) -> None:
     root, _ = messy_tree
     original = next((root / "1").rglob("*.png"))
@@ -69,7 +95,7 @@ def test_interrupted_embedding_resumes_from_saved_shards(tmp_path: Path, messy_t
     monkeypatch.setattr(pipeline.Embedder, "iter_batches", interrupted_after_two_batches)
     with pytest.raises(KeyboardInterrupt):
         pixclust.embed(root, out=run_dir, batch_size=8, quiet=True)
-    assert len(EmbeddingStore(run_dir).known(pixclust.load_extractor().model_id).by_hash) == 16
+    assert len(EmbeddingStore(run_dir).known(pixclust.load_extractor().model_id).row_of_hash) == 16
 
     monkeypatch.setattr(pipeline.Embedder, "iter_batches", original_batches)
     resumed = pixclust.embed(root, out=run_dir, batch_size=8, quiet=True)

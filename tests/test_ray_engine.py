@@ -140,7 +140,7 @@ def test_killed_ray_run_resumes_embedding_only_the_missing_images(
 
     shards = sorted((run_dir / "embeddings.partial").glob("part-*.parquet"))
     assert len(shards) == 2
-    saved = len(EmbeddingStore(run_dir).known(load_extractor("pixels").model_id).by_hash)
+    saved = len(EmbeddingStore(run_dir).known(load_extractor("pixels").model_id).row_of_hash)
     assert saved == sum(pq.read_metadata(shard).num_rows for shard in shards) >= 2 * FLUSH_EVERY
     assert saved < 180 and not (run_dir / "embeddings.parquet").exists()
 

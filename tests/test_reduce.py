@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
+from pixclust import reduce
 from pixclust.errors import UsageError
 from pixclust.reduce import REDUCE_METHODS, l2_normalize, project_2d, reduce_features
 
@@ -20,6 +21,31 @@ def test_l2_normalize_gives_unit_rows_and_keeps_zero_rows_zero() -> None:
     normalized = l2_normalize(X)
     assert normalized.dtype == np.float32
     np.testing.assert_allclose(normalized, [[0.6, 0.8], [0.0, 0.0], [-1.0, 0.0]])
+
+
+def test_l2_normalize_in_chunks_and_in_place_gives_the_same_rows(monkeypatch: pytest.MonkeyPatch) -> None:
+    X = np.random.default_rng(0).standard_normal((10, 6)).astype(np.float32)
+    X[3] = 0
+    expected = l2_normalize(X)
+    monkeypatch.setattr(reduce, "CHUNK_ROWS", 3)
+    np.testing.assert_array_equal(l2_normalize(X), expected)
+    wide = np.hstack([X, np.ones((10, 2), np.float32)])
+    block = wide[:, :6]
+    assert l2_normalize(block, in_place=True) is block
+    np.testing.assert_array_equal(wide[:, :6], expected)
+    np.testing.assert_array_equal(wide[:, 6:], 1)
+
+
+def test_reduce_features_with_overwrite_works_in_the_input_and_gives_the_same_space(digits: np.ndarray) -> None:
+    X = digits.astype(np.float32)
+    expected = reduce_features(X, "pca")
+    np.testing.assert_array_equal(X, digits.astype(np.float32))
+    scratch = X.copy()
+    reduced = reduce_features(scratch, "pca", overwrite=True)
+    np.testing.assert_array_equal(reduced.coords, expected.coords)
+    np.testing.assert_array_equal(reduced.pca_explained_variance_ratio, expected.pca_explained_variance_ratio)
+    # Used as working space rather than copied.
+    assert not np.array_equal(scratch, X)
 
 
 def test_pca_keeps_50_components_and_their_variance(digits: np.ndarray) -> None:

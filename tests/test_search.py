@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
+from pixclust import search
 from pixclust.embedding_sources import extractor_for, load_precomputed, open_embeddings
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
@@ -92,7 +93,10 @@ def test_similar_ranks_copies_first_and_leaves_the_query_out(look_alikes: tuple[
     assert set(names[:2]) == {"red_small.png", "red_recoded.jpg"}
     assert [match.rank for match in answer] == [1, 2, 3]
     assert answer[0].similarity >= answer[-1].similarity
-    (strict,) = similar(embeddings, embeddings.vectors[[row]], top=10, min_similarity=0.9, exclude_rows=[row])
+    # A cut between the copies and the next image (the blue square of the same shape) keeps only the copies.
+    cut = (answer[1].similarity + answer[2].similarity) / 2
+    assert answer[1].similarity > answer[2].similarity
+    (strict,) = similar(embeddings, embeddings.vectors[[row]], top=10, min_similarity=cut, exclude_rows=[row])
     assert {Path(match.path).name for match in strict} == {"red_small.png", "red_recoded.jpg"}
     with pytest.raises(UsageError, match="--top"):
         similar(embeddings, embeddings.vectors[[row]], top=0)
@@ -114,6 +118,16 @@ def test_inverted_index_finds_planted_pairs_like_brute_force() -> None:
     sims, ids = index.search(copies[:5], 2)
     assert [set(row) for row in ids.tolist()] == [{q, 3000 + q} for q in range(5)]
     assert (sims >= 0.95).all()
+
+
+@pytest.mark.parametrize("exact_limit", [1000, 100])
+def test_an_index_filled_in_chunks_answers_as_one_filled_at_once(exact_limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+    vectors = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
+    whole = VectorIndex(vectors, exact_limit=exact_limit).search(vectors[:20], 5)
+    monkeypatch.setattr(search, "ADD_CHUNK", 7)
+    chunked = VectorIndex(vectors, exact_limit=exact_limit).search(vectors[:20], 5)
+    for expected, got in zip(whole, chunked, strict=True):
+        np.testing.assert_array_equal(expected, got)
 
 
 def test_precomputed_embeddings_with_ids(tmp_path: Path) -> None:

@@ -3,8 +3,12 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pyarrow as pa
 import pyarrow.parquet as pq
+import pytest
 
+from pixclust import store as store_module
+from pixclust.atomic import atomic_path
 from pixclust.embeddings import Embeddings
 from pixclust.store import EMBEDDINGS_FILE, EmbeddingStore, content_hash
 
@@ -51,9 +55,9 @@ def test_known_combines_saved_file_and_partial_shards_for_one_model(tmp_path: Pa
     store.save_partial(_embeddings(2, offset=10).to_table())
     store.save_partial(_embeddings(2, model_id="other:9", offset=20).to_table())
     known = store.known("m:1")
-    assert set(known.by_hash) == {"h0", "h1", "h2", "h10", "h11"}
+    assert set(known.row_of_hash) == {"h0", "h1", "h2", "h10", "h11"}
     assert known.hash_by_stat[("/photos/10.jpg", 100, 10**18)] == "h10"
-    assert store.known("other:9").by_hash.keys() == {"h20", "h21"}
+    assert store.known("other:9").row_of_hash.keys() == {"h20", "h21"}
 
 
 def test_final_save_replaces_the_shards(tmp_path: Path) -> None:
@@ -67,4 +71,47 @@ def test_final_save_replaces_the_shards(tmp_path: Path) -> None:
 
 def test_a_damaged_store_is_treated_as_empty_not_fatal(tmp_path: Path) -> None:
     (tmp_path / EMBEDDINGS_FILE).write_bytes(b"PAR1 this is not parquet")
-    assert EmbeddingStore(tmp_path).known("m:1").by_hash == {}
+    assert EmbeddingStore(tmp_path).known("m:1").row_of_hash == {}
+
+
+def test_load_gives_one_float32_array_that_owns_its_memory(tmp_path: Path) -> None:
+    store = EmbeddingStore(tmp_path)
+    store.save(_embeddings(5))
+    vectors = store.load().vectors
+    # Not a view into Arrow's buffers, nor rows gathered one by one: one block, written once.
+    assert vectors.dtype == np.float32 and vectors.flags.c_contiguous and vectors.flags.owndata
+
+
+def test_known_reads_batch_by_batch_keeping_only_its_model(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    # Tiny batches and row groups, so the model filter has to line up across many of them.
+    monkeypatch.setattr(store_module, "BATCH_ROWS", 3)
+    mine, other = _embeddings(7), _embeddings(6, model_id="other:9", offset=20)
+    order = [0, 1, 0, 0, 1, 1, 0, 1, 0, 1, 0, 0, 1]
+    picks = [iter(range(7)), iter(range(6))]
+    rows = [(which, next(picks[which])) for which in order]
+    mixed = pa.concat_tables([(mine, other)[which].to_table().slice(row, 1) for which, row in rows])
+    store = EmbeddingStore(tmp_path)
+    with atomic_path(store.path) as tmp:
+        pq.write_table(mixed, tmp, row_group_size=3)
+    known = store.known("m:1")
+    assert known.content_hashes == mine.content_hashes
+    np.testing.assert_array_equal(known.vectors, mine.vectors)
+    np.testing.assert_array_equal(known.image_sizes, mine.image_sizes)
+    np.testing.assert_array_equal(store.known("other:9").vectors, other.vectors)
+
+
+def test_holds_only_exactly_the_saved_rows_with_no_shards_left(tmp_path: Path) -> None:
+    store = EmbeddingStore(tmp_path)
+    assert not store.holds(_embeddings(3))
+    saved = _embeddings(3)
+    store.save(saved)
+    assert store.holds(_embeddings(3))
+    touched = _embeddings(3)
+    touched.mtimes_ns[1] += 1
+    assert not store.holds(touched)
+    assert not store.holds(_embeddings(2))
+    reordered = _embeddings(3)
+    reordered.paths.reverse()
+    assert not store.holds(reordered)
+    store.save_partial(_embeddings(1, offset=10).to_table())
+    assert not store.holds(saved)

@@ -53,17 +53,32 @@ def iter_candidates(views: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndar
     point into the positive orthant) before joining, so both count equally.
     One at a time because the joined matrix is the largest thing pixclust
     holds (70,000 x 3,044 floats is 0.85 GB): callers reduce each candidate
-    and let it go, so no two joined matrices ever coexist.
+    and let it go, so no two joined matrices ever coexist. Each candidate is
+    a new array that the caller may overwrite.
     """
     if EMBEDDING_VIEW not in views:
         raise UsageError("the adaptive pipeline needs the image embeddings (view 'embedding')")
     hog = views.get(HOG_VIEW)
     if hog is not None and len(hog) != len(views[EMBEDDING_VIEW]):
         raise UsageError(f"{len(hog)} HOG vectors cannot pair with {len(views[EMBEDDING_VIEW])} embeddings")
-    embedding = l2_normalize(views[EMBEDDING_VIEW])
-    yield EMBEDDING_VIEW, embedding
+    yield EMBEDDING_VIEW, l2_normalize(views[EMBEDDING_VIEW])
     if hog is not None:
-        yield f"{EMBEDDING_VIEW}+{HOG_VIEW}", l2_normalize(np.hstack([embedding, l2_normalize(hog - hog.mean(axis=0))]))
+        yield f"{EMBEDDING_VIEW}+{HOG_VIEW}", _join_normalized(views[EMBEDDING_VIEW], hog)
+
+
+def _join_normalized(embedding: np.ndarray, hog: np.ndarray) -> np.ndarray:
+    """Unit embedding beside unit centred HOG, the whole row then made unit: built in place in one float32 array.
+
+    In place because every intermediate of the plain expression would be another matrix of this size.
+    """
+    joined = np.empty((len(embedding), embedding.shape[1] + hog.shape[1]), dtype=np.float32)
+    left, right = joined[:, : embedding.shape[1]], joined[:, embedding.shape[1] :]
+    left[...] = embedding
+    l2_normalize(left, in_place=True)
+    right[...] = hog
+    right -= hog.mean(axis=0)
+    l2_normalize(right, in_place=True)
+    return l2_normalize(joined, in_place=True)
 
 
 def candidate_representations(views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -202,9 +217,11 @@ class AdaptiveClusterer:
         return CandidateScore(scan.chosen_k if scan else 1, scan)
 
     def fit(self, views: dict[str, np.ndarray]) -> AdaptiveClusterer:
-        reductions = {
-            name: reduce_features(features, "pca", random_state=self.random_state) for name, features in iter_candidates(views)
-        }
+        reductions = {}
+        for name, features in iter_candidates(views):
+            reductions[name] = reduce_features(features, "pca", random_state=self.random_state, overwrite=True)
+            # Let it go before the next candidate is built beside it.
+            del features
         rows = self._sample_rows(len(views[EMBEDDING_VIEW]))
         samples = {name: reduction.coords[rows] for name, reduction in reductions.items()}
         scores = {name: self._choose_k(sample) for name, sample in samples.items()}

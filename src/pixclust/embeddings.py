@@ -10,21 +10,24 @@ import pyarrow as pa
 
 from pixclust.images import SkippedFile
 
+VECTOR_COLUMN = "vector"
+# Every column of ``embeddings.parquet`` but the vectors: what a row is, cheap to read on its own.
+ROW_SCHEMA = pa.schema(
+    [
+        ("path", pa.string()),
+        ("content_hash", pa.string()),
+        ("model_id", pa.string()),
+        ("file_size", pa.int64()),
+        ("mtime_ns", pa.int64()),
+        ("width", pa.int32()),
+        ("height", pa.int32()),
+    ]
+)
+
 
 def arrow_schema(dim: int) -> pa.Schema:
     """Columns of ``embeddings.parquet``; one row per usable image."""
-    return pa.schema(
-        [
-            ("path", pa.string()),
-            ("content_hash", pa.string()),
-            ("model_id", pa.string()),
-            ("file_size", pa.int64()),
-            ("mtime_ns", pa.int64()),
-            ("width", pa.int32()),
-            ("height", pa.int32()),
-            ("vector", pa.list_(pa.float32(), dim)),
-        ]
-    )
+    return ROW_SCHEMA.append(pa.field(VECTOR_COLUMN, pa.list_(pa.float32(), dim)))
 
 
 @dataclass
@@ -55,7 +58,8 @@ class Embeddings:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
-    def to_table(self) -> pa.Table:
+    def row_table(self) -> pa.Table:
+        """Every column but the vectors (:data:`ROW_SCHEMA`)."""
         n = len(self.paths)
         return pa.Table.from_arrays(
             [
@@ -66,28 +70,29 @@ class Embeddings:
                 pa.array(self.mtimes_ns, pa.int64()),
                 pa.array(self.image_sizes[:, 0], pa.int32()),
                 pa.array(self.image_sizes[:, 1], pa.int32()),
-                pa.FixedSizeListArray.from_arrays(
-                    pa.array(np.ascontiguousarray(self.vectors, np.float32).reshape(-1)), self.dim
-                ),
             ],
-            schema=arrow_schema(self.dim),
+            schema=ROW_SCHEMA,
+        )
+
+    def to_table(self) -> pa.Table:
+        # Arrow wraps a C-contiguous float32 array without copying it.
+        flat = pa.array(np.ascontiguousarray(self.vectors, np.float32).reshape(-1))
+        return self.row_table().append_column(
+            arrow_schema(self.dim).field(VECTOR_COLUMN), pa.FixedSizeListArray.from_arrays(flat, self.dim)
         )
 
     @classmethod
-    def from_table(cls, table: pa.Table, *, model: dict[str, Any] | None = None) -> Embeddings:
-        """Rebuild from a table with :func:`arrow_schema` columns (one model_id)."""
-        model_ids = set(table.column("model_id").to_pylist())
+    def from_columns(cls, rows: pa.Table, vectors: np.ndarray) -> Embeddings:
+        """Rebuild from :data:`ROW_SCHEMA` columns (one model_id) and the matching N x d vectors, used as given."""
+        model_ids = set(rows.column("model_id").to_pylist())
         if len(model_ids) > 1:
             raise ValueError(f"table mixes embeddings of several models: {sorted(model_ids)}")
-        vectors = table.column("vector").combine_chunks()
-        dim = vectors.type.list_size
         return cls(
-            paths=table.column("path").to_pylist(),
-            vectors=vectors.flatten().to_numpy().reshape(-1, dim).astype(np.float32, copy=False),
-            content_hashes=table.column("content_hash").to_pylist(),
-            file_sizes=table.column("file_size").to_numpy(),
-            mtimes_ns=table.column("mtime_ns").to_numpy(),
-            image_sizes=np.column_stack([table.column("width").to_numpy(), table.column("height").to_numpy()]),
+            paths=rows.column("path").to_pylist(),
+            vectors=vectors,
+            content_hashes=rows.column("content_hash").to_pylist(),
+            file_sizes=rows.column("file_size").to_numpy(),
+            mtimes_ns=rows.column("mtime_ns").to_numpy(),
+            image_sizes=np.column_stack([rows.column("width").to_numpy(), rows.column("height").to_numpy()]),
             model_id=model_ids.pop() if model_ids else "",
-            model=dict(model or {}),
         )

@@ -13,7 +13,7 @@ import platform
 import signal
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field, fields
 from datetime import datetime, timezone
@@ -23,12 +23,11 @@ from types import FrameType
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
 
 from pixclust.adaptive import EMBEDDING_VIEW, HOG_VIEW, AdaptiveClusterer
 from pixclust.clustering import CLUSTER_METHODS, ClusterResult, ImageClusterer
 from pixclust.embedder import DEFAULT_BATCH_SIZE, Embedder
-from pixclust.embeddings import Embeddings, arrow_schema
+from pixclust.embeddings import Embeddings
 from pixclust.engines import check_engine
 from pixclust.errors import NoImagesError, OutputNotWritableError, UsageError
 from pixclust.export import (
@@ -98,19 +97,10 @@ def embed(
     skipped = list(discovery.skipped) + skipped
     first_path_of_hash = {}
     for path, digest in zip(files, hashes, strict=True):
-        if digest not in known.by_hash:
+        if digest not in known.row_of_hash:
             first_path_of_hash.setdefault(digest, path)
     to_extract = list(first_path_of_hash.items())
-
-    fresh: dict[str, StoredVector] = {}
-    failed: dict[str, SkippedFile] = {}
     stat_of = dict(zip(files, stats, strict=True))
-    pending: list[tuple[str, str, StoredVector]] = []
-
-    def flush() -> None:
-        if store and pending:
-            store.save_partial(_rows_table(pending, stat_of, extractor.model_id, extractor.dim))
-        pending.clear()
 
     if engine == "ray":
         from pixclust.engines.ray import RayEmbedder
@@ -127,26 +117,7 @@ def embed(
         )
     else:
         embedder = Embedder(extractor, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels)
-    try:
-        with _ctrl_c_after_batch() as stop_requested, progress_bar("embedding", len(to_extract), quiet=quiet) as advance:
-            # closing() shuts the decode workers down here, not whenever the generator is collected.
-            with contextlib.closing(embedder.iter_batches([path for _, path in to_extract])) as batches:
-                for batch in batches:
-                    for row, index in enumerate(batch.indices):
-                        digest, path = to_extract[index]
-                        width, height = (int(v) for v in batch.image_sizes[row])
-                        fresh[digest] = StoredVector(batch.vectors[row], width, height)
-                        pending.append((path, digest, fresh[digest]))
-                    for index, error in batch.failures:
-                        digest, path = to_extract[index]
-                        failed[digest] = SkippedFile(path, error.reason, error.detail)
-                    advance(len(batch.indices) + len(batch.failures))
-                    if len(pending) >= FLUSH_EVERY:
-                        flush()
-                    if stop_requested.is_set():
-                        break
-    finally:
-        flush()
+    fresh, failed = _extract(embedder, to_extract, store, stat_of, extractor.model_id, extractor.dim, quiet=quiet)
 
     kept = []
     for path, digest in zip(files, hashes, strict=True):
@@ -154,15 +125,68 @@ def embed(
             reason = failed[digest]
             skipped.append(SkippedFile(path, reason.reason, reason.detail))
         else:
-            kept.append((path, digest, fresh.get(digest) or known.by_hash[digest]))
-    embeddings = _assemble(kept, stat_of, extractor.model_id, extractor.dim)
+            kept.append((path, digest))
+    digests = [digest for _, digest in kept]
+    if digests and digests == known.content_hashes:
+        # Nothing new and nothing gone (the usual re-run): the store's own array is the answer, not a copy of it.
+        vectors, image_sizes = known.vectors, known.image_sizes
+    else:
+        vectors, image_sizes = _gather(digests, lambda digest: fresh.get(digest) or known.vector_of(digest), extractor.dim)
+    embeddings = _assemble(kept, stat_of, extractor.model_id, vectors, image_sizes)
     embeddings.model = extractor.record | {"model_id": extractor.model_id}
     embeddings.skipped = sorted(skipped, key=lambda item: item.path)
     embeddings.n_extracted = len(fresh)
-    embeddings.n_reused = sum(1 for _, digest, _ in kept if digest not in fresh)
-    if store:
+    embeddings.n_reused = sum(1 for digest in digests if digest not in fresh)
+    if store and not store.holds(embeddings):
         store.save(embeddings)
     return embeddings
+
+
+def _extract(
+    embedder: Embedder,
+    to_extract: Sequence[tuple[str, str]],
+    store: EmbeddingStore | None,
+    stat_of: dict[str, tuple[int, int]],
+    model_id: str,
+    dim: int,
+    *,
+    quiet: bool,
+) -> tuple[dict[str, StoredVector], dict[str, SkippedFile]]:
+    """Vectors by content hash for the ``(hash, path)`` pairs, and why the others failed; shards saved on the way."""
+    fresh: dict[str, StoredVector] = {}
+    failed: dict[str, SkippedFile] = {}
+    pending: list[tuple[str, str]] = []
+
+    def flush() -> None:
+        if store and pending:
+            shard_vectors, shard_sizes = _gather([digest for _, digest in pending], fresh.__getitem__, dim)
+            store.save_partial(_assemble(pending, stat_of, model_id, shard_vectors, shard_sizes).to_table())
+        pending.clear()
+
+    try:
+        with (
+            _ctrl_c_after_batch() as stop_requested,
+            progress_bar("embedding", len(to_extract), quiet=quiet) as advance,
+            # closing() shuts the decode workers down here, not whenever the generator is collected.
+            contextlib.closing(embedder.iter_batches([path for _, path in to_extract])) as batches,
+        ):
+            for batch in batches:
+                for row, index in enumerate(batch.indices):
+                    digest, path = to_extract[index]
+                    width, height = (int(v) for v in batch.image_sizes[row])
+                    fresh[digest] = StoredVector(batch.vectors[row], width, height)
+                    pending.append((path, digest))
+                for index, error in batch.failures:
+                    digest, path = to_extract[index]
+                    failed[digest] = SkippedFile(path, error.reason, error.detail)
+                advance(len(batch.indices) + len(batch.failures))
+                if len(pending) >= FLUSH_EVERY:
+                    flush()
+                if stop_requested.is_set():
+                    break
+    finally:
+        flush()
+    return fresh, failed
 
 
 @contextlib.contextmanager
@@ -226,22 +250,28 @@ def _hash_files(
     return files, hashes, stats, skipped
 
 
-def _rows_table(
-    rows: Sequence[tuple[str, str, StoredVector]], stat_of: dict[str, tuple[int, int]], model_id: str, dim: int
-) -> pa.Table:
-    return _assemble(rows, stat_of, model_id, dim).to_table() if rows else arrow_schema(dim).empty_table()
+def _gather(digests: Sequence[str], vector_of: Callable[[str], StoredVector], dim: int) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors (N x dim float32) and (width, height) of ``digests``, in order, filled into arrays made once."""
+    vectors = np.empty((len(digests), dim), dtype=np.float32)
+    image_sizes = np.empty((len(digests), 2), dtype=np.int32)
+    for row, digest in enumerate(digests):
+        stored = vector_of(digest)
+        vectors[row] = stored.vector
+        image_sizes[row] = stored.width, stored.height
+    return vectors, image_sizes
 
 
 def _assemble(
-    rows: Sequence[tuple[str, str, StoredVector]], stat_of: dict[str, tuple[int, int]], model_id: str, dim: int
+    rows: Sequence[tuple[str, str]], stat_of: dict[str, tuple[int, int]], model_id: str, vectors: np.ndarray, image_sizes: np.ndarray
 ) -> Embeddings:
+    """Embeddings of the ``(path, hash)`` rows, whose vectors and image sizes are given in the same order."""
     return Embeddings(
-        paths=[path for path, _, _ in rows],
-        vectors=np.array([stored.vector for _, _, stored in rows], dtype=np.float32).reshape(-1, dim),
-        content_hashes=[digest for _, digest, _ in rows],
-        file_sizes=np.array([stat_of[path][0] for path, _, _ in rows], dtype=np.int64),
-        mtimes_ns=np.array([stat_of[path][1] for path, _, _ in rows], dtype=np.int64),
-        image_sizes=np.array([(s.width, s.height) for _, _, s in rows], dtype=np.int32).reshape(-1, 2),
+        paths=[path for path, _ in rows],
+        vectors=vectors,
+        content_hashes=[digest for _, digest in rows],
+        file_sizes=np.array([stat_of[path][0] for path, _ in rows], dtype=np.int64),
+        mtimes_ns=np.array([stat_of[path][1] for path, _ in rows], dtype=np.int64),
+        image_sizes=image_sizes,
         model_id=model_id,
     )
 
@@ -416,6 +446,8 @@ def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
         random_state=config.seed,
     )
     timings["cluster_s"] = time.perf_counter() - started
+    # The HOG matrix (0.5 GB at 70,000 images) is not needed past clustering; the report holds its own arrays.
+    del hog
 
     scores, n_scored = None, 0
     if config.truth:
@@ -479,6 +511,9 @@ def _hog_view(config: RunConfig, run_dir: Path, embeddings: Embeddings, *, quiet
     if config.model == HOG_MODEL:
         return None
     hog = _embed_source(config, out=run_dir / VIEWS_DIR / HOG_VIEW, model=HOG_MODEL, quiet=quiet)
+    if hog.paths == embeddings.paths:
+        # The same folder read the same way: already in order, and a reordered copy would cost another matrix.
+        return hog.vectors
     row_of = {path: row for row, path in enumerate(hog.paths)}
     rows = [row_of.get(path) for path in embeddings.paths]
     if any(row is None for row in rows):

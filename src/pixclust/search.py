@@ -33,6 +33,7 @@ DEFAULT_NPROBE = 16
 DEFAULT_DUPLICATE_THRESHOLD = 0.90
 DEFAULT_COLOUR_TOLERANCE = 0.03
 QUERY_CHUNK = 2048
+ADD_CHUNK = 8192
 _THUMB_SIDE = 16
 _TRAIN_PER_CELL = 50
 _THUMB_DRAFT = 64
@@ -58,10 +59,10 @@ class VectorIndex:
         random_state: int = 0,
     ) -> None:
         faiss = _faiss()
-        unit = np.ascontiguousarray(l2_normalize(vectors))
-        if unit.ndim != 2 or len(unit) == 0:
+        vectors = np.asarray(vectors)
+        if vectors.ndim != 2 or len(vectors) == 0:
             raise UsageError("no embeddings to search; give a run folder or .npy with at least one vector")
-        n, dim = unit.shape
+        n, dim = vectors.shape
         if n <= exact_limit:
             index = faiss.IndexFlatIP(dim)
         else:
@@ -70,11 +71,13 @@ class VectorIndex:
             n_cells = int(min(4 * np.sqrt(n), n // _TRAIN_PER_CELL))
             index = faiss.IndexIVFFlat(faiss.IndexFlatIP(dim), dim, n_cells, faiss.METRIC_INNER_PRODUCT)
             rng = np.random.default_rng(random_state)
-            training = unit[rng.choice(n, size=min(n, _TRAIN_PER_CELL * n_cells), replace=False)]
+            training = l2_normalize(vectors[rng.choice(n, size=min(n, _TRAIN_PER_CELL * n_cells), replace=False)])
             index.cp.seed = random_state
             index.train(training)
             index.nprobe = nprobe
-        index.add(unit)
+        # A chunk at a time: normalising every vector first would hold them twice, once here and once in the index.
+        for start in range(0, n, ADD_CHUNK):
+            index.add(np.ascontiguousarray(l2_normalize(vectors[start : start + ADD_CHUNK])))
         if n > exact_limit:
             # Lets pairs_above read the stored vectors back instead of keeping a second copy.
             index.make_direct_map()

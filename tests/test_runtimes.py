@@ -111,3 +111,17 @@ def test_a_changed_weights_file_is_not_served_from_the_cached_record(tmp_path) -
     state[name] = state[name] + 1.0
     torch.save(state, weights)
     assert load_extractor(weights=weights, runtime="onnxruntime").model_id != first.model_id
+
+
+def test_a_run_whose_every_vector_is_stored_never_starts_the_network(tmp_path) -> None:
+    root = write_digit_tree(tmp_path / "images", per_class=2)
+    script = (
+        "import sys, pixclust\n"
+        f"embeddings = pixclust.embed({str(root)!r}, out={str(tmp_path / 'run')!r}, quiet=True)\n"
+        "print(len(embeddings), 'runtime' in embeddings.model, 'openvino' in sys.modules or 'onnxruntime' in sys.modules)\n"
+    )
+    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True) for _ in range(2)]
+    first, second = (run.stdout.split() for run in runs)
+    assert first[0] == second[0] == str(sum(1 for path in root.rglob("*") if path.is_file()))
+    assert first[1:] == ["True", "True"]
+    assert second[1:] == ["False", "False"]

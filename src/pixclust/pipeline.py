@@ -89,7 +89,7 @@ def embed(
     check_engine(engine, address, num_workers)
     root = os.path.abspath(source)
     discovery = discover_images(root, include_hidden=include_hidden)
-    extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision)
+    extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision, lazy=True)
     store = EmbeddingStore(out) if out is not None else None
     known = store.known(extractor.model_id) if store else KnownEmbeddings()
 

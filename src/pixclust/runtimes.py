@@ -122,7 +122,8 @@ def _torch_runner(network: Any, precision: str) -> Runner:
     network.to(device)
 
     def run(batch: np.ndarray) -> np.ndarray:
-        tensor = torch.from_numpy(batch).to(device)
+        # torch wants writable memory; a batch of one image can be a read-only view of a PIL image.
+        tensor = torch.from_numpy(np.require(batch, requirements="W")).to(device)
         with torch.inference_mode(), torch.autocast(device, dtype=dtype, enabled=dtype is not None):
             return network(tensor).float().cpu().numpy()
 

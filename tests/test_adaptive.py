@@ -12,6 +12,7 @@ from pixclust.adaptive import (
     AdaptiveClusterer,
     candidate_representations,
     choose_k_by_modularity,
+    choose_representation,
     clustering_stability,
     graph_modularity,
 )
@@ -126,3 +127,10 @@ def test_refinement_refuses_noise_labels() -> None:
     X = np.eye(4, dtype=np.float32)
     with pytest.raises(UsageError, match="noise"):
         refine_clusters(X, np.array([0, 1, -1, 1]), np.array([[1], [0], [3], [2]]))
+
+
+def test_a_richer_representation_must_be_clearly_more_stable_to_be_chosen() -> None:
+    assert choose_representation({"embedding": 0.995, "embedding+hog": 0.998}) == "embedding"
+    assert choose_representation({"embedding": 0.72, "embedding+hog": 0.99}) == "embedding+hog"
+    assert choose_representation({"embedding": 0.99, "embedding+hog": 0.80}) == "embedding"
+    assert choose_representation({"embedding": 0.9}) == "embedding"

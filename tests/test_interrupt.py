@@ -43,6 +43,9 @@ from pixclust import pipeline
 from pixclust.cli import main
 
 pipeline.FLUSH_EVERY = int(os.environ["FLUSH_EVERY"])
+# Ctrl-C as a terminal delivers it, even when a non-interactive shell started the tests in the
+# background with SIGINT ignored, which every child inherits.
+signal.signal(signal.SIGINT, signal.default_int_handler)
 stage, nth, name = (os.environ.get("KILL_AT") or "none:0:SIGKILL").split(":")
 nth, sig = int(nth), getattr(signal, name)
 delay = float(os.environ.get("BATCH_DELAY_S", "0"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -125,3 +126,12 @@ def test_a_run_whose_every_vector_is_stored_never_starts_the_network(tmp_path) -
     assert first[0] == second[0] == str(sum(1 for path in root.rglob("*") if path.is_file()))
     assert first[1:] == ["True", "True"]
     assert second[1:] == ["False", "False"]
+
+
+def test_a_damaged_cached_record_is_rebuilt_not_fatal(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PIXCLUST_CACHE", str(tmp_path))
+    model_id = load_extractor(runtime="onnxruntime").model_id
+    (record,) = (tmp_path / "records").glob("*.json")
+    for damage in ("{not json", '{"preprocessing": {}}', json.dumps({**json.loads(record.read_text()), "dim": None})):
+        record.write_text(damage)
+        assert load_extractor(runtime="onnxruntime").model_id == model_id

@@ -352,10 +352,11 @@ def _extractor_from_cached_record(spec: ModelSpec, record_file: Path) -> Feature
         fields = record["preprocessing"]
         # JSON turned the tuples into lists.
         prep = Preprocessing(**{**fields, "mean": tuple(fields["mean"]), "std": tuple(fields["std"])})
+        dim = int(record["dim"])
     except (OSError, ValueError, TypeError, KeyError):
         return None
     record["preprocessing"] = asdict(prep)
-    return FeatureExtractor(spec, int(record["dim"]), ImageTransform(prep), _draft_size(prep), record)
+    return FeatureExtractor(spec, dim, ImageTransform(prep), _draft_size(prep), record)
 
 
 def _start_cached(extractor: FeatureExtractor, weights: str | Path | None, runtime: str, precision: str) -> Runner:

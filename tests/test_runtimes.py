@@ -135,3 +135,11 @@ def test_a_damaged_cached_record_is_rebuilt_not_fatal(tmp_path, monkeypatch: pyt
     for damage in ("{not json", '{"preprocessing": {}}', json.dumps({**json.loads(record.read_text()), "dim": None})):
         record.write_text(damage)
         assert load_extractor(runtime="onnxruntime").model_id == model_id
+
+
+def test_an_unwritable_cache_does_not_stop_the_torch_runtime(tmp_path, monkeypatch: pytest.MonkeyPatch) -> None:
+    blocked = tmp_path / "not-a-folder"
+    blocked.write_text("a file where the cache folder would be")
+    monkeypatch.setenv("PIXCLUST_CACHE", str(blocked))
+    extractor = load_extractor(runtime="torch")
+    assert extractor.embed_batch(np.zeros((1, 224, 224, 3), np.uint8)).shape == (1, 1280)

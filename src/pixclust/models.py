@@ -319,8 +319,7 @@ def _load_timm_extractor(
     network, source = load_network(spec, weights)
     extractor = network_extractor(spec, network, source, network_preprocessing(network))
     if record_file is not None:
-        with atomic_path(record_file) as tmp:
-            tmp.write_text(json.dumps(extractor.record))
+        _remember_record(record_file, extractor.record)
     return attach_runner(extractor, network, runtime=runtime, precision=precision)
 
 
@@ -343,6 +342,15 @@ def _record_cache_file(spec: ModelSpec, weights: str | Path | None) -> Path | No
     origin = "package" if weights is None else "file"
     key = json.dumps([RECORD_CACHE_VERSION, asdict(spec), origin, str(path), stat.st_size, stat.st_mtime_ns])
     return cache_dir() / "records" / f"{hashlib.sha256(key.encode()).hexdigest()[:24]}.json"
+
+
+def _remember_record(record_file: Path, record: dict[str, Any]) -> None:
+    """Cache the record for the next start; a cache that cannot be written only costs that start its speed."""
+    try:
+        with atomic_path(record_file) as tmp:
+            tmp.write_text(json.dumps(record))
+    except OSError:
+        pass
 
 
 def _extractor_from_cached_record(spec: ModelSpec, record_file: Path) -> FeatureExtractor | None:

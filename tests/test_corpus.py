@@ -25,7 +25,7 @@ from conftest import tree_digest
 from corpus import Corpus, build_corpus, encode, looks_like, quadrants
 
 import pixclust
-from pixclust import pipeline
+from pixclust import extraction
 from pixclust.export import safe_file_name
 from pixclust.images import REASON_UNREADABLE
 from pixclust.models import PixelTransform
@@ -114,7 +114,7 @@ def test_a_folder_changing_under_the_run_is_survived(tmp_path: Path, monkeypatch
     gone_after_scan = [root / "img_03.png", root / "img_11.png"]
     gone_after_hashing = [root / "img_07.png", root / "img_20.png"]
     appeared = root / "late" / "new.png"
-    real_discover, real_hash = pipeline.discover_images, pipeline._hash_files
+    real_discover, real_hash = extraction.discover_images, extraction._hash_files
 
     # The changes happen during the first pass (the embeddings); the second (the HOG view) sees the folder as left.
     def discover_then_change(*args, **kwargs):
@@ -132,8 +132,8 @@ def test_a_folder_changing_under_the_run_is_survived(tmp_path: Path, monkeypatch
             path.unlink(missing_ok=True)
         return hashed
 
-    monkeypatch.setattr(pipeline, "discover_images", discover_then_change)
-    monkeypatch.setattr(pipeline, "_hash_files", hash_then_change)
+    monkeypatch.setattr(extraction, "discover_images", discover_then_change)
+    monkeypatch.setattr(extraction, "_hash_files", hash_then_change)
     result = pixclust.run(RunConfig(str(root), str(tmp_path / "run"), model="pixels", k=2, report=False), quiet=True)
 
     errors = relative_rows(tmp_path / "run" / "errors.csv", root)

@@ -1,15 +1,19 @@
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pixclust.embedder import Embedder, default_num_workers
-from pixclust.errors import UsageError
+from pixclust.embedder import DecodedFiles, Embedder, decoded_batches, default_num_workers
+from pixclust.errors import PixclustError, UsageError
 from pixclust.images import REASON_CORRUPT, REASON_EMPTY
 from pixclust.models import load_extractor
+from pixclust.runtimes import _NVIDIA_DRIVER_FILES
 
 
 def _photo_folder(root: Path, count: int) -> list[str]:
@@ -79,3 +83,31 @@ def test_invalid_settings_are_usage_errors(default_extractor) -> None:
 def test_small_jobs_decode_inline() -> None:
     assert default_num_workers(10, 32) == 0
     assert default_num_workers(10_000, 32) >= 1
+
+
+def test_a_killed_decode_worker_ends_the_stream_with_one_error(tmp_path: Path) -> None:
+    paths = _photo_folder(tmp_path, 24)
+
+    def transform(image: Image.Image) -> np.ndarray:
+        if image.height == 48 + 13:  # the 14th image
+            os._exit(9)  # as the kernel's out-of-memory killer would end it: no exception, no cleanup
+        return np.asarray(image)
+
+    files = DecodedFiles(paths, transform, draft_size=64)
+    with pytest.raises(PixclustError, match="decoding worker was killed.*--workers"):
+        for _ in decoded_batches(files, batch_size=4, num_workers=2):
+            pass
+
+
+def test_embedding_a_folder_imports_neither_scikit_learn_nor_matplotlib(tmp_path: Path, default_extractor) -> None:
+    """Start-up is part of what a user waits for: embedding alone must not load the clustering stack."""
+    _photo_folder(tmp_path, 3)
+    probe = (
+        "import sys, pixclust\n"
+        f"pixclust.embed({str(tmp_path)!r}, quiet=True)\n"
+        "print(' '.join(sorted(m for m in ('sklearn', 'matplotlib', 'scipy', 'torch', 'timm') if m in sys.modules)))"
+    )
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True, env=os.environ)
+    expected = set() if not any(os.path.exists(p) for p in _NVIDIA_DRIVER_FILES) else {"torch"}
+    # With the network exported and its record cached (default_extractor did both), neither torch nor timm is needed.
+    assert set(loaded.stdout.split()) <= expected

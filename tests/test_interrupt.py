@@ -39,10 +39,10 @@ INTERRUPTED_MESSAGE = "interrupted; embeddings made so far are saved, run the sa
 DRIVER = r"""
 import os, signal, sys, time
 import pyarrow.parquet as pq
-from pixclust import pipeline
+from pixclust import extraction, pipeline
 from pixclust.cli import main
 
-pipeline.FLUSH_EVERY = int(os.environ["FLUSH_EVERY"])
+extraction.FLUSH_EVERY = int(os.environ["FLUSH_EVERY"])
 # Ctrl-C as a terminal delivers it, even when a non-interactive shell started the tests in the
 # background with SIGINT ignored, which every child inherits.
 signal.signal(signal.SIGINT, signal.default_int_handler)
@@ -53,14 +53,14 @@ delay = float(os.environ.get("BATCH_DELAY_S", "0"))
 def strike():
     os.kill(os.getpid(), sig)
 
-real_batches = pipeline.Embedder.iter_batches
+real_batches = extraction.Embedder.iter_batches
 def batches(self, paths):
     for n, batch in enumerate(real_batches(self, paths)):
         if stage == "batch" and n == nth:
             strike()
         time.sleep(delay)
         yield batch
-pipeline.Embedder.iter_batches = batches
+extraction.Embedder.iter_batches = batches
 
 real_write = pq.write_table
 written = {"part": 0, "embeddings": 0}

@@ -13,7 +13,7 @@ import pytest
 from conftest import DIGIT_CLASSES, tree_digest
 
 import pixclust
-from pixclust import pipeline
+from pixclust import extraction
 from pixclust.errors import NoImagesError, UsageError
 from pixclust.pipeline import RunConfig
 from pixclust.store import EMBEDDINGS_FILE, EmbeddingStore
@@ -83,8 +83,8 @@ def test_identical_files_are_embedded_once(tmp_path: Path, messy_tree) -> None:
 def test_interrupted_embedding_resumes_from_saved_shards(tmp_path: Path, messy_tree, monkeypatch) -> None:
     root, _ = messy_tree
     run_dir = tmp_path / "run"
-    monkeypatch.setattr(pipeline, "FLUSH_EVERY", 8)
-    original_batches = pipeline.Embedder.iter_batches
+    monkeypatch.setattr(extraction, "FLUSH_EVERY", 8)
+    original_batches = extraction.Embedder.iter_batches
 
     def interrupted_after_two_batches(self, paths):
         for n, batch in enumerate(original_batches(self, paths)):
@@ -92,12 +92,12 @@ def test_interrupted_embedding_resumes_from_saved_shards(tmp_path: Path, messy_t
                 raise KeyboardInterrupt
             yield batch
 
-    monkeypatch.setattr(pipeline.Embedder, "iter_batches", interrupted_after_two_batches)
+    monkeypatch.setattr(extraction.Embedder, "iter_batches", interrupted_after_two_batches)
     with pytest.raises(KeyboardInterrupt):
         pixclust.embed(root, out=run_dir, batch_size=8, quiet=True)
     assert len(EmbeddingStore(run_dir).known(pixclust.load_extractor().model_id).row_of_hash) == 16
 
-    monkeypatch.setattr(pipeline.Embedder, "iter_batches", original_batches)
+    monkeypatch.setattr(extraction.Embedder, "iter_batches", original_batches)
     resumed = pixclust.embed(root, out=run_dir, batch_size=8, quiet=True)
     assert resumed.n_extracted == 45 - 16 and resumed.n_reused == 16
     fresh = pixclust.embed(root, quiet=True)

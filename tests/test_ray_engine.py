@@ -34,10 +34,10 @@ FLUSH_EVERY = 16
 # The real CLI, with shards every FLUSH_EVERY vectors and a SIGKILL to itself once KILL_AFTER_SHARDS are on disk.
 DRIVER = r"""
 import os, signal, sys
-from pixclust import pipeline, store
+from pixclust import extraction, store
 from pixclust.cli import main
 
-pipeline.FLUSH_EVERY = int(os.environ["FLUSH_EVERY"])
+extraction.FLUSH_EVERY = int(os.environ["FLUSH_EVERY"])
 real_save = store.EmbeddingStore.save_partial
 saved = []
 def save_partial(self, table):

@@ -16,7 +16,7 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "embed": "pixclust.pipeline",
+    "embed": "pixclust.extraction",
     "cluster": "pixclust.pipeline",
     "run": "pixclust.pipeline",
     "RunConfig": "pixclust.pipeline",

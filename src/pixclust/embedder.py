@@ -1,10 +1,10 @@
 """Batched feature extraction: decode in worker processes while the model runs.
 
-Each worker reads, decodes (``images.load_rgb``) and transforms one file at a
-time; the main process stacks them into batches and runs the network. A file
+Each worker reads, decodes (``images.load_rgb``) and transforms one batch of
+files at a time; the main process stacks them and runs the network. A file
 that cannot be decoded comes back as a failure with its reason and never
-stops the stream. Only one batch of decoded images is held at a time per
-worker, never the whole folder.
+stops the stream. At most two batches per worker wait decoded, never the
+whole folder.
 """
 
 from __future__ import annotations
@@ -12,14 +12,16 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import threading
+from collections import deque
 from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 
-from pixclust.errors import DecodeError, UsageError
+from pixclust.errors import DecodeError, PixclustError, UsageError
 from pixclust.images import DEFAULT_MAX_PIXELS, REASON_DECODE_FAILED, load_rgb
 from pixclust.models import FeatureExtractor
 
@@ -61,40 +63,57 @@ class DecodedFiles:
             return index, None, (0, 0), DecodeError(REASON_DECODE_FAILED, f"{type(error).__name__}: {error}")
 
 
-@contextlib.contextmanager
-def _sigchld_handler_restored() -> Iterator[None]:
-    """Put back the SIGCHLD handler that a multi-worker DataLoader installs and never removes.
-
-    torch's handler stays for the life of the process and inspects its registry of
-    worker processes whenever any child exits; with that handler left behind, a
-    later, unrelated child process exiting crashed the interpreter (seen with
-    faiss and OpenVINO loaded). The DataLoader still notices a dead worker without
-    it, by checking its workers whenever it waits for a batch.
-    """
-    if not hasattr(signal, "SIGCHLD") or threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.getsignal(signal.SIGCHLD)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGCHLD, previous if previous is not None else signal.SIG_DFL)
+# Each decode worker's own files, set once when it starts, so that a task is just a range of indices.
+_worker_files: DecodedFiles | None = None
 
 
-def _collate(items: list[Any]) -> list[Any]:
-    return items
+def _start_decode_worker(files: DecodedFiles) -> None:
+    global _worker_files
+    _worker_files = files
+    # Ctrl-C reaches every process in the terminal's group; the parent decides what it means and stops us.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+
+
+def _decode_range(start: int, stop: int) -> list[Any]:
+    assert _worker_files is not None, "decode worker started without its files"
+    return [_worker_files[index] for index in range(start, stop)]
 
 
 def decoded_batches(files: DecodedFiles, *, batch_size: int, num_workers: int | None = None) -> Iterator[list[Any]]:
-    """Lists of ``DecodedFiles`` items in input order, decoded in worker processes when there are enough files."""
-    from torch.utils.data import DataLoader
+    """Lists of ``DecodedFiles`` items in input order, decoded in worker processes when there are enough files.
 
+    A process pool of the standard library rather than torch's DataLoader: the
+    ONNX runtimes then embed a folder without importing torch (a second of
+    start-up), and a worker that dies surfaces as one error instead of a hang.
+    At most two batches per worker are decoded ahead of the network.
+    """
     workers = default_num_workers(len(files), batch_size) if num_workers is None else num_workers
-    loader = DataLoader(
-        files, batch_size=batch_size, num_workers=workers, collate_fn=_collate, prefetch_factor=2 if workers else None
-    )
-    with _sigchld_handler_restored():
-        yield from loader
+    starts = range(0, len(files), batch_size)
+    if workers == 0:
+        for start in starts:
+            yield [files[index] for index in range(start, min(start + batch_size, len(files)))]
+        return
+    pool = ProcessPoolExecutor(workers, initializer=_start_decode_worker, initargs=(files,))
+    try:
+        in_flight: deque[Future[list[Any]]] = deque()
+        for start in starts:
+            in_flight.append(pool.submit(_decode_range, start, min(start + batch_size, len(files))))
+            if len(in_flight) >= 2 * workers:
+                yield _result(in_flight.popleft())
+        while in_flight:
+            yield _result(in_flight.popleft())
+    finally:
+        pool.shutdown(wait=True, cancel_futures=True)
+
+
+def _result(batch: Future[list[Any]]) -> list[Any]:
+    try:
+        return batch.result()
+    except BrokenProcessPool:
+        raise PixclustError(
+            "an image decoding worker was killed (out of memory?); run again with fewer --workers "
+            "(0 decodes in this process) or a lower --max-pixels"
+        ) from None
 
 
 def default_num_workers(n_files: int, batch_size: int) -> int:

@@ -11,6 +11,7 @@ embeddings are shared across runtimes. ``bench/embed.py`` measures them.
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -27,6 +28,7 @@ PRECISIONS = ("auto", "fp32", "bf16", "fp16")
 _OPSET = 18
 # The exported graph's input, in the file name so that exports taking another input are never reused.
 _INPUT = "u8hwc"
+_NVIDIA_DRIVER_FILES = ("/proc/driver/nvidia/version", "/dev/dxg")
 
 
 @dataclass
@@ -106,6 +108,12 @@ def runner_from_export(model_id: str, input_size: int, *, runtime: str = "auto",
 
 
 def _cuda_available() -> bool:
+    # Importing torch costs a second of every run's start; on Linux without NVIDIA's driver
+    # (its /proc entry, or WSL's GPU device) and on macOS there is no CUDA for it to find.
+    if sys.platform == "darwin" or (
+        sys.platform.startswith("linux") and not any(os.path.exists(p) for p in _NVIDIA_DRIVER_FILES)
+    ):
+        return False
     import torch
 
     return torch.cuda.is_available()
@@ -137,11 +145,11 @@ def onnx_path(model_id: str, input_size: int) -> Path:
 
 def exported_onnx(network: Any, model_id: str, input_size: int) -> Path:
     """The network as an ONNX file with a dynamic batch axis, exported on first use and cached."""
-    import torch
-
     target = onnx_path(model_id, input_size)
     if target.is_file():
         return target
+    import torch
+
     example = torch.zeros(2, input_size, input_size, 3, dtype=torch.uint8)
     batch = torch.export.Dim("batch", min=1, max=4096)
     network.to("cpu")

@@ -115,7 +115,7 @@ class EmbeddingStore:
         """Whether ``embeddings.parquet`` already has exactly these rows, in this order, and no shards are left.
 
         Vectors are not compared: the store has one vector per model id and
-        content hash, and :func:`pixclust.pipeline.embed` takes every vector
+        content hash, and :func:`pixclust.extraction.embed` takes every vector
         it did not extract from here, so equal rows mean equal vectors.
         """
         if self._shards():

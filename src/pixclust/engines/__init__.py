@@ -1,7 +1,7 @@
 """Where images are embedded: in this process (``local``, ``embedder.Embedder``) or by Ray actors (``ray``).
 
 Both engines yield the same :class:`pixclust.embedder.ExtractedBatch` objects,
-so ``pipeline.embed`` hashes, reuses stored vectors, writes shards to
+so ``extraction.embed`` hashes, reuses stored vectors, writes shards to
 ``embeddings.partial/`` and assembles the result the same way whichever ran.
 """
 

@@ -4,7 +4,7 @@ Each actor loads the model once (``models.load_extractor``, the same call as
 this process) and embeds its batches with the local engine's own
 :class:`~pixclust.embedder.Embedder` (decoding in the actor), so the vectors
 are those of ``--engine local``. Results stream back to this process as
-:class:`~pixclust.embedder.ExtractedBatch` objects, where ``pipeline.embed``
+:class:`~pixclust.embedder.ExtractedBatch` objects, where ``extraction.embed``
 saves them to ``embeddings.partial/`` shards as they arrive: a killed run
 keeps what was saved and the next run embeds only the rest.
 

@@ -23,7 +23,7 @@ import pytest
 
 import pixclust
 from pixclust.embeddings import arrow_schema
-from pixclust.errors import UsageError
+from pixclust.errors import ModelUnavailableError, UsageError
 from pixclust.models import load_extractor
 from pixclust.pipeline import RunConfig
 from pixclust.store import EmbeddingStore
@@ -155,6 +155,23 @@ def test_killed_ray_run_resumes_embedding_only_the_missing_images(
     assert resumed.paths == never_killed.paths
     np.testing.assert_allclose(resumed.vectors, never_killed.vectors, rtol=1e-6, atol=1e-6)
     assert not (run_dir / "embeddings.partial").exists()
+
+
+@pytest.mark.slow
+def test_a_node_whose_model_differs_stops_the_run_with_one_line(ray_cluster: Any, digit_tree: Path) -> None:
+    """An actor that cannot load the driver's model hands back its error; the driver raises it, not Ray's traceback."""
+    from pixclust.engines.ray import RayEmbedder
+
+    extractor = load_extractor("pixels")
+    # As if the driver had other weights than the nodes: the actors' model id no longer matches.
+    extractor.record["weights_sha256"] = "0" * 64
+    embedder = RayEmbedder(
+        extractor, model="pixels", weights=None, runtime="auto", precision="auto", batch_size=BATCH,
+        max_pixels=10**8, address=None,
+    )
+    paths = sorted(str(p) for p in digit_tree.rglob("*.png"))[:20]
+    with pytest.raises(ModelUnavailableError, match=r"^Ray node .*model 'pixels' is pixels:\w+ there, not .* as on the driver"):
+        list(embedder.iter_batches(paths))
 
 
 def test_engine_options_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -159,6 +159,20 @@ def test_no_report_writes_only_the_tables_and_a_later_report_finds_no_duplicates
     assert ["duplicate groups", "0 (0 redundant images)"] in report_data(run_dir)["summary"]
 
 
+def test_a_run_hands_its_embeddings_to_the_report_instead_of_reading_them_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pixclust.store import EmbeddingStore
+
+    def no_second_copy(self: EmbeddingStore) -> None:
+        raise AssertionError("the report read embeddings.parquet again")
+
+    root = write_digit_tree(tmp_path / "images", per_class=4)
+    monkeypatch.setattr(EmbeddingStore, "load", no_second_copy)
+    pixclust.run(RunConfig(source=str(root), out=str(tmp_path / "run"), k=2, maps=("pca",)), quiet=True)
+    assert len(report_data(tmp_path / "run")["points"]["path"]) == 12
+
+
 def test_report_on_a_folder_that_is_no_run_says_so(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="no embeddings.parquet"):
         build_report(tmp_path)

@@ -38,10 +38,27 @@ def map_coordinates(
     fit_sample: int = DEFAULT_FIT_SAMPLE,
 ) -> np.ndarray:
     """N x ``n_components`` float32 map of the rows of ``X`` (zero-padded when N is tiny)."""
+    basis = map_basis(X, random_state=random_state)
+    return map_from_basis(basis, method, n_components=n_components, random_state=random_state, fit_sample=fit_sample)
+
+
+def map_basis(X: np.ndarray, *, random_state: int = 0) -> np.ndarray:
+    """The L2 + PCA coordinates every map starts from; computed once for a report's several maps."""
+    return reduce_features(X, "pca", random_state=random_state).coords
+
+
+def map_from_basis(
+    pca: np.ndarray,
+    method: str,
+    *,
+    n_components: int = 2,
+    random_state: int = 0,
+    fit_sample: int = DEFAULT_FIT_SAMPLE,
+) -> np.ndarray:
+    """``map_coordinates`` from the rows' ``map_basis``."""
     check_map_methods([method])
     if n_components not in (2, 3):
         raise UsageError(f"maps have 2 or 3 dimensions, not {n_components}")
-    pca = reduce_features(X, "pca", random_state=random_state).coords
     n = len(pca)
     if method == "pca" or n < 5:
         coords = pca[:, :n_components]

@@ -239,7 +239,9 @@ def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
     result = RunResult(config, run_dir, embeddings, clustering, cluster_summary(clustering.labels), scores, n_scored, timings)
     if config.report:
         started = time.perf_counter()
-        build_report(run_dir, maps=config.maps, record=run_record(result), random_state=config.seed, quiet=quiet)
+        build_report(
+            run_dir, maps=config.maps, record=run_record(result), embeddings=embeddings, random_state=config.seed, quiet=quiet
+        )
         timings["report_s"] = time.perf_counter() - started
     write_run_json(run_dir / RUN_JSON, run_record(result))
     if config.move:

@@ -27,7 +27,7 @@ import numpy as np
 import pyarrow as pa
 
 from pixclust.embedder import Embedder, ExtractedBatch
-from pixclust.errors import DecodeError, ModelUnavailableError, UsageError
+from pixclust.errors import DecodeError, ModelUnavailableError, PixclustError, UsageError
 from pixclust.models import RANDOM_WEIGHTS, FeatureExtractor, load_extractor
 
 # Ray Data schedules and retries whole blocks; a few thousand keeps the driver's bookkeeping
@@ -36,6 +36,8 @@ _MAX_BLOCKS = 4096
 # OpenVINO spreads one actor's network over all of a node's cores anyway; on this project's 2-core
 # machine one 2-core actor embedded 510 digits in 8.1 s, two 1-core actors in 9.9 s.
 _CPUS_PER_ACTOR = 2
+# The reason an actor gives for every row when it could not load the model; its detail is the error's line.
+_ACTOR_UNUSABLE = "model unusable on a Ray node"
 
 
 def require_ray() -> ModuleType:
@@ -189,13 +191,20 @@ class _EmbeddingActor:
         max_pixels: int,
         model_id: str,
     ) -> None:
-        extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision)
-        if extractor.model_id != model_id:
-            # Another timm, weights package or pixclust on this node would store different vectors under the same id.
-            raise ModelUnavailableError(
-                f"model '{model}' on Ray node {socket.gethostname()} is {extractor.model_id}, not {model_id} as on "
-                "the driver; install the same pixclust, timm and weights on every node"
-            )
+        # An error raised here would kill the actor and reach the driver as Ray's traceback of it;
+        # kept instead, it comes back with the first batch and the driver raises it as the one line it is.
+        self.unusable: str | None = None
+        try:
+            extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision)
+            if extractor.model_id != model_id:
+                # Another timm, weights package or pixclust on this node would store different vectors under the same id.
+                raise ModelUnavailableError(
+                    f"model '{model}' is {extractor.model_id} there, not {model_id} as on the driver; "
+                    "install the same pixclust, timm and weights on every node"
+                )
+        except PixclustError as error:
+            self.unusable = f"Ray node {socket.gethostname()}: {error}"
+            return
         # Decoding in the actor itself: the pool is sized to the cluster's cores, and decode
         # processes forked inside each actor would compete with it for them.
         self.embedder = Embedder(extractor, batch_size=batch_size, num_workers=0, max_pixels=max_pixels)
@@ -203,6 +212,15 @@ class _EmbeddingActor:
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         paths = [str(path) for path in batch["path"]]
         n = len(paths)
+        if self.unusable is not None:
+            return {
+                "index": np.asarray(batch["index"], dtype=np.int64),
+                "vector": np.zeros((n, 0), dtype=np.float32),
+                "width": np.zeros(n, dtype=np.int32),
+                "height": np.zeros(n, dtype=np.int32),
+                "reason": np.array([_ACTOR_UNUSABLE] * n, dtype=object),
+                "detail": np.array([self.unusable] * n, dtype=object),
+            }
         vectors = np.zeros((n, self.embedder.extractor.dim), dtype=np.float32)
         sizes = np.zeros((n, 2), dtype=np.int32)
         reasons, details = [""] * n, [""] * n
@@ -224,6 +242,8 @@ class _EmbeddingActor:
 
 def _extracted_batch(result: dict[str, np.ndarray]) -> ExtractedBatch:
     reasons = result["reason"]
+    if len(reasons) and reasons[0] == _ACTOR_UNUSABLE:
+        raise ModelUnavailableError(str(result["detail"][0]))
     ok = np.array([reason == "" for reason in reasons], dtype=bool)
     return ExtractedBatch(
         indices=result["index"][ok].astype(np.int64),

@@ -30,7 +30,7 @@ from pixclust.errors import UsageError
 from pixclust.export import CLUSTERS_CSV, ERRORS_CSV, RUN_JSON, cluster_names
 from pixclust.figures import contact_sheet
 from pixclust.images import SkippedFile
-from pixclust.maps import DEFAULT_MAPS, check_map_methods, map_coordinates
+from pixclust.maps import DEFAULT_MAPS, check_map_methods, map_basis, map_from_basis
 from pixclust.progress import progress_bar
 from pixclust.report import plots
 from pixclust.report.thumbnails import THUMB_SIDE, load_thumbnails
@@ -87,12 +87,14 @@ class RunView:
         return rows[np.argsort(np.nan_to_num(self.distances[rows], nan=np.inf), kind="stable")]
 
 
-def load_run(run_dir: str | Path, record: dict[str, Any] | None = None) -> RunView:
+def load_run(run_dir: str | Path, record: dict[str, Any] | None = None, embeddings: Embeddings | None = None) -> RunView:
+    """The run folder's embeddings, clusters, errors and record; ``embeddings``, when the caller holds them, are not read again."""
     run_dir = Path(run_dir)
     for needed in (EMBEDDINGS_FILE, CLUSTERS_CSV):
         if not (run_dir / needed).is_file():
             raise UsageError(f"{run_dir} has no {needed}; run 'pixclust cluster FOLDER --out {run_dir}' first")
-    embeddings = EmbeddingStore(run_dir).load()
+    if embeddings is None:
+        embeddings = EmbeddingStore(run_dir).load()
     with open(run_dir / CLUSTERS_CSV, newline="", encoding="utf-8") as stream:
         rows = {row["path"]: row for row in csv.DictReader(stream)}
     missing = [path for path in embeddings.paths if path not in rows]
@@ -127,11 +129,12 @@ def load_maps(view: RunView, methods: tuple[str, ...], *, random_state: int = 0,
     cached = _read_maps(cache_file, fingerprint, len(view.paths))
     wanted = [(method, dims) for method in methods for dims in (2, 3)]
     missing = [key for key in wanted if key not in cached]
-    with progress_bar("maps", len(missing), unit="maps", quiet=quiet) as advance:
-        for method, dims in missing:
-            cached[(method, dims)] = map_coordinates(view.vectors, method, n_components=dims, random_state=random_state)
-            advance(1)
     if missing:
+        with progress_bar("maps", len(missing), unit="maps", quiet=quiet) as advance:
+            basis = map_basis(view.vectors, random_state=random_state)
+            for method, dims in missing:
+                cached[(method, dims)] = map_from_basis(basis, method, n_components=dims, random_state=random_state)
+                advance(1)
         _write_maps(cache_file, fingerprint, cached)
     maps: dict[str, dict[int, np.ndarray]] = {}
     for method, dims in wanted:
@@ -243,13 +246,18 @@ def build_report(
     *,
     maps: tuple[str, ...] | list[str] = DEFAULT_MAPS,
     record: dict[str, Any] | None = None,
+    embeddings: Embeddings | None = None,
     html: bool = True,
     random_state: int = 0,
     quiet: bool = False,
 ) -> Path:
-    """Write ``plots/*.png`` (and ``report.html`` unless ``html=False``); returns the report's path."""
+    """Write ``plots/*.png`` (and ``report.html`` unless ``html=False``); returns the report's path.
+
+    ``embeddings`` are the run folder's own, passed by a caller that holds them so
+    that a second copy (360 MB at 70,000 images) is not read from disk.
+    """
     methods = check_map_methods(list(maps))
-    view = load_run(run_dir, record)
+    view = load_run(run_dir, record, embeddings)
     coords = load_maps(view, methods, random_state=random_state, quiet=quiet)
     thumbnails = load_thumbnails(view.run_dir, view.paths, view.hashes, quiet=quiet)
     duplicates = load_duplicates(view, quiet=quiet)

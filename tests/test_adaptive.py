@@ -134,3 +134,21 @@ def test_a_richer_representation_must_be_clearly_more_stable_to_be_chosen() -> N
     assert choose_representation({"embedding": 0.72, "embedding+hog": 0.99}) == "embedding+hog"
     assert choose_representation({"embedding": 0.99, "embedding+hog": 0.80}) == "embedding"
     assert choose_representation({"embedding": 0.9}) == "embedding"
+
+
+def test_stability_is_measured_on_a_sample_of_fixed_size(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Large collections must not judge stability on more rows than small ones (k-means finds more near-ties there)."""
+    import pixclust.adaptive as adaptive
+
+    measured: list[int] = []
+    real = adaptive.clustering_stability
+
+    def recording(coords: np.ndarray, k: int, **kwargs: object) -> float:
+        measured.append(len(coords))
+        return real(coords, k, **kwargs)
+
+    monkeypatch.setattr(adaptive, "clustering_stability", recording)
+    rng = np.random.default_rng(0)
+    views = {"embedding": rng.random((4_000, 6), dtype=np.float32), "hog": rng.random((4_000, 5), dtype=np.float32)}
+    adaptive.AdaptiveClusterer(k=3, refine=False).fit(views)
+    assert measured and set(measured) == {adaptive.STABILITY_SAMPLE}

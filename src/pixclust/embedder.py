@@ -84,7 +84,8 @@ def decoded_batches(files: DecodedFiles, *, batch_size: int, num_workers: int | 
 
     A process pool of the standard library rather than torch's DataLoader: the
     ONNX runtimes then embed a folder without importing torch (a second of
-    start-up), and a worker that dies surfaces as one error instead of a hang.
+    start-up). A worker that dies (killed for memory) ends the stream with one
+    error; the vectors already yielded are the caller's to keep.
     At most two batches per worker are decoded ahead of the network.
     """
     workers = default_num_workers(len(files), batch_size) if num_workers is None else num_workers

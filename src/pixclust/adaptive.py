@@ -217,12 +217,6 @@ class AdaptiveClusterer:
         self.random_state = random_state
         self.selection_sample = selection_sample
 
-    def _sample_rows(self, n: int) -> np.ndarray:
-        if n <= self.selection_sample:
-            return np.arange(n)
-        rng = np.random.default_rng(self.random_state)
-        return np.sort(rng.choice(n, size=self.selection_sample, replace=False))
-
     def _scan(self, coords: np.ndarray) -> KScan:
         """k-means at every k in range, scored by modularity on the sample's own kNN graph."""
         neighbours = nearest_neighbours(coords, GRAPH_NEIGHBOURS, random_state=self.random_state)
@@ -258,7 +252,7 @@ class AdaptiveClusterer:
             reductions[name] = reduce_features(features, "pca", random_state=self.random_state, overwrite=True)
             # Let it go before the next candidate is built beside it.
             del features
-        rows = self._sample_rows(len(views[EMBEDDING_VIEW]))
+        rows = _subsample(len(views[EMBEDDING_VIEW]), self.selection_sample, self.random_state)
         samples = {name: reduction.coords[rows] for name, reduction in reductions.items()}
         scores = {name: self._choose_k(sample) for name, sample in samples.items()}
         if len(scores) > 1:

@@ -76,7 +76,11 @@ def _start_decode_worker(files: DecodedFiles) -> None:
 
 def _decode_range(start: int, stop: int) -> list[Any]:
     assert _worker_files is not None, "decode worker started without its files"
-    return [_worker_files[index] for index in range(start, stop)]
+    return _decoded(_worker_files, start, stop)
+
+
+def _decoded(files: DecodedFiles, start: int, stop: int) -> list[Any]:
+    return [files[index] for index in range(start, min(stop, len(files)))]
 
 
 def decoded_batches(files: DecodedFiles, *, batch_size: int, num_workers: int | None = None) -> Iterator[list[Any]]:
@@ -92,13 +96,13 @@ def decoded_batches(files: DecodedFiles, *, batch_size: int, num_workers: int | 
     starts = range(0, len(files), batch_size)
     if workers == 0:
         for start in starts:
-            yield [files[index] for index in range(start, min(start + batch_size, len(files)))]
+            yield _decoded(files, start, start + batch_size)
         return
     pool = ProcessPoolExecutor(workers, initializer=_start_decode_worker, initargs=(files,))
     try:
         in_flight: deque[Future[list[Any]]] = deque()
         for start in starts:
-            in_flight.append(pool.submit(_decode_range, start, min(start + batch_size, len(files))))
+            in_flight.append(pool.submit(_decode_range, start, start + batch_size))
             if len(in_flight) >= 2 * workers:
                 yield _result(in_flight.popleft())
         while in_flight:

@@ -7,6 +7,7 @@ import pytest
 from skimage.feature import hog
 from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits
+from sklearn.metrics import adjusted_rand_score
 
 from pixclust.adaptive import (
     AdaptiveClusterer,
@@ -15,11 +16,12 @@ from pixclust.adaptive import (
     choose_representation,
     clustering_stability,
     graph_modularity,
+    rival_starts,
 )
 from pixclust.errors import UsageError
 from pixclust.metrics import cluster_accuracy, clustering_scores
 from pixclust.reduce import l2_normalize, reduce_features
-from pixclust.refine import nearest_neighbours, refine_clusters
+from pixclust.refine import nearest_neighbours, refine_best, refine_clusters
 
 
 @pytest.fixture(scope="module")
@@ -121,6 +123,34 @@ def test_refinement_improves_k_means_on_real_digits_and_repeats(digits) -> None:
     assert refined.confidence.shape == (len(truth),) and np.all((refined.confidence > 0) & (refined.confidence <= 1))
     again = refine_clusters(coords, start, neighbours, random_state=0)
     np.testing.assert_array_equal(refined.labels, again.labels)
+
+
+def test_refine_best_keeps_the_start_its_objective_prefers_over_the_lower_inertia_one() -> None:
+    # Two long parallel bands: k-means cuts across them (lower inertia), yet each point's
+    # neighbours lie along its own band, which the refinement's objective rewards.
+    rng = np.random.default_rng(0)
+    band = np.repeat([0, 1], 400)
+    X = np.c_[rng.uniform(0, 10, 800), 1.5 * band + rng.normal(0, 0.1, 800)].astype(np.float32)
+    cut = KMeans(n_clusters=2, n_init=10, random_state=0).fit_predict(X)
+    assert adjusted_rand_score(cut, band) < 0.05
+    neighbours = nearest_neighbours(X, 10)
+    refinement, chosen = refine_best(X, [cut, band], neighbours)
+    assert chosen == 1
+    assert refinement.objective < refine_clusters(X, cut, neighbours).objective
+    assert adjusted_rand_score(refinement.labels, band) > 0.5
+    with pytest.raises(UsageError, match="at least one"):
+        refine_best(X, [], neighbours)
+
+
+def test_rival_starts_are_the_distinct_clusterings_near_the_best_inertia() -> None:
+    rng = np.random.default_rng(0)
+    best, other, far = (rng.integers(0, 4, 200) for _ in range(3))
+    relabelled = (best + 1) % 4
+    solutions = [(100.0, best), (100.2, relabelled), (100.8, other), (102.0, far)]
+    rivals = rival_starts(solutions)
+    assert len(rivals) == 2
+    np.testing.assert_array_equal(rivals[0], best)
+    np.testing.assert_array_equal(rivals[1], other)
 
 
 def test_refinement_refuses_noise_labels() -> None:

@@ -99,6 +99,26 @@ def knee_point(ks: np.ndarray, values: np.ndarray) -> int | None:
     return int(xs[best])
 
 
+def kmeans_starts(X: np.ndarray, k: int, *, random_state: int = 0) -> list[tuple[float, np.ndarray]]:
+    """Every k-means start's inertia and labels, the lowest inertia first.
+
+    scikit-learn's ``KMeans`` on every row (10 starts up to ``KMEANS_FEW_RESTARTS_ABOVE`` rows, 3
+    above), faiss fitted on a sample above ``KMEANS_SAMPLED_ABOVE`` rows (3 starts). The starts are
+    kept apart, not only the best, because near-equal inertias can hide different clusterings
+    (see ``refine.refine_best``).
+    """
+    n_rows = len(X)
+    solutions = []
+    for start in range(10 if n_rows <= KMEANS_FEW_RESTARTS_ABOVE else 3):
+        seed = random_state + start
+        if n_rows > KMEANS_SAMPLED_ABOVE:
+            model: KMeans | LargeKMeans = LargeKMeans(k, n_init=1, random_state=seed).fit(X)
+        else:
+            model = KMeans(n_clusters=k, n_init=1, random_state=seed).fit(X)
+        solutions.append((float(model.inertia_), np.asarray(model.labels_, dtype=np.int64)))
+    return sorted(solutions, key=lambda solution: solution[0])
+
+
 def relabel_by_size(labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Renumber clusters 0, 1, ... from the largest down (ties: smaller old label first); noise stays -1.
 
@@ -231,12 +251,9 @@ class ImageClusterer:
         n_samples = X.shape[0]
         if k == 1:
             return _Partition.from_raw_labels(X, np.zeros(n_samples, dtype=np.int64))
-        if self.method == "kmeans" and n_samples > KMEANS_SAMPLED_ABOVE:
-            return _Partition.from_raw_labels(X, LargeKMeans(k, n_init=3, random_state=self.random_state).fit_predict(X))
         if self.method == "kmeans":
-            n_init = 10 if n_samples <= KMEANS_FEW_RESTARTS_ABOVE else 3
-            kmeans = KMeans(n_clusters=k, n_init=n_init, random_state=self.random_state)
-            return _Partition.from_raw_labels(X, kmeans.fit_predict(X))
+            _, labels = kmeans_starts(X, k, random_state=self.random_state)[0]
+            return _Partition.from_raw_labels(X, labels)
         if self.method == "gmm":
             covariance = "full" if X.shape[1] <= GMM_FULL_COVARIANCE_MAX_DIMS else "diag"
             mixture = GaussianMixture(

@@ -18,7 +18,10 @@ from pixclust.reduce import Reduction, check_features, is_whole_number
 
 CLUSTER_METHODS = ("kmeans", "agglomerative", "gmm", "hdbscan")
 
+KMEANS_STARTS = 10
+# Above this many rows k-means makes KMEANS_FEW_STARTS starts.
 KMEANS_FEW_RESTARTS_ABOVE = 20_000
+KMEANS_FEW_STARTS = 3
 # Above this many rows k-means is fitted on a sample by faiss (large_kmeans.py) instead of on every row.
 KMEANS_SAMPLED_ABOVE = 50_000
 GMM_FULL_COVARIANCE_MAX_DIMS = 64
@@ -102,14 +105,14 @@ def knee_point(ks: np.ndarray, values: np.ndarray) -> int | None:
 def kmeans_starts(X: np.ndarray, k: int, *, random_state: int = 0) -> list[tuple[float, np.ndarray]]:
     """Every k-means start's inertia and labels, the lowest inertia first.
 
-    scikit-learn's ``KMeans`` on every row (10 starts up to ``KMEANS_FEW_RESTARTS_ABOVE`` rows, 3
-    above), faiss fitted on a sample above ``KMEANS_SAMPLED_ABOVE`` rows (3 starts). The starts are
-    kept apart, not only the best, because near-equal inertias can hide different clusterings
+    scikit-learn's ``KMeans`` on every row (``KMEANS_STARTS`` starts up to
+    ``KMEANS_FEW_RESTARTS_ABOVE`` rows, ``KMEANS_FEW_STARTS`` above), faiss fitted on a sample
+    above ``KMEANS_SAMPLED_ABOVE`` rows. The starts are kept apart, not only the best, because near-equal inertias can hide different clusterings
     (see ``refine.refine_best``).
     """
     n_rows = len(X)
     solutions = []
-    for start in range(10 if n_rows <= KMEANS_FEW_RESTARTS_ABOVE else 3):
+    for start in range(KMEANS_STARTS if n_rows <= KMEANS_FEW_RESTARTS_ABOVE else KMEANS_FEW_STARTS):
         seed = random_state + start
         if n_rows > KMEANS_SAMPLED_ABOVE:
             model: KMeans | LargeKMeans = LargeKMeans(k, n_init=1, random_state=seed).fit(X)

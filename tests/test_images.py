@@ -24,6 +24,7 @@ from pixclust.images import (
     SkippedFile,
     decode_image,
     discover_images,
+    full_size,
     load_rgb,
     sniff_format,
 )
@@ -638,6 +639,17 @@ def test_draft_size_decodes_big_jpegs_small_but_not_too_small(tmp_path: Path) ->
     assert drafted.size[0] / drafted.size[1] == pytest.approx(4 / 3, rel=0.01)
     assert min(drafted_portrait.size) >= 256
     assert drafted_portrait.size[1] <= 1000
+
+
+def test_full_size_is_the_files_picture_upright_even_when_drafted() -> None:
+    landscape = encode(Image.new("RGB", (4000, 3000), RED), "JPEG")
+    drafted = decode_image(landscape, draft_size=256)
+    assert drafted.size[0] < 4000 and full_size(drafted) == (4000, 3000)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored landscape, shown turned a quarter
+    turned = decode_image(encode(Image.new("RGB", (4000, 3000), RED), "JPEG", exif=exif), draft_size=256)
+    assert turned.size[0] < turned.size[1] and full_size(turned) == (3000, 4000)
+    assert full_size(decode_image(encode(Image.new("RGB", (600, 400), RED), "PNG"), draft_size=64)) == (600, 400)
 
 
 def test_draft_size_does_not_affect_other_formats() -> None:

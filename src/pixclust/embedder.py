@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 
 from pixclust.errors import DecodeError, PixclustError, UsageError
-from pixclust.images import DEFAULT_MAX_PIXELS, REASON_DECODE_FAILED, load_rgb
+from pixclust.images import DEFAULT_MAX_PIXELS, REASON_DECODE_FAILED, full_size, load_rgb
 from pixclust.models import FeatureExtractor
 
 DEFAULT_BATCH_SIZE = 32
@@ -55,8 +55,7 @@ class DecodedFiles:
     def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, tuple[int, int], DecodeError | None]:
         try:
             image = load_rgb(self.paths[index], max_pixels=self.max_pixels, draft_size=self.draft_size)
-            size = image.size
-            return index, self.transform(image), size, None
+            return index, self.transform(image), full_size(image), None
         except DecodeError as error:
             return index, None, (0, 0), error
         except Exception as error:  # a transform failing on one odd image must not end the run

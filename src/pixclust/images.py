@@ -327,6 +327,10 @@ def _classify_by_content(path: str) -> Path | SkippedFile:
     return Path(path)
 
 
+# Where decode_image leaves the picture's size before any draft scaling (see full_size).
+_FULL_SIZE_KEY = "pixclust.full_size"
+
+
 def load_rgb(
     path: str | Path,
     *,
@@ -386,9 +390,16 @@ def _unidentified_error(data: bytes, image_format: str | None) -> DecodeError:
     return DecodeError(REASON_CORRUPT, f"starts like a {image_format} file but its header is unreadable")
 
 
+def full_size(image: Image.Image) -> tuple[int, int]:
+    """The upright width and height of the file's picture, also when ``draft_size`` decoded it smaller."""
+    width, height = image.info.get(_FULL_SIZE_KEY, image.size)
+    return int(width), int(height)
+
+
 def _decode(data: bytes, max_pixels: int, draft_size: int | None) -> Image.Image:
     with Image.open(io.BytesIO(data), formats=_DECODABLE_FORMATS) as image:
         _check_declared_size(image, max_pixels)
+        declared = image.size
         if draft_size is not None:
             # Only JPEG implements draft (DCT scaling); Pillow ignores it elsewhere.
             # A square request is right: Pillow picks the largest scale that
@@ -396,7 +407,11 @@ def _decode(data: bytes, max_pixels: int, draft_size: int | None) -> Image.Image
             image.draft("RGB", (draft_size, draft_size))
         # Load here so truncation and decoder errors surface now, not in a caller.
         image.load()
-        return _to_rgb(_upright(image))
+        loaded = image.size
+        rgb = _to_rgb(_upright(image))
+        # EXIF orientation may have turned the picture a quarter; the full size turns with it.
+        rgb.info[_FULL_SIZE_KEY] = declared if rgb.size == loaded else declared[::-1]
+        return rgb
 
 
 def _check_declared_size(image: Image.Image, max_pixels: int) -> None:

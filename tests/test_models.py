@@ -101,6 +101,19 @@ def test_default_model_embeds_images_into_1280_d(default_extractor) -> None:
     assert not np.allclose(vectors[0], vectors[1])
 
 
+def test_lite_networks_see_the_whole_centre_square(default_extractor) -> None:
+    # A 4-pixel red frame round a white 100 x 100 square: ImageNet's 87.5% crop would cut 6.25 pixels a side.
+    framed = np.full((100, 100, 3), 255, dtype=np.uint8)
+    framed[:4], framed[-4:], framed[:, :4], framed[:, -4:] = (200, 0, 0), (200, 0, 0), (200, 0, 0), (200, 0, 0)
+    seen = default_extractor.transform(Image.fromarray(framed))
+    assert seen[2, 112, 1] < 80 and seen[112, 2, 1] < 80 and np.all(seen[112, 112] > 240)
+    # A landscape picture keeps its central square: the outer columns are left out.
+    wide = np.full((100, 200, 3), 255, dtype=np.uint8)
+    wide[:, :50] = (0, 0, 200)
+    assert np.all(default_extractor.transform(Image.fromarray(wide))[112, 6] > 240)
+    assert default_extractor.record["preprocessing"]["resize_to"] == default_extractor.record["preprocessing"]["input_size"]
+
+
 def test_extreme_aspect_ratio_transforms_without_a_huge_intermediate(default_extractor) -> None:
     sliver = Image.new("RGB", (10000, 1), (10, 200, 10))
     assert default_extractor.transform(sliver).shape == (224, 224, 3)

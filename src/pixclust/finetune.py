@@ -177,6 +177,7 @@ def finetune_classifier(
         spec, base, fix="re-run 'pixclust cluster' to embed with the weights installed now, then label and train again"
     )
     trained_modules = _last_group_modules(network, settings.last_groups)
+    # timm's own eval crop: the registry's crop_fraction was measured for clustering, not for training.
     prep = network_preprocessing(network, settings.input_size)
     split = _stratified_split(paths, labels, settings.validation_fraction, random_state)
     network.to(training_device())

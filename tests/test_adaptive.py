@@ -182,3 +182,26 @@ def test_stability_is_measured_on_a_sample_of_fixed_size(monkeypatch: pytest.Mon
     views = {"embedding": rng.random((4_000, 6), dtype=np.float32), "hog": rng.random((4_000, 5), dtype=np.float32)}
     adaptive.AdaptiveClusterer(k=3, refine=False).fit(views)
     assert measured and set(measured) == {adaptive.STABILITY_SAMPLE}
+
+
+def test_each_candidate_is_judged_at_the_k_it_proposes(monkeypatch: pytest.MonkeyPatch) -> None:
+    import pixclust.adaptive as adaptive
+
+    judged: list[tuple[int, int]] = []
+    real = adaptive.clustering_stability
+
+    def recording(coords: np.ndarray, k: int, **kwargs: object) -> float:
+        judged.append((coords.shape[1], k))
+        return real(coords, k, **kwargs)
+
+    # The embedding (6 columns) proposes 3 clusters, embedding + HOG (11 columns) 4.
+    monkeypatch.setattr(adaptive, "clustering_stability", recording)
+    monkeypatch.setattr(
+        adaptive.AdaptiveClusterer, "_choose_k", lambda self, sample: adaptive.CandidateScore(3 if sample.shape[1] == 6 else 4, None)
+    )
+    rng = np.random.default_rng(0)
+    views = {"embedding": rng.random((300, 6), dtype=np.float32), "hog": rng.random((300, 5), dtype=np.float32)}
+    result = adaptive.AdaptiveClusterer(k="auto", refine=False).fit(views).result_
+    assert sorted(judged) == [(6, 3), (11, 4)]
+    assert {name: score["k"] for name, score in result.record()["candidates"].items()} == {"embedding": 3, "embedding+hog": 4}
+

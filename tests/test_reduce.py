@@ -60,10 +60,13 @@ def test_pca_keeps_50_components_and_their_variance(digits: np.ndarray) -> None:
     assert 0.95 < ratio.sum() <= 1.0
 
 
-def test_pca_n_components_caps_the_components_kept(digits: np.ndarray) -> None:
+def test_pca_n_components_sets_the_components_kept_within_what_the_data_has(digits: np.ndarray) -> None:
     reduction = reduce_features(digits, "pca", n_components=5)
     assert reduction.coords.shape == (len(digits), 5)
     assert len(reduction.pca_explained_variance_ratio) == 5
+    assert reduce_features(digits, "pca", n_components=60).coords.shape == (len(digits), 60)
+    # The digits have 64 pixels: no more components than that.
+    assert reduce_features(digits, "pca", n_components=128).coords.shape == (len(digits), 64)
 
 
 def test_none_returns_the_normalised_features_and_still_records_pca(digits: np.ndarray) -> None:

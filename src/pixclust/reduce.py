@@ -180,7 +180,7 @@ def reduce_features(
 ) -> Reduction:
     """Map N x D features into the space clustering runs in.
 
-    ``"pca"`` keeps up to 50 components (``n_components`` lowers the cap);
+    ``"pca"`` keeps ``n_components`` components (default 50);
     ``"umap"``, ``"lle"`` and ``"spectral"`` embed the PCA coordinates into
     ``n_components`` (default 10) dimensions; ``"none"`` returns the
     L2-normalised features and ignores ``n_components``. Components are clamped to what the number of
@@ -196,9 +196,8 @@ def reduce_features(
     normalized = l2_normalize(features, in_place=overwrite)
     n_samples, n_features = normalized.shape
 
-    pca_components = min(PCA_MAX_COMPONENTS, n_samples, n_features)
-    if method == "pca" and n_components is not None:
-        pca_components = min(pca_components, n_components)
+    kept = n_components if method == "pca" and n_components is not None else PCA_MAX_COMPONENTS
+    pca_components = min(kept, n_samples, n_features)
     # "none" returns the normalised rows, so only then must PCA leave them as they are.
     pca_coords, variance_ratio = _fit_pca(normalized, pca_components, random_state, overwrite=method != "none")
 

@@ -195,3 +195,28 @@ def test_commands_run_and_fail_cleanly(digit_tree: Path, digit_run: Path, tmp_pa
     assert scored.returncode == 0, scored.stderr
     assert "n/a" in scored.stdout and "no image of this class" in " ".join(scored.stdout.split())
     assert "nan" not in scored.stdout.lower() and (tmp_path / "eval" / "roc.png").is_file()
+
+
+@pytest.mark.slow
+def test_finetune_from_the_command_line(digit_tree: Path, digit_run: Path, tmp_path: Path) -> None:
+    labels = tmp_path / "labels.csv"
+    images = sorted(image for image in digit_tree.glob("*/batch0/*") if image.is_file())
+    labels.write_text("path,label\n" + "".join(f"{image},{image.parts[-3]}\n" for image in images))
+    model = tmp_path / "finetuned.pkl"
+    trained = subprocess.run(
+        [sys.executable, "-m", "pixclust", "train", str(labels), "--in", str(digit_run), "--out", str(model), "--finetune", "--epochs", "1", "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert trained.returncode == 0, trained.stderr
+    assert "fine-tuned: best epoch" in trained.stdout and "of 1" in trained.stdout
+    assert model.is_file()
+    predicted = subprocess.run(
+        [sys.executable, "-m", "pixclust", "predict", str(model), str(digit_tree / "6" / "batch1")],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert predicted.returncode == 0, predicted.stderr
+    assert "probability" in predicted.stdout and "skipped" not in predicted.stdout

@@ -107,8 +107,8 @@ def kmeans_starts(X: np.ndarray, k: int, *, random_state: int = 0) -> list[tuple
 
     scikit-learn's ``KMeans`` on every row (``KMEANS_STARTS`` starts up to
     ``KMEANS_FEW_RESTARTS_ABOVE`` rows, ``KMEANS_FEW_STARTS`` above), faiss fitted on a sample
-    above ``KMEANS_SAMPLED_ABOVE`` rows. The starts are kept apart, not only the best, because near-equal inertias can hide different clusterings
-    (see ``refine.refine_best``).
+    above ``KMEANS_SAMPLED_ABOVE`` rows. The starts are kept apart, not only the best, because
+    near-equal inertias can hide different clusterings (see ``refine.refine_best``).
     """
     n_rows = len(X)
     solutions = []

@@ -70,7 +70,7 @@ def _lite(level: int) -> ModelSpec:
         # The whole square: ImageNet's 87.5% crop trims the edges of objects that fill their frame.
         # On Fashion-MNIST's test set ACC 0.763-0.766 / NMI 0.702-0.706 against 0.756 / 0.697 over
         # seeds 0-2 (on 3,000 of its images 0.753-0.754 against 0.745-0.748); on the digits NMI 0.925
-        # against 0.921; --k auto chose 10 on both instead of 11.
+        # against 0.921.
         crop_fraction=1.0,
     )
 

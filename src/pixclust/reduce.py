@@ -1,7 +1,7 @@
 """Dimensionality reduction of image embeddings before clustering.
 
 Every method starts the same way: rows are L2-normalised (embedding similarity
-is about direction, not length) and PCA keeps at most 50 components, the usual
+is about direction, not length) and PCA keeps 50 components unless told otherwise, the usual
 denoising step that also makes the non-linear methods affordable on 2048-d
 features.
 """
@@ -21,7 +21,7 @@ from pixclust.errors import UsageError
 
 REDUCE_METHODS = ("pca", "umap", "lle", "spectral", "none")
 
-PCA_MAX_COMPONENTS = 50
+PCA_DEFAULT_COMPONENTS = 50
 EMBEDDING_DEFAULT_COMPONENTS = 10
 UMAP_MAX_NEIGHBORS = 15
 LLE_MAX_NEIGHBORS = 10
@@ -196,7 +196,7 @@ def reduce_features(
     normalized = l2_normalize(features, in_place=overwrite)
     n_samples, n_features = normalized.shape
 
-    kept = n_components if method == "pca" and n_components is not None else PCA_MAX_COMPONENTS
+    kept = n_components if method == "pca" and n_components is not None else PCA_DEFAULT_COMPONENTS
     pca_components = min(kept, n_samples, n_features)
     # "none" returns the normalised rows, so only then must PCA leave them as they are.
     pca_coords, variance_ratio = _fit_pca(normalized, pca_components, random_state, overwrite=method != "none")

@@ -18,7 +18,11 @@ pipeline uses, picked 3-7 clusters on data with 10 classes; modularity picked
 10-12.
 
 Finally :mod:`pixclust.refine` lets nearest neighbours correct the k-means
-boundaries. k-means starts whose inertia is within 1% of the best but whose
+boundaries, in the space of every view joined, whichever was clustered: an
+image's neighbours there must look alike to the network and in their
+gradients, which on Fashion-MNIST made them share a class more often and
+lifted NMI from 0.713 to 0.736 (the digits, where the joined views are the
+ones clustered, are unchanged). k-means starts whose inertia is within 1% of the best but whose
 clusterings differ are each refined, and the refinement with the lowest
 objective is kept: near-equal inertias hide clusterings that score 0.68 and
 0.76 ACC on Fashion-MNIST, and which start wins on inertia turns on rounding.
@@ -220,6 +224,7 @@ class AdaptiveResult:
     representation: str
     candidates: dict[str, CandidateScore] = field(default_factory=dict)
     refined_share: float | None = None
+    refined_on: str | None = None
     rival_starts: int = 1
     chosen_start: int = 0
 
@@ -232,13 +237,14 @@ class AdaptiveResult:
                 for name, score in self.candidates.items()
             },
             "refined_share": None if self.refined_share is None else round(self.refined_share, 4),
+            "refined_on": self.refined_on,
             "rival_starts": self.rival_starts,
             "chosen_start": self.chosen_start,
         }
 
 
 class AdaptiveClusterer:
-    """Choose the representation and k on a sample, cluster every row with k-means, then refine.
+    """Choose the representation and k on a sample, cluster every row with k-means, then refine with every view.
 
     ``fit(views)`` takes ``{"embedding": N x d}`` and optionally ``{"hog": N x h}``
     with rows for the same images. ``k`` is a whole number or ``"auto"``
@@ -315,11 +321,19 @@ class AdaptiveClusterer:
         k = min(scores[chosen].k, len(coords))
         solutions = kmeans_starts(coords, k, random_state=self.random_state)
         labels, _ = relabel_by_size(solutions[0][1])
-        refined_share, rivals, chosen_start = None, 1, 0
+        refined_share, refined_on, rivals, chosen_start = None, None, 1, 0
         if self.refine and k >= 2:
-            neighbours = nearest_neighbours(coords, DEFAULT_NEIGHBOURS, random_state=self.random_state)
+            # k-means starts from the most stable candidate, but the refinement sees every view: the
+            # last candidate joins them all. On Fashion-MNIST's test set, where the embedding alone is
+            # chosen, its neighbours in the joined space share a class 83% of the time against 80%
+            # in the embedding's, and over six seeds with --k 10 ACC rose from 0.769-0.772 to
+            # 0.790-0.792 and NMI from 0.712-0.715 to 0.736-0.740 (neighbours from the joined
+            # space with the head on the embedding alone: 0.777-0.780 / 0.723-0.727).
+            refined_on = next(reversed(reductions))
+            space = reductions[refined_on].coords
+            neighbours = nearest_neighbours(space, DEFAULT_NEIGHBOURS, random_state=self.random_state)
             starts = rival_starts(solutions)
-            refinement, chosen_start = refine_best(coords, starts, neighbours, random_state=self.random_state)
+            refinement, chosen_start = refine_best(space, starts, neighbours, random_state=self.random_state)
             labels, _ = relabel_by_size(refinement.labels)
             refined_share, rivals = refinement.changed, len(starts)
         _, distances = centres_and_distances(coords, labels)
@@ -336,6 +350,7 @@ class AdaptiveClusterer:
             representation=chosen,
             candidates=scores,
             refined_share=refined_share,
+            refined_on=refined_on,
             rival_starts=rivals,
             chosen_start=chosen_start,
         )

@@ -123,6 +123,7 @@ def test_report_shows_the_planted_duplicate_groups_with_the_largest_kept(report_
     assert ["duplicate groups", "2 (2 redundant images)"] in data["summary"]
     features = dict(data["summary"])["features chosen"]
     assert re.fullmatch(r"(embedding|embedding\+hog) \(stability: embedding \d\.\d\d, embedding\+hog -?\d\.\d\d\)", features)
+    assert re.fullmatch(r"embedding\+hog \(\d+\.\d% of images moved\)", dict(data["summary"])["refined on"])
 
 
 def test_galleries_put_the_most_typical_first(report_run: Path) -> None:

@@ -420,6 +420,8 @@ def _summary_rows(view: RunView, duplicates: DuplicateReport) -> list[list[str]]
             f"{name} {score['stability']:.2f}" for name, score in choice["candidates"].items() if score["stability"] is not None
         )
         rows.append(["features chosen", choice["representation"] + (f" (stability: {stabilities})" if stabilities else "")])
+        if choice.get("refined_on"):
+            rows.append(["refined on", f"{choice['refined_on']} ({choice['refined_share']:.1%} of images moved)"])
     scan = clustering.get("k_scan")
     if scan:
         rows.append([f"k by {scan['criterion']} / elbow", f"{scan['chosen_k']} / {scan['elbow_k'] or 'none'}"])

@@ -13,7 +13,7 @@ from conftest import plant_duplicates, write_digit_tree
 
 import pixclust
 from pixclust.errors import UsageError
-from pixclust.maps import map_coordinates
+from pixclust.maps import map_basis, map_coordinates
 from pixclust.pipeline import RunConfig
 from pixclust.report import plots
 from pixclust.report.build import DUPLICATES_FILE, MAPS_FILE, build_report
@@ -74,15 +74,15 @@ def test_silhouette_samples_plot_has_one_band_per_cluster_and_the_mean() -> None
 def test_maps_fit_a_sample_and_place_the_rest() -> None:
     from sklearn.datasets import load_digits
 
-    X = load_digits().data[:300]
+    basis = map_basis(load_digits().data[:300])
     for method in ("tsne", "umap"):
-        coords = map_coordinates(X, method, fit_sample=120, random_state=0)
+        coords = map_coordinates(basis, method, fit_sample=120, random_state=0)
         assert coords.shape == (300, 2) and np.isfinite(coords).all()
-        np.testing.assert_array_equal(coords, map_coordinates(X, method, fit_sample=120, random_state=0))
-    assert map_coordinates(X, "pca", n_components=3).shape == (300, 3)
-    assert map_coordinates(X[:2], "tsne").shape == (2, 2)
+        np.testing.assert_array_equal(coords, map_coordinates(basis, method, fit_sample=120, random_state=0))
+    assert map_coordinates(basis, "pca", n_components=3).shape == (300, 3)
+    assert map_coordinates(map_basis(basis[:2]), "tsne").shape == (2, 2)
     with pytest.raises(UsageError, match="--map 'mds'"):
-        map_coordinates(X, "mds")
+        map_coordinates(basis, "mds")
 
 
 def test_run_writes_every_plot_and_a_self_contained_report(report_run: Path) -> None:

@@ -29,48 +29,35 @@ def check_map_methods(methods: tuple[str, ...] | list[str]) -> tuple[str, ...]:
     return tuple(dict.fromkeys(methods))
 
 
-def map_coordinates(
-    X: np.ndarray,
-    method: str,
-    *,
-    n_components: int = 2,
-    random_state: int = 0,
-    fit_sample: int = DEFAULT_FIT_SAMPLE,
-) -> np.ndarray:
-    """N x ``n_components`` float32 map of the rows of ``X`` (zero-padded when N is tiny)."""
-    basis = map_basis(X, random_state=random_state)
-    return map_from_basis(basis, method, n_components=n_components, random_state=random_state, fit_sample=fit_sample)
-
-
 def map_basis(X: np.ndarray, *, random_state: int = 0) -> np.ndarray:
     """The L2 + PCA coordinates every map starts from; computed once for a report's several maps."""
     return reduce_features(X, "pca", random_state=random_state).coords
 
 
-def map_from_basis(
-    pca: np.ndarray,
+def map_coordinates(
+    basis: np.ndarray,
     method: str,
     *,
     n_components: int = 2,
     random_state: int = 0,
     fit_sample: int = DEFAULT_FIT_SAMPLE,
 ) -> np.ndarray:
-    """``map_coordinates`` from the rows' ``map_basis``."""
+    """N x ``n_components`` float32 map of the rows whose ``map_basis`` is ``basis`` (zero-padded when N is tiny)."""
     check_map_methods([method])
     if n_components not in (2, 3):
         raise UsageError(f"maps have 2 or 3 dimensions, not {n_components}")
-    n = len(pca)
+    n = len(basis)
     if method == "pca" or n < 5:
-        coords = pca[:, :n_components]
+        coords = basis[:, :n_components]
     else:
         rng = np.random.default_rng(random_state)
         fitted = np.sort(rng.choice(n, size=fit_sample, replace=False)) if n > fit_sample else np.arange(n)
         rest = np.setdiff1d(np.arange(n), fitted)
         fit = _fit_tsne if method == "tsne" else _fit_umap
         coords = np.empty((n, n_components), np.float32)
-        coords[fitted], place = fit(pca[fitted], n_components, random_state)
+        coords[fitted], place = fit(basis[fitted], n_components, random_state)
         if len(rest):
-            coords[rest] = place(pca[rest])
+            coords[rest] = place(basis[rest])
     coords = np.asarray(coords, dtype=np.float32)
     return np.pad(coords, ((0, 0), (0, n_components - coords.shape[1])))
 

@@ -30,7 +30,7 @@ from pixclust.errors import UsageError
 from pixclust.export import CLUSTERS_CSV, ERRORS_CSV, RUN_JSON, cluster_names
 from pixclust.figures import contact_sheet
 from pixclust.images import SkippedFile
-from pixclust.maps import DEFAULT_MAPS, check_map_methods, map_basis, map_from_basis
+from pixclust.maps import DEFAULT_MAPS, check_map_methods, map_basis, map_coordinates
 from pixclust.progress import progress_bar
 from pixclust.report import plots
 from pixclust.report.thumbnails import THUMB_SIDE, load_thumbnails
@@ -133,7 +133,7 @@ def load_maps(view: RunView, methods: tuple[str, ...], *, random_state: int = 0,
         with progress_bar("maps", len(missing), unit="maps", quiet=quiet) as advance:
             basis = map_basis(view.vectors, random_state=random_state)
             for method, dims in missing:
-                cached[(method, dims)] = map_from_basis(basis, method, n_components=dims, random_state=random_state)
+                cached[(method, dims)] = map_coordinates(basis, method, n_components=dims, random_state=random_state)
                 advance(1)
         _write_maps(cache_file, fingerprint, cached)
     maps: dict[str, dict[int, np.ndarray]] = {}

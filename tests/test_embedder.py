@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixclust.embedder import DecodedFiles, Embedder, decoded_batches, default_num_workers
+from pixclust.embedder import Embedder, ImageDecoder, decoded_batches, default_num_workers
 from pixclust.errors import PixclustError, UsageError
 from pixclust.images import REASON_CORRUPT, REASON_EMPTY
 from pixclust.models import load_extractor
@@ -85,18 +85,56 @@ def test_small_jobs_decode_inline() -> None:
     assert default_num_workers(10_000, 32) >= 1
 
 
-def test_a_killed_decode_worker_ends_the_stream_with_one_error(tmp_path: Path) -> None:
-    paths = _photo_folder(tmp_path, 24)
+class _DieOnTheFourteenth:
+    """A transform whose worker dies on the 14th image as the kernel's out-of-memory killer would end it."""
 
-    def transform(image: Image.Image) -> np.ndarray:
-        if image.height == 48 + 13:  # the 14th image
-            os._exit(9)  # as the kernel's out-of-memory killer would end it: no exception, no cleanup
+    def __call__(self, image: Image.Image) -> np.ndarray:
+        if image.height == 48 + 13:
+            os._exit(9)  # no exception, no cleanup
         return np.asarray(image)
 
-    files = DecodedFiles(paths, transform, draft_size=64)
+
+def test_a_killed_decode_worker_ends_the_stream_with_one_error(tmp_path: Path) -> None:
+    paths = _photo_folder(tmp_path, 24)
     with pytest.raises(PixclustError, match="decoding worker was killed.*--workers"):
-        for _ in decoded_batches(files, batch_size=4, num_workers=2):
+        for _ in decoded_batches(paths, ImageDecoder(_DieOnTheFourteenth(), draft_size=64), batch_size=4, num_workers=2):
             pass
+
+
+def test_a_script_without_a_main_guard_can_decode_in_workers(tmp_path: Path) -> None:
+    """Where workers start by re-running the main script (Python 3.14's default fork server), this would recurse."""
+    paths = _photo_folder(tmp_path, 8)
+    script = tmp_path / "unguarded.py"
+    script.write_text(
+        "from pixclust.embedder import ImageDecoder, decoded_batches\n"
+        "from pixclust.models import PixelTransform\n"
+        f"batches = decoded_batches({paths!r}, ImageDecoder(PixelTransform(), draft_size=64), batch_size=2, num_workers=2)\n"
+        "print(sum(len(batch) for batch in batches))\n"
+    )
+    finished = subprocess.run(
+        [sys.executable, str(script)], check=False, capture_output=True, text=True, env=os.environ, timeout=120
+    )
+    assert finished.returncode == 0, finished.stderr
+    assert finished.stdout.split() == ["8"]
+
+
+def test_augmentation_depends_on_the_seed_and_the_batch_not_on_the_workers(tmp_path: Path) -> None:
+    from pixclust.finetune import AugmentingTransform
+    from pixclust.models import Preprocessing
+
+    # One picture eight times: every difference between the outputs is the augmentation's.
+    picture = _photo_folder(tmp_path, 1)[0]
+    paths = [picture] * 8
+    augment = AugmentingTransform(Preprocessing(32, 32, "bilinear", (0.5,) * 3, (0.5,) * 3, "center"))
+
+    def decoded(seed: int, workers: int) -> np.ndarray:
+        batches = decoded_batches(paths, ImageDecoder(augment, draft_size=64, seed=seed), batch_size=2, num_workers=workers)
+        return np.stack([array for batch in batches for _, array, _, _ in batch])
+
+    inline = decoded(seed=1, workers=0)
+    np.testing.assert_array_equal(decoded(seed=1, workers=2), inline)
+    assert len({array.tobytes() for array in inline}) == len(paths)
+    assert not np.array_equal(decoded(seed=2, workers=0), inline)
 
 
 def test_embedding_a_folder_imports_neither_scikit_learn_nor_matplotlib(tmp_path: Path, default_extractor) -> None:

@@ -24,6 +24,7 @@ import numpy as np
 from pixclust.errors import DecodeError, PixclustError, UsageError
 from pixclust.images import DEFAULT_MAX_PIXELS, REASON_DECODE_FAILED, full_size, load_rgb
 from pixclust.models import FeatureExtractor
+from pixclust.workers import worker_context
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -38,52 +39,62 @@ class ExtractedBatch:
     failures: list[tuple[int, DecodeError]]
 
 
-class DecodedFiles:
-    """Map-style dataset: index -> (index, transformed array or None, (w, h), error or None)."""
+# (index in the input, transformed array or None, the image's full (width, height), error or None)
+DecodedItem = tuple[int, np.ndarray | None, tuple[int, int], DecodeError | None]
 
-    def __init__(
-        self, paths: Sequence[str], transform: Callable[[Any], np.ndarray], draft_size: int, max_pixels: int = DEFAULT_MAX_PIXELS
-    ) -> None:
-        self.paths = list(paths)
-        self.transform = transform
-        self.draft_size = draft_size
-        self.max_pixels = max_pixels
 
-    def __len__(self) -> int:
-        return len(self.paths)
+@dataclass(frozen=True)
+class ImageDecoder:
+    """How a file becomes network input; all that a decode worker holds, the file names coming with each task.
 
-    def __getitem__(self, index: int) -> tuple[int, np.ndarray | None, tuple[int, int], DecodeError | None]:
+    ``seed``: for a transform that draws random numbers (training augmentation),
+    which must then have ``reseed(seed_sequence)``. Each batch reseeds it from
+    ``seed`` and the batch's first index, so what a batch gets depends on
+    neither the worker that decodes it nor the number of workers.
+    """
+
+    transform: Callable[[Any], np.ndarray]
+    draft_size: int
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    seed: int | None = None
+
+    def decode(self, index: int, path: str) -> DecodedItem:
         try:
-            image = load_rgb(self.paths[index], max_pixels=self.max_pixels, draft_size=self.draft_size)
+            image = load_rgb(path, max_pixels=self.max_pixels, draft_size=self.draft_size)
             return index, self.transform(image), full_size(image), None
         except DecodeError as error:
             return index, None, (0, 0), error
         except Exception as error:  # a transform failing on one odd image must not end the run
             return index, None, (0, 0), DecodeError(REASON_DECODE_FAILED, f"{type(error).__name__}: {error}")
 
+    def decode_batch(self, start: int, paths: Sequence[str]) -> list[DecodedItem]:
+        """Items for ``paths``, which sit at ``start``, ``start`` + 1, ... in the input."""
+        if self.seed is not None:
+            self.transform.reseed(np.random.SeedSequence([self.seed, start]))  # type: ignore[attr-defined]
+        return [self.decode(start + offset, path) for offset, path in enumerate(paths)]
 
-# Each decode worker's own files, set once when it starts, so that a task is just a range of indices.
-_worker_files: DecodedFiles | None = None
+
+# Each decode worker's decoder, set once when it starts; the file names come with each task, so a
+# worker that is not forked (macOS, Windows) never gets a copy of a million paths.
+_worker_decoder: ImageDecoder | None = None
 
 
-def _start_decode_worker(files: DecodedFiles) -> None:
-    global _worker_files
-    _worker_files = files
+def _start_decode_worker(decoder: ImageDecoder) -> None:
+    global _worker_decoder
+    _worker_decoder = decoder
     # Ctrl-C reaches every process in the terminal's group; the parent decides what it means and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
 
 
-def _decode_range(start: int, stop: int) -> list[Any]:
-    assert _worker_files is not None, "decode worker started without its files"
-    return _decoded(_worker_files, start, stop)
+def _decode_in_worker(start: int, paths: Sequence[str]) -> list[DecodedItem]:
+    assert _worker_decoder is not None, "decode worker started without its decoder"
+    return _worker_decoder.decode_batch(start, paths)
 
 
-def _decoded(files: DecodedFiles, start: int, stop: int) -> list[Any]:
-    return [files[index] for index in range(start, min(stop, len(files)))]
-
-
-def decoded_batches(files: DecodedFiles, *, batch_size: int, num_workers: int | None = None) -> Iterator[list[Any]]:
-    """Lists of ``DecodedFiles`` items in input order, decoded in worker processes when there are enough files.
+def decoded_batches(
+    paths: Sequence[str], decoder: ImageDecoder, *, batch_size: int, num_workers: int | None = None
+) -> Iterator[list[DecodedItem]]:
+    """Lists of decoded items in input order, decoded in worker processes when there are enough files.
 
     A process pool of the standard library rather than torch's DataLoader: the
     ONNX runtimes then embed a folder without importing torch (a second of
@@ -91,17 +102,19 @@ def decoded_batches(files: DecodedFiles, *, batch_size: int, num_workers: int | 
     error; the vectors already yielded are the caller's to keep.
     At most two batches per worker are decoded ahead of the network.
     """
-    workers = default_num_workers(len(files), batch_size) if num_workers is None else num_workers
-    starts = range(0, len(files), batch_size)
+    workers = default_num_workers(len(paths), batch_size) if num_workers is None else num_workers
+    starts = range(0, len(paths), batch_size)
     if workers == 0:
         for start in starts:
-            yield _decoded(files, start, start + batch_size)
+            yield decoder.decode_batch(start, paths[start : start + batch_size])
         return
-    pool = ProcessPoolExecutor(workers, initializer=_start_decode_worker, initargs=(files,))
+    pool = ProcessPoolExecutor(
+        workers, mp_context=worker_context(), initializer=_start_decode_worker, initargs=(decoder,)
+    )
     try:
-        in_flight: deque[Future[list[Any]]] = deque()
+        in_flight: deque[Future[list[DecodedItem]]] = deque()
         for start in starts:
-            in_flight.append(pool.submit(_decode_range, start, start + batch_size))
+            in_flight.append(pool.submit(_decode_in_worker, start, list(paths[start : start + batch_size])))
             if len(in_flight) >= 2 * workers:
                 yield _result(in_flight.popleft())
         while in_flight:
@@ -110,7 +123,7 @@ def decoded_batches(files: DecodedFiles, *, batch_size: int, num_workers: int | 
         pool.shutdown(wait=True, cancel_futures=True)
 
 
-def _result(batch: Future[list[Any]]) -> list[Any]:
+def _result(batch: Future[list[DecodedItem]]) -> list[DecodedItem]:
     try:
         return batch.result()
     except BrokenProcessPool:
@@ -149,13 +162,14 @@ class Embedder:
 
     def iter_batches(self, paths: Sequence[str]) -> Iterator[ExtractedBatch]:
         """Yield results batch by batch, in input order."""
-        files = DecodedFiles(paths, self.extractor.transform, self.extractor.draft_size, self.max_pixels)
+        decoder = ImageDecoder(self.extractor.transform, self.extractor.draft_size, self.max_pixels)
         # closing(): when our caller closes us midway, the workers stop now, not at garbage collection.
-        with contextlib.closing(decoded_batches(files, batch_size=self.batch_size, num_workers=self.num_workers)) as batches:
+        batches = decoded_batches(paths, decoder, batch_size=self.batch_size, num_workers=self.num_workers)
+        with contextlib.closing(batches):
             for items in batches:
                 yield self._embed_items(items)
 
-    def _embed_items(self, items: list[Any]) -> ExtractedBatch:
+    def _embed_items(self, items: list[DecodedItem]) -> ExtractedBatch:
         decoded = [(index, array, size) for index, array, size, error in items if error is None]
         failures = [(index, error) for index, _, _, error in items if error is not None]
         if decoded:

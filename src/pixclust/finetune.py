@@ -24,10 +24,16 @@ composition from changing what the network computes.
 Training: cross-entropy with the inverse-frequency class weights of the frozen
 path (scikit-learn's "balanced"), AdamW, a random resized crop (50-100% of the
 area, aspect 3:4 to 4:3) and a horizontal flip half the time. A stratified
-validation split is held out; after each epoch its macro F1 (ties: the lower
-loss) decides whether these are the best weights so far, and training stops
-after ``patience`` epochs without one. The linear probe alone counts as epoch
-0, so fine-tuning that never helps on the held-out images leaves the probe.
+validation split is held out; after each epoch its loss decides whether these
+are the best weights so far, and training stops after ``patience`` epochs
+without one. The linear probe alone counts as epoch 0, so fine-tuning that
+never helps on the held-out images leaves the probe. The loss rather than the
+macro F1: a validation split of a few dozen images moves F1 in steps of one
+image, and on both cases measured F1 kept the worse weights. On 90 digits (18
+held out) it kept the probe (validation F1 0.944, loss 0.351) over epoch 2 (F1
+0.889, loss 0.329), which scored 0.944 against 0.967 on 90 unseen digits; on
+300 Fashion-MNIST images at 96 px it kept epoch 1 (unseen 0.759) where the loss
+kept epoch 5 (0.763).
 
 The classification output is the fine-tuned network's own linear head, kept as
 the scikit-learn ``LogisticRegression`` it started from with the trained
@@ -63,7 +69,7 @@ from typing import Any
 import numpy as np
 
 from pixclust.classifier import TrainedClassifier, train_classifier
-from pixclust.embedder import DecodedFiles, decoded_batches
+from pixclust.embedder import ImageDecoder, decoded_batches
 from pixclust.embedding_sources import PRECOMPUTED, model_weights_option
 from pixclust.errors import UsageError
 from pixclust.models import (
@@ -125,23 +131,27 @@ class FinetunedNetwork:
 class AugmentingTransform(ImageTransform):
     """The network's transform on a random part of the image, mirrored half the time (training only).
 
-    Random numbers come from torch, which a DataLoader seeds per worker, so
-    workers never repeat each other's crops.
+    The decoder reseeds it for every batch (``embedder.ImageDecoder``), so
+    decode workers never repeat each other's crops, and an epoch's crops are
+    the same whichever worker decodes which batch.
     """
 
     min_area = 0.5
     max_aspect = 4 / 3
 
-    def __call__(self, image: Any) -> np.ndarray:
-        import torch
+    def __init__(self, prep: Preprocessing) -> None:
+        super().__init__(prep)
+        self.random = np.random.default_rng(0)
 
+    def reseed(self, seed: np.random.SeedSequence) -> None:
+        self.random = np.random.default_rng(seed)
+
+    def __call__(self, image: Any) -> np.ndarray:
         pixels = super().__call__(image)
-        return np.ascontiguousarray(pixels[:, ::-1]) if torch.rand(()) < 0.5 else pixels
+        return np.ascontiguousarray(pixels[:, ::-1]) if self.random.random() < 0.5 else pixels
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
-        import torch
-
-        area_draw, aspect_draw, x_draw, y_draw = torch.rand(4).tolist()
+        area_draw, aspect_draw, x_draw, y_draw = self.random.random(4).tolist()
         area = min(width, height) ** 2 * (self.min_area + (1 - self.min_area) * area_draw)
         aspect = math.exp(math.log(self.max_aspect) * (2 * aspect_draw - 1))
         box_width = min(width, math.sqrt(area * aspect))
@@ -326,16 +336,21 @@ def _stratified_split(paths: Sequence[str], labels: Sequence[str], fraction: flo
     return _Split(list(paths), y, np.sort(train), np.sort(validation))
 
 
-def _image_batches(paths: Sequence[str], transform: ImageTransform, batch_size: int) -> Iterator[tuple[int, Any]]:
-    """(offset, N x 3 x H x W network input) in input order; an image that no longer decodes is the user's to fix."""
+def _image_batches(
+    paths: Sequence[str], transform: ImageTransform, batch_size: int, *, seed: int | None = None
+) -> Iterator[tuple[int, Any]]:
+    """(offset, N x 3 x H x W network input) in input order; an image that no longer decodes is the user's to fix.
+
+    ``seed`` reseeds a random transform for each batch (``embedder.ImageDecoder``).
+    """
     import torch
 
     from pixclust.network_input import NormalisedImages
 
     normalise = NormalisedImages(transform.prep.mean, transform.prep.std)
-    files = DecodedFiles(paths, transform, transform.prep.resize_to)
+    decoder = ImageDecoder(transform, transform.prep.resize_to, seed=seed)
     offset = 0
-    with contextlib.closing(decoded_batches(files, batch_size=batch_size)) as batches:
+    with contextlib.closing(decoded_batches(paths, decoder, batch_size=batch_size)) as batches:
         for items in batches:
             for index, _, _, error in items:
                 if error is not None:
@@ -445,6 +460,7 @@ def _train(
                 [split.paths[i] for i in rows],
                 targets[rows],
                 augment,
+                int(order.integers(2**63)),
                 settings.batch_size,
                 advance,
             )
@@ -474,6 +490,7 @@ def _train_epoch(
     paths: Sequence[str],
     targets: np.ndarray,
     augment: AugmentingTransform,
+    augment_seed: int,
     batch_size: int,
     advance: Any,
 ) -> dict[str, float]:
@@ -481,7 +498,7 @@ def _train_epoch(
 
     device = training_device()
     total_loss, correct = 0.0, 0
-    for offset, pixels in _image_batches(paths, augment, batch_size):
+    for offset, pixels in _image_batches(paths, augment, batch_size, seed=augment_seed):
         expected = torch.from_numpy(targets[offset : offset + len(pixels)]).to(device)
         logits = model(pixels.to(device))
         loss = loss_function(logits, expected)
@@ -521,8 +538,8 @@ class _Validation:
 
 
 def _validation_rank(row: dict[str, Any]) -> tuple[float, float]:
-    """Higher is better: macro F1, then the lower loss."""
-    return (row["validation_f1"], -row["validation_loss"])
+    """Higher is better: the lower validation loss, then (for an exact tie) the higher macro F1."""
+    return (-row["validation_loss"], row["validation_f1"])
 
 
 @dataclass

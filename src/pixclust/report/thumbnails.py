@@ -22,6 +22,7 @@ from pixclust.errors import DecodeError
 from pixclust.images import load_rgb
 from pixclust.progress import progress_bar
 from pixclust.store import read_table_or_none
+from pixclust.workers import worker_context
 
 THUMBNAILS_FILE = "thumbnails.parquet"
 THUMB_SIDE = 80
@@ -60,7 +61,7 @@ def load_thumbnails(
         made: list[bytes | None] = []
         with progress_bar("thumbnails", len(files), quiet=quiet) as advance:
             if workers > 1:
-                with ProcessPoolExecutor(workers) as pool:
+                with ProcessPoolExecutor(workers, mp_context=worker_context()) as pool:
                     for result in pool.map(_thumbnail_chunk, chunks, [side] * len(chunks)):
                         made.extend(result)
                         advance(len(result))

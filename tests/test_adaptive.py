@@ -10,6 +10,7 @@ from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score
 
 from pixclust.adaptive import (
+    VIEW_AGREEMENT,
     AdaptiveClusterer,
     candidate_representations,
     choose_k_by_modularity,
@@ -17,6 +18,7 @@ from pixclust.adaptive import (
     clustering_stability,
     graph_modularity,
     rival_starts,
+    view_agreement,
 )
 from pixclust.errors import UsageError
 from pixclust.metrics import cluster_accuracy, clustering_scores
@@ -87,6 +89,30 @@ def test_stability_chooses_the_view_that_carries_the_classes(digits) -> None:
     assert useless_hog.representation == "embedding"
     # Chance is about 0.11; pixels alone give about 0.8 with k-means.
     assert cluster_accuracy(truth, useless_hog.labels) > 0.7
+
+
+def test_view_agreement_tells_a_second_view_of_the_same_classes_from_noise(digits) -> None:
+    pixels, hogs, _ = digits
+    noise = np.random.default_rng(1).random(hogs.shape).astype(np.float32)
+    own = reduce_features(pixels, "pca").coords
+    labels = KMeans(10, n_init=10, random_state=0).fit_predict(own)
+    agreeing = view_agreement(labels, own, reduce_features(hogs - hogs.mean(axis=0), "pca").coords)
+    unrelated = view_agreement(labels, own, reduce_features(noise - noise.mean(axis=0), "pca").coords)
+    assert agreeing > VIEW_AGREEMENT
+    assert abs(unrelated) < 0.1
+    assert view_agreement(labels, own, own) == pytest.approx(1.0)
+
+
+def test_refinement_keeps_to_the_chosen_features_when_hog_disagrees(digits) -> None:
+    pixels, hogs, truth = digits
+    noise = np.random.default_rng(1).random(hogs.shape).astype(np.float32)
+    result = AdaptiveClusterer(k=10).fit({"embedding": pixels, "hog": noise}).result_
+    assert result.representation == "embedding" and result.refined_on == "embedding"
+    assert result.view_agreement is not None and result.view_agreement < VIEW_AGREEMENT
+    assert cluster_accuracy(truth, result.labels) > 0.7
+    # Where the chosen candidate is every view joined, there is nothing to measure.
+    joined = AdaptiveClusterer(k=10).fit({"embedding": noise, "hog": hogs}).result_
+    assert joined.refined_on == "embedding+hog" and joined.record()["view_agreement"] is None
 
 
 def test_auto_k_lands_near_the_ten_digits(digits) -> None:

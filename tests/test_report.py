@@ -123,7 +123,11 @@ def test_report_shows_the_planted_duplicate_groups_with_the_largest_kept(report_
     assert ["duplicate groups", "2 (2 redundant images)"] in data["summary"]
     features = dict(data["summary"])["features chosen"]
     assert re.fullmatch(r"(embedding|embedding\+hog) \(stability: embedding \d\.\d\d, embedding\+hog -?\d\.\d\d\)", features)
-    assert re.fullmatch(r"embedding\+hog \(\d+\.\d% of images moved\)", dict(data["summary"])["refined on"])
+    choice = json.loads((report_run / "run.json").read_text())["clustering"]["pipeline"]
+    moved = f"{choice['refined_share']:.1%} of images moved"
+    if choice["view_agreement"] is not None:
+        moved += f"; views' agreement {choice['view_agreement']:.2f}"
+    assert dict(data["summary"])["refined on"] == f"{choice['refined_on']} ({moved})"
 
 
 def test_galleries_put_the_most_typical_first(report_run: Path) -> None:

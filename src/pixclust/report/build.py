@@ -421,7 +421,9 @@ def _summary_rows(view: RunView, duplicates: DuplicateReport) -> list[list[str]]
         )
         rows.append(["features chosen", choice["representation"] + (f" (stability: {stabilities})" if stabilities else "")])
         if choice.get("refined_on"):
-            rows.append(["refined on", f"{choice['refined_on']} ({choice['refined_share']:.1%} of images moved)"])
+            agreement = choice.get("view_agreement")
+            agreed = "" if agreement is None else f"; views' agreement {agreement:.2f}"
+            rows.append(["refined on", f"{choice['refined_on']} ({choice['refined_share']:.1%} of images moved{agreed})"])
     scan = clustering.get("k_scan")
     if scan:
         rows.append([f"k by {scan['criterion']} / elbow", f"{scan['chosen_k']} / {scan['elbow_k'] or 'none'}"])

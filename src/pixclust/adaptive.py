@@ -277,7 +277,9 @@ def _rounded(value: float | None) -> float | None:
 
 
 class AdaptiveClusterer:
-    """Choose the representation and k on a sample, cluster every row with k-means, then refine with every view.
+    """Choose the representation and k on a sample, cluster every row with k-means, then refine.
+
+    The refinement works with every view joined where the views agree (``view_agreement``).
 
     ``fit(views)`` takes ``{"embedding": N x d}`` and optionally ``{"hog": N x h}``
     with rows for the same images. ``k`` is a whole number or ``"auto"``

@@ -3,10 +3,14 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import tempfile
 from collections.abc import Iterator
 from pathlib import Path
+
+# What a write raises when the disk (or the user's quota, or the size limit on one file) is full.
+DISK_FULL_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
 
 
 @contextlib.contextmanager
@@ -28,6 +32,11 @@ def atomic_path(target: str | Path) -> Iterator[Path]:
         with open(tmp, "rb+") as written:
             os.fsync(written.fileno())
         os.replace(tmp, target)
+    except OSError as error:
+        # A write to a full disk fails without a file name (Python's and Arrow's alike); the message needs one.
+        if error.errno in DISK_FULL_ERRNOS and error.filename is None:
+            error.filename = str(target)
+        raise
     finally:
         tmp.unlink(missing_ok=True)
 

@@ -36,6 +36,12 @@ class OutputNotWritableError(PixclustError):
     exit_code = 2
 
 
+class RunFolderBusyError(PixclustError):
+    """Another process is writing the run folder; one writer at a time."""
+
+    exit_code = 3
+
+
 class DecodeError(PixclustError):
     """One file could not be turned into an image; the run records it and goes on.
 

@@ -3,7 +3,18 @@
 from __future__ import annotations
 
 import contextlib
+import sys
 from collections.abc import Callable, Iterator
+
+from pixclust.names import printable
+
+def warn(message: str) -> None:
+    """One line ``warning: ...`` on stderr about damage pixclust repairs by itself; shown even when quiet.
+
+    Written to ``sys.stderr`` as it is at the call, so that under a live progress bar
+    Rich prints it above the bar; a control character in a name is shown as its escape.
+    """
+    print(f"warning: {printable(message)}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager

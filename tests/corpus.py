@@ -94,6 +94,24 @@ def handmade_png(width: int, height: int, bit_depth: int, color_type: int, rows:
     return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b"")
 
 
+def tiled_tiff(width: int, height: int, tile: int, *, bits: int = 8) -> bytes:
+    """A black deflated RGB TIFF of width x height in one tile x tile tile, written by hand: Pillow writes no tiles.
+
+    libtiff decodes a tile whole whatever the picture's size, so a tile far
+    larger than the picture is a memory bomb in a small file.
+    """
+    pixels = zlib.compress(bytes(tile * tile * 3 * bits // 8), 9)
+    entries = 11
+    bits_at = 8 + 2 + entries * 12 + 4
+    pixels_at = bits_at + 6
+    # (tag, type, count, value): size, 8-bit samples, deflate, RGB, one plane, the tile and where its bytes are.
+    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, bits_at), (259, 3, 1, 8), (262, 3, 1, 2),
+            (277, 3, 1, 3), (284, 3, 1, 1), (322, 4, 1, tile), (323, 4, 1, tile), (324, 4, 1, pixels_at),
+            (325, 4, 1, len(pixels))]
+    ifd = struct.pack("<H", entries) + b"".join(struct.pack("<HHII", *tag) for tag in tags) + struct.pack("<I", 0)
+    return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<3H", bits, bits, bits) + pixels
+
+
 def as_rgb(grey: np.ndarray) -> Image.Image:
     return Image.fromarray(np.round(grey).astype(np.uint8)).convert("RGB")
 

@@ -24,7 +24,7 @@ import numpy as np
 from pixclust.errors import DecodeError, PixclustError, UsageError
 from pixclust.images import DEFAULT_MAX_PIXELS, REASON_DECODE_FAILED, full_size, load_rgb
 from pixclust.models import FeatureExtractor
-from pixclust.workers import worker_context
+from pixclust.workers import exit_with_parent, worker_context
 
 DEFAULT_BATCH_SIZE = 32
 
@@ -79,8 +79,9 @@ class ImageDecoder:
 _worker_decoder: ImageDecoder | None = None
 
 
-def _start_decode_worker(decoder: ImageDecoder) -> None:
+def _start_decode_worker(decoder: ImageDecoder, parent_pid: int) -> None:
     global _worker_decoder
+    exit_with_parent(parent_pid)
     _worker_decoder = decoder
     # Ctrl-C reaches every process in the terminal's group; the parent decides what it means and stops us.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
@@ -109,7 +110,7 @@ def decoded_batches(
             yield decoder.decode_batch(start, paths[start : start + batch_size])
         return
     pool = ProcessPoolExecutor(
-        workers, mp_context=worker_context(), initializer=_start_decode_worker, initargs=(decoder,)
+        workers, mp_context=worker_context(), initializer=_start_decode_worker, initargs=(decoder, os.getpid())
     )
     try:
         in_flight: deque[Future[list[DecodedItem]]] = deque()

@@ -1,10 +1,20 @@
-"""How pixclust's worker processes start (image decoding, report thumbnails)."""
+"""How pixclust's worker processes start (image decoding, report thumbnails), and how they end with their parent."""
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
 import multiprocessing
 import multiprocessing.context
+import os
+import signal
 import sys
+import threading
+import time
+
+_PR_SET_PDEATHSIG = 1
+# How often a worker without PR_SET_PDEATHSIG looks for its parent.
+_WATCH_INTERVAL_S = 1.0
 
 
 def worker_context() -> multiprocessing.context.BaseContext | None:
@@ -19,3 +29,41 @@ def worker_context() -> multiprocessing.context.BaseContext | None:
     ever needed there.
     """
     return multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+
+
+def exit_with_parent(parent_pid: int) -> None:
+    """Make this worker end when the process that started it (``parent_pid``) dies, even by SIGKILL.
+
+    Call it first in a pool's initializer. A killed parent never shuts its
+    pool down, and a forked worker holds the task pipe's writing end itself,
+    so it would wait for work forever. On Linux the kernel sends SIGKILL when
+    the parent goes; that signal follows the thread that started the worker,
+    which is the thread using the pool. Elsewhere a daemon thread watches the
+    parent.
+    """
+    if not _kill_me_with_parent():
+        threading.Thread(target=_watch_parent, args=(parent_pid,), name="pixclust-parent-watch", daemon=True).start()
+    # The parent may have died before the kernel was told to watch it.
+    if os.getppid() != parent_pid:
+        os._exit(1)
+
+
+def _kill_me_with_parent() -> bool:
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+        return libc.prctl(_PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0) == 0
+    except (OSError, AttributeError):
+        return False
+
+
+def _watch_parent(parent_pid: int) -> None:
+    parent = multiprocessing.parent_process()
+    if sys.platform == "win32" and parent is not None:
+        # Windows never gives an orphan another parent pid; the parent's process handle says when it ends.
+        parent.join()
+    else:
+        while os.getppid() == parent_pid:
+            time.sleep(_WATCH_INTERVAL_S)
+    os._exit(1)

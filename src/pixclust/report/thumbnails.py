@@ -21,10 +21,10 @@ from pixclust.atomic import atomic_path
 from pixclust.errors import DecodeError
 from pixclust.images import load_rgb
 from pixclust.progress import progress_bar
+from pixclust.run_folder import THUMBNAILS_FILE
 from pixclust.store import read_table_or_none
-from pixclust.workers import worker_context
+from pixclust.workers import exit_with_parent, worker_context
 
-THUMBNAILS_FILE = "thumbnails.parquet"
 THUMB_SIDE = 80
 _WEBP_QUALITY = 70
 _CHUNK = 64
@@ -61,7 +61,9 @@ def load_thumbnails(
         made: list[bytes | None] = []
         with progress_bar("thumbnails", len(files), quiet=quiet) as advance:
             if workers > 1:
-                with ProcessPoolExecutor(workers, mp_context=worker_context()) as pool:
+                with ProcessPoolExecutor(
+                    workers, mp_context=worker_context(), initializer=exit_with_parent, initargs=(os.getpid(),)
+                ) as pool:
                     for result in pool.map(_thumbnail_chunk, chunks, [side] * len(chunks)):
                         made.extend(result)
                         advance(len(result))

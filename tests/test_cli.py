@@ -137,7 +137,7 @@ def test_report_command_rebuilds_and_refuses_a_non_run(tmp_path: Path, messy_tre
     rebuilt = pixclust("report", str(run_dir), "--map", "pca", "-q")
     assert rebuilt.returncode == 0, rebuilt.stderr
     assert (run_dir / "report.html").is_file() and (run_dir / "plots" / "map_pca.png").is_file()
-    assert_one_line_error(pixclust("report", str(tmp_path)), 2, "no embeddings.parquet")
+    assert_one_line_error(pixclust("report", str(tmp_path)), 2, "is not a pixclust run folder")
     assert_one_line_error(pixclust("report", str(run_dir), "--map", "mds"), 2, "--map 'mds'")
 
 

@@ -18,6 +18,7 @@ from pixclust.export import (
 from pixclust.clustering import ClusterResult
 from pixclust.images import SkippedFile
 from pixclust.reduce import Reduction
+from pixclust.run_folder import RunFolder
 
 
 def test_cluster_names_sort_as_folders_and_name_noise() -> None:
@@ -51,9 +52,8 @@ def _sources(root: Path) -> list[str]:
 
 def test_cluster_folders_link_originals_and_resolve_name_clashes(tmp_path: Path) -> None:
     sources = _sources(tmp_path / "src")
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    folder = export_cluster_folders(run_dir, sources, np.array([0, 0, 1]))
+    with RunFolder.open(tmp_path / "run").writing() as run_folder:
+        folder = export_cluster_folders(run_folder, sources, np.array([0, 0, 1]))
     entries = sorted(p.name for p in (folder / "cluster_00").iterdir())
     assert entries == ["same.jpg", "same~2.jpg"]
     link = folder / "cluster_00" / "same.jpg"
@@ -64,13 +64,15 @@ def test_cluster_folders_link_originals_and_resolve_name_clashes(tmp_path: Path)
 def test_re_export_replaces_the_previous_folders_and_copy_copies(tmp_path: Path) -> None:
     sources = _sources(tmp_path / "src")
     run_dir = tmp_path / "run"
-    run_dir.mkdir()
-    export_cluster_folders(run_dir, sources, np.array([0, 1, 2]))
-    folder = export_cluster_folders(run_dir, sources, np.array([0, 0, 0]), copy=True)
+    with RunFolder.open(run_dir).writing() as run_folder:
+        export_cluster_folders(run_folder, sources, np.array([0, 1, 2]))
+        folder = export_cluster_folders(run_folder, sources, np.array([0, 0, 0]), copy=True)
     assert sorted(p.name for p in folder.iterdir()) == ["cluster_00"]
     copied = folder / "cluster_00" / "other.png"
     assert not copied.is_symlink() and copied.read_bytes() == Path(sources[2]).read_bytes()
-    assert sorted(p.name for p in run_dir.iterdir()) == ["clusters"]
+    # Nothing of the staging folders or the retired clusters/ is left.
+    assert sorted(p.name for p in run_dir.iterdir() if not p.name.startswith(".pixclust")) == ["clusters"]
+    assert not [p for p in run_dir.iterdir() if p.name.startswith(".pixclust-staging")]
 
 
 def test_tables_are_plain_csv(tmp_path: Path) -> None:

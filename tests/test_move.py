@@ -28,6 +28,7 @@ import pixclust
 from pixclust.errors import UsageError
 from pixclust.move import JOURNAL, check_no_moves, resume_moves
 from pixclust.pipeline import RunConfig
+from pixclust.run_folder import RunFolder
 
 N_IMAGES = 30
 BAD_FILES = {"bad/empty.jpg": b"", "bad/notes.png": b"not a picture\n"}
@@ -165,7 +166,7 @@ def test_move_puts_each_image_in_its_cluster_folder_and_guards_them(tmp_path: Pa
     # A later run into this folder would replace clusters/, where the originals now live.
     with pytest.raises(UsageError, match="--move put there"):
         pixclust.run(RunConfig(str(source_root), str(run_dir), model="pixels"), quiet=True)
-    with pytest.raises(UsageError, match="--copy and --move"):
+    with pytest.raises(UsageError, match="copy=True and move=True"):
         RunConfig(str(source_root), str(tmp_path / "other"), copy=True, move=True)
 
 
@@ -255,8 +256,8 @@ def test_resume_after_a_kill_tore_the_last_journal_line(tmp_path: Path) -> None:
     lines = [line for line in journal.read_text().splitlines() if "finished" not in line][:-3]
     journal.write_text("\n".join(lines) + '\n{"do')
 
-    with pytest.raises(UsageError, match="did not finish"):
-        check_no_moves(run_dir)
+    with pytest.raises(UsageError, match="did not finish"), RunFolder.open(run_dir).writing() as folder:
+        check_no_moves(folder)
     report = resume_moves(run_dir)
 
     assert report.moved == N_IMAGES and report.left == []

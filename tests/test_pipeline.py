@@ -169,7 +169,7 @@ def test_run_without_usable_images_says_so_and_lists_why(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"k": "ten"}, "--k 'ten'"), ({"method": "dbscan"}, "--method 'dbscan'"), ({"reduce": "tsne"}, "--reduce 'tsne'"),
+    [({"k": "ten"}, "k='ten'"), ({"method": "dbscan"}, "method='dbscan'"), ({"reduce": "tsne"}, "reduce='tsne'"),
      ({"k_min": 5, "k_max": 3}, "k range"), ({"colour": "red"}, "unknown settings colour")],
 )
 def test_bad_settings_are_one_line_usage_errors(settings: dict, message: str) -> None:

@@ -175,11 +175,11 @@ def test_a_node_whose_model_differs_stops_the_run_with_one_line(ray_cluster: Any
 
 
 def test_engine_options_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    with pytest.raises(UsageError, match="--engine 'spark' is not known"):
+    with pytest.raises(UsageError, match="engine='spark' is not known"):
         RunConfig("photos", str(tmp_path), engine="spark")
-    with pytest.raises(UsageError, match="add --engine ray"):
+    with pytest.raises(UsageError, match="add engine='ray'"):
         RunConfig("photos", str(tmp_path), address="head:6379")
-    with pytest.raises(UsageError, match="drop it with --engine ray"):
+    with pytest.raises(UsageError, match="drop it with engine='ray'"):
         RunConfig("photos", str(tmp_path), engine="ray", workers=2)
     # As if Ray were not installed: a None entry makes `import ray` fail.
     monkeypatch.setitem(sys.modules, "ray", None)

@@ -179,5 +179,5 @@ def test_a_run_hands_its_embeddings_to_the_report_instead_of_reading_them_again(
 
 
 def test_report_on_a_folder_that_is_no_run_says_so(tmp_path: Path) -> None:
-    with pytest.raises(UsageError, match="no embeddings.parquet"):
+    with pytest.raises(UsageError, match="is not a pixclust run folder"):
         build_report(tmp_path)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
@@ -16,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
 import typer
 
 from pixclust.errors import PixclustError, UsageError
+from pixclust.names import printable
 
 if TYPE_CHECKING:
     from pixclust.move import MoveReport
@@ -37,7 +39,20 @@ def _console(stderr: bool = False) -> Any:
     from rich.console import Console
 
     # Messages stay one line however narrow the terminal: scripts and people grep them.
-    return Console(stderr=stderr, highlight=False, soft_wrap=stderr)
+    # No emoji codes: a file named ":smile:.png" is printed as its name.
+    return Console(stderr=stderr, highlight=False, soft_wrap=stderr, emoji=False)
+
+
+def _shown(value: object) -> str:
+    """A user-controlled string (a path, a class name, an error naming them) ready for Rich to print as it is.
+
+    Brackets would be read as Rich markup ("a[/b].png" raises MarkupError), control
+    characters would reach the terminal ("\\x1b[2J" clears it), and bytes that are
+    not UTF-8 cannot be written: each is shown as its escape instead.
+    """
+    from rich.markup import escape
+
+    return escape(printable(str(value)))
 
 
 @app.command("cluster")
@@ -102,12 +117,17 @@ def cluster_command(
         "engine": engine,
         "address": address,
     }
+    chosen = {name: value for name, value in given.items() if value is not None}
     settings = _read_config(config) if config else {}
-    settings.update({name: value for name, value in given.items() if value is not None})
-    if not settings.get("source"):
+    settings.update(chosen)
+    source = settings.get("source")
+    if not source:
         raise UsageError("no image folder given; run: pixclust cluster FOLDER (or --config RUN/run.json)")
-    settings.setdefault("out", str(Path("pixclust-out") / (Path(settings["source"]).resolve().name or "run")))
-    _render_run(run(RunConfig.from_dict(settings), quiet=quiet))
+    if isinstance(source, str):
+        # abspath, not resolve(): a source that is not a usable path is for RunConfig to refuse in one line.
+        settings.setdefault("out", str(Path("pixclust-out") / (os.path.basename(os.path.abspath(source)) or "run")))
+    # Settings replayed from --config are not the user's choices now: only the options typed are checked as such.
+    _render_run(run(RunConfig.from_dict(settings, given=set(chosen), from_cli=True), quiet=quiet))
 
 
 def _split_maps(values: list[str] | None) -> list[str] | None:
@@ -119,11 +139,15 @@ def _split_maps(values: list[str] | None) -> list[str] | None:
 
 def _read_config(path: Path) -> dict[str, Any]:
     try:
-        record = json.loads(path.read_text(encoding="utf-8"))
+        record = json.loads(path.read_bytes().decode("utf-8"))
     except OSError as error:
         raise UsageError(f"--config {path}: cannot read it ({error.strerror}); pass a run folder's run.json") from error
+    except UnicodeDecodeError as error:
+        raise UsageError(f"--config {path}: not UTF-8 text (byte {error.start}); pass a run.json written by pixclust cluster") from error
     except json.JSONDecodeError as error:
         raise UsageError(f"--config {path}: not valid JSON ({error.msg}, line {error.lineno})") from error
+    except RecursionError as error:
+        raise UsageError(f"--config {path}: nested too deeply to be a run.json written by pixclust cluster") from error
     settings = record.get("config") if isinstance(record, dict) else None
     if not isinstance(settings, dict):
         raise UsageError(f"--config {path}: has no 'config' section; pass a run.json written by pixclust cluster")
@@ -168,10 +192,10 @@ def _render_run(result: RunResult) -> None:
         + f"; {embeddings.n_extracted:,} embedded, {embeddings.n_reused:,} reused from the store"
     )
     if result.config.report:
-        console.print(f"report: {result.run_dir / 'report.html'}")
+        console.print(f"report: {_shown(result.run_dir / 'report.html')}")
     if result.moves is not None:
         _render_moves(result.moves)
-    console.print(f"run folder: {result.run_dir}")
+    console.print(f"run folder: {_shown(result.run_dir)}")
 
 
 @app.command("report")
@@ -185,7 +209,7 @@ def report_command(
     from pixclust.report import build_report
 
     path = build_report(run_dir, maps=_split_maps(maps) or list(DEFAULT_MAPS), quiet=quiet)
-    _console().print(f"report: {path}")
+    _console().print(f"report: {_shown(path)}")
 
 
 @app.command("models")
@@ -200,7 +224,7 @@ def models_command() -> None:
         table.add_column(column, justify="right" if column == "dim" else "left")
     for status in model_statuses():
         name = status.spec.name + (" (default)" if status.spec.name == DEFAULT_MODEL else "")
-        table.add_row(name, str(status.spec.dim), "yes" if status.offline else "no", status.spec.description, status.note)
+        table.add_row(name, str(status.spec.dim), "yes" if status.offline else "no", status.spec.description, _shown(status.note))
     console = _console()
     console.print(table)
     console.print("Any timm model also works as timm:NAME (weights download on first use).")
@@ -215,7 +239,7 @@ def demo_command(
     """Cluster scikit-learn's 1,797 handwritten digits (written as PNGs) and score against their classes."""
     from pixclust.demo import run_demo
 
-    _console().print(f"Writing scikit-learn's digits as PNG files under {out} and clustering them...")
+    _console().print(f"Writing scikit-learn's digits as PNG files under {_shown(out)} and clustering them...")
     _render_run(run_demo(out, k=k, quiet=quiet))
 
 
@@ -236,14 +260,14 @@ def similar_command(
     result = find_similar(source, queries, top=top, min_similarity=min_sim, ids=ids, out=out)
     console = _console()
     for query, answer in zip(result.queries, result.answers, strict=True):
-        table = Table(title=query if answer else f"{query}: no match", title_justify="left")
+        table = Table(title=_shown(query) if answer else f"{_shown(query)}: no match", title_justify="left")
         for column in ("rank", "similarity", "path"):
             table.add_column(column, justify="left" if column == "path" else "right")
         for match in answer:
-            table.add_row(str(match.rank), f"{match.similarity:.3f}", match.path)
+            table.add_row(str(match.rank), f"{match.similarity:.3f}", _shown(match.path))
         console.print(table)
     if result.csv_path:
-        console.print(f"table: {result.csv_path}; {len(result.sheets)} contact sheets")
+        console.print(f"table: {_shown(result.csv_path)}; {len(result.sheets)} contact sheets")
 
 
 @app.command("duplicates")
@@ -266,7 +290,7 @@ def duplicates_command(
     for column in ("group", "kind", "images", "keep", "min sim"):
         table.add_column(column, justify="right" if column in ("group", "images", "min sim") else "left")
     for number, group in enumerate(report.groups, start=1):
-        table.add_row(str(number), group.kind, str(len(group.rows)), paths[group.keeper], f"{group.min_similarity:.3f}")
+        table.add_row(str(number), group.kind, str(len(group.rows)), _shown(paths[group.keeper]), f"{group.min_similarity:.3f}")
     console = _console()
     console.print(table)
     console.print(
@@ -274,7 +298,7 @@ def duplicates_command(
         f"colour compared for {report.colour_checked:,} pairs ({report.colour_rejected:,} rejected, {report.colour_unchecked:,} unreadable)"
     )
     if result.csv_path:
-        console.print(f"table: {result.csv_path}" + (f"; links: {result.links}" if result.links else ""))
+        console.print(f"table: {_shown(result.csv_path)}" + (f"; links: {_shown(result.links)}" if result.links else ""))
 
 
 @app.command("label")
@@ -304,17 +328,19 @@ def label_command(
     names = [*result.class_names, "none"]
     table.add_column("threshold", justify="right")
     for name in names:
-        table.add_column(name, justify="right")
+        table.add_column(_shown(name), justify="right")
     for cut, counts in result.table.items():
         table.add_row(f"{cut:.2f}", *(f"{counts[name]:,}" for name in names))
     counts = result.counts()
     table.add_section()
     table.add_row(f"{result.method}", *(f"{counts[name]:,}" for name in names))
     console.print(table)
-    console.print("examples: " + ", ".join(f"{name} {n}" for name, n in run.references.counts().items()))
+    console.print("examples: " + ", ".join(f"{_shown(name)} {n}" for name, n in run.references.counts().items()))
     for row in result.suggestions:
-        console.print(f"label next: {result.paths[row]} (now {result.label_name(row)}, confidence {result.confidence[row]:.2f})")
-    console.print(f"labels: {run.labels_csv}; {len(run.sheets)} contact sheets in {out / 'sheets'}")
+        console.print(
+            f"label next: {_shown(result.paths[row])} (now {_shown(result.label_name(row))}, confidence {result.confidence[row]:.2f})"
+        )
+    console.print(f"labels: {_shown(run.labels_csv)}; {len(run.sheets)} contact sheets in {_shown(out / 'sheets')}")
 
 
 @app.command("train")
@@ -348,7 +374,7 @@ def train_command(
     classifier = train(
         labels, source, out=out, heads=head or ("logistic", "mlp"), cv=cv, finetune=finetune, finetune_settings=settings, ids=ids, random_state=seed, quiet=quiet
     )
-    console.print("classes: " + ", ".join(f"{name} {n:,}" for name, n in classifier.class_counts.items()))
+    console.print("classes: " + ", ".join(f"{_shown(name)} {n:,}" for name, n in classifier.class_counts.items()))
     if classifier.finetuned is None:
         console.print(f"best: {classifier.head} {classifier.params}, cross-validated macro F1 {classifier.cv_f1:.3f}")
     else:
@@ -357,7 +383,7 @@ def train_command(
             f"fine-tuned: best epoch {classifier.finetuned.best_epoch} of {len(history) - 1}, validation macro F1 {classifier.cv_f1:.3f} "
             f"(linear probe alone {history[0]['validation_f1']:.3f}, {len(classifier.finetuned.validation):,} held-out images)"
         )
-    console.print(f"classifier: {out}")
+    console.print(f"classifier: {_shown(out)}")
 
 
 @app.command("evaluate")
@@ -383,21 +409,21 @@ def evaluate_command(
     for column in ("class", "support", "precision", "recall", "F1", "AUC"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in evaluation.per_class:
-        table.add_row(row.name, f"{row.support:,}", cell(row.precision), cell(row.recall), cell(row.f1), cell(row.auc))
+        table.add_row(_shown(row.name), f"{row.support:,}", cell(row.precision), cell(row.recall), cell(row.f1), cell(row.auc))
     console = _console()
     console.print(table)
     for row in evaluation.per_class:
         if row.note:
-            console.print(f"{row.name}: {row.note}")
+            console.print(f"{_shown(row.name)}: {_shown(row.note)}")
     confusion = Table(title="confusion (rows: truth, columns: predicted)", title_justify="left")
     confusion.add_column("")
     for name in evaluation.classes:
-        confusion.add_column(name, justify="right")
+        confusion.add_column(_shown(name), justify="right")
     for name, counts in zip(evaluation.classes, evaluation.confusion, strict=True):
-        confusion.add_row(name, *(f"{int(n):,}" for n in counts))
+        confusion.add_row(_shown(name), *(f"{int(n):,}" for n in counts))
     console.print(confusion)
     if run.roc_png:
-        console.print(f"ROC curves: {run.roc_png}")
+        console.print(f"ROC curves: {_shown(run.roc_png)}")
 
 
 @app.command("predict")
@@ -415,11 +441,11 @@ def predict_command(
     for column in ("path", "label", "probability"):
         table.add_column(column, justify="right" if column == "probability" else "left")
     for item in run.predictions:
-        table.add_row(item.path, item.label, f"{item.probability:.3f}")
+        table.add_row(_shown(item.path), _shown(item.label), f"{item.probability:.3f}")
     console = _console()
     console.print(table)
     for item in run.skipped:
-        console.print(f"skipped {item.path}: {item.reason} ({item.detail})")
+        console.print(f"skipped {_shown(item.path)}: {_shown(item.reason)} ({_shown(item.detail)})")
 
 
 @app.command("resume-move")
@@ -434,11 +460,13 @@ def resume_move_command(
 
 def _render_moves(report: MoveReport) -> None:
     console = _console()
-    console.print(f"{report.moved:,} images moved into the cluster folders; the journal is {report.journal}")
+    console.print(f"{report.moved:,} images moved into the cluster folders; the journal is {_shown(report.journal)}")
     for move, why in report.left:
-        console.print(f"not moved: {move.source}: {why}")
+        console.print(f"not moved: {_shown(move.source)}: {_shown(why)}")
     if report.left:
-        console.print(f"{len(report.left):,} images are still at their source; fix the cause, then: pixclust resume-move {report.journal.parent}")
+        console.print(
+            f"{len(report.left):,} images are still at their source; fix the cause, then: pixclust resume-move {_shown(report.journal.parent)}"
+        )
         raise typer.Exit(1)
 
 
@@ -447,11 +475,23 @@ def main() -> None:
     try:
         code = app(standalone_mode=False)
     except PixclustError as error:
-        from rich.markup import escape
-
-        # escape(): a message such as "pip install 'pixclust[ray]'" holds brackets that Rich would take for markup.
-        _console(stderr=True).print(f"[red]error:[/red] {escape(str(error))}")
+        # A message such as "pip install 'pixclust[ray]'" holds brackets, and one naming a file may hold anything.
+        _console(stderr=True).print(f"[red]error:[/red] {_shown(error)}")
         sys.exit(error.exit_code)
+    except OSError as error:
+        from pixclust.atomic import DISK_FULL_ERRNOS
+
+        if error.errno not in DISK_FULL_ERRNOS:
+            raise
+        # Every file is written beside its target and renamed into place, and a move copies before it unlinks,
+        # so a full disk leaves what was there before whole. A copy names its source first, its destination second.
+        written = error.filename2 or error.filename
+        _console(stderr=True).print(
+            "[red]error:[/red] no space left on the disk"
+            + (f" while writing {_shown(written)}" if written else "")
+            + "; free some space and run the same command again (work done so far is kept)"
+        )
+        sys.exit(1)
     except (KeyboardInterrupt, typer.Abort):
         _exit_interrupted()
     except typer.Exit as done:

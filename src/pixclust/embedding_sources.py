@@ -20,10 +20,10 @@ import numpy as np
 from pixclust.embedder import Embedder
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
-from pixclust.export import RUN_JSON
 from pixclust.images import SkippedFile, discover_images
 from pixclust.models import RANDOM_WEIGHTS, FeatureExtractor, load_extractor
-from pixclust.store import EMBEDDINGS_FILE, EmbeddingStore
+from pixclust.run_folder import EMBEDDINGS_FILE, RUN_JSON
+from pixclust.store import EmbeddingStore
 
 PRECOMPUTED = "precomputed"
 _ID_COLUMNS = ("id", "path", "file", "filename", "image")

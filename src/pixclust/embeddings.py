@@ -9,6 +9,7 @@ import numpy as np
 import pyarrow as pa
 
 from pixclust.images import SkippedFile
+from pixclust.names import escape_name, unescape_name
 
 VECTOR_COLUMN = "vector"
 # Every column of ``embeddings.parquet`` but the vectors: what a row is, cheap to read on its own.
@@ -63,7 +64,8 @@ class Embeddings:
         n = len(self.paths)
         return pa.Table.from_arrays(
             [
-                pa.array(self.paths, pa.string()),
+                # Arrow strings must be UTF-8; a name that is not is stored escaped (pixclust.names).
+                pa.array([escape_name(path) for path in self.paths], pa.string()),
                 pa.array(self.content_hashes, pa.string()),
                 pa.array([self.model_id] * n, pa.string()),
                 pa.array(self.file_sizes, pa.int64()),
@@ -88,7 +90,7 @@ class Embeddings:
         if len(model_ids) > 1:
             raise ValueError(f"table mixes embeddings of several models: {sorted(model_ids)}")
         return cls(
-            paths=rows.column("path").to_pylist(),
+            paths=[unescape_name(path) for path in rows.column("path").to_pylist()],
             vectors=vectors,
             content_hashes=rows.column("content_hash").to_pylist(),
             file_sizes=rows.column("file_size").to_numpy(),

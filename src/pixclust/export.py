@@ -14,25 +14,22 @@ import json
 import os
 import re
 import shutil
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pixclust.atomic import permissions_for_new, write_text_atomic
+from pixclust.atomic import write_text_atomic
 from pixclust.images import SkippedFile
 from pixclust.metrics import NOISE_LABEL
+from pixclust.names import text_cells
+from pixclust.run_folder import CLUSTERS_CSV, CLUSTERS_DIR, COPY, DIR, ERRORS_CSV, LINK, RUN_JSON, RunFolder
 
 if TYPE_CHECKING:
     from pixclust.clustering import ClusterResult
 
-CLUSTERS_CSV = "clusters.csv"
-ERRORS_CSV = "errors.csv"
-RUN_JSON = "run.json"
-CLUSTERS_DIR = "clusters"
 NOISE_NAME = "noise"
 
 
@@ -69,11 +66,12 @@ def cluster_summary(labels: np.ndarray) -> list[ClusterRow]:
     return rows
 
 
-def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]]) -> str:
+def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]], *, text: Collection[str]) -> str:
+    """The table as CSV; cells of the ``text`` columns are written by :func:`pixclust.names.to_cell` (any name, never a formula)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(header)
-    writer.writerows(rows)
+    writer.writerows(text_cells(header, rows, text))
     return buffer.getvalue()
 
 
@@ -87,7 +85,7 @@ def write_clusters_csv(path: Path, paths: Sequence[str], clustering: ClusterResu
         )
     )
     header = ("path", "cluster", "cluster_id", "distance", "silhouette", "x", "y")
-    write_text_atomic(path, _csv_text(header, rows))
+    write_text_atomic(path, _csv_text(header, rows, text=("path",)))
 
 
 def _number(value: float) -> str:
@@ -98,7 +96,8 @@ def _number(value: float) -> str:
 def write_errors_csv(path: Path, skipped: Sequence[SkippedFile]) -> None:
     """Every file that could not be used, with a short reason and the full detail."""
     rows = ((item.path, item.reason, item.detail) for item in skipped)
-    write_text_atomic(path, _csv_text(("path", "reason", "detail"), rows))
+    header = ("path", "reason", "detail")
+    write_text_atomic(path, _csv_text(header, rows, text=header))
 
 
 def write_run_json(path: Path, record: dict[str, Any]) -> None:
@@ -136,25 +135,27 @@ def safe_file_name(name: str) -> str:
     return kept + extension
 
 
-def export_cluster_folders(
-    run_dir: Path, paths: Sequence[str], labels: np.ndarray, *, copy: bool = False
-) -> Path:
-    """Build ``clusters/<name>/`` with a link (or copy) of each image, named as ``cluster_entries`` says, replacing any previous ones."""
-    final = run_dir / CLUSTERS_DIR
-    staging = Path(tempfile.mkdtemp(prefix=f".{CLUSTERS_DIR}.", dir=run_dir))
-    os.chmod(staging, permissions_for_new(0o777))
-    try:
-        for file, folder, entry in cluster_entries(paths, labels):
-            target = staging / folder / entry
-            target.parent.mkdir(exist_ok=True)
+def export_cluster_folders(folder: RunFolder, paths: Sequence[str], labels: np.ndarray, *, copy: bool = False) -> Path:
+    """Build ``clusters/<name>/`` with a link (or copy) of each image, named as ``cluster_entries`` says.
+
+    The folders are built in a staging folder and swapped in whole; the previous
+    ``clusters/`` goes only if everything in it is pixclust's (the run folder checks).
+    """
+    folder.check_replaceable(CLUSTERS_DIR)
+    entries = cluster_entries(paths, labels)
+    with folder.staging() as staging:
+        for cluster in sorted({cluster for _, cluster, _ in entries}):
+            (staging / cluster).mkdir()
+        for file, cluster, entry in entries:
+            target = staging / cluster / entry
             if copy:
                 shutil.copy2(file, target)
             else:
                 os.symlink(os.path.abspath(file), target)
-        _swap_in(staging, final)
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return final
+        made = [(f"{CLUSTERS_DIR}/{cluster}", DIR) for cluster in sorted({cluster for _, cluster, _ in entries})]
+        made += [(f"{CLUSTERS_DIR}/{cluster}/{entry}", COPY if copy else LINK) for _, cluster, entry in entries]
+        folder.swap_in(staging, CLUSTERS_DIR, made)
+    return folder.path(CLUSTERS_DIR)
 
 
 def cluster_entries(paths: Sequence[str], labels: np.ndarray) -> list[tuple[str, str, str]]:
@@ -180,15 +181,3 @@ def _unique_name(name: str, taken: set[str]) -> str:
         candidate = f"{stem}~{n}{suffix}"
     taken.add(candidate)
     return candidate
-
-
-def _swap_in(staging: Path, final: Path) -> None:
-    """Replace ``final`` by ``staging``; at every moment one complete version exists on disk."""
-    if final.exists() or final.is_symlink():
-        retired = final.with_name(f".{final.name}.old")
-        shutil.rmtree(retired, ignore_errors=True)
-        os.replace(final, retired)
-        os.replace(staging, final)
-        shutil.rmtree(retired, ignore_errors=True)
-    else:
-        os.replace(staging, final)

@@ -24,6 +24,7 @@ import numpy as np
 from pixclust.embedder import DEFAULT_BATCH_SIZE, Embedder
 from pixclust.embeddings import Embeddings
 from pixclust.engines import check_engine
+from pixclust.errors import DecodeError
 from pixclust.images import DEFAULT_MAX_PIXELS, REASON_UNREADABLE, SkippedFile, discover_images
 from pixclust.models import DEFAULT_MODEL, load_extractor
 from pixclust.progress import progress_bar
@@ -64,7 +65,7 @@ def embed(
     discovery = discover_images(root, include_hidden=include_hidden)
     extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision, lazy=True)
     store = EmbeddingStore(out) if out is not None else None
-    known = store.known(extractor.model_id) if store else KnownEmbeddings()
+    known = store.known(extractor.model_id, extractor.dim) if store else KnownEmbeddings()
 
     files, hashes, stats, skipped = _hash_files([str(p) for p in discovery.files], known, quiet=quiet)
     skipped = list(discovery.skipped) + skipped
@@ -209,6 +210,8 @@ def _hash_files(
             return digest, stat
         except OSError as error:
             return SkippedFile(path, REASON_UNREADABLE, f"cannot read the file ({error.strerror or error})")
+        except DecodeError as error:
+            return SkippedFile(path, error.reason, error.detail)
 
     files, hashes, stats, skipped = [], [], [], []
     with progress_bar("hashing", len(paths), unit="files", quiet=quiet) as advance, ThreadPoolExecutor(_HASH_THREADS) as pool:

@@ -33,6 +33,7 @@ import numpy as np
 
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
+from pixclust.names import from_cell
 from pixclust.reduce import l2_normalize
 
 NONE = "none"
@@ -59,7 +60,7 @@ def references_from_csv(path: str | Path, embeddings: Embeddings) -> References:
 
     try:
         with open(path, newline="", encoding="utf-8") as stream:
-            pairs = [(row[0].strip(), row[1].strip()) for row in csv.reader(stream) if len(row) >= 2]
+            pairs = [(from_cell(row[0].strip()), from_cell(row[1].strip())) for row in csv.reader(stream) if len(row) >= 2]
     except OSError as error:
         raise UsageError(f"cannot read --refs {path} ({error.strerror}); give a folder of class folders or a CSV of class,id") from error
     if pairs and pairs[0][0].lower() in ("class", "label"):
@@ -270,7 +271,8 @@ def read_labelled_list(path: str | Path) -> list[tuple[str, str]]:
     """
     try:
         with open(path, newline="", encoding="utf-8-sig") as stream:
-            rows = [[cell.strip() for cell in row] for row in csv.reader(stream) if len(row) >= 2]
+            # from_cell: labels.csv written by pixclust holds its names escaped and formula-proofed (pixclust.names).
+            rows = [[from_cell(cell.strip()) for cell in row] for row in csv.reader(stream) if len(row) >= 2]
     except OSError as error:
         raise UsageError(f"cannot read {path} ({error.strerror}); give a CSV of id,label rows") from error
     if not rows:

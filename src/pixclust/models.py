@@ -27,7 +27,7 @@ from typing import Any
 
 import numpy as np
 
-from pixclust.atomic import atomic_path
+from pixclust.atomic import DISK_FULL_ERRNOS, atomic_path
 from pixclust.errors import ModelUnavailableError, UsageError
 from pixclust.runtimes import Runner, cache_dir, check_runtime, make_runner, runner_from_export
 
@@ -561,6 +561,8 @@ def _download_pretrained(spec: ModelSpec) -> Any:
     try:
         return timm.create_model(spec.timm_name, pretrained=True, num_classes=0)
     except Exception as error:
+        if isinstance(error, OSError) and error.errno in DISK_FULL_ERRNOS:
+            raise  # the connection is fine: cli.main says the disk is full
         raise ModelUnavailableError(
             f"model '{spec.name}': downloading pretrained weights failed ({type(error).__name__}); "
             f"check the connection, pass --weights FILE, or use the offline default '{DEFAULT_MODEL}'"

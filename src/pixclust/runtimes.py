@@ -16,12 +16,13 @@ import warnings
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from pixclust.atomic import atomic_path
 from pixclust.errors import UsageError
+from pixclust.progress import warn
 
 RUNTIMES = ("auto", "openvino", "onnxruntime", "torch")
 PRECISIONS = ("auto", "fp32", "bf16", "fp16")
@@ -104,6 +105,8 @@ def runner_from_export(model_id: str, input_size: int, *, runtime: str = "auto",
             return maker(None, model_id, input_size, precision)
         except ImportError:
             continue
+        except _DamagedExport:
+            return None
     return None
 
 
@@ -170,6 +173,36 @@ def exported_onnx(network: Any, model_id: str, input_size: int) -> Path:
     return target
 
 
+_Loaded = TypeVar("_Loaded")
+
+
+class _DamagedExport(Exception):
+    """The cached export would not load and is removed; there is no network here to export it again from."""
+
+
+def _load_export(
+    load: Callable[[Path], _Loaded], network: Any, model_id: str, input_size: int, *, damaged: tuple[type[Exception], ...]
+) -> _Loaded:
+    """``load`` of the network's export (made first if need be); a cached one that raises ``damaged`` is exported again.
+
+    A file cut short or overwritten in the cache would otherwise fail every run, since a
+    cached export is never replaced. Without ``network`` (:func:`runner_from_export`) the
+    file is removed and :class:`_DamagedExport` raised, so that the caller builds the network.
+    """
+    target = onnx_path(model_id, input_size)
+    was_cached = target.is_file()
+    try:
+        return load(exported_onnx(network, model_id, input_size))
+    except damaged as error:
+        if not was_cached:
+            raise
+        target.unlink(missing_ok=True)
+        warn(f"the cached network {target} would not load ({type(error).__name__}); it is exported again")
+        if network is None:
+            raise _DamagedExport from error
+    return load(exported_onnx(network, model_id, input_size))
+
+
 def _openvino_runner(network: Any, model_id: str, input_size: int, precision: str) -> Runner:
     import openvino
 
@@ -182,10 +215,14 @@ def _openvino_runner(network: Any, model_id: str, input_size: int, precision: st
     # LATENCY: one stream over every core. pixclust runs one batch at a time, and under the
     # THROUGHPUT hint such a call gets one of several streams, i.e. a share of the cores: on this
     # project's 2-core machine Lite0 bf16 ran 349 images/s that way against 668 (same run).
-    compiled = core.compile_model(
-        core.read_model(exported_onnx(network, model_id, input_size)),
-        "CPU",
-        {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"},
+    compiled = _load_export(
+        lambda path: core.compile_model(
+            core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+        ),
+        network,
+        model_id,
+        input_size,
+        damaged=(RuntimeError,),
     )
 
     def run(batch: np.ndarray) -> np.ndarray:
@@ -199,8 +236,14 @@ def _onnxruntime_runner(network: Any, model_id: str, input_size: int, precision:
 
     if precision not in ("auto", "fp32"):
         raise UsageError(f"--precision {precision} is not offered by onnxruntime on a CPU; use fp32 or --runtime openvino")
-    session = onnxruntime.InferenceSession(
-        str(exported_onnx(network, model_id, input_size)), providers=["CPUExecutionProvider"]
+    from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf
+
+    session = _load_export(
+        lambda path: onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]),
+        network,
+        model_id,
+        input_size,
+        damaged=(Fail, InvalidArgument, InvalidGraph, InvalidProtobuf),
     )
 
     def run(batch: np.ndarray) -> np.ndarray:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import csv
 import os
-from collections.abc import Iterable, Sequence
+from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -26,6 +26,7 @@ from pixclust.export import safe_file_name
 from pixclust.images import SkippedFile
 from pixclust.figures import write_contact_sheet, write_roc_plot
 from pixclust.label import DEFAULT_THRESHOLDS, NONE, LabelResult, References
+from pixclust.names import text_cells
 from pixclust.search import DEFAULT_DUPLICATE_THRESHOLD, DuplicateReport, Match
 
 if TYPE_CHECKING:
@@ -42,11 +43,12 @@ DUPLICATE_LINKS_DIR = "duplicate_links"
 SHEET_LIMIT = 64
 
 
-def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]]) -> Path:
+def _write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]], *, text: Collection[str]) -> Path:
+    """Write the table; cells of the ``text`` columns go through :func:`pixclust.names.to_cell` (any name, never a formula)."""
     with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream, lineterminator="\n")
         writer.writerow(header)
-        writer.writerows(rows)
+        writer.writerows(text_cells(header, rows, text))
     return path
 
 
@@ -103,7 +105,7 @@ def find_similar(
         return SimilarResult(names, answers, None, [])
     folder = Path(out)
     rows = ((m.query, m.rank, m.path, f"{m.similarity:.4f}") for answer in answers for m in answer)
-    csv_path = _write_csv(folder / SIMILAR_CSV, ("query", "rank", "path", "similarity"), rows)
+    csv_path = _write_csv(folder / SIMILAR_CSV, ("query", "rank", "path", "similarity"), rows, text=("query", "path"))
     sheets = []
     if _are_files(embeddings):
         for number, (name, answer) in enumerate(zip(names, answers, strict=True)):
@@ -152,18 +154,21 @@ def find_duplicate_images(
         for number, group in enumerate(report.groups, start=1)
         for row in group.rows
     )
-    csv_path = _write_csv(folder / DUPLICATES_CSV, ("group", "kind", "path", "keep", "width", "height", "min_similarity"), rows)
+    header = ("group", "kind", "path", "keep", "width", "height", "min_similarity")
+    csv_path = _write_csv(folder / DUPLICATES_CSV, header, rows, text=("kind", "path", "keep"))
     links = None
     if export:
         from pixclust.export import export_cluster_folders
+        from pixclust.run_folder import RunFolder
 
         if not _are_files(embeddings):
             raise UsageError("--export links image files, and these embeddings name no files; drop --export")
         members = [row for group in report.groups for row in group.rows]
         # Numbered from 1 like the CSV, so group 3 is in clusters/cluster_03/.
         labels = np.array([number for number, group in enumerate(report.groups, start=1) for _ in group.rows], dtype=np.int64)
-        (folder / DUPLICATE_LINKS_DIR).mkdir(parents=True, exist_ok=True)
-        links = export_cluster_folders(folder / DUPLICATE_LINKS_DIR, [embeddings.paths[row] for row in members], labels)
+        # The links get a run folder of their own, so a second --export replaces only what the first one made.
+        with RunFolder.open(folder / DUPLICATE_LINKS_DIR).writing() as links_folder:
+            links = export_cluster_folders(links_folder, [embeddings.paths[row] for row in members], labels)
     return DuplicatesResult(report, embeddings, csv_path, links)
 
 
@@ -211,7 +216,7 @@ def label(
         (path, result.label_name(row), f"{result.confidence[row]:.4f}", f"{result.similarity[row]:.4f}")
         for row, path in enumerate(result.paths)
     )
-    labels_csv = _write_csv(folder / LABELS_CSV, ("path", "label", "confidence", "similarity"), rows)
+    labels_csv = _write_csv(folder / LABELS_CSV, ("path", "label", "confidence", "similarity"), rows, text=("path", "label"))
     sheets = []
     if _are_files(embeddings):
         for name in [*result.class_names, NONE]:
@@ -223,7 +228,7 @@ def label(
                 sheets.append(write_contact_sheet(folder / SHEETS_DIR / f"label_{safe_file_name(name)}.png", [result.paths[r] for r in members], captions))
     if result.suggestions:
         suggested = [(result.paths[row], result.label_name(row), f"{result.confidence[row]:.4f}") for row in result.suggestions]
-        _write_csv(folder / SUGGEST_CSV, ("path", "current_label", "confidence"), suggested)
+        _write_csv(folder / SUGGEST_CSV, ("path", "current_label", "confidence"), suggested, text=("path", "current_label"))
         if _are_files(embeddings):
             sheets.append(write_contact_sheet(folder / SHEETS_DIR / "suggested.png", [p for p, _, _ in suggested], [lab for _, lab, _ in suggested]))
     return LabelRun(result, references, labels_csv, sheets)

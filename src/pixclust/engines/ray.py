@@ -29,6 +29,7 @@ import pyarrow as pa
 from pixclust.embedder import Embedder, ExtractedBatch
 from pixclust.errors import DecodeError, ModelUnavailableError, PixclustError, UsageError
 from pixclust.models import RANDOM_WEIGHTS, FeatureExtractor, load_extractor
+from pixclust.names import escape_name, unescape_name
 
 # Ray Data schedules and retries whole blocks; a few thousand keeps the driver's bookkeeping
 # small at millions of images while every actor still gets many blocks to balance the load.
@@ -101,7 +102,8 @@ class RayEmbedder(Embedder):
                 pa.table(
                     {
                         "index": pa.array(range(start, min(start + rows_per_block, len(paths))), pa.int64()),
-                        "path": pa.array(paths[start : start + rows_per_block], pa.string()),
+                        # Arrow strings must be UTF-8; a name that is not travels escaped (pixclust.names).
+                        "path": pa.array([escape_name(path) for path in paths[start : start + rows_per_block]], pa.string()),
                     }
                 )
                 for start in range(0, len(paths), rows_per_block)
@@ -210,7 +212,7 @@ class _EmbeddingActor:
         self.embedder = Embedder(extractor, batch_size=batch_size, num_workers=0, max_pixels=max_pixels)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-        paths = [str(path) for path in batch["path"]]
+        paths = [unescape_name(str(path)) for path in batch["path"]]
         n = len(paths)
         if self.unusable is not None:
             return {

@@ -14,6 +14,7 @@ import csv
 import hashlib
 import io
 import json
+import re
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -27,10 +28,11 @@ from PIL import Image
 from pixclust.atomic import atomic_path, write_text_atomic
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
-from pixclust.export import CLUSTERS_CSV, ERRORS_CSV, RUN_JSON, cluster_names
+from pixclust.export import cluster_names
 from pixclust.figures import contact_sheet
 from pixclust.images import SkippedFile
 from pixclust.maps import DEFAULT_MAPS, check_map_methods, map_basis, map_coordinates
+from pixclust.names import escape_name, from_cell
 from pixclust.progress import progress_bar
 from pixclust.report import plots
 from pixclust.report.thumbnails import THUMB_SIDE, load_thumbnails
@@ -41,13 +43,21 @@ from pixclust.search import (
     DuplicateReport,
     find_duplicates,
 )
-from pixclust.store import EMBEDDINGS_FILE, EmbeddingStore, read_table_or_none
+from pixclust.run_folder import (
+    CLUSTERS_CSV,
+    DUPLICATES_FILE,
+    EMBEDDINGS_FILE,
+    ERRORS_CSV,
+    MAPS_FILE,
+    PLOTS_DIR,
+    REPORT_FILE,
+    RUN_JSON,
+    RunFolder,
+)
+from pixclust.store import EmbeddingStore, read_table_or_none
 
-REPORT_FILE = "report.html"
-PLOTS_DIR = "plots"
-MAPS_FILE = "maps.parquet"
-DUPLICATES_FILE = "duplicates.parquet"
 MONTAGE_SIZE = 32
+_PLACEHOLDER = re.compile(r"\{\{(TITLE|CSS|PLOTLY|DATA|APP)\}\}")
 _DUPLICATES_SCHEMA = pa.schema(
     [("rows", pa.list_(pa.int64())), ("keeper", pa.int64()), ("kind", pa.string()), ("min_similarity", pa.float64())]
 )
@@ -96,7 +106,7 @@ def load_run(run_dir: str | Path, record: dict[str, Any] | None = None, embeddin
     if embeddings is None:
         embeddings = EmbeddingStore(run_dir).load()
     with open(run_dir / CLUSTERS_CSV, newline="", encoding="utf-8") as stream:
-        rows = {row["path"]: row for row in csv.DictReader(stream)}
+        rows = {from_cell(row["path"]): row for row in csv.DictReader(stream)}
     missing = [path for path in embeddings.paths if path not in rows]
     if missing:
         raise UsageError(f"{run_dir / CLUSTERS_CSV} does not list {missing[0]}; re-run pixclust cluster for this folder")
@@ -104,7 +114,7 @@ def load_run(run_dir: str | Path, record: dict[str, Any] | None = None, embeddin
     errors: list[SkippedFile] = []
     if (run_dir / ERRORS_CSV).is_file():
         with open(run_dir / ERRORS_CSV, newline="", encoding="utf-8") as stream:
-            errors = [SkippedFile(row["path"], row["reason"], row["detail"]) for row in csv.DictReader(stream)]
+            errors = [SkippedFile(*(from_cell(row[name]) for name in ("path", "reason", "detail"))) for row in csv.DictReader(stream)]
     if record is None:
         record = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8")) if (run_dir / RUN_JSON).is_file() else {}
     return RunView(
@@ -257,12 +267,28 @@ def build_report(
     that a second copy (360 MB at 70,000 images) is not read from disk.
     """
     methods = check_map_methods(list(maps))
-    view = load_run(run_dir, record, embeddings)
+    with RunFolder.open(run_dir, create=False).writing() as folder:
+        return _build_report(folder, methods, record, embeddings, html=html, random_state=random_state, quiet=quiet)
+
+
+def _build_report(
+    folder: RunFolder,
+    methods: tuple[str, ...],
+    record: dict[str, Any] | None,
+    embeddings: Embeddings | None,
+    *,
+    html: bool,
+    random_state: int,
+    quiet: bool,
+) -> Path:
+    view = load_run(folder.root, record, embeddings)
     coords = load_maps(view, methods, random_state=random_state, quiet=quiet)
     thumbnails = load_thumbnails(view.run_dir, view.paths, view.hashes, quiet=quiet)
     duplicates = load_duplicates(view, quiet=quiet)
     plot_dir = view.run_dir / PLOTS_DIR
     pngs = {stem: plots.save_png(figure) for stem, figure in make_figures(view, coords).items()}
+    written = {f"{stem}.png" for stem in pngs} | {f"montage_{name}.png" for name in view.names.values()}
+    folder.claim_files([f"{PLOTS_DIR}/{name}" for name in sorted(written)])
     for label, name in view.names.items():
         typical = [thumbnails.get(view.hashes[row]) for row in view.members(label)[:MONTAGE_SIZE]]
         sheet = contact_sheet([None if data is None else Image.open(io.BytesIO(data)) for data in typical], tile=THUMB_SIDE)
@@ -271,11 +297,11 @@ def build_report(
     for stem, png in pngs.items():
         with atomic_path(plot_dir / f"{stem}.png") as tmp:
             tmp.write_bytes(png)
-    # A montage of a cluster that no longer exists (another k) or a map no longer asked for would mislead.
-    written = {f"{stem}.png" for stem in pngs} | {f"montage_{name}.png" for name in view.names.values()}
-    for stale in plot_dir.glob("*.png"):
-        if stale.name not in written:
-            stale.unlink()
+    # A montage of a cluster that no longer exists (another k) or a map no longer asked for would mislead;
+    # the run folder removes only plots it lists as pixclust's.
+    for stale in folder.files_under(PLOTS_DIR):
+        if stale.removeprefix(f"{PLOTS_DIR}/") not in written:
+            folder.remove_file(stale)
     report = view.run_dir / REPORT_FILE
     if html:
         write_text_atomic(report, render_html(view, coords, thumbnails, pngs, duplicates))
@@ -293,18 +319,17 @@ def render_html(
     assets = resources.files("pixclust.report") / "assets"
     payload = json.dumps(_report_data(view, maps, thumbnails, pngs, duplicates), separators=(",", ":"))
     replacements = {
-        "{{TITLE}}": _html_escape(_title(view)),
-        "{{CSS}}": (assets / "report.css").read_text(encoding="utf-8"),
-        "{{PLOTLY}}": _plotly_js(),
-        # "</" inside a script element would end it early; JSON allows the escaped form.
-        "{{DATA}}": payload.replace("</", "<\\/"),
-        "{{APP}}": (assets / "report.js").read_text(encoding="utf-8"),
+        "TITLE": _html_escape(_title(view)),
+        "CSS": (assets / "report.css").read_text(encoding="utf-8"),
+        "PLOTLY": _plotly_js(),
+        # Inside a script element "</script" ends it and "<!--" changes how the rest is parsed, so no
+        # "<" may stay; these characters occur only inside JSON strings, where the \u form means the same.
+        "DATA": payload.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026"),
+        "APP": (assets / "report.js").read_text(encoding="utf-8"),
     }
     page = (assets / "report.html").read_text(encoding="utf-8")
-    for placeholder, value in replacements.items():
-        head, tail = page.split(placeholder, 1)
-        page = head + value + tail
-    return page
+    # One pass: a placeholder's text inside an inserted value (a file named "{{APP}}.png") stays text.
+    return _PLACEHOLDER.sub(lambda found: replacements[found.group(1)], page)
 
 
 def _plotly_js() -> str:
@@ -319,7 +344,7 @@ def _html_escape(text: str) -> str:
 
 def _title(view: RunView) -> str:
     source = view.record.get("config", {}).get("source", str(view.run_dir))
-    return f"pixclust: {Path(source).name or source}"
+    return f"pixclust: {escape_name(Path(source).name or source)}"
 
 
 def _data_uri(mime: str, data: bytes) -> str:
@@ -351,8 +376,9 @@ def _report_data(
             for label in ids
         ],
         "points": {
-            "name": [Path(path).name for path in view.paths],
-            "path": view.paths,
+            # Escaped (pixclust.names): a name that is not UTF-8 shows its bytes as \xNN rather than as "�".
+            "name": [escape_name(Path(path).name) for path in view.paths],
+            "path": [escape_name(path) for path in view.paths],
             "cluster": view.labels.tolist(),
             "thumb": [unique_thumbs.get(digest, -1) for digest in view.hashes],
         },
@@ -363,7 +389,7 @@ def _report_data(
         },
         "plots": {stem: _data_uri("image/png", png) for stem, png in pngs.items() if not stem.startswith("map_")},
         "duplicates": _duplicates_data(view, duplicates),
-        "errors": [[item.path, item.reason, item.detail] for item in view.errors],
+        "errors": [[escape_name(text) for text in (item.path, item.reason, item.detail)] for item in view.errors],
     }
 
 

@@ -17,8 +17,8 @@ one warning: its vectors are made again and the save replaces it.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import shutil
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -142,7 +142,11 @@ class EmbeddingStore:
         """Replace ``embeddings.parquet`` with this run's rows, then drop the shards it supersedes."""
         with atomic_path(self.path) as tmp:
             _write_table(embeddings.to_table(), tmp)
-        shutil.rmtree(self.partial_dir, ignore_errors=True)
+        # Only the shards this store writes go, one by one; the folder goes only once empty.
+        for shard in self._shards():
+            shard.unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            self.partial_dir.rmdir()
 
     def holds(self, embeddings: Embeddings) -> bool:
         """Whether ``embeddings.parquet`` already has exactly these rows, in this order, and no shards are left.

@@ -320,15 +320,19 @@ class RunFolder:
 
     def swap_in(self, staging: Path, tree: str, entries: Iterable[tuple[str, str]]) -> None:
         """Make ``staging`` the new ``tree`` with these entries (names under ``tree``); at every moment one whole version exists."""
+        entries = [(tree, DIR), *entries]
         self.check_replaceable(tree)
+        # Listed before the swap, beside the old ones: a kill at any point leaves every entry on disk listed.
+        self.record(entries)
         top = self.root / tree
         retired = None
         if top.exists():
             retired = self._staging_dir()
             os.replace(top, retired)
-            self._forget_under(tree)
         os.replace(staging, top)
-        self.record([(tree, DIR), *entries])
+        self._forget_under(tree)
+        self._entries.pop(staging.name, None)
+        self.record(entries)
         if retired is not None:
             self._remove_staging(retired)
 

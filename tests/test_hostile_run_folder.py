@@ -101,6 +101,29 @@ def test_moved_originals_are_kept_when_the_journal_is_deleted(tmp_path: Path) ->
     assert len(list((run / "clusters").rglob("*.png"))) == N_IMAGES
 
 
+def test_moved_originals_are_kept_when_journal_and_manifest_are_deleted(tmp_path: Path) -> None:
+    """1c, further: without journal and manifest, the images in clusters/ are not pixclust's to replace."""
+    photos, run = write_photos(tmp_path / "photos"), tmp_path / "run"
+    assert cluster(photos, run, "--move").returncode == 0
+    (run / "moves.jsonl").unlink()
+    (run / ".pixclust-manifest.json").unlink()
+    before = tree_digest(run / "clusters")
+
+    refused(cluster(tmp_path / "photos", run), "was not made by pixclust")
+    assert tree_digest(run / "clusters") == before
+
+
+def test_a_run_folder_whose_manifest_is_deleted_takes_back_its_links(tmp_path: Path) -> None:
+    """Deleting the manifest (it looks like a config file) makes pixclust re-adopt its links, not refuse forever."""
+    photos, run = write_photos(tmp_path / "photos"), tmp_path / "run"
+    assert cluster(photos, run).returncode == 0
+    (run / ".pixclust-manifest.json").unlink()
+
+    assert cluster(photos, run, "--k", "3").returncode == 0
+    assert len(list((run / "clusters").rglob("*.png"))) == N_IMAGES
+    assert sorted(path.name for path in (run / "clusters").iterdir()) == ["cluster_00", "cluster_01", "cluster_02"]
+
+
 def test_nothing_is_removed_through_a_linked_plots_folder(tmp_path: Path) -> None:
     """1d: with R/plots a link, the PNGs at its target were deleted."""
     photos, run = write_photos(tmp_path / "photos"), tmp_path / "run"

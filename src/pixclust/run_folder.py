@@ -195,12 +195,17 @@ class RunFolder:
         marker = self.root / MARKER_FILE
         if marker.is_file():
             self._check_marker(marker)
-            self._entries = self._read_manifest()
-            self._remove_leftover_staging()
+            if os.path.lexists(self.root / MANIFEST_FILE):
+                self._entries = self._read_manifest()
+                self._remove_leftover_staging()
+            else:
+                # Deleted (or never written, by a kill): what is surely pixclust's is taken back, as on adoption.
+                self._entries = dict(self._adopted_entries())
+                self._save_manifest()
             return
         if _made_by_earlier_pixclust(self.root):
             self._entries = dict(self._adopted_entries())
-        # The marker first: a kill before the manifest is written leaves a run folder that owns nothing yet.
+        # The marker first: a kill before the manifest is written leaves a run folder whose next run adopts it.
         write_text_atomic(marker, json.dumps({"pixclust_run_folder": FORMAT_VERSION}) + "\n")
         self._save_manifest()
 
@@ -215,7 +220,7 @@ class RunFolder:
             )
 
     def _adopted_entries(self) -> Iterator[tuple[str, str]]:
-        """An earlier pixclust's links in clusters/ and its plots; regular files in clusters/ may be moved originals, so not these."""
+        """The links in clusters/ and the plots pixclust names; regular files in clusters/ may be moved originals, so not these."""
         clusters = self.root / CLUSTERS_DIR
         if clusters.is_dir():
             for folder in sorted(os.scandir(clusters), key=lambda entry: entry.name):
@@ -232,8 +237,6 @@ class RunFolder:
 
     def _read_manifest(self) -> dict[str, str]:
         manifest = self.root / MANIFEST_FILE
-        if not os.path.lexists(manifest):
-            return {}
         try:
             record = json.loads(manifest.read_text(encoding="utf-8", errors="surrogateescape"))
             entries = record["entries"]

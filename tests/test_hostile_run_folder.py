@@ -207,6 +207,16 @@ def test_the_lock_dies_with_its_holder(tmp_path: Path) -> None:
     assert cluster(photos, run).returncode == 0
 
 
+def test_what_a_run_killed_while_starting_leaves_does_not_lock_the_folder_out(tmp_path: Path) -> None:
+    """2: killed right after taking the lock, while writing the marker: the next run goes ahead."""
+    photos, run = write_photos(tmp_path / "photos"), tmp_path / "run"
+    run.mkdir()
+    (run / ".pixclust.lock").write_text("pixclust (pid 1)\n")
+    (run / "..pixclust-run.k9x2.tmp").write_text("")
+
+    assert cluster(photos, run).returncode == 0
+
+
 @pytest.mark.parametrize("spelling", ["dot-dot", "link"])
 def test_a_run_folder_inside_the_images_is_refused_however_spelled(tmp_path: Path, spelling: str) -> None:
     """3: ``P/sub/..`` or a link to P slipped past the "run folder inside the source" check."""

@@ -69,6 +69,10 @@ _STAGING_PREFIX = ".pixclust-staging-"
 # The plots an earlier pixclust wrote (report.build.make_figures' stems and the montages), adopted by name.
 _EARLIER_PLOT = re.compile(r"(pca_variance|elbow|silhouette_k|modularity_k|silhouette_samples|map_\w+|montage_.+)\.png")
 
+_BOOTSTRAP_LEFTOVER = re.compile(
+    re.escape(LOCK_FILE) + "|" + "|".join(rf"\.{re.escape(name)}\.[^/]*\.tmp" for name in (MARKER_FILE, MANIFEST_FILE))
+)
+
 # flock belongs to an open file description, so a second lock of the same folder by this process (the report
 # built inside a cluster run) would block itself; and two objects for one folder would each save their own
 # manifest. So the folder this process holds is kept here, with its lock's descriptor, and shared.
@@ -379,8 +383,12 @@ class RunFolder:
 
 
 def _refuse_foreign(root: Path) -> None:
-    """Refuse a folder that holds something and is not a run folder (its lock file, left by a killed run, aside)."""
-    if not is_run_folder(root) and any(entry.name != LOCK_FILE for entry in os.scandir(root)):
+    """Refuse a folder that holds something and is not a run folder.
+
+    What a run killed while making it a run folder leaves (the lock file, a half-written marker or
+    manifest under atomic_path's temporary name) does not count.
+    """
+    if not is_run_folder(root) and any(not _BOOTSTRAP_LEFTOVER.fullmatch(entry.name) for entry in os.scandir(root)):
         raise UsageError(
             f"{root} is not empty and is not a pixclust run folder; pixclust writes only into a new or empty folder "
             "or one it made, so choose another --out"

@@ -279,9 +279,6 @@ class RunFolder:
         """The files the manifest lists under ``tree``, by name relative to the run folder."""
         return sorted(name for name, kind in self._entries.items() if kind == FILE and name.startswith(tree + "/"))
 
-    def kind_of(self, name: str) -> str | None:
-        return self._entries.get(name)
-
     def moved_originals(self) -> list[str]:
         return sorted(name for name, kind in self._entries.items() if kind == MOVED)
 

@@ -108,13 +108,14 @@ class RunFolder:
         empty, and for a managed name that is a link.
         """
         root = Path(os.path.realpath(path))
-        if root.exists() and not root.is_dir():
+        # os.path's tests, not Path's: a folder the user may not search is "not there", not a traceback.
+        if os.path.exists(root) and not os.path.isdir(root):
             raise UsageError(f"{path} is a file, not a folder; give a folder for the run")
         # With a lock file there, a run may be making it a run folder right now; writing() checks under the lock.
-        unsettled = (root / LOCK_FILE).exists()
+        unsettled = os.path.exists(root / LOCK_FILE)
         if not create and not unsettled and not is_run_folder(root):
             raise UsageError(f"{path} is not a pixclust run folder; run 'pixclust cluster FOLDER --out {path}' first")
-        if root.exists() and not unsettled:
+        if os.path.isdir(root) and not unsettled:
             _refuse_foreign(root)
         if str(root) in _held:
             return _held[str(root)][0]
@@ -385,7 +386,11 @@ def _refuse_foreign(root: Path) -> None:
     What a run killed while making it a run folder leaves (the lock file, a half-written marker or
     manifest under atomic_path's temporary name) does not count.
     """
-    if not is_run_folder(root) and any(not _BOOTSTRAP_LEFTOVER.fullmatch(entry.name) for entry in os.scandir(root)):
+    try:
+        names = [entry.name for entry in os.scandir(root)]
+    except OSError as error:
+        raise OutputNotWritableError(f"cannot read the run folder {root} ({error.strerror or error}); choose another --out") from error
+    if not is_run_folder(root) and any(not _BOOTSTRAP_LEFTOVER.fullmatch(name) for name in names):
         raise UsageError(
             f"{root} is not empty and is not a pixclust run folder; pixclust writes only into a new or empty folder "
             "or one it made, so choose another --out"

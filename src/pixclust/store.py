@@ -142,8 +142,9 @@ class EmbeddingStore:
         """Replace ``embeddings.parquet`` with this run's rows, then drop the shards it supersedes."""
         with atomic_path(self.path) as tmp:
             _write_table(embeddings.to_table(), tmp)
-        # Only the shards this store writes go, one by one; the folder goes only once empty.
-        for shard in self._shards():
+        # Only the shards this store writes go (and a shard's temporary file a kill left), one by one;
+        # the folder goes only once empty.
+        for shard in [*self._shards(), *self.partial_dir.glob(".part-*.tmp")]:
             shard.unlink(missing_ok=True)
         with contextlib.suppress(OSError):
             self.partial_dir.rmdir()

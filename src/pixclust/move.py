@@ -88,14 +88,15 @@ def move_into_clusters(folder: RunFolder, source: str | Path, paths: Sequence[st
     folder.remove_tree(CLUSTERS_DIR)
     source_real = os.path.realpath(source)
     moves, links = [], []
-    for file, cluster, entry in cluster_entries(paths, labels):
+    entries = cluster_entries(paths, labels)
+    for file, cluster, entry in entries:
         name = f"{CLUSTERS_DIR}/{cluster}/{entry}"
         real = _real_path_inside(file, source, source_real)
         if real is None:
             links.append((file, name))
         else:
             moves.append(Move(real, str(folder.path(name))))
-    clusters = sorted({f"{CLUSTERS_DIR}/{cluster}" for _, cluster, _ in cluster_entries(paths, labels)})
+    clusters = sorted({f"{CLUSTERS_DIR}/{cluster}" for _, cluster, _ in entries})
     moved_names = [os.path.relpath(move.destination, folder.root) for move in moves]
     folder.record([(CLUSTERS_DIR, DIR), *((name, DIR) for name in clusters), *((name, MOVED) for name in moved_names)])
     for name in clusters:

@@ -1,10 +1,10 @@
-"""What the benchmark scripts share: the built-in data sets (from pixclust.datasets) and peak memory."""
+"""What the benchmark scripts share: the built-in data sets (from real_data) and peak memory."""
 
 from __future__ import annotations
 
 import resource
 
-from pixclust.datasets import FASHION_CLASSES, fashion_mnist, write_image_tree
+from real_data import FASHION_CLASSES, fashion_mnist, write_image_tree
 
 __all__ = ["FASHION_CLASSES", "fashion_mnist", "peak_memory_gb", "write_image_tree"]
 

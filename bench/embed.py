@@ -24,7 +24,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fashion_mnist, write_image_tree  # noqa: E402
+from common import fashion_mnist, write_image_tree
 
 MODEL_ONLY = {
     "torch fp32 NCHW": ("torch", "fp32", False),
@@ -45,7 +45,7 @@ def _files(folder: Path) -> list[str]:
 def model_only(name: str) -> dict[str, float]:
     import torch
 
-    from pixclust.models import load_extractor
+    from pixclust.embedding.models import load_extractor
 
     runtime, precision, channels_last = MODEL_ONLY[name]
     extractor = load_extractor(runtime=runtime, precision=precision)
@@ -76,7 +76,7 @@ def seed_style(folder: Path) -> dict[str, float]:
     import torch
     from PIL import Image
 
-    from pixclust.models import load_extractor
+    from pixclust.embedding.models import load_extractor
 
     extractor = load_extractor(runtime="torch", precision="fp32")
     network = extractor.runner
@@ -91,8 +91,8 @@ def seed_style(folder: Path) -> dict[str, float]:
 
 def plain_batched(folder: Path) -> dict[str, float]:
     """Decode in the main process, batches of 32 through PyTorch fp32: what a careful script does."""
-    from pixclust.images import load_rgb
-    from pixclust.models import load_extractor
+    from pixclust.embedding.images import load_rgb
+    from pixclust.embedding.models import load_extractor
 
     extractor = load_extractor(runtime="torch", precision="fp32")
     files = _files(folder)

@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from common import FASHION_CLASSES, fashion_mnist, write_image_tree
 
-from pixclust.export import write_run_json
-from pixclust.finetune import FinetuneSettings, training_device
-from pixclust.pipeline import embed
-from pixclust.workflows import evaluate, train
+from pixclust.curation.export import write_run_json
+from pixclust.labelling.finetune import FinetuneSettings, training_device
+from pixclust.labelling.workflows import evaluate, train
+from pixclust.runs.pipeline import embed
 
 
 def write_split(root: Path, train_per_class: int, test_per_class: int) -> tuple[Path, Path]:

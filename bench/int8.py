@@ -16,12 +16,12 @@ import time
 
 import numpy as np
 from PIL import Image
+from real_data import fashion_mnist
 
-from pixclust.datasets import fashion_mnist
-from pixclust.metrics import cluster_accuracy
-from pixclust.models import DEFAULT_MODEL, load_extractor
-from pixclust.pipeline import cluster
-from pixclust.runtimes import onnx_path
+from pixclust.clustering.metrics import cluster_accuracy
+from pixclust.embedding.models import DEFAULT_MODEL, load_extractor
+from pixclust.embedding.runtimes import onnx_path
+from pixclust.runs.pipeline import cluster
 
 CALIBRATION = slice(5000, 5300)
 SCORED = slice(0, 2000)

@@ -15,11 +15,11 @@ import sys
 from pathlib import Path
 
 import numpy as np
+from real_data import FASHION_CLASSES, fashion_mnist
 from sklearn.metrics import precision_recall_fscore_support
 
-from pixclust.datasets import FASHION_CLASSES, fashion_mnist
-from pixclust.label import ExampleLabeller, References, nearest_example_scores, threshold_labels
-from pixclust.pipeline import embed
+from pixclust.labelling.label import ExampleLabeller, References, nearest_example_scores, threshold_labels
+from pixclust.runs.pipeline import embed
 
 KEPT = (0, 1, 2, 5, 8)
 SHOTS = (3, 5, 10)
@@ -39,7 +39,9 @@ def write_fashion_tree(root: Path, per_class: int) -> Path:
         for index in rng.choice(np.flatnonzero(labels == c), per_class, replace=False):
             target = folder / f"{index:05d}.png"
             if not target.exists():
-                Image.fromarray(255 - images[index]).resize((64, 64), Image.Resampling.BICUBIC).convert("RGB").save(target)
+                Image.fromarray(255 - images[index]).resize((64, 64), Image.Resampling.BICUBIC).convert("RGB").save(
+                    target
+                )
     return root
 
 
@@ -80,10 +82,14 @@ def compare(vectors: np.ndarray, truth: np.ndarray, kept: tuple[int, ...]) -> No
 
 
 def main(work: Path, per_class: int) -> None:
-    embeddings = embed(write_fashion_tree(work / f"images{per_class}", per_class), out=work / f"run{per_class}", quiet=True)
+    embeddings = embed(
+        write_fashion_tree(work / f"images{per_class}", per_class), out=work / f"run{per_class}", quiet=True
+    )
     truth = np.array([FASHION_CLASSES.index(Path(path).parent.name) for path in embeddings.paths])
     print(f"{len(embeddings):,} Fashion-MNIST images, {len(SEEDS)} random draws of examples per row.")
-    print(f"\nA. Examples of {', '.join(FASHION_CLASSES[c] for c in KEPT)}; the other five classes (half the images) should be 'none'.")
+    print(
+        f"\nA. Examples of {', '.join(FASHION_CLASSES[c] for c in KEPT)}; the other five classes (half the images) should be 'none'."
+    )
     compare(embeddings.vectors, truth, KEPT)
     print("\nB. Examples of all ten classes; no image should be 'none'.")
     compare(embeddings.vectors, truth, tuple(range(10)))
@@ -91,4 +97,7 @@ def main(work: Path, per_class: int) -> None:
 
 if __name__ == "__main__":
     arguments = sys.argv[1:]
-    main(Path(arguments[0]) if arguments else Path("/tmp/pixclust-bench"), int(arguments[1]) if len(arguments) > 1 else 300)
+    main(
+        Path(arguments[0]) if arguments else Path("/tmp/pixclust-bench"),
+        int(arguments[1]) if len(arguments) > 1 else 300,
+    )

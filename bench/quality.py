@@ -14,6 +14,7 @@ and the k that `--k auto` chooses. Labels are used only to score.
 
 from __future__ import annotations
 
+import itertools
 import sys
 import time
 import warnings
@@ -24,9 +25,9 @@ from common import fashion_mnist, write_image_tree
 from sklearn.cluster import KMeans
 from sklearn.mixture import GaussianMixture
 
+from pixclust.clustering.metrics import clustering_scores
 from pixclust.demo import write_digits
-from pixclust.metrics import clustering_scores
-from pixclust.pipeline import RunConfig, run
+from pixclust.runs.pipeline import RunConfig, run
 
 SEED = 0
 N_CLASSES = 10
@@ -49,7 +50,7 @@ def autoencoder_codes(pixels: np.ndarray, *, epochs: int = 30, random_state: int
 
     def stack(widths: list[int]) -> torch.nn.Sequential:
         layers: list[torch.nn.Module] = []
-        for index, (width_in, width_out) in enumerate(zip(widths, widths[1:])):
+        for index, (width_in, width_out) in enumerate(itertools.pairwise(widths)):
             layers.append(torch.nn.Linear(width_in, width_out))
             if index < len(widths) - 2:
                 layers.append(torch.nn.ReLU())
@@ -74,7 +75,9 @@ def n2d_labels(pixels: np.ndarray) -> np.ndarray:
     codes = autoencoder_codes(pixels)
     with warnings.catch_warnings():
         warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
-        manifold = umap.UMAP(n_components=N_CLASSES, n_neighbors=20, min_dist=0.0, random_state=SEED).fit_transform(codes)
+        manifold = umap.UMAP(n_components=N_CLASSES, n_neighbors=20, min_dist=0.0, random_state=SEED).fit_transform(
+            codes
+        )
     return GaussianMixture(N_CLASSES, covariance_type="full", random_state=SEED).fit_predict(manifold)
 
 

@@ -17,12 +17,12 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from common import fashion_mnist, peak_memory_gb, write_image_tree  # noqa: E402
+from common import fashion_mnist, peak_memory_gb, write_image_tree
 
-import pixclust  # noqa: E402
-from pixclust.pipeline import RunConfig  # noqa: E402
-from pixclust.report.build import MAPS_FILE, build_report  # noqa: E402
-from pixclust.report.thumbnails import THUMBNAILS_FILE  # noqa: E402
+import pixclust
+from pixclust.report.build import MAPS_FILE, build_report
+from pixclust.report.thumbnails import THUMBNAILS_FILE
+from pixclust.runs.pipeline import RunConfig
 
 
 def main() -> None:

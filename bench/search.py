@@ -16,7 +16,7 @@ import time
 import numpy as np
 
 from pixclust.embeddings import Embeddings
-from pixclust.search import VectorIndex, find_duplicates, similar
+from pixclust.index import VectorIndex, find_duplicates, similar
 
 PLANTED = 1000
 
@@ -50,7 +50,8 @@ def main(n: int = 200_000, dim: int = 1280) -> None:
 
     started = time.perf_counter()
     index = VectorIndex(vectors)
-    print(f"index ({'exact' if index.exact else 'IVF, %d cells' % index.index.nlist}): {time.perf_counter() - started:.1f} s, peak RSS {peak_gb():.2f} GiB")
+    kind = "exact" if index.exact else f"IVF, {index.index.nlist} cells"
+    print(f"index ({kind}): {time.perf_counter() - started:.1f} s, peak RSS {peak_gb():.2f} GiB")
 
     started = time.perf_counter()
     report = find_duplicates(embeddings, threshold=0.9, colour_tolerance=None, index=index)

@@ -3,15 +3,15 @@
 from __future__ import annotations
 
 import hashlib
-import shutil
 import os
+import shutil
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from pixclust.models import FeatureExtractor, load_extractor
+from pixclust.embedding.models import FeatureExtractor, load_extractor
 
 # Three digit classes that look unlike each other, so a correct pipeline separates them.
 DIGIT_CLASSES = (0, 1, 6)
@@ -101,8 +101,8 @@ def digit_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def digit_run(digit_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder over the 180 digits (0, 1, 6): embeddings and the model record, as 'pixclust cluster' leaves."""
-    from pixclust.export import write_run_json
-    from pixclust.pipeline import embed
+    from pixclust.curation.export import write_run_json
+    from pixclust.runs.pipeline import embed
 
     run_dir = tmp_path_factory.mktemp("digit_run")
     embeddings = embed(digit_tree, out=run_dir, quiet=True)

@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pixclust.images import (
+from pixclust.embedding.images import (
     REASON_BROKEN_LINK,
     REASON_CORRUPT,
     REASON_EMPTY,
@@ -91,7 +91,12 @@ def png_chunk(kind: bytes, payload: bytes) -> bytes:
 def handmade_png(width: int, height: int, bit_depth: int, color_type: int, rows: bytes) -> bytes:
     """A PNG written byte by byte, for what Pillow cannot write (16-bit RGB) or must not (a bomb)."""
     header = struct.pack(">IIBBBBB", width, height, bit_depth, color_type, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + png_chunk(b"IHDR", header) + png_chunk(b"IDAT", zlib.compress(rows)) + png_chunk(b"IEND", b"")
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + png_chunk(b"IHDR", header)
+        + png_chunk(b"IDAT", zlib.compress(rows))
+        + png_chunk(b"IEND", b"")
+    )
 
 
 def tiled_tiff(width: int, height: int, tile: int, *, bits: int = 8) -> bytes:
@@ -105,9 +110,19 @@ def tiled_tiff(width: int, height: int, tile: int, *, bits: int = 8) -> bytes:
     bits_at = 8 + 2 + entries * 12 + 4
     pixels_at = bits_at + 6
     # (tag, type, count, value): size, 8-bit samples, deflate, RGB, one plane, the tile and where its bytes are.
-    tags = [(256, 4, 1, width), (257, 4, 1, height), (258, 3, 3, bits_at), (259, 3, 1, 8), (262, 3, 1, 2),
-            (277, 3, 1, 3), (284, 3, 1, 1), (322, 4, 1, tile), (323, 4, 1, tile), (324, 4, 1, pixels_at),
-            (325, 4, 1, len(pixels))]
+    tags = [
+        (256, 4, 1, width),
+        (257, 4, 1, height),
+        (258, 3, 3, bits_at),
+        (259, 3, 1, 8),
+        (262, 3, 1, 2),
+        (277, 3, 1, 3),
+        (284, 3, 1, 1),
+        (322, 4, 1, tile),
+        (323, 4, 1, tile),
+        (324, 4, 1, pixels_at),
+        (325, 4, 1, len(pixels)),
+    ]
     ifd = struct.pack("<H", entries) + b"".join(struct.pack("<HHII", *tag) for tag in tags) + struct.pack("<I", 0)
     return b"II*\x00" + struct.pack("<I", 8) + ifd + struct.pack("<3H", bits, bits, bits) + pixels
 
@@ -151,15 +166,22 @@ def animated(image_format: str, first: Image.Image, second: Image.Image) -> byte
 def _usable_files() -> dict[str, tuple[bytes, Image.Image]]:
     """Relative path -> (file bytes, how it must look when decoded)."""
     picture = quadrants(48, 32)
-    cmyk_target = Image.merge("CMYK", [Image.fromarray(grey_quadrants(48, 32, levels, "uint8")) for levels in (
-        (0, 200, 20, 120), (210, 0, 40, 60), (10, 180, 220, 0), (90, 20, 0, 30))])
+    cmyk_target = Image.merge(
+        "CMYK",
+        [
+            Image.fromarray(grey_quadrants(48, 32, levels, "uint8"))
+            for levels in ((0, 200, 20, 120), (210, 0, 40, 60), (10, 180, 220, 0), (90, 20, 0, 30))
+        ],
+    )
     grey16 = grey_quadrants(40, 24, (0, 20000, 40000, 65535), "uint16")
     floats = grey_quadrants(40, 24, (-1.0, 0.0, 0.5, 3.0), "float32")
     palette = picture.quantize(4)
     transparent_index = palette.getpixel((0, 0))
     on_white = np.asarray(picture).copy()
     on_white[:16, :24] = WHITE
-    grey_alpha = Image.merge("LA", (Image.new("L", (30, 20), 40), Image.fromarray(grey_quadrants(30, 20, (0, 255, 128, 255), "uint8"))))
+    grey_alpha = Image.merge(
+        "LA", (Image.new("L", (30, 20), 40), Image.fromarray(grey_quadrants(30, 20, (0, 255, 128, 255), "uint8")))
+    )
     # 40 at alpha 128 over white: 40*128/255 + 255*127/255.
     la_expected = as_rgb(grey_quadrants(30, 20, (255, 40, 40 * 128 / 255 + 255 * 127 / 255, 40), "float64"))
     one_bit = Image.fromarray(grey_quadrants(32, 32, (0, 255, 255, 0), "uint8")).convert("1")
@@ -178,18 +200,30 @@ def _usable_files() -> dict[str, tuple[bytes, Image.Image]]:
         "colour/grey16.tif": (encode(Image.fromarray(grey16), "TIFF"), as_rgb(grey16 / 257)),
         "colour/rgb16.png": (sixteen_bit_rgb_png(picture), picture),
         "colour/float32.tif": (encode(Image.fromarray(floats, "F"), "TIFF"), as_rgb((floats + 1) / 4 * 255)),
-        "colour/palette-transparent.png": (encode(palette, "PNG", transparency=transparent_index), Image.fromarray(on_white)),
+        "colour/palette-transparent.png": (
+            encode(palette, "PNG", transparency=transparent_index),
+            Image.fromarray(on_white),
+        ),
         "colour/grey-alpha.png": (encode(grey_alpha, "PNG"), la_expected),
         "colour/one-bit.png": (encode(one_bit, "PNG"), one_bit.convert("RGB")),
         "colour/one-bit.bmp": (encode(one_bit, "BMP"), one_bit.convert("RGB")),
-        "animated/two-frames.gif": (animated("GIF", quadrants(32, 32), Image.new("RGB", (32, 32), WHITE)), quadrants(32, 32)),
-        "animated/two-frames.webp": (animated("WEBP", quadrants(32, 32), Image.new("RGB", (32, 32), WHITE)), quadrants(32, 32)),
+        "animated/two-frames.gif": (
+            animated("GIF", quadrants(32, 32), Image.new("RGB", (32, 32), WHITE)),
+            quadrants(32, 32),
+        ),
+        "animated/two-frames.webp": (
+            animated("WEBP", quadrants(32, 32), Image.new("RGB", (32, 32), WHITE)),
+            quadrants(32, 32),
+        ),
         "exif/orientation-3.jpg": (exif_rotated_jpeg(picture, 3), picture),
         "exif/orientation-6.jpg": (exif_rotated_jpeg(picture, 6), picture),
         "exif/orientation-8.jpg": (exif_rotated_jpeg(picture, 8), picture),
         "shapes/1x10000.png": (encode(quadrants(1, 10000), "PNG"), quadrants(1, 10000)),
         "shapes/10000x1.png": (encode(quadrants(10000, 1), "PNG"), quadrants(10000, 1)),
-        "shapes/1x1.png": (encode(Image.new("RGB", (1, 1), QUADRANT_COLOURS[2]), "PNG"), Image.new("RGB", (1, 1), QUADRANT_COLOURS[2])),
+        "shapes/1x1.png": (
+            encode(Image.new("RGB", (1, 1), QUADRANT_COLOURS[2]), "PNG"),
+            Image.new("RGB", (1, 1), QUADRANT_COLOURS[2]),
+        ),
         "names/my holiday photo.png": (encode(quadrants(30, 30), "PNG"), quadrants(30, 30)),
         "names/фото 日本 café.png": (encode(quadrants(31, 30), "PNG"), quadrants(31, 30)),
         "names/line\nbreak.png": (encode(quadrants(32, 30), "PNG"), quadrants(32, 30)),
@@ -271,4 +305,3 @@ def looks_like(vector: np.ndarray, usable: Usable, side: int) -> float:
     """Mean absolute difference (0..1) between a ``pixels``-model vector and the expected picture."""
     expected = np.asarray(usable.picture.resize((side, side), Image.Resampling.BOX), dtype=np.float32) / 255
     return float(np.abs(vector.reshape(side, side, 3) - expected).mean())
-

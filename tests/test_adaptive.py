@@ -9,7 +9,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score
 
-from pixclust.adaptive import (
+from pixclust.clustering.adaptive import (
     VIEW_AGREEMENT,
     AdaptiveClusterer,
     candidate_representations,
@@ -20,10 +20,10 @@ from pixclust.adaptive import (
     rival_starts,
     view_agreement,
 )
+from pixclust.clustering.metrics import cluster_accuracy, clustering_scores
+from pixclust.clustering.reduce import l2_normalize, reduce_features
+from pixclust.clustering.refine import nearest_neighbours, refine_best, refine_clusters
 from pixclust.errors import UsageError
-from pixclust.metrics import cluster_accuracy, clustering_scores
-from pixclust.reduce import l2_normalize, reduce_features
-from pixclust.refine import nearest_neighbours, refine_best, refine_clusters
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +37,9 @@ def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 
 def test_modularity_of_two_separate_cliques_is_one_half_for_the_right_split() -> None:
     # Two 4-cliques with no edge between them: each row's 3 neighbours are the rest of its clique.
-    neighbours = np.array([[j for j in range(4) if j != i] for i in range(4)] + [[j for j in range(4, 8) if j != i] for i in range(4, 8)])
+    neighbours = np.array(
+        [[j for j in range(4) if j != i] for i in range(4)] + [[j for j in range(4, 8) if j != i] for i in range(4, 8)]
+    )
     right = np.array([0, 0, 0, 0, 1, 1, 1, 1])
     assert graph_modularity(neighbours, right) == pytest.approx(0.5)
     assert graph_modularity(neighbours, np.array([0, 1, 0, 1, 0, 1, 0, 1])) < 0
@@ -194,7 +196,7 @@ def test_a_richer_representation_must_be_clearly_more_stable_to_be_chosen() -> N
 
 def test_stability_is_measured_on_a_sample_of_fixed_size(monkeypatch: pytest.MonkeyPatch) -> None:
     """Large collections must not judge stability on more rows than small ones (k-means finds more near-ties there)."""
-    import pixclust.adaptive as adaptive
+    import pixclust.clustering.adaptive as adaptive
 
     measured: list[int] = []
     real = adaptive.clustering_stability
@@ -211,7 +213,7 @@ def test_stability_is_measured_on_a_sample_of_fixed_size(monkeypatch: pytest.Mon
 
 
 def test_each_candidate_is_judged_at_the_k_it_proposes(monkeypatch: pytest.MonkeyPatch) -> None:
-    import pixclust.adaptive as adaptive
+    import pixclust.clustering.adaptive as adaptive
 
     judged: list[tuple[int, int]] = []
     real = adaptive.clustering_stability
@@ -223,11 +225,15 @@ def test_each_candidate_is_judged_at_the_k_it_proposes(monkeypatch: pytest.Monke
     # The embedding (6 columns) proposes 3 clusters, embedding + HOG (11 columns) 4.
     monkeypatch.setattr(adaptive, "clustering_stability", recording)
     monkeypatch.setattr(
-        adaptive.AdaptiveClusterer, "_choose_k", lambda self, sample: adaptive.CandidateScore(3 if sample.shape[1] == 6 else 4, None)
+        adaptive.AdaptiveClusterer,
+        "_choose_k",
+        lambda self, sample: adaptive.CandidateScore(3 if sample.shape[1] == 6 else 4, None),
     )
     rng = np.random.default_rng(0)
     views = {"embedding": rng.random((300, 6), dtype=np.float32), "hog": rng.random((300, 5), dtype=np.float32)}
     result = adaptive.AdaptiveClusterer(k="auto", refine=False).fit(views).result_
     assert sorted(judged) == [(6, 3), (11, 4)]
-    assert {name: score["k"] for name, score in result.record()["candidates"].items()} == {"embedding": 3, "embedding+hog": 4}
-
+    assert {name: score["k"] for name, score in result.record()["candidates"].items()} == {
+        "embedding": 3,
+        "embedding+hog": 4,
+    }

@@ -103,7 +103,9 @@ def test_user_mistakes_are_one_line_errors(tmp_path: Path, messy_tree, args: lis
 
 
 def test_missing_folder_and_empty_folder(tmp_path: Path) -> None:
-    assert_one_line_error(pixclust("cluster", str(tmp_path / "nope"), "--out", str(tmp_path / "r")), 2, "does not exist")
+    assert_one_line_error(
+        pixclust("cluster", str(tmp_path / "nope"), "--out", str(tmp_path / "r")), 2, "does not exist"
+    )
     empty = tmp_path / "empty"
     empty.mkdir()
     assert_one_line_error(pixclust("cluster", str(empty), "--out", str(tmp_path / "r2")), 2, "no usable images")
@@ -114,8 +116,17 @@ def test_models_lists_every_model_with_offline_status(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 3}
     assert "efficientnet-lite0 (default)" in rows and "yes" in rows["efficientnet-lite0 (default)"]
-    for name in ("efficientnet-lite1", "efficientnet-lite2", "vgg16", "inception_v3", "resnet50", "mobilenet_v2",
-                 "efficientnet_b0", "hog", "pixels"):
+    for name in (
+        "efficientnet-lite1",
+        "efficientnet-lite2",
+        "vgg16",
+        "inception_v3",
+        "resnet50",
+        "mobilenet_v2",
+        "efficientnet_b0",
+        "hog",
+        "pixels",
+    ):
         assert name in rows
     assert " no " in rows["vgg16"] and "4096" in rows["vgg16"]
 

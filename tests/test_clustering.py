@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits, make_blobs
 
-from pixclust.clustering import CLUSTER_METHODS, ImageClusterer, knee_point
+from pixclust.clustering.clusterer import CLUSTER_METHODS, ImageClusterer, knee_point
+from pixclust.clustering.metrics import cluster_accuracy
+from pixclust.clustering.reduce import reduce_features
 from pixclust.errors import UsageError
-from pixclust.metrics import cluster_accuracy
-from pixclust.reduce import reduce_features
 
 BLOB_SIZES = [200, 50, 120, 80, 30]
 

@@ -25,11 +25,11 @@ from conftest import tree_digest
 from corpus import Corpus, build_corpus, encode, looks_like, quadrants
 
 import pixclust
-from pixclust import extraction
-from pixclust.export import safe_file_name
-from pixclust.images import REASON_UNREADABLE
-from pixclust.models import PixelTransform
-from pixclust.pipeline import RunConfig
+from pixclust.curation.export import safe_file_name
+from pixclust.embedding import extraction
+from pixclust.embedding.images import REASON_UNREADABLE
+from pixclust.embedding.models import PixelTransform
+from pixclust.runs.pipeline import RunConfig
 
 # Root reads every file whatever its mode; without these two capabilities it
 # obeys permissions like any user, while still owning the test's temp folders.
@@ -70,10 +70,31 @@ def corpus(tmp_path: Path) -> Corpus:
 def test_every_awkward_file_is_used_or_skipped_with_its_reason(tmp_path: Path, corpus: Corpus) -> None:
     root, run_dir = corpus.root, tmp_path / "run"
     before = tree_digest(root)
-    command = [*obeying_permissions(), sys.executable, "-m", "pixclust", "cluster", str(root), "--out", str(run_dir),
-               "--model", "pixels", "--k", "2", "--batch-size", "4", "--workers", "2", "--map", "pca", "--quiet"]
+    command = [
+        *obeying_permissions(),
+        sys.executable,
+        "-m",
+        "pixclust",
+        "cluster",
+        str(root),
+        "--out",
+        str(run_dir),
+        "--model",
+        "pixels",
+        "--k",
+        "2",
+        "--batch-size",
+        "4",
+        "--workers",
+        "2",
+        "--map",
+        "pca",
+        "--quiet",
+    ]
     with locked(corpus.unreadable):
-        result = subprocess.run(command, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"})
+        result = subprocess.run(
+            command, capture_output=True, text=True, timeout=300, env={**os.environ, "COLUMNS": "200"}
+        )
     assert tree_digest(root) == before
 
     assert result.returncode == 0, result.stderr
@@ -171,9 +192,28 @@ def test_files_churning_during_a_real_run_never_stop_it(tmp_path: Path) -> None:
     worker.start()
     try:
         result = subprocess.run(
-            [sys.executable, "-m", "pixclust", "cluster", str(root), "--out", str(tmp_path / "run"), "--model", "pixels",
-             "--k", "2", "--batch-size", "8", "--workers", "2", "--no-report", "--quiet"],
-            capture_output=True, text=True, timeout=300,
+            [
+                sys.executable,
+                "-m",
+                "pixclust",
+                "cluster",
+                str(root),
+                "--out",
+                str(tmp_path / "run"),
+                "--model",
+                "pixels",
+                "--k",
+                "2",
+                "--batch-size",
+                "8",
+                "--workers",
+                "2",
+                "--no-report",
+                "--quiet",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
         )
     finally:
         stop.set()
@@ -190,8 +230,24 @@ def test_files_churning_during_a_real_run_never_stop_it(tmp_path: Path) -> None:
 
 
 HOSTILE_NAMES = [
-    "..", ".", "", " ", "...", "../../etc/passwd", "/etc/cron.d/job", "a/b", "..\\..\\windows", "\n", "nul\x00byte",
-    "~", "-rf", "CON", "é" * 200 + ".png", "." * 300, "a." + "b" * 300, "名前/../x",
+    "..",
+    ".",
+    "",
+    " ",
+    "...",
+    "../../etc/passwd",
+    "/etc/cron.d/job",
+    "a/b",
+    "..\\..\\windows",
+    "\n",
+    "nul\x00byte",
+    "~",
+    "-rf",
+    "CON",
+    "é" * 200 + ".png",
+    "." * 300,
+    "a." + "b" * 300,
+    "名前/../x",
 ]
 
 

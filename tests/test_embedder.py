@@ -9,11 +9,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixclust.embedder import Embedder, ImageDecoder, decoded_batches, default_num_workers
+from pixclust.embedding.embedder import Embedder, ImageDecoder, decoded_batches, default_num_workers
+from pixclust.embedding.images import REASON_CORRUPT, REASON_EMPTY
+from pixclust.embedding.models import load_extractor
+from pixclust.embedding.runtimes import _NVIDIA_DRIVER_FILES
 from pixclust.errors import PixclustError, UsageError
-from pixclust.images import REASON_CORRUPT, REASON_EMPTY
-from pixclust.models import load_extractor
-from pixclust.runtimes import _NVIDIA_DRIVER_FILES
 
 
 def _photo_folder(root: Path, count: int) -> list[str]:
@@ -96,8 +96,10 @@ class _DieOnTheFourteenth:
 
 def test_a_killed_decode_worker_ends_the_stream_with_one_error(tmp_path: Path) -> None:
     paths = _photo_folder(tmp_path, 24)
-    with pytest.raises(PixclustError, match="decoding worker was killed.*--workers"):
-        for _ in decoded_batches(paths, ImageDecoder(_DieOnTheFourteenth(), draft_size=64), batch_size=4, num_workers=2):
+    with pytest.raises(PixclustError, match=r"decoding worker was killed.*--workers"):
+        for _ in decoded_batches(
+            paths, ImageDecoder(_DieOnTheFourteenth(), draft_size=64), batch_size=4, num_workers=2
+        ):
             pass
 
 
@@ -106,8 +108,8 @@ def test_a_script_without_a_main_guard_can_decode_in_workers(tmp_path: Path) -> 
     paths = _photo_folder(tmp_path, 8)
     script = tmp_path / "unguarded.py"
     script.write_text(
-        "from pixclust.embedder import ImageDecoder, decoded_batches\n"
-        "from pixclust.models import PixelTransform\n"
+        "from pixclust.embedding.embedder import ImageDecoder, decoded_batches\n"
+        "from pixclust.embedding.models import PixelTransform\n"
         f"batches = decoded_batches({paths!r}, ImageDecoder(PixelTransform(), draft_size=64), batch_size=2, num_workers=2)\n"
         "print(sum(len(batch) for batch in batches))\n"
     )
@@ -119,8 +121,8 @@ def test_a_script_without_a_main_guard_can_decode_in_workers(tmp_path: Path) -> 
 
 
 def test_augmentation_depends_on_the_seed_and_the_batch_not_on_the_workers(tmp_path: Path) -> None:
-    from pixclust.finetune import AugmentingTransform
-    from pixclust.models import Preprocessing
+    from pixclust.embedding.models import Preprocessing
+    from pixclust.labelling.finetune import AugmentingTransform
 
     # One picture eight times: every difference between the outputs is the augmentation's.
     picture = _photo_folder(tmp_path, 1)[0]
@@ -128,7 +130,9 @@ def test_augmentation_depends_on_the_seed_and_the_batch_not_on_the_workers(tmp_p
     augment = AugmentingTransform(Preprocessing(32, 32, "bilinear", (0.5,) * 3, (0.5,) * 3, "center"))
 
     def decoded(seed: int, workers: int) -> np.ndarray:
-        batches = decoded_batches(paths, ImageDecoder(augment, draft_size=64, seed=seed), batch_size=2, num_workers=workers)
+        batches = decoded_batches(
+            paths, ImageDecoder(augment, draft_size=64, seed=seed), batch_size=2, num_workers=workers
+        )
         return np.stack([array for batch in batches for _, array, _, _ in batch])
 
     inline = decoded(seed=1, workers=0)

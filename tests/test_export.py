@@ -7,7 +7,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pixclust.export import (
+from pixclust.clustering.clusterer import ClusterResult
+from pixclust.clustering.reduce import Reduction
+from pixclust.curation.export import (
     cluster_names,
     cluster_summary,
     export_cluster_folders,
@@ -15,10 +17,8 @@ from pixclust.export import (
     write_clusters_csv,
     write_errors_csv,
 )
-from pixclust.clustering import ClusterResult
-from pixclust.images import SkippedFile
-from pixclust.reduce import Reduction
-from pixclust.run_folder import RunFolder
+from pixclust.embedding.images import SkippedFile
+from pixclust.runs.folder import RunFolder
 
 
 def test_cluster_names_sort_as_folders_and_name_noise() -> None:
@@ -88,12 +88,12 @@ def test_tables_are_plain_csv(tmp_path: Path) -> None:
         method="hdbscan",
     )
     write_clusters_csv(tmp_path / "clusters.csv", ["/p/a,b.jpg", "/p/c.jpg"], clustering)
-    rows = list(csv.DictReader(open(tmp_path / "clusters.csv", newline="")))
+    rows = list(csv.DictReader((tmp_path / "clusters.csv").read_text().splitlines()))
     assert rows[0]["path"] == "/p/a,b.jpg" and rows[0]["cluster"] == "cluster_00" and rows[0]["distance"] == "0.500000"
     assert rows[0]["silhouette"] == "0.250000"
     assert rows[1]["cluster"] == "noise" and rows[1]["distance"] == "" and rows[1]["silhouette"] == ""
     write_errors_csv(tmp_path / "errors.csv", [SkippedFile("/p/x.png", "not an image", "content looks like text")])
-    assert list(csv.reader(open(tmp_path / "errors.csv"))) == [
+    assert list(csv.reader((tmp_path / "errors.csv").read_text().splitlines())) == [
         ["path", "reason", "detail"],
         ["/p/x.png", "not an image", "content looks like text"],
     ]

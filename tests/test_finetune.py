@@ -11,21 +11,21 @@ import pytest
 import torch
 from PIL import Image
 
-from pixclust.classifier import TrainedClassifier, load_classifier, predict
-from pixclust.embedding_sources import embed_images
+from pixclust.curation.export import write_run_json
+from pixclust.embedding.models import DEFAULT_MODEL, MODELS, Preprocessing, load_network, state_dict_sha256
+from pixclust.embedding.runtimes import onnx_path
+from pixclust.embedding.sources import embed_images
 from pixclust.errors import UsageError
-from pixclust.export import write_run_json
-from pixclust.finetune import (
+from pixclust.labelling.classifier import TrainedClassifier, load_classifier, predict
+from pixclust.labelling.finetune import (
     AugmentingTransform,
     FinetuneSettings,
     _softmax_weights,
     _write_softmax_weights,
     finetuned_extractor,
 )
-from pixclust.models import DEFAULT_MODEL, MODELS, Preprocessing, load_network, state_dict_sha256
-from pixclust.pipeline import embed
-from pixclust.runtimes import onnx_path
-from pixclust.workflows import evaluate, predict_images, train
+from pixclust.labelling.workflows import evaluate, predict_images, train
+from pixclust.runs.pipeline import embed
 
 # 96 px instead of 224 keeps three epochs on 72 images to seconds on a CPU.
 SETTINGS = FinetuneSettings(epochs=3, input_size=96)

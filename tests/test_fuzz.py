@@ -16,8 +16,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pixclust.errors import DecodeError
-from pixclust.images import (
+from pixclust.embedding.images import (
     REASON_CORRUPT,
     REASON_DECODE_FAILED,
     REASON_EMPTY,
@@ -26,6 +25,7 @@ from pixclust.images import (
     REASON_UNSUPPORTED,
     decode_image,
 )
+from pixclust.errors import DecodeError
 
 # Small, so that a header mutated to declare a huge picture is refused rather than decoded for seconds.
 MAX_PIXELS = 1 << 22

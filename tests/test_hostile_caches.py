@@ -32,11 +32,11 @@ from conftest import tree_digest, write_digit_tree
 from PIL import Image
 
 import pixclust
+from pixclust.embedding.models import MODELS, FeatureExtractor
+from pixclust.embedding.runtimes import onnx_path, runner_from_export
+from pixclust.embedding.store import EMBEDDINGS_FILE, EmbeddingStore
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
-from pixclust.models import MODELS, FeatureExtractor
-from pixclust.runtimes import onnx_path, runner_from_export
-from pixclust.store import EMBEDDINGS_FILE, EmbeddingStore
 
 # The store's version, as the file format says it: a key of the Parquet schema's metadata.
 VERSION_KEY = b"pixclust_store_version"
@@ -67,7 +67,9 @@ def three_dimensional(table: pa.Table) -> pa.Table:
 
 def not_a_number(table: pa.Table) -> pa.Table:
     dim = table.schema.field("vector").type.list_size
-    return with_vectors(table, pa.FixedSizeListArray.from_arrays(pa.array(np.full(dim * len(table), np.nan, np.float32)), dim))
+    return with_vectors(
+        table, pa.FixedSizeListArray.from_arrays(pa.array(np.full(dim * len(table), np.nan, np.float32)), dim)
+    )
 
 
 def from_a_newer_pixclust(table: pa.Table) -> pa.Table:
@@ -125,7 +127,7 @@ def test_a_damaged_store_that_nothing_can_rebuild_is_one_line(tmp_path: Path, ph
     pixclust.embed(photos, out=tmp_path, model="pixels", quiet=True)
     store_file = tmp_path / EMBEDDINGS_FILE
     pq.write_table(variable_length(pq.read_table(store_file)), store_file)
-    with pytest.raises(UsageError, match="cannot be used .*fixed-size lists"):
+    with pytest.raises(UsageError, match=r"cannot be used .*fixed-size lists"):
         EmbeddingStore(tmp_path).load()
 
 
@@ -183,7 +185,7 @@ def test_a_damaged_onnx_export_of_the_model_is_exported_again(
     (cache / export).write_bytes(whole[: len(whole) // 2])
     script = (
         "import numpy as np\n"
-        "from pixclust.models import load_extractor\n"
+        "from pixclust.embedding.models import load_extractor\n"
         f"print(load_extractor().embed_batch(np.zeros((2, {size}, {size}, 3), np.uint8)).shape)\n"
     )
     result = subprocess.run(
@@ -249,7 +251,9 @@ def small_disk(tmp_path: Path) -> Iterator[Callable[[int], SmallDisk]]:
         path = tmp_path / f"disk{len(mounted) + len(made)}"
         path.mkdir()
         try:
-            mount = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True)
+            mount = subprocess.run(
+                ["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], capture_output=True
+            )
         except FileNotFoundError:
             mount = None
         if mount is not None and mount.returncode == 0:
@@ -309,7 +313,19 @@ def test_a_full_disk_while_moving_across_disks_keeps_every_original(
     before = tree_digest(photos)
     run_dir = disk.path / "run"
     moving = disk.pixclust(
-        "cluster", photos, "--out", run_dir, "--model", "pixels", "--method", "kmeans", "--k", "2", "--no-report", "--quiet", "--move"
+        "cluster",
+        photos,
+        "--out",
+        run_dir,
+        "--model",
+        "pixels",
+        "--method",
+        "kmeans",
+        "--k",
+        "2",
+        "--no-report",
+        "--quiet",
+        "--move",
     )
     assert_disk_full_line(moving)
     # Each original is whole, at its source or (moved before the disk filled) in the run folder.
@@ -322,7 +338,9 @@ def test_a_full_disk_while_moving_across_disks_keeps_every_original(
     resumed = disk.pixclust("resume-move", run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert not any(path.is_file() for path in photos.rglob("*"))
-    assert sorted(path.name for path in (run_dir / "clusters").rglob("*") if path.is_file()) == sorted(Path(name).name for name in before)
+    assert sorted(path.name for path in (run_dir / "clusters").rglob("*") if path.is_file()) == sorted(
+        Path(name).name for name in before
+    )
 
 
 @pytest.mark.slow
@@ -333,7 +351,15 @@ def test_a_full_disk_while_writing_labels_is_one_line(tmp_path: Path, small_disk
     (tmp_path / "refs.csv").write_text("class,id\na,0\na,1\nb,150\nb,151\n")
     disk = small_disk(1024)
     disk.fill()
-    command = ("label", "--in", tmp_path / "vectors.npy", "--refs", tmp_path / "refs.csv", "--out", disk.path / "labels")
+    command = (
+        "label",
+        "--in",
+        tmp_path / "vectors.npy",
+        "--refs",
+        tmp_path / "refs.csv",
+        "--out",
+        disk.path / "labels",
+    )
     assert_disk_full_line(disk.pixclust(*command), disk.path / "labels" / "labels.csv")
     disk.make_room()
     done = disk.pixclust(*command)

@@ -22,7 +22,7 @@ from conftest import tree_digest, write_digit_tree
 import pixclust
 from pixclust.cli import main
 from pixclust.errors import UsageError
-from pixclust.pipeline import RunConfig
+from pixclust.runs.pipeline import RunConfig
 
 
 @pytest.fixture
@@ -31,7 +31,9 @@ def photos(tmp_path: Path) -> Path:
 
 
 def pixclust_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "pixclust", *map(str, args)], capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "pixclust", *map(str, args)], capture_output=True, text=True, timeout=300
+    )
 
 
 def run_main(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str]:
@@ -68,16 +70,25 @@ def write_config(path: Path, settings: dict) -> Path:
     ],
 )
 def test_a_config_of_the_wrong_types_is_one_line_and_moves_nothing(
-    tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], settings: dict, fragment: str
+    tmp_path: Path,
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    settings: dict,
+    fragment: str,
 ) -> None:
     before = tree_digest(photos)
     monkeypatch.chdir(tmp_path)
-    config = write_config(tmp_path / "run.json", {"source": str(photos), "model": "pixels", "report": False, **settings})
+    config = write_config(
+        tmp_path / "run.json", {"source": str(photos), "model": "pixels", "report": False, **settings}
+    )
     assert_one_line_error(*run_main(monkeypatch, capfd, "cluster", "--config", config, "--quiet"), fragment)
     assert tree_digest(photos) == before
 
 
-def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+def test_a_config_that_is_not_utf8_is_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
     config = tmp_path / "run.json"
     config.write_bytes(b'{"config": {"source": "caf\xe9"}}')
     assert_one_line_error(*run_main(monkeypatch, capfd, "cluster", "--config", config), "not UTF-8 text")
@@ -96,7 +107,12 @@ def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path, monkeypatch: pyte
     ],
 )
 def test_bad_or_ignored_options_are_one_line(
-    tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], options: list[str], fragment: str
+    tmp_path: Path,
+    photos: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capfd: pytest.CaptureFixture[str],
+    options: list[str],
+    fragment: str,
 ) -> None:
     args = ("cluster", photos, "--out", tmp_path / "run", "--model", "pixels", "--no-report", "--quiet", *options)
     assert_one_line_error(*run_main(monkeypatch, capfd, *args), fragment)
@@ -126,15 +142,27 @@ def test_python_settings_are_checked_in_python_words(settings: dict, fragment: s
 def test_k_above_the_image_count_is_refused_alike_by_both_pipelines() -> None:
     vectors = np.random.default_rng(0).standard_normal((6, 8)).astype(np.float32)
     for pipeline in ("auto", "fixed"):
-        with pytest.raises(UsageError, match="^k 7 is more than the 6 images; ask for at most 6 clusters"):
+        with pytest.raises(UsageError, match=r"^k 7 is more than the 6 images; ask for at most 6 clusters"):
             pixclust.cluster(vectors, k=7, pipeline=pipeline)
 
 
 @pytest.mark.slow
 def test_settings_replayed_from_a_run_json_are_not_options_given(tmp_path: Path, photos: Path) -> None:
     fixed = pixclust_cli(
-        "cluster", photos, "--out", tmp_path / "fixed", "--model", "pixels", "--method", "gmm", "--n-components", "5",
-        "--k", "3", "--no-report", "--quiet",
+        "cluster",
+        photos,
+        "--out",
+        tmp_path / "fixed",
+        "--model",
+        "pixels",
+        "--method",
+        "gmm",
+        "--n-components",
+        "5",
+        "--k",
+        "3",
+        "--no-report",
+        "--quiet",
     )
     assert fixed.returncode == 0, fixed.stderr
     replayed = tmp_path / "fixed" / "run.json"
@@ -144,5 +172,7 @@ def test_settings_replayed_from_a_run_json_are_not_options_given(tmp_path: Path,
     config = json.loads((tmp_path / "auto" / "run.json").read_text())["config"]
     assert (config["pipeline"], config["method"], config["k"]) == ("auto", None, 3)
     # Typed, the same setting is refused.
-    typed = pixclust_cli("cluster", "--config", replayed, "--out", tmp_path / "typed", "--pipeline", "auto", "--method", "gmm")
+    typed = pixclust_cli(
+        "cluster", "--config", replayed, "--out", tmp_path / "typed", "--pipeline", "auto", "--method", "gmm"
+    )
     assert_one_line_error(typed.returncode, typed.stderr, "--method 'gmm' belongs to the fixed pipeline")

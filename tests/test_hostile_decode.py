@@ -26,8 +26,8 @@ import pytest
 from corpus import encode, quadrants, tiled_tiff
 from PIL import Image
 
+from pixclust.embedding.images import REASON_TOO_LARGE, decode_image, discover_images, load_rgb
 from pixclust.errors import DecodeError
-from pixclust.images import REASON_TOO_LARGE, decode_image, discover_images, load_rgb
 
 needs_fifos = pytest.mark.skipif(
     not hasattr(os, "mkfifo") or not os.path.exists("/dev/zero"), reason="needs FIFOs and /dev"
@@ -195,8 +195,23 @@ def test_a_run_lists_fifos_and_device_links_in_errors_csv(tmp_path: Path) -> Non
     expected = special_files(root)
     for n in range(3):
         (root / f"more-{n}.png").write_bytes(encode(quadrants(20 + n, 16), "PNG"))
-    command = [sys.executable, "-m", "pixclust", "cluster", str(root), "--out", str(run_dir), "--model", "pixels",
-               "--k", "2", "--pipeline", "fixed", "--no-report", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "pixclust",
+        "cluster",
+        str(root),
+        "--out",
+        str(run_dir),
+        "--model",
+        "pixels",
+        "--k",
+        "2",
+        "--pipeline",
+        "fixed",
+        "--no-report",
+        "--quiet",
+    ]
     result = subprocess.run(command, capture_output=True, text=True, timeout=300)
 
     assert result.returncode == 0, result.stderr
@@ -237,6 +252,7 @@ def wait_for(condition: Callable[[], bool], what: str, deadline_s: float = 120) 
 
 def kill_and_count_survivors(process: subprocess.Popen[bytes], expected_workers: int) -> set[int]:
     """Wait until ``process`` stops itself with its workers started, kill -9 it, and return the workers still alive."""
+
     def stopped() -> bool:
         return process.poll() is not None or (stat_fields(process.pid) or ["?"])[0] == "T"
 
@@ -264,7 +280,7 @@ def kill_and_count_survivors(process: subprocess.Popen[bytes], expected_workers:
 # are then certainly alive, and the test kills it there, mid-embedding.
 STOP_MID_EMBEDDING = r"""
 import os, signal, sys
-from pixclust import extraction
+from pixclust.embedding import extraction
 from pixclust.cli import main
 
 real_batches = extraction.Embedder.iter_batches
@@ -304,8 +320,22 @@ def write_pictures(root: Path, count: int) -> list[Path]:
 @needs_proc
 def test_decode_workers_exit_when_the_run_is_killed(tmp_path: Path) -> None:
     write_pictures(tmp_path / "photos", 40)
-    args = ["cluster", str(tmp_path / "photos"), "--out", str(tmp_path / "run"), "--model", "pixels", "--k", "2",
-            "--batch-size", "4", "--workers", "2", "--no-report", "--quiet"]
+    args = [
+        "cluster",
+        str(tmp_path / "photos"),
+        "--out",
+        str(tmp_path / "run"),
+        "--model",
+        "pixels",
+        "--k",
+        "2",
+        "--batch-size",
+        "4",
+        "--workers",
+        "2",
+        "--no-report",
+        "--quiet",
+    ]
     process = subprocess.Popen(
         [sys.executable, "-c", STOP_MID_EMBEDDING, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE
     )
@@ -320,7 +350,10 @@ def test_thumbnail_workers_exit_when_the_report_is_killed(tmp_path: Path) -> Non
     # Three chunks of 64: a worker each, as many as there are cores.
     paths = write_pictures(tmp_path / "photos", 130)
     (tmp_path / "run").mkdir()
-    process = subprocess.Popen([sys.executable, "-c", STOP_MID_THUMBNAILS, str(tmp_path / "run"), *map(str, paths)],
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    process = subprocess.Popen(
+        [sys.executable, "-c", STOP_MID_THUMBNAILS, str(tmp_path / "run"), *map(str, paths)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
 
     assert kill_and_count_survivors(process, expected_workers=min(3, os.cpu_count() or 1)) == set()

@@ -54,7 +54,7 @@ def test_every_name_reads_back_from_its_cell_and_no_cell_is_a_formula() -> None:
         os.fsdecode(b"\\\xfe\\x41\\\\.png"),
         "C:\\Users\\me\\photo.png",
         "a\\xff literally.png",
-        "=HYPERLINK(\"http://evil.example\",\"x\")",
+        '=HYPERLINK("http://evil.example","x")',
         "-x.png",
         "+1",
         "@SUM(1+1)",
@@ -109,16 +109,18 @@ def test_a_name_that_is_not_utf8_is_clustered_linked_and_read_back(tmp_path: Pat
 @pytest.mark.slow
 def test_report_keeps_names_that_look_like_html_or_placeholders_as_data(tmp_path: Path) -> None:
     import pixclust
-    from pixclust.pipeline import RunConfig
     from pixclust.report.build import load_run
+    from pixclust.runs.pipeline import RunConfig
 
     root = write_digit_tree(tmp_path / "{{DATA}}", per_class=6)
     digits = sorted(root.rglob("*.png"))
     hostile = ["<!--<script>.png", "{{APP}}.png", "a&amp;<b>.png", "{{TITLE}}.png"]
-    for digit, name in zip(digits, hostile):
+    for digit, name in zip(digits, hostile, strict=False):
         os.rename(digit, root / name)
     run_dir = tmp_path / "run"
-    pixclust.run(RunConfig(source=str(root), out=str(run_dir), model="hog", k=3, pipeline="fixed", maps=["pca"]), quiet=True)
+    pixclust.run(
+        RunConfig(source=str(root), out=str(run_dir), model="hog", k=3, pipeline="fixed", maps=["pca"]), quiet=True
+    )
 
     html = (run_dir / "report.html").read_text(encoding="utf-8")
     assert re.search(r"<title>(.*?)</title>", html).group(1) == "pixclust: {{DATA}}"
@@ -167,8 +169,9 @@ def test_markup_and_escape_codes_in_names_are_printed_as_text(tmp_path: Path) ->
 
 
 def test_label_tables_neutralise_formulas_and_read_back(tmp_path: Path) -> None:
-    from pixclust.label import read_labelled_list
-    from pixclust.workflows import find_similar, label
+    from pixclust.curation.lookalikes import find_similar
+    from pixclust.labelling.label import read_labelled_list
+    from pixclust.labelling.workflows import label
 
     ids = ["-x.png", "=a.png", "@b.png", "+c.png", "'=q.png", "=cmd|' /C calc'!A0", "plain.png", "p2.png", "p3.png"]
     npy, id_list = precomputed(tmp_path / "in", ids)
@@ -196,10 +199,10 @@ def test_label_tables_neutralise_formulas_and_read_back(tmp_path: Path) -> None:
 
 
 def test_class_folders_named_like_formulas_label_and_read_back(tmp_path: Path) -> None:
-    from pixclust.export import write_run_json
-    from pixclust.label import read_labelled_list
-    from pixclust.pipeline import embed
-    from pixclust.workflows import label
+    from pixclust.curation.export import write_run_json
+    from pixclust.labelling.label import read_labelled_list
+    from pixclust.labelling.workflows import label
+    from pixclust.runs.pipeline import embed
 
     images = write_digit_tree(tmp_path / "images", per_class=8)
     run_dir = tmp_path / "run"

@@ -43,13 +43,32 @@ def pixclust(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
     out, err = io.StringIO(), io.StringIO()
     argv = ["pixclust", *map(str, args)]
-    with mock.patch.object(sys, "argv", argv), redirect_stdout(out), redirect_stderr(err), pytest.raises(SystemExit) as exited:
+    with (
+        mock.patch.object(sys, "argv", argv),
+        redirect_stdout(out),
+        redirect_stderr(err),
+        pytest.raises(SystemExit) as exited,
+    ):
         main()
     return subprocess.CompletedProcess(argv, exited.value.code or 0, out.getvalue(), err.getvalue())
 
 
 def cluster(source: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
-    return pixclust("cluster", source, "--out", out, "--model", "pixels", "--method", "kmeans", "--k", "2", "--no-report", "--quiet", *extra)
+    return pixclust(
+        "cluster",
+        source,
+        "--out",
+        out,
+        "--model",
+        "pixels",
+        "--method",
+        "kmeans",
+        "--k",
+        "2",
+        "--no-report",
+        "--quiet",
+        *extra,
+    )
 
 
 def refused(result: subprocess.CompletedProcess[str], words: str) -> None:
@@ -86,12 +105,22 @@ def test_a_folder_that_is_not_a_run_folder_is_never_written(tmp_path: Path) -> N
 def test_a_rerun_keeps_what_the_user_added_to_a_run_folder(tmp_path: Path) -> None:
     """1b, inside a run folder: only what pixclust made there is replaced or removed."""
     photos, run = write_photos(tmp_path / "photos"), tmp_path / "run"
-    assert pixclust("cluster", photos, "--out", run, "--model", "pixels", "--method", "kmeans", "--k", "3", "--map", "pca", "-q").returncode == 0
+    assert (
+        pixclust(
+            "cluster", photos, "--out", run, "--model", "pixels", "--method", "kmeans", "--k", "3", "--map", "pca", "-q"
+        ).returncode
+        == 0
+    )
     (run / "plots" / "my_figure.png").write_bytes(b"a figure of mine")
     (run / "my_notes.txt").write_text("mine")
 
     # Another k: the montage of cluster_02 is stale and goes, the user's figure stays.
-    assert pixclust("cluster", photos, "--out", run, "--model", "pixels", "--method", "kmeans", "--k", "2", "--map", "pca", "-q").returncode == 0
+    assert (
+        pixclust(
+            "cluster", photos, "--out", run, "--model", "pixels", "--method", "kmeans", "--k", "2", "--map", "pca", "-q"
+        ).returncode
+        == 0
+    )
     assert (run / "plots" / "my_figure.png").read_bytes() == b"a figure of mine"
     assert (run / "my_notes.txt").read_text() == "mine"
     assert not (run / "plots" / "montage_cluster_02.png").exists()
@@ -185,8 +214,26 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run_folder(tmp_pat
     """2: two runs into one --out once mixed their files and swapped clusters/ over moved originals."""
     photos, other, run = write_photos(tmp_path / "photos"), write_photos(tmp_path / "other", 6), tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, "-m", "pixclust", "cluster", str(photos), "--out", str(run), "--model", "pixels", "--method", "kmeans", "--k", "2", "--move", "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pixclust",
+            "cluster",
+            str(photos),
+            "--out",
+            str(run),
+            "--model",
+            "pixels",
+            "--method",
+            "kmeans",
+            "--k",
+            "2",
+            "--move",
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     try:
         _wait_for(lambda: _holds_lock(run, first.pid), first, "it took the lock")
@@ -197,7 +244,7 @@ def test_a_second_writer_is_refused_while_the_first_holds_the_run_folder(tmp_pat
         refused(pixclust("report", run, "-q"), f"pid {first.pid}")
     finally:
         first.send_signal(signal.SIGCONT)
-    out, err = first.communicate(timeout=300)
+    _, err = first.communicate(timeout=300)
     assert first.returncode == 0, err
 
     rows = (run / "clusters.csv").read_text().splitlines()[1:]
@@ -210,8 +257,23 @@ def test_the_lock_dies_with_its_holder(tmp_path: Path) -> None:
     """2: a run killed with SIGKILL leaves no lock behind; the kernel releases it."""
     photos, run = write_photos(tmp_path / "photos"), tmp_path / "run"
     first = subprocess.Popen(
-        [sys.executable, "-m", "pixclust", "cluster", str(photos), "--out", str(run), "--model", "pixels", "--method", "kmeans", "-q"],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        [
+            sys.executable,
+            "-m",
+            "pixclust",
+            "cluster",
+            str(photos),
+            "--out",
+            str(run),
+            "--model",
+            "pixels",
+            "--method",
+            "kmeans",
+            "-q",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     _wait_for(lambda: _holds_lock(run, first.pid), first, "it took the lock")
     first.kill()
@@ -279,11 +341,21 @@ def test_resume_move_refuses_a_crafted_journal(tmp_path: Path) -> None:
 
     crafted = {
         "to outside the run folder": {"move": len(planned), "from": str(victim), "to": str(autostart / "x.desktop")},
-        "out through '..'": {"move": len(planned), "from": planned[0]["from"], "to": str(run / "clusters" / ".." / ".." / "home" / "y")},
-        "from outside the source": {"move": len(planned), "from": str(victim), "to": str(run / "clusters" / "cluster_00" / "z.txt")},
+        "out through '..'": {
+            "move": len(planned),
+            "from": planned[0]["from"],
+            "to": str(run / "clusters" / ".." / ".." / "home" / "y"),
+        },
+        "from outside the source": {
+            "move": len(planned),
+            "from": str(victim),
+            "to": str(run / "clusters" / "cluster_00" / "z.txt"),
+        },
     }
     for attack in crafted.values():
-        journal.write_text("\n".join([line for line in lines if '"finished"' not in line] + [json.dumps(attack)]) + "\n")
+        journal.write_text(
+            "\n".join([line for line in lines if '"finished"' not in line] + [json.dumps(attack)]) + "\n"
+        )
         refused(pixclust("resume-move", run), "refuses a journal it did not write")
         assert victim.read_text() == "the user's" and list(autostart.iterdir()) == []
         assert not (run / "clusters" / "cluster_00" / "z.txt").exists()
@@ -291,7 +363,7 @@ def test_resume_move_refuses_a_crafted_journal(tmp_path: Path) -> None:
 
 def test_discovery_never_walks_into_a_run_folder(tmp_path: Path) -> None:
     """3: a run folder inside the images (made by another run) is not read back as images."""
-    from pixclust.images import discover_images
+    from pixclust.embedding.images import discover_images
 
     photos = write_photos(tmp_path / "photos", 4)
     inner = photos / "runs" / "earlier"

@@ -10,8 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixclust.errors import DecodeError, UsageError
-from pixclust.images import (
+from pixclust.embedding.images import (
     DEFAULT_MAX_PIXELS,
     IMAGE_EXTENSIONS,
     REASON_BROKEN_LINK,
@@ -28,6 +27,7 @@ from pixclust.images import (
     load_rgb,
     sniff_format,
 )
+from pixclust.errors import DecodeError, UsageError
 
 RED = (255, 0, 0)
 BLUE = (0, 0, 255)

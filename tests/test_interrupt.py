@@ -25,9 +25,9 @@ from conftest import tree_digest
 from corpus import encode, quadrants
 
 import pixclust
-from pixclust.models import load_extractor
-from pixclust.pipeline import RunConfig
-from pixclust.store import EmbeddingStore
+from pixclust.embedding.models import load_extractor
+from pixclust.embedding.store import EmbeddingStore
+from pixclust.runs.pipeline import RunConfig
 
 N_IMAGES = 120
 BATCH = 4
@@ -39,7 +39,8 @@ INTERRUPTED_MESSAGE = "interrupted; embeddings made so far are saved, run the sa
 DRIVER = r"""
 import os, signal, sys, time
 import pyarrow.parquet as pq
-from pixclust import extraction, pipeline
+from pixclust.embedding import extraction
+from pixclust.runs import pipeline
 from pixclust.cli import main
 
 extraction.FLUSH_EVERY = int(os.environ["FLUSH_EVERY"])
@@ -88,14 +89,33 @@ main()
 
 
 def cluster_args(root: Path, run_dir: Path, *extra: str) -> list[str]:
-    return ["cluster", str(root), "--out", str(run_dir), "--model", "pixels", "--k", "3", "--batch-size", str(BATCH),
-            "--no-report", "--quiet", *extra]
+    return [
+        "cluster",
+        str(root),
+        "--out",
+        str(run_dir),
+        "--model",
+        "pixels",
+        "--k",
+        "3",
+        "--batch-size",
+        str(BATCH),
+        "--no-report",
+        "--quiet",
+        *extra,
+    ]
 
 
 def driven(args: list[str], kill_at: str | None = None, **popen: object) -> subprocess.Popen[str]:
     env = {**os.environ, "FLUSH_EVERY": str(FLUSH_EVERY), "KILL_AT": kill_at or "", **popen.pop("env", {})}
-    return subprocess.Popen([sys.executable, "-c", DRIVER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        **popen,
+    )
 
 
 def finish(process: subprocess.Popen[str]) -> tuple[int, str, str]:
@@ -110,7 +130,9 @@ def saved_rows(run_dir: Path) -> int:
 
 def resume_and_check(root: Path, run_dir: Path, saved: int, reference: dict[str, np.ndarray]) -> None:
     """The same run again, in this process (what follows the signal is not what is under test)."""
-    pixclust.run(RunConfig(str(root), str(run_dir), model="pixels", k=3, batch_size=BATCH, workers=0, report=False), quiet=True)
+    pixclust.run(
+        RunConfig(str(root), str(run_dir), model="pixels", k=3, batch_size=BATCH, workers=0, report=False), quiet=True
+    )
     counts = json.loads((run_dir / "run.json").read_text())["counts"]
     assert counts["extracted"] == N_IMAGES - saved and counts["reused"] == saved
     table = pq.read_table(run_dir / "embeddings.parquet").to_pydict()
@@ -187,10 +209,14 @@ def processes_in_session(session: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_ctrl_c_from_the_terminal_with_decode_workers(tmp_path: Path, photos: Path, reference: dict[str, np.ndarray]) -> None:
+def test_ctrl_c_from_the_terminal_with_decode_workers(
+    tmp_path: Path, photos: Path, reference: dict[str, np.ndarray]
+) -> None:
     """SIGINT to the whole process group, as a terminal sends it, while workers decode: no traceback, no orphans."""
     run_dir = tmp_path / "run"
-    process = driven(cluster_args(photos, run_dir, "--workers", "2"), start_new_session=True, env={"BATCH_DELAY_S": "0.05"})
+    process = driven(
+        cluster_args(photos, run_dir, "--workers", "2"), start_new_session=True, env={"BATCH_DELAY_S": "0.05"}
+    )
     partial = run_dir / "embeddings.partial"
     while not any(partial.glob("part-*.parquet")) and process.poll() is None:
         time.sleep(0.02)

@@ -12,9 +12,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixclust.classifier import evaluate, train_classifier
 from pixclust.errors import UsageError
-from pixclust.label import (
+from pixclust.labelling.classifier import evaluate, train_classifier
+from pixclust.labelling.label import (
     NONE_LABEL,
     ExampleLabeller,
     References,
@@ -24,8 +24,8 @@ from pixclust.label import (
     suggest_examples,
     threshold_labels,
 )
-from pixclust.workflows import LABELS_CSV, ROC_PNG, label, predict_images, train
-from pixclust.workflows import evaluate as evaluate_saved
+from pixclust.labelling.workflows import LABELS_CSV, ROC_PNG, label, predict_images, train
+from pixclust.labelling.workflows import evaluate as evaluate_saved
 
 
 def _blobs(seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -53,9 +53,11 @@ def test_labeller_estimates_none_and_beats_the_nearest_example_rule() -> None:
     expected = np.where(truth < 3, truth, NONE_LABEL)
     labeller = ExampleLabeller(random_state=0).fit(vectors, refs)
     ours = _macro_f1(expected, labeller.labels_)
-    naive = max(_macro_f1(expected, threshold_labels(nearest_example_scores(vectors, refs), t)) for t in (0.7, 0.75, 0.8))
+    naive = max(
+        _macro_f1(expected, threshold_labels(nearest_example_scores(vectors, refs), t)) for t in (0.7, 0.75, 0.8)
+    )
     assert ours > 0.9 and ours > naive + 0.1
-    assert labeller.scores_.shape == (1000, 3) and 0 <= labeller.scores_.min() and labeller.scores_.max() <= 1
+    assert labeller.scores_.shape == (1000, 3) and labeller.scores_.min() >= 0 and labeller.scores_.max() <= 1
     assert np.isfinite(labeller.cuts_).any()
     everything = ExampleLabeller(estimate_none=False).fit(vectors, refs)
     assert (everything.labels_ != NONE_LABEL).all()
@@ -134,7 +136,9 @@ def test_examples_to_labels_to_classifier_to_predictions(digit_tree: Path, digit
 
     # Train on the pseudo-labels of batch0, test on batch1 with the true classes.
     train_csv, test_csv = tmp_path / "train.csv", tmp_path / "test.csv"
-    train_csv.write_text("path,label\n" + "".join(f"{r['path']},{r['label']}\n" for r in rows if "/batch0/" in r["path"]))
+    train_csv.write_text(
+        "path,label\n" + "".join(f"{r['path']},{r['label']}\n" for r in rows if "/batch0/" in r["path"])
+    )
     test_csv.write_text("path,label\n" + "".join(f"{p},{t}\n" for p, t in truth.items() if "/batch1/" in p))
     classifier = train(train_csv, digit_run, out=tmp_path / "model.pkl", cv=2)
     assert classifier.head in ("logistic", "mlp") and classifier.embedding_model["model"] == "efficientnet-lite0"
@@ -167,7 +171,9 @@ def test_examples_to_labels_to_classifier_to_predictions(digit_tree: Path, digit
 @pytest.mark.slow
 def test_commands_run_and_fail_cleanly(digit_tree: Path, digit_run: Path, tmp_path: Path) -> None:
     def pixclust(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run([sys.executable, "-m", "pixclust", *map(str, args)], capture_output=True, text=True, timeout=600)
+        return subprocess.run(
+            [sys.executable, "-m", "pixclust", *map(str, args)], capture_output=True, text=True, timeout=600
+        )
 
     some = sorted((digit_tree / "0" / "batch0").glob("*.png"))[0]
     found = pixclust("similar", some, "--in", digit_run, "--top", "3", "--out", tmp_path / "sim")
@@ -177,21 +183,53 @@ def test_commands_run_and_fail_cleanly(digit_tree: Path, digit_run: Path, tmp_pa
     assert dupes.returncode == 0, dupes.stderr
     assert "duplicate groups" in dupes.stdout and (tmp_path / "dup" / "duplicates.csv").is_file()
     refs_csv = tmp_path / "refs.csv"
-    refs_csv.write_text("class,id\n" + "".join(f"zero,{p}\n" for p in sorted((digit_tree / "0" / "batch0").glob("*"))[:3]))
-    labelled = pixclust("label", "--refs", refs_csv, "--in", digit_run, "--out", tmp_path / "lab", "--threshold", "0.7", "--threshold", "0.8")
+    refs_csv.write_text(
+        "class,id\n" + "".join(f"zero,{p}\n" for p in sorted((digit_tree / "0" / "batch0").glob("*"))[:3])
+    )
+    labelled = pixclust(
+        "label",
+        "--refs",
+        refs_csv,
+        "--in",
+        digit_run,
+        "--out",
+        tmp_path / "lab",
+        "--threshold",
+        "0.7",
+        "--threshold",
+        "0.8",
+    )
     assert labelled.returncode == 0, labelled.stderr
     assert "0.70" in labelled.stdout and "0.80" in labelled.stdout
     bad = pixclust("label", "--refs", tmp_path / "missing", "--in", digit_run, "--out", tmp_path / "lab2")
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
-    both = pixclust("train", tmp_path / "lab" / "labels.csv", "--in", digit_run, "--out", tmp_path / "m.pkl", "--finetune", "--head", "mlp")
+    both = pixclust(
+        "train",
+        tmp_path / "lab" / "labels.csv",
+        "--in",
+        digit_run,
+        "--out",
+        tmp_path / "m.pkl",
+        "--finetune",
+        "--head",
+        "mlp",
+    )
     assert both.returncode == 2 and "drop --head" in both.stderr and not (tmp_path / "m.pkl").exists()
-    epochs = pixclust("train", tmp_path / "lab" / "labels.csv", "--in", digit_run, "--out", tmp_path / "m.pkl", "--epochs", "3")
+    epochs = pixclust(
+        "train", tmp_path / "lab" / "labels.csv", "--in", digit_run, "--out", tmp_path / "m.pkl", "--epochs", "3"
+    )
     assert epochs.returncode == 2 and "add --finetune" in epochs.stderr
-    trained = pixclust("train", tmp_path / "lab" / "labels.csv", "--in", digit_run, "--out", tmp_path / "m.pkl", "--head", "logistic")
+    trained = pixclust(
+        "train", tmp_path / "lab" / "labels.csv", "--in", digit_run, "--out", tmp_path / "m.pkl", "--head", "logistic"
+    )
     assert trained.returncode == 0, trained.stderr
     only_zeros = tmp_path / "zeros.csv"
-    only_zeros.write_text("path,label\n" + "".join(f"{p},zero\n" for p in sorted((digit_tree / "0" / "batch1").glob("*"))))
-    scored = pixclust("evaluate", tmp_path / "m.pkl", "--test", only_zeros, "--in", digit_run, "--out", tmp_path / "eval")
+    only_zeros.write_text(
+        "path,label\n" + "".join(f"{p},zero\n" for p in sorted((digit_tree / "0" / "batch1").glob("*")))
+    )
+    scored = pixclust(
+        "evaluate", tmp_path / "m.pkl", "--test", only_zeros, "--in", digit_run, "--out", tmp_path / "eval"
+    )
     assert scored.returncode == 0, scored.stderr
     assert "n/a" in scored.stdout and "no image of this class" in " ".join(scored.stdout.split())
     assert "nan" not in scored.stdout.lower() and (tmp_path / "eval" / "roc.png").is_file()
@@ -204,7 +242,21 @@ def test_finetune_from_the_command_line(digit_tree: Path, digit_run: Path, tmp_p
     labels.write_text("path,label\n" + "".join(f"{image},{image.parts[-3]}\n" for image in images))
     model = tmp_path / "finetuned.pkl"
     trained = subprocess.run(
-        [sys.executable, "-m", "pixclust", "train", str(labels), "--in", str(digit_run), "--out", str(model), "--finetune", "--epochs", "1", "--quiet"],
+        [
+            sys.executable,
+            "-m",
+            "pixclust",
+            "train",
+            str(labels),
+            "--in",
+            str(digit_run),
+            "--out",
+            str(model),
+            "--finetune",
+            "--epochs",
+            "1",
+            "--quiet",
+        ],
         capture_output=True,
         text=True,
         timeout=900,

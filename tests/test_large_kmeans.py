@@ -9,9 +9,9 @@ import pytest
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from pixclust import clustering
+from pixclust.clustering import clusterer as clustering
+from pixclust.clustering.large_kmeans import LargeKMeans
 from pixclust.errors import UsageError
-from pixclust.large_kmeans import LargeKMeans
 
 
 def blobs(n: int, dim: int, k: int, *, spread: float, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:

@@ -7,8 +7,8 @@ import pytest
 from sklearn.datasets import make_blobs
 from sklearn.metrics import silhouette_score
 
+from pixclust.clustering.metrics import cluster_accuracy, clustering_scores, silhouette
 from pixclust.errors import UsageError
-from pixclust.metrics import cluster_accuracy, clustering_scores, silhouette
 
 
 def test_accuracy_is_one_for_a_permuted_labelling() -> None:

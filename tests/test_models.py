@@ -8,8 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from pixclust.errors import ModelUnavailableError, UsageError
-from pixclust.models import (
+from pixclust.embedding.models import (
     DEFAULT_MODEL,
     MODELS,
     _load_state_dict,
@@ -20,6 +19,7 @@ from pixclust.models import (
     resolve_model,
     state_dict_sha256,
 )
+from pixclust.errors import ModelUnavailableError, UsageError
 
 
 def test_unknown_name_lists_models_and_suggests_the_closest() -> None:
@@ -65,7 +65,7 @@ def test_model_id_is_stable_and_tracks_the_weights(default_extractor) -> None:
 
 
 def test_generalised_mean_lies_between_the_mean_and_the_max() -> None:
-    from pixclust.pooling import GeneralizedMeanPool
+    from pixclust.embedding.pooling import GeneralizedMeanPool
 
     maps = torch.zeros(2, 3, 4, 4)
     maps[0] = 2.0
@@ -79,7 +79,7 @@ def test_generalised_mean_lies_between_the_mean_and_the_max() -> None:
 
 
 def test_lite_networks_pool_by_generalised_mean_and_their_id_says_so(default_extractor) -> None:
-    from pixclust.pooling import GeneralizedMeanPool
+    from pixclust.embedding.pooling import GeneralizedMeanPool
 
     network, _ = load_network(MODELS[DEFAULT_MODEL])
     assert isinstance(network.global_pool, GeneralizedMeanPool)
@@ -87,7 +87,10 @@ def test_lite_networks_pool_by_generalised_mean_and_their_id_says_so(default_ext
     assert torch.allclose(network.forward_head(maps), GeneralizedMeanPool()(maps))
     assert default_extractor.record["pooling"] == "gem"
     average = dict(default_extractor.record, pooling="avg")
-    assert type(default_extractor)(default_extractor.spec, 1280, default_extractor.transform, 256, average).model_id != default_extractor.model_id
+    assert (
+        type(default_extractor)(default_extractor.spec, 1280, default_extractor.transform, 256, average).model_id
+        != default_extractor.model_id
+    )
 
 
 def test_default_model_embeds_images_into_1280_d(default_extractor) -> None:
@@ -111,7 +114,10 @@ def test_lite_networks_see_the_whole_centre_square(default_extractor) -> None:
     wide = np.full((100, 200, 3), 255, dtype=np.uint8)
     wide[:, :50] = (0, 0, 200)
     assert np.all(default_extractor.transform(Image.fromarray(wide))[112, 6] > 240)
-    assert default_extractor.record["preprocessing"]["resize_to"] == default_extractor.record["preprocessing"]["input_size"]
+    assert (
+        default_extractor.record["preprocessing"]["resize_to"]
+        == default_extractor.record["preprocessing"]["input_size"]
+    )
 
 
 def test_extreme_aspect_ratio_transforms_without_a_huge_intermediate(default_extractor) -> None:
@@ -139,11 +145,13 @@ def test_missing_or_garbage_weights_file_is_a_clear_error(tmp_path: Path, conten
     path = tmp_path / "weights.pth"
     if content is not None:
         path.write_bytes(content)
-    with pytest.raises(ModelUnavailableError, match="--weights|weights file"):
+    with pytest.raises(ModelUnavailableError, match=r"--weights|weights file"):
         load_extractor(DEFAULT_MODEL, weights=path)
 
 
-def test_hub_model_offline_fails_fast_and_never_uses_random_weights(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_hub_model_offline_fails_fast_and_never_uses_random_weights(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HOME", str(tmp_path / "hf"))
     monkeypatch.setenv("TORCH_HOME", str(tmp_path / "torch"))

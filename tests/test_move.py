@@ -25,10 +25,10 @@ from conftest import tree_digest
 from corpus import encode, quadrants
 
 import pixclust
+from pixclust.curation.move import JOURNAL, check_no_moves, resume_moves
 from pixclust.errors import UsageError
-from pixclust.move import JOURNAL, check_no_moves, resume_moves
-from pixclust.pipeline import RunConfig
-from pixclust.run_folder import RunFolder
+from pixclust.runs.folder import RunFolder
+from pixclust.runs.pipeline import RunConfig
 
 N_IMAGES = 30
 BAD_FILES = {"bad/empty.jpg": b"", "bad/notes.png": b"not a picture\n"}
@@ -39,7 +39,7 @@ BAD_FILES = {"bad/empty.jpg": b"", "bad/notes.png": b"not a picture\n"}
 # original is unlinked. MOVE_DELAY_S slows each move so an outside kill lands mid-way.
 DRIVER = r"""
 import os, signal, sys, time
-from pixclust import move
+from pixclust.curation import move
 from pixclust.cli import main
 
 step, nth = (os.environ.get("KILL_AT") or "none:0").split(":")
@@ -131,13 +131,32 @@ def assert_all_moved(root: Path, run_dir: Path, originals: dict[str, str]) -> No
 
 
 def cli(*args: str, env: dict[str, str] | None = None, **popen: object) -> subprocess.Popen[str]:
-    return subprocess.Popen([sys.executable, "-c", DRIVER, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, **(env or {})}, **popen)
+    return subprocess.Popen(
+        [sys.executable, "-c", DRIVER, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env={**os.environ, **(env or {})},
+        **popen,
+    )
 
 
 def move_args(root: Path, run_dir: Path) -> list[str]:
-    return ["cluster", str(root), "--out", str(run_dir), "--move", "--model", "pixels", "--k", "3", "--workers", "0",
-            "--no-report", "--quiet"]
+    return [
+        "cluster",
+        str(root),
+        "--out",
+        str(run_dir),
+        "--move",
+        "--model",
+        "pixels",
+        "--k",
+        "3",
+        "--workers",
+        "0",
+        "--no-report",
+        "--quiet",
+    ]
 
 
 @pytest.fixture(params=["same file system", "across file systems"])
@@ -157,7 +176,9 @@ def source_root(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Path
 def test_move_puts_each_image_in_its_cluster_folder_and_guards_them(tmp_path: Path, source_root: Path) -> None:
     originals = write_photos(source_root)
     run_dir = tmp_path / "run"
-    result = pixclust.run(RunConfig(str(source_root), str(run_dir), model="pixels", k=3, move=True, report=False), quiet=True)
+    result = pixclust.run(
+        RunConfig(str(source_root), str(run_dir), model="pixels", k=3, move=True, report=False), quiet=True
+    )
 
     assert result.moves is not None and result.moves.moved == N_IMAGES and result.moves.left == []
     assert_all_moved(source_root, run_dir, originals)
@@ -193,7 +214,9 @@ def test_sigkill_mid_move_loses_nothing_and_resume_finishes(tmp_path: Path, sour
     with pytest.raises(UsageError, match=f"did not finish; run: pixclust resume-move {run_dir}"):
         pixclust.run(RunConfig(str(source_root), str(run_dir), model="pixels", move=True), quiet=True)
 
-    resumed = subprocess.run([sys.executable, "-m", "pixclust", "resume-move", str(run_dir)], capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pixclust", "resume-move", str(run_dir)], capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert f"{N_IMAGES} images moved" in resumed.stdout
     assert_all_moved(source_root, run_dir, originals)
@@ -215,7 +238,9 @@ def test_sigkill_from_outside_while_moving(tmp_path: Path) -> None:
     process.communicate(timeout=60)
 
     assert_nothing_lost(root, run_dir, originals)
-    resumed = subprocess.run([sys.executable, "-m", "pixclust", "resume-move", str(run_dir)], capture_output=True, text=True)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pixclust", "resume-move", str(run_dir)], capture_output=True, text=True
+    )
     assert resumed.returncode == 0, resumed.stderr
     assert_all_moved(root, run_dir, originals)
 

@@ -13,10 +13,10 @@ import pytest
 from conftest import DIGIT_CLASSES, tree_digest
 
 import pixclust
-from pixclust import extraction
+from pixclust.embedding import extraction
+from pixclust.embedding.store import EMBEDDINGS_FILE, EmbeddingStore
 from pixclust.errors import NoImagesError, UsageError
-from pixclust.pipeline import RunConfig
-from pixclust.store import EMBEDDINGS_FILE, EmbeddingStore
+from pixclust.runs.pipeline import RunConfig
 
 
 def test_embed_caches_by_content_and_model(tmp_path: Path, messy_tree) -> None:
@@ -110,7 +110,7 @@ def test_cluster_separates_digit_classes(digit_tree: Path) -> None:
     result = pixclust.cluster(embeddings, k=3, random_state=0)
     assert result.n_clusters == 3
     truth = [Path(p).parent.parent.name for p in embeddings.paths]
-    scores = pixclust.metrics.clustering_scores(truth, result.labels)
+    scores = pixclust.clustering.metrics.clustering_scores(truth, result.labels)
     # Chance is 0.33; Lite0 on these 64x64 digits scores about 0.72.
     assert scores["acc"] > 0.6
     assert result.coords_2d.shape == (len(embeddings), 2)
@@ -169,8 +169,13 @@ def test_run_without_usable_images_says_so_and_lists_why(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("settings", "message"),
-    [({"k": "ten"}, "k='ten'"), ({"method": "dbscan"}, "method='dbscan'"), ({"reduce": "tsne"}, "reduce='tsne'"),
-     ({"k_min": 5, "k_max": 3}, "k range"), ({"colour": "red"}, "unknown settings colour")],
+    [
+        ({"k": "ten"}, "k='ten'"),
+        ({"method": "dbscan"}, "method='dbscan'"),
+        ({"reduce": "tsne"}, "reduce='tsne'"),
+        ({"k_min": 5, "k_max": 3}, "k range"),
+        ({"colour": "red"}, "unknown settings colour"),
+    ],
 )
 def test_bad_settings_are_one_line_usage_errors(settings: dict, message: str) -> None:
     with pytest.raises(UsageError, match=message):

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from real_data import FASHION_DIR, fashion_mnist, write_image_tree
 
-from pixclust.datasets import FASHION_DIR, fashion_mnist, write_image_tree
 from pixclust.demo import write_digits
-from pixclust.pipeline import RunConfig, run
+from pixclust.runs.pipeline import RunConfig, run
 
 pytestmark = pytest.mark.slow
 
@@ -28,17 +28,23 @@ def test_default_command_on_the_digits(tmp_path: Path) -> None:
     assert ten.scores["acc"] >= 0.90
     assert ten.clustering.choice["representation"] == "embedding+hog"
 
-    auto = run(RunConfig(source=str(folder), out=str(tmp_path / "run"), k="auto", truth="folders", report=False), quiet=True)
+    auto = run(
+        RunConfig(source=str(folder), out=str(tmp_path / "run"), k="auto", truth="folders", report=False), quiet=True
+    )
     assert auto.embeddings.n_reused == len(auto.embeddings)
     assert 8 <= auto.clustering.n_clusters <= 12
 
 
-@pytest.mark.skipif(not FASHION_DIR.exists(), reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+@pytest.mark.skipif(
+    not FASHION_DIR.exists(), reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
+)
 def test_default_command_on_fashion_mnist(tmp_path: Path) -> None:
     images, labels = fashion_mnist("test")
     rows = np.concatenate([np.flatnonzero(labels == c)[:300] for c in range(10)])
     folder = write_image_tree(tmp_path / "fashion", images[rows], labels[rows])
-    result = run(RunConfig(source=str(folder), out=str(tmp_path / "run"), k=10, truth="folders", report=False), quiet=True)
+    result = run(
+        RunConfig(source=str(folder), out=str(tmp_path / "run"), k=10, truth="folders", report=False), quiet=True
+    )
     # Measured ACC 0.773-0.778 / NMI 0.711-0.719 over seeds 0-2 on these 3,000 images (0.790-0.792 /
     # 0.736-0.740 on all 10,000); ACC 0.754-0.756 when the refinement used the embedding alone, 0.615
     # when the choice of features went wrong. Not 2,000 images: there two clusterings fit the rows

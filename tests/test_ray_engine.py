@@ -22,11 +22,11 @@ import pyarrow.parquet as pq
 import pytest
 
 import pixclust
+from pixclust.embedding.models import load_extractor
+from pixclust.embedding.store import EmbeddingStore
 from pixclust.embeddings import arrow_schema
 from pixclust.errors import ModelUnavailableError, UsageError
-from pixclust.models import load_extractor
-from pixclust.pipeline import RunConfig
-from pixclust.store import EmbeddingStore
+from pixclust.runs.pipeline import RunConfig
 
 BATCH = 8
 FLUSH_EVERY = 16
@@ -34,7 +34,7 @@ FLUSH_EVERY = 16
 # The real CLI, with shards every FLUSH_EVERY vectors and a SIGKILL to itself once KILL_AFTER_SHARDS are on disk.
 DRIVER = r"""
 import os, signal, sys
-from pixclust import extraction, store
+from pixclust.embedding import extraction, store
 from pixclust.cli import main
 
 extraction.FLUSH_EVERY = int(os.environ["FLUSH_EVERY"])
@@ -160,17 +160,25 @@ def test_killed_ray_run_resumes_embedding_only_the_missing_images(
 @pytest.mark.slow
 def test_a_node_whose_model_differs_stops_the_run_with_one_line(ray_cluster: Any, digit_tree: Path) -> None:
     """An actor that cannot load the driver's model hands back its error; the driver raises it, not Ray's traceback."""
-    from pixclust.engines.ray import RayEmbedder
+    from pixclust.embedding.engines.ray import RayEmbedder
 
     extractor = load_extractor("pixels")
     # As if the driver had other weights than the nodes: the actors' model id no longer matches.
     extractor.record["weights_sha256"] = "0" * 64
     embedder = RayEmbedder(
-        extractor, model="pixels", weights=None, runtime="auto", precision="auto", batch_size=BATCH,
-        max_pixels=10**8, address=None,
+        extractor,
+        model="pixels",
+        weights=None,
+        runtime="auto",
+        precision="auto",
+        batch_size=BATCH,
+        max_pixels=10**8,
+        address=None,
     )
     paths = sorted(str(p) for p in digit_tree.rglob("*.png"))[:20]
-    with pytest.raises(ModelUnavailableError, match=r"^Ray node .*model 'pixels' is pixels:\w+ there, not .* as on the driver"):
+    with pytest.raises(
+        ModelUnavailableError, match=r"^Ray node .*model 'pixels' is pixels:\w+ there, not .* as on the driver"
+    ):
         list(embedder.iter_batches(paths))
 
 

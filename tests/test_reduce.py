@@ -6,9 +6,9 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits
 
-from pixclust import reduce
+from pixclust.clustering import reduce
+from pixclust.clustering.reduce import REDUCE_METHODS, l2_normalize, project_2d, reduce_features
 from pixclust.errors import UsageError
-from pixclust.reduce import REDUCE_METHODS, l2_normalize, project_2d, reduce_features
 
 
 @pytest.fixture(scope="module")

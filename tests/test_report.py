@@ -12,11 +12,11 @@ import pytest
 from conftest import plant_duplicates, write_digit_tree
 
 import pixclust
+from pixclust.clustering.maps import map_basis, map_coordinates
 from pixclust.errors import UsageError
-from pixclust.maps import map_basis, map_coordinates
-from pixclust.pipeline import RunConfig
 from pixclust.report import plots
 from pixclust.report.build import DUPLICATES_FILE, MAPS_FILE, build_report
+from pixclust.runs.pipeline import RunConfig
 
 
 def report_data(run_dir: Path) -> dict[str, Any]:
@@ -122,7 +122,9 @@ def test_report_shows_the_planted_duplicate_groups_with_the_largest_kept(report_
     assert data["duplicates"]["headline"].startswith("2 groups, 2 redundant images")
     assert ["duplicate groups", "2 (2 redundant images)"] in data["summary"]
     features = dict(data["summary"])["features chosen"]
-    assert re.fullmatch(r"(embedding|embedding\+hog) \(stability: embedding \d\.\d\d, embedding\+hog -?\d\.\d\d\)", features)
+    assert re.fullmatch(
+        r"(embedding|embedding\+hog) \(stability: embedding \d\.\d\d, embedding\+hog -?\d\.\d\d\)", features
+    )
     choice = json.loads((report_run / "run.json").read_text())["clustering"]["pipeline"]
     moved = f"{choice['refined_share']:.1%} of images moved"
     if choice["view_agreement"] is not None:
@@ -167,7 +169,7 @@ def test_no_report_writes_only_the_tables_and_a_later_report_finds_no_duplicates
 def test_a_run_hands_its_embeddings_to_the_report_instead_of_reading_them_again(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from pixclust.store import EmbeddingStore
+    from pixclust.embedding.store import EmbeddingStore
 
     def no_second_copy(self: EmbeddingStore) -> None:
         raise AssertionError("the report read embeddings.parquet again")

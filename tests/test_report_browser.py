@@ -10,7 +10,7 @@ import pytest
 from conftest import plant_duplicates, write_digit_tree
 
 import pixclust
-from pixclust.pipeline import RunConfig
+from pixclust.runs.pipeline import RunConfig
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
 ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"

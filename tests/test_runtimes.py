@@ -13,10 +13,10 @@ import pytest
 import torch
 from conftest import write_digit_tree
 
-from pixclust.embedder import Embedder
+from pixclust.embedding.embedder import Embedder
+from pixclust.embedding.models import DEFAULT_MODEL, MODELS, _packaged_weights_path, load_extractor
+from pixclust.embedding.runtimes import cache_dir
 from pixclust.errors import UsageError
-from pixclust.models import DEFAULT_MODEL, MODELS, _packaged_weights_path, load_extractor
-from pixclust.runtimes import cache_dir
 
 
 @pytest.fixture(scope="module")
@@ -89,13 +89,16 @@ def test_a_cached_record_and_export_start_the_network_without_building_it(tmp_pa
     """The second start reads the weights' record and the ONNX export from the cache: no timm, same model and answer."""
     script = (
         "import sys, numpy as np\n"
-        "from pixclust.models import load_extractor\n"
+        "from pixclust.embedding.models import load_extractor\n"
         "extractor = load_extractor(runtime='onnxruntime')\n"
         "batch = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)\n"
         "print('timm' in sys.modules, extractor.model_id, extractor.draft_size, extractor.embed_batch(batch).sum())\n"
     )
     env = {**os.environ, "PIXCLUST_CACHE": str(tmp_path)}
-    runs = [subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True) for _ in range(2)]
+    runs = [
+        subprocess.run([sys.executable, "-c", script], env=env, capture_output=True, text=True, check=True)
+        for _ in range(2)
+    ]
     first, second = (run.stdout.split() for run in runs)
     assert first[0] == "True" and second[0] == "False"
     assert first[1:] == second[1:]
@@ -121,7 +124,9 @@ def test_a_run_whose_every_vector_is_stored_never_starts_the_network(tmp_path) -
         f"embeddings = pixclust.embed({str(root)!r}, out={str(tmp_path / 'run')!r}, quiet=True)\n"
         "print(len(embeddings), 'runtime' in embeddings.model, 'openvino' in sys.modules or 'onnxruntime' in sys.modules)\n"
     )
-    runs = [subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True) for _ in range(2)]
+    runs = [
+        subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True) for _ in range(2)
+    ]
     first, second = (run.stdout.split() for run in runs)
     assert first[0] == second[0] == str(sum(1 for path in root.rglob("*") if path.is_file()))
     assert first[1:] == ["True", "True"]

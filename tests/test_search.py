@@ -9,14 +9,15 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw
 
-from pixclust import search
-from pixclust.embedding_sources import extractor_for, load_precomputed, open_embeddings
+from pixclust import index as index_module
+from pixclust.curation.export import write_run_json
+from pixclust.curation.lookalikes import find_duplicate_images, find_similar
+from pixclust.curation.search import DuplicateReport, find_duplicates, rows_of, similar
+from pixclust.embedding.sources import extractor_for, load_precomputed, open_embeddings
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
-from pixclust.export import write_run_json
-from pixclust.pipeline import embed
-from pixclust.search import DuplicateReport, VectorIndex, find_duplicates, rows_of, similar
-from pixclust.workflows import find_duplicate_images, find_similar
+from pixclust.index import VectorIndex
+from pixclust.runs.pipeline import embed
 
 
 def _square(colour: str, side: int = 320) -> Image.Image:
@@ -79,7 +80,9 @@ def test_groups_keep_the_largest_image_and_tell_exact_from_near(look_alikes: tup
     assert 0.9 <= red.min_similarity < 1.0
     assert report.n_redundant == 4
     exact_only = find_duplicates(embeddings, threshold=1.0, colour_tolerance=None)
-    assert [sorted(Path(embeddings.paths[r]).name for r in g.rows) for g in exact_only.groups] == [["photo.jpg", "photo_copy.jpg"]]
+    assert [sorted(Path(embeddings.paths[r]).name for r in g.rows) for g in exact_only.groups] == [
+        ["photo.jpg", "photo_copy.jpg"]
+    ]
     assert exact_only.groups[0].kind == "exact"
 
 
@@ -113,7 +116,11 @@ def test_inverted_index_finds_planted_pairs_like_brute_force() -> None:
     assert len(truth) == 40
     index = VectorIndex(vectors, exact_limit=1000, nprobe=8)
     assert not index.exact
-    found = {(int(i), int(j)) for left, right, _ in index.pairs_above(0.95, chunk=500) for i, j in zip(left, right, strict=True)}
+    found = {
+        (int(i), int(j))
+        for left, right, _ in index.pairs_above(0.95, chunk=500)
+        for i, j in zip(left, right, strict=True)
+    }
     assert len(found & truth) >= 38 and found <= truth
     sims, ids = index.search(copies[:5], 2)
     assert [set(row) for row in ids.tolist()] == [{q, 3000 + q} for q in range(5)]
@@ -121,10 +128,12 @@ def test_inverted_index_finds_planted_pairs_like_brute_force() -> None:
 
 
 @pytest.mark.parametrize("exact_limit", [1000, 100])
-def test_an_index_filled_in_chunks_answers_as_one_filled_at_once(exact_limit: int, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_an_index_filled_in_chunks_answers_as_one_filled_at_once(
+    exact_limit: int, monkeypatch: pytest.MonkeyPatch
+) -> None:
     vectors = np.random.default_rng(0).normal(size=(300, 16)).astype(np.float32)
     whole = VectorIndex(vectors, exact_limit=exact_limit).search(vectors[:20], 5)
-    monkeypatch.setattr(search, "ADD_CHUNK", 7)
+    monkeypatch.setattr(index_module, "ADD_CHUNK", 7)
     chunked = VectorIndex(vectors, exact_limit=exact_limit).search(vectors[:20], 5)
     for expected, got in zip(whole, chunked, strict=True):
         np.testing.assert_array_equal(expected, got)

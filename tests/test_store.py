@@ -7,10 +7,10 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from pixclust import store as store_module
 from pixclust.atomic import atomic_path
+from pixclust.embedding import store as store_module
+from pixclust.embedding.store import EMBEDDINGS_FILE, EmbeddingStore, content_hash
 from pixclust.embeddings import Embeddings
-from pixclust.store import EMBEDDINGS_FILE, EmbeddingStore, content_hash
 
 
 def _embeddings(n: int, model_id: str = "m:1", offset: int = 0) -> Embeddings:

@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from pixclust.errors import UsageError
-from pixclust.truth import load_truth
+from pixclust.runs.truth import load_truth
 
 
 def test_folders_give_the_parent_folder_name(tmp_path: Path) -> None:
@@ -16,15 +16,15 @@ def test_folders_give_the_parent_folder_name(tmp_path: Path) -> None:
 def test_csv_matches_relative_absolute_and_unique_bare_names(tmp_path: Path) -> None:
     table = tmp_path / "truth.csv"
     table.write_text(
-        "Path,Label\n"
-        f"{tmp_path / 'a' / '1.jpg'},cat\n"
-        "b/2.jpg,dog\n"
-        "3.jpg,bird\n"
-        "dup.jpg,x\n"
-        "other/dup.jpg,y\n",
+        f"Path,Label\n{tmp_path / 'a' / '1.jpg'},cat\nb/2.jpg,dog\n3.jpg,bird\ndup.jpg,x\nother/dup.jpg,y\n",
         encoding="utf-8",
     )
-    paths = [tmp_path / "a" / "1.jpg", tmp_path / "b" / "2.jpg", tmp_path / "deep" / "3.jpg", tmp_path / "z" / "dup.jpg"]
+    paths = [
+        tmp_path / "a" / "1.jpg",
+        tmp_path / "b" / "2.jpg",
+        tmp_path / "deep" / "3.jpg",
+        tmp_path / "z" / "dup.jpg",
+    ]
     assert load_truth(str(table), [str(p) for p in paths], tmp_path) == ["cat", "dog", "bird", None]
 
 

@@ -16,28 +16,29 @@ from typing import Any
 __version__ = "0.1.0"
 
 _EXPORTS = {
-    "embed": "pixclust.extraction",
-    "cluster": "pixclust.pipeline",
-    "run": "pixclust.pipeline",
-    "RunConfig": "pixclust.pipeline",
-    "RunResult": "pixclust.pipeline",
-    "ClusterResult": "pixclust.clustering",
+    "embed": "pixclust.embedding.extraction",
+    "cluster": "pixclust.runs.pipeline",
+    "run": "pixclust.runs.pipeline",
+    "RunConfig": "pixclust.runs.pipeline",
+    "RunResult": "pixclust.runs.pipeline",
+    "ClusterResult": "pixclust.clustering.clusterer",
+    "ImageClusterer": "pixclust.clustering.clusterer",
+    "AdaptiveClusterer": "pixclust.clustering.adaptive",
     "Embeddings": "pixclust.embeddings",
-    "Embedder": "pixclust.embedder",
-    "ImageClusterer": "pixclust.clustering",
-    "load_extractor": "pixclust.models",
+    "Embedder": "pixclust.embedding.embedder",
+    "load_extractor": "pixclust.embedding.models",
+    "open_embeddings": "pixclust.embedding.sources",
     "PixclustError": "pixclust.errors",
-    "find_similar": "pixclust.workflows",
-    "find_duplicate_images": "pixclust.workflows",
-    "predict_images": "pixclust.workflows",
+    "find_similar": "pixclust.curation.lookalikes",
+    "find_duplicate_images": "pixclust.curation.lookalikes",
+    "label": "pixclust.labelling.workflows",
+    "train": "pixclust.labelling.workflows",
+    "evaluate": "pixclust.labelling.workflows",
+    "predict_images": "pixclust.labelling.workflows",
     "build_report": "pixclust.report",
 }
-# label/train/evaluate live in pixclust.workflows: a package-level ``label`` would be
-# shadowed by the submodule pixclust.label as soon as anything imported it.
-_SUBMODULES = {
-    "images", "models", "embedder", "runtimes", "store", "reduce", "clustering", "metrics", "maps",
-    "export", "truth", "demo", "search", "label", "classifier", "workflows", "report",
-}
+# The stage subpackages; none is named like an export (the run stage is ``runs``, since ``run`` is a function).
+_SUBPACKAGES = {"embedding", "clustering", "curation", "labelling", "runs", "report"}
 
 __all__ = sorted(_EXPORTS)
 
@@ -45,6 +46,10 @@ __all__ = sorted(_EXPORTS)
 def __getattr__(name: str) -> Any:
     if name in _EXPORTS:
         return getattr(importlib.import_module(_EXPORTS[name]), name)
-    if name in _SUBMODULES:
+    if name in _SUBPACKAGES:
         return importlib.import_module(f"pixclust.{name}")
     raise AttributeError(f"module 'pixclust' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*_EXPORTS, *_SUBPACKAGES, "__version__"])

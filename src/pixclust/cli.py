@@ -12,7 +12,7 @@ import math
 import os
 import sys
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any, NoReturn, Optional
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 
@@ -20,8 +20,8 @@ from pixclust.errors import PixclustError, UsageError
 from pixclust.names import printable
 
 if TYPE_CHECKING:
-    from pixclust.move import MoveReport
-    from pixclust.pipeline import RunResult
+    from pixclust.curation.move import MoveReport
+    from pixclust.runs.pipeline import RunResult
 
 app = typer.Typer(
     help="Organise unlabeled images: embed them with a pretrained network, cluster, and export the groups.",
@@ -57,37 +57,106 @@ def _shown(value: object) -> str:
 
 @app.command("cluster")
 def cluster_command(
-    source: Annotated[Optional[Path], typer.Argument(help="Folder (searched recursively) or file of images.")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Run folder [default: pixclust-out/<folder name>].")] = None,
-    k: Annotated[Optional[str], typer.Option(help="Number of clusters, or 'auto' to choose it (modularity, or silhouette with --pipeline fixed) [default: auto].")] = None,
-    k_min: Annotated[Optional[int], typer.Option(help="Smallest k scanned by --k auto [default: 2].")] = None,
-    k_max: Annotated[Optional[int], typer.Option(help="Largest k scanned by --k auto [default: 20].")] = None,
-    pipeline: Annotated[Optional[str], typer.Option(help="auto: choose features (embedding, or embedding+HOG) and k without labels, k-means, refine; fixed: --reduce then --method [default: auto].")] = None,
-    method: Annotated[Optional[str], typer.Option(help="kmeans, agglomerative, gmm or hdbscan; implies --pipeline fixed [default: kmeans].")] = None,
-    reduce: Annotated[Optional[str], typer.Option(help="Space to cluster in: pca, umap, lle, spectral, none; implies --pipeline fixed [default: pca].")] = None,
-    refine: Annotated[Optional[bool], typer.Option("--refine/--no-refine", help="Let nearest neighbours correct k-means (--pipeline auto) [default: --refine].")] = None,
-    n_components: Annotated[Optional[int], typer.Option(help="Dimensions kept by --reduce [default: 50 for pca, 10 otherwise].")] = None,
-    model: Annotated[Optional[str], typer.Option(help="Feature model; see 'pixclust models' [default: efficientnet-lite0].")] = None,
-    weights: Annotated[Optional[str], typer.Option(help="Weights file for the model, or 'random' for plumbing tests.")] = None,
-    seed: Annotated[Optional[int], typer.Option(help="Random seed; the same seed gives the same clusters [default: 0].")] = None,
-    truth: Annotated[Optional[str], typer.Option(help="Score against known classes: 'folders' or a CSV of path,label.")] = None,
-    copy: Annotated[Optional[bool], typer.Option("--copy/--link", help="Copy images into cluster folders instead of linking.")] = None,
-    move: Annotated[Optional[bool], typer.Option("--move", help="Move the images into the cluster folders (journalled; see 'pixclust resume-move').")] = None,
-    batch_size: Annotated[Optional[int], typer.Option(help="Images per model call [default: 32].")] = None,
-    workers: Annotated[Optional[int], typer.Option(help="Decode worker processes [default: one per core].")] = None,
-    max_pixels: Annotated[Optional[int], typer.Option(help="Skip images with more pixels than this (bomb guard).")] = None,
-    include_hidden: Annotated[Optional[bool], typer.Option("--include-hidden", help="Also read hidden files and folders.")] = None,
-    runtime: Annotated[Optional[str], typer.Option(help="Where the network runs: auto, openvino, onnxruntime, torch [default: auto].")] = None,
-    precision: Annotated[Optional[str], typer.Option(help="auto, fp32, bf16 or fp16 [default: auto: bf16 where the CPU has it, fp16 on a GPU].")] = None,
-    maps: Annotated[Optional[list[str]], typer.Option("--map", help="Maps in the report: pca, tsne, umap; repeat or comma-separate [default: pca,tsne].")] = None,
-    report: Annotated[Optional[bool], typer.Option("--report/--no-report", help="Write plots/ and report.html [default: --report].")] = None,
-    engine: Annotated[Optional[str], typer.Option(help="Where images are embedded: local, or ray (a Ray cluster; needs the ray extra, see docs/SCALE.md) [default: local].")] = None,
-    address: Annotated[Optional[str], typer.Option(help="Ray cluster for --engine ray: host:6379 or ray://host:10001 [default: the one 'ray start' made here, else a new local one].")] = None,
-    config: Annotated[Optional[Path], typer.Option(help="Repeat a run from its run.json; other options override it.")] = None,
+    source: Annotated[Path | None, typer.Argument(help="Folder (searched recursively) or file of images.")] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Run folder [default: pixclust-out/<folder name>].")
+    ] = None,
+    k: Annotated[
+        str | None,
+        typer.Option(
+            help="Number of clusters, or 'auto' to choose it (modularity, or silhouette with --pipeline fixed) [default: auto]."
+        ),
+    ] = None,
+    k_min: Annotated[int | None, typer.Option(help="Smallest k scanned by --k auto [default: 2].")] = None,
+    k_max: Annotated[int | None, typer.Option(help="Largest k scanned by --k auto [default: 20].")] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            help="auto: choose features (embedding, or embedding+HOG) and k without labels, k-means, refine; "
+            "fixed: --reduce then --method [default: auto]."
+        ),
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(help="kmeans, agglomerative, gmm or hdbscan; implies --pipeline fixed [default: kmeans]."),
+    ] = None,
+    reduce: Annotated[
+        str | None,
+        typer.Option(
+            help="Space to cluster in: pca, umap, lle, spectral, none; implies --pipeline fixed [default: pca]."
+        ),
+    ] = None,
+    refine: Annotated[
+        bool | None,
+        typer.Option(
+            "--refine/--no-refine", help="Let nearest neighbours correct k-means (--pipeline auto) [default: --refine]."
+        ),
+    ] = None,
+    n_components: Annotated[
+        int | None, typer.Option(help="Dimensions kept by --reduce [default: 50 for pca, 10 otherwise].")
+    ] = None,
+    model: Annotated[
+        str | None, typer.Option(help="Feature model; see 'pixclust models' [default: efficientnet-lite0].")
+    ] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="Weights file for the model, or 'random' for plumbing tests.")
+    ] = None,
+    seed: Annotated[
+        int | None, typer.Option(help="Random seed; the same seed gives the same clusters [default: 0].")
+    ] = None,
+    truth: Annotated[
+        str | None, typer.Option(help="Score against known classes: 'folders' or a CSV of path,label.")
+    ] = None,
+    copy: Annotated[
+        bool | None, typer.Option("--copy/--link", help="Copy images into cluster folders instead of linking.")
+    ] = None,
+    move: Annotated[
+        bool | None,
+        typer.Option(
+            "--move", help="Move the images into the cluster folders (journalled; see 'pixclust resume-move')."
+        ),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per model call [default: 32].")] = None,
+    workers: Annotated[int | None, typer.Option(help="Decode worker processes [default: one per core].")] = None,
+    max_pixels: Annotated[int | None, typer.Option(help="Skip images with more pixels than this (bomb guard).")] = None,
+    include_hidden: Annotated[
+        bool | None, typer.Option("--include-hidden", help="Also read hidden files and folders.")
+    ] = None,
+    runtime: Annotated[
+        str | None, typer.Option(help="Where the network runs: auto, openvino, onnxruntime, torch [default: auto].")
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto, fp32, bf16 or fp16 [default: auto: bf16 where the CPU has it, fp16 on a GPU]."),
+    ] = None,
+    maps: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--map", help="Maps in the report: pca, tsne, umap; repeat or comma-separate [default: pca,tsne]."
+        ),
+    ] = None,
+    report: Annotated[
+        bool | None, typer.Option("--report/--no-report", help="Write plots/ and report.html [default: --report].")
+    ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="Where images are embedded: local, or ray (a Ray cluster; needs the ray extra, see docs/SCALE.md) [default: local]."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster for --engine ray: host:6379 or ray://host:10001 [default: the one 'ray start' made here, else a new local one]."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Repeat a run from its run.json; other options override it.")
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Group the images in SOURCE; writes clusters.csv, errors.csv, run.json and clusters/ to the run folder."""
-    from pixclust.pipeline import RunConfig, run
+    from pixclust.runs.pipeline import RunConfig, run
 
     given = {
         "source": None if source is None else str(source),
@@ -143,7 +212,9 @@ def _read_config(path: Path) -> dict[str, Any]:
     except OSError as error:
         raise UsageError(f"--config {path}: cannot read it ({error.strerror}); pass a run folder's run.json") from error
     except UnicodeDecodeError as error:
-        raise UsageError(f"--config {path}: not UTF-8 text (byte {error.start}); pass a run.json written by pixclust cluster") from error
+        raise UsageError(
+            f"--config {path}: not UTF-8 text (byte {error.start}); pass a run.json written by pixclust cluster"
+        ) from error
     except json.JSONDecodeError as error:
         raise UsageError(f"--config {path}: not valid JSON ({error.msg}, line {error.lineno})") from error
     except RecursionError as error:
@@ -175,7 +246,9 @@ def _render_run(result: RunResult) -> None:
     scan = clustering.k_scan
     if scan is not None:
         elbow = "none" if scan.elbow_k is None else str(scan.elbow_k)
-        console.print(f"k chosen by {scan.criterion}: {scan.chosen_k} (scanned {scan.ks[0]}..{scan.ks[-1]}; elbow at {elbow})")
+        console.print(
+            f"k chosen by {scan.criterion}: {scan.chosen_k} (scanned {scan.ks[0]}..{scan.ks[-1]}; elbow at {elbow})"
+        )
     if clustering.choice is not None:
         console.print(f"features chosen by stability: {clustering.choice['representation']}")
     silhouette = "n/a" if math.isnan(clustering.silhouette) else f"{clustering.silhouette:.3f}"
@@ -201,11 +274,14 @@ def _render_run(result: RunResult) -> None:
 @app.command("report")
 def report_command(
     run_dir: Annotated[Path, typer.Argument(help="A run folder made by 'pixclust cluster'.")],
-    maps: Annotated[Optional[list[str]], typer.Option("--map", help="Maps: pca, tsne, umap; repeat or comma-separate [default: pca,tsne].")] = None,
+    maps: Annotated[
+        list[str] | None,
+        typer.Option("--map", help="Maps: pca, tsne, umap; repeat or comma-separate [default: pca,tsne]."),
+    ] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
     """Rebuild plots/ and report.html of a run folder (maps and thumbnails are reused)."""
-    from pixclust.maps import DEFAULT_MAPS
+    from pixclust.clustering.maps import DEFAULT_MAPS
     from pixclust.report import build_report
 
     path = build_report(run_dir, maps=_split_maps(maps) or list(DEFAULT_MAPS), quiet=quiet)
@@ -217,14 +293,16 @@ def models_command() -> None:
     """List the feature models, their dimensions, and whether each runs offline right now."""
     from rich.table import Table
 
-    from pixclust.models import DEFAULT_MODEL, model_statuses
+    from pixclust.embedding.models import DEFAULT_MODEL, model_statuses
 
     table = Table()
     for column in ("model", "dim", "offline", "description", "weights"):
         table.add_column(column, justify="right" if column == "dim" else "left")
     for status in model_statuses():
         name = status.spec.name + (" (default)" if status.spec.name == DEFAULT_MODEL else "")
-        table.add_row(name, str(status.spec.dim), "yes" if status.offline else "no", status.spec.description, _shown(status.note))
+        table.add_row(
+            name, str(status.spec.dim), "yes" if status.offline else "no", status.spec.description, _shown(status.note)
+        )
     console = _console()
     console.print(table)
     console.print("Any timm model also works as timm:NAME (weights download on first use).")
@@ -232,7 +310,9 @@ def models_command() -> None:
 
 @app.command("demo")
 def demo_command(
-    out: Annotated[Path, typer.Option("--out", "-o", help="Where the digit images and the run folder go.")] = Path("demo-out"),
+    out: Annotated[Path, typer.Option("--out", "-o", help="Where the digit images and the run folder go.")] = Path(
+        "demo-out"
+    ),
     k: Annotated[str, typer.Option(help="Number of clusters (the digits have 10), or 'auto'.")] = "10",
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
@@ -248,14 +328,20 @@ def similar_command(
     queries: Annotated[list[str], typer.Argument(help="Image files, folders of images, or ids already in --in.")],
     source: Annotated[Path, typer.Option("--in", help="Run folder, or an embeddings.npy (with --ids).")],
     top: Annotated[int, typer.Option(help="Look-alikes per query.")] = 10,
-    min_sim: Annotated[Optional[float], typer.Option("--min-sim", help="Leave out matches below this cosine similarity.")] = None,
-    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write similar.csv and a contact sheet per query here.")] = None,
+    min_sim: Annotated[
+        float | None, typer.Option("--min-sim", help="Leave out matches below this cosine similarity.")
+    ] = None,
+    ids: Annotated[
+        Path | None, typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")
+    ] = None,
+    out: Annotated[
+        Path | None, typer.Option("--out", "-o", help="Write similar.csv and a contact sheet per query here.")
+    ] = None,
 ) -> None:
     """Find the images most like each query, by cosine similarity of embeddings."""
     from rich.table import Table
 
-    from pixclust.workflows import find_similar
+    from pixclust.curation.lookalikes import find_similar
 
     result = find_similar(source, queries, top=top, min_similarity=min_sim, ids=ids, out=out)
     console = _console()
@@ -273,16 +359,27 @@ def similar_command(
 @app.command("duplicates")
 def duplicates_command(
     source: Annotated[Path, typer.Argument(help="Run folder, or an embeddings.npy (with --ids).")],
-    threshold: Annotated[float, typer.Option(help="Cosine similarity at or above which two images are near-duplicates.")] = 0.90,
-    colour: Annotated[bool, typer.Option("--colour/--no-colour", help="Also require matching 16x16 colour thumbnails (reads the image files).")] = True,
-    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Write duplicates.csv here.")] = None,
-    export: Annotated[bool, typer.Option("--export", help="Also link group N's images into OUT/duplicate_links/clusters/cluster_N/.")] = False,
+    threshold: Annotated[
+        float, typer.Option(help="Cosine similarity at or above which two images are near-duplicates.")
+    ] = 0.90,
+    colour: Annotated[
+        bool,
+        typer.Option(
+            "--colour/--no-colour", help="Also require matching 16x16 colour thumbnails (reads the image files)."
+        ),
+    ] = True,
+    ids: Annotated[
+        Path | None, typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Write duplicates.csv here.")] = None,
+    export: Annotated[
+        bool, typer.Option("--export", help="Also link group N's images into OUT/duplicate_links/clusters/cluster_N/.")
+    ] = False,
 ) -> None:
     """Group exact and near-duplicate images and suggest which one of each group to keep (the largest)."""
     from rich.table import Table
 
-    from pixclust.workflows import find_duplicate_images
+    from pixclust.curation.lookalikes import find_duplicate_images
 
     result = find_duplicate_images(source, threshold=threshold, colour=colour, ids=ids, out=out, export=export)
     report, paths = result.report, result.embeddings.paths
@@ -290,7 +387,9 @@ def duplicates_command(
     for column in ("group", "kind", "images", "keep", "min sim"):
         table.add_column(column, justify="right" if column in ("group", "images", "min sim") else "left")
     for number, group in enumerate(report.groups, start=1):
-        table.add_row(str(number), group.kind, str(len(group.rows)), _shown(paths[group.keeper]), f"{group.min_similarity:.3f}")
+        table.add_row(
+            str(number), group.kind, str(len(group.rows)), _shown(paths[group.keeper]), f"{group.min_similarity:.3f}"
+        )
     console = _console()
     console.print(table)
     console.print(
@@ -298,29 +397,57 @@ def duplicates_command(
         f"colour compared for {report.colour_checked:,} pairs ({report.colour_rejected:,} rejected, {report.colour_unchecked:,} unreadable)"
     )
     if result.csv_path:
-        console.print(f"table: {_shown(result.csv_path)}" + (f"; links: {_shown(result.links)}" if result.links else ""))
+        console.print(
+            f"table: {_shown(result.csv_path)}" + (f"; links: {_shown(result.links)}" if result.links else "")
+        )
 
 
 @app.command("label")
 def label_command(
-    refs: Annotated[Path, typer.Option(help="Folder with one subfolder of example images per class, or a CSV of class,id.")],
+    refs: Annotated[
+        Path, typer.Option(help="Folder with one subfolder of example images per class, or a CSV of class,id.")
+    ],
     source: Annotated[Path, typer.Option("--in", help="Run folder, or an embeddings.npy (with --ids).")],
     out: Annotated[Path, typer.Option("--out", "-o", help="Folder for labels.csv and contact sheets.")],
-    threshold: Annotated[Optional[list[float]], typer.Option(help="Cosine cut(s) for the nearest-example rule; repeat for a table (default: 0.70 0.75 0.80).")] = None,
-    method: Annotated[str, typer.Option(help="propagate (prototypes, label propagation, estimated none) or nearest (the nearest-example rule at the first --threshold).")] = "propagate",
+    threshold: Annotated[
+        list[float] | None,
+        typer.Option(help="Cosine cut(s) for the nearest-example rule; repeat for a table (default: 0.70 0.75 0.80)."),
+    ] = None,
+    method: Annotated[
+        str,
+        typer.Option(
+            help="propagate (prototypes, label propagation, estimated none) or nearest (the nearest-example rule at the first --threshold)."
+        ),
+    ] = "propagate",
     suggest: Annotated[int, typer.Option(help="Also list N images worth labelling next.")] = 0,
-    none: Annotated[bool, typer.Option("--none/--no-none", help="Estimate a 'none' class; --no-none when every image belongs to one of the classes.")] = True,
-    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")] = None,
+    none: Annotated[
+        bool,
+        typer.Option(
+            "--none/--no-none",
+            help="Estimate a 'none' class; --no-none when every image belongs to one of the classes.",
+        ),
+    ] = True,
+    ids: Annotated[
+        Path | None, typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
 ) -> None:
     """Label every image with a class of the examples in REFS, or 'none'; writes labels.csv and contact sheets."""
     from rich.table import Table
 
-    from pixclust.label import DEFAULT_THRESHOLDS
-    from pixclust.workflows import label
+    from pixclust.labelling.label import DEFAULT_THRESHOLDS
+    from pixclust.labelling.workflows import label
 
     run = label(
-        source, refs, out=out, method=method, thresholds=threshold or DEFAULT_THRESHOLDS, suggest=suggest, estimate_none=none, ids=ids, random_state=seed
+        source,
+        refs,
+        out=out,
+        method=method,
+        thresholds=threshold or DEFAULT_THRESHOLDS,
+        suggest=suggest,
+        estimate_none=none,
+        ids=ids,
+        random_state=seed,
     )
     result = run.result
     console = _console()
@@ -346,33 +473,67 @@ def label_command(
 @app.command("train")
 def train_command(
     labels: Annotated[Path, typer.Argument(help="CSV of path,label (e.g. labels.csv from 'pixclust label').")],
-    source: Annotated[Path, typer.Option("--in", help="Run folder, or an embeddings.npy (with --ids), holding those images.")],
+    source: Annotated[
+        Path, typer.Option("--in", help="Run folder, or an embeddings.npy (with --ids), holding those images.")
+    ],
     out: Annotated[Path, typer.Option("--out", "-o", help="File to save the classifier to.")],
-    head: Annotated[Optional[list[str]], typer.Option(help="logistic and/or mlp; repeat (default: both, the better by cross-validation).")] = None,
+    head: Annotated[
+        list[str] | None,
+        typer.Option(help="logistic and/or mlp; repeat (default: both, the better by cross-validation)."),
+    ] = None,
     cv: Annotated[int, typer.Option(help="Cross-validation folds of the hyperparameter search.")] = 3,
-    finetune: Annotated[bool, typer.Option("--finetune", help="Also train the network's last blocks and a linear head on the images themselves (needs --in RUN with the images at their paths). Uses a CUDA GPU when there is one, else the CPU: minutes for a few hundred images.")] = False,
-    epochs: Annotated[Optional[int], typer.Option(help="Most epochs of --finetune; it stops earlier when the held-out images stop improving [default: 10].")] = None,
-    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")] = None,
+    finetune: Annotated[
+        bool,
+        typer.Option(
+            "--finetune",
+            help="Also train the network's last blocks and a linear head on the images themselves "
+            "(needs --in RUN with the images at their paths). Uses a CUDA GPU when there is one, "
+            "else the CPU: minutes for a few hundred images.",
+        ),
+    ] = False,
+    epochs: Annotated[
+        int | None,
+        typer.Option(
+            help="Most epochs of --finetune; it stops earlier when the held-out images stop improving [default: 10]."
+        ),
+    ] = None,
+    ids: Annotated[
+        Path | None, typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")
+    ] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress bars.")] = False,
 ) -> None:
-    """Train a classifier on the embeddings of labelled images, with class weights and a cross-validated search; --finetune also trains the network's last blocks."""
-    from pixclust.workflows import train
+    """Train a classifier on the embeddings of labelled images, with class weights and a cross-validated search.
+
+    --finetune also trains the network's last blocks.
+    """
+    from pixclust.labelling.workflows import train
 
     if finetune and head:
-        raise UsageError("--head chooses a head for frozen embeddings; --finetune always trains a linear head with the network, so drop --head")
+        raise UsageError(
+            "--head chooses a head for frozen embeddings; --finetune always trains a linear head with the network, so drop --head"
+        )
     if epochs is not None and not finetune:
         raise UsageError("--epochs is for --finetune; add --finetune or drop --epochs")
     console = _console()
     settings = None
     if finetune:
-        from pixclust.finetune import FinetuneSettings, training_device
+        from pixclust.labelling.finetune import FinetuneSettings, training_device
 
         settings = FinetuneSettings() if epochs is None else FinetuneSettings(epochs=epochs)
         if training_device() == "cpu":
             console.print("note: no CUDA GPU visible, so fine-tuning runs on the CPU (slower)")
     classifier = train(
-        labels, source, out=out, heads=head or ("logistic", "mlp"), cv=cv, finetune=finetune, finetune_settings=settings, ids=ids, random_state=seed, quiet=quiet
+        labels,
+        source,
+        out=out,
+        heads=head or ("logistic", "mlp"),
+        cv=cv,
+        finetune=finetune,
+        finetune_settings=settings,
+        ids=ids,
+        random_state=seed,
+        quiet=quiet,
     )
     console.print("classes: " + ", ".join(f"{_shown(name)} {n:,}" for name, n in classifier.class_counts.items()))
     if classifier.finetuned is None:
@@ -390,14 +551,21 @@ def train_command(
 def evaluate_command(
     model: Annotated[Path, typer.Argument(help="A classifier saved by 'pixclust train'.")],
     test: Annotated[Path, typer.Option(help="CSV of id,label: images with known classes.")],
-    source: Annotated[Optional[Path], typer.Option("--in", help="Run folder or embeddings.npy holding the test ids (default: embed the listed image files).")] = None,
-    ids: Annotated[Optional[Path], typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")] = None,
-    out: Annotated[Optional[Path], typer.Option("--out", "-o", help="Folder for roc.png.")] = None,
+    source: Annotated[
+        Path | None,
+        typer.Option(
+            "--in", help="Run folder or embeddings.npy holding the test ids (default: embed the listed image files)."
+        ),
+    ] = None,
+    ids: Annotated[
+        Path | None, typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")
+    ] = None,
+    out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for roc.png.")] = None,
 ) -> None:
     """Per-class precision, recall, F1 and one-vs-rest AUC on a labelled test list, and the confusion matrix."""
     from rich.table import Table
 
-    from pixclust.workflows import evaluate
+    from pixclust.labelling.workflows import evaluate
 
     run = evaluate(model, test, source=source, ids=ids, out=out)
     evaluation = run.evaluation
@@ -405,11 +573,16 @@ def evaluate_command(
     def cell(value: float | None) -> str:
         return "n/a" if value is None else f"{value:.3f}"
 
-    table = Table(title=f"{evaluation.n:,} test images, accuracy {evaluation.accuracy:.3f}, macro F1 {cell(evaluation.macro_f1)}", title_justify="left")
+    table = Table(
+        title=f"{evaluation.n:,} test images, accuracy {evaluation.accuracy:.3f}, macro F1 {cell(evaluation.macro_f1)}",
+        title_justify="left",
+    )
     for column in ("class", "support", "precision", "recall", "F1", "AUC"):
         table.add_column(column, justify="left" if column == "class" else "right")
     for row in evaluation.per_class:
-        table.add_row(_shown(row.name), f"{row.support:,}", cell(row.precision), cell(row.recall), cell(row.f1), cell(row.auc))
+        table.add_row(
+            _shown(row.name), f"{row.support:,}", cell(row.precision), cell(row.recall), cell(row.f1), cell(row.auc)
+        )
     console = _console()
     console.print(table)
     for row in evaluation.per_class:
@@ -434,7 +607,7 @@ def predict_command(
     """Label new images, embedding them with the model the classifier was trained on."""
     from rich.table import Table
 
-    from pixclust.workflows import predict_images
+    from pixclust.labelling.workflows import predict_images
 
     run = predict_images(model, images)
     table = Table()
@@ -450,10 +623,12 @@ def predict_command(
 
 @app.command("resume-move")
 def resume_move_command(
-    run_dir: Annotated[Path, typer.Argument(help="The run folder of a 'pixclust cluster --move' that was interrupted.")],
+    run_dir: Annotated[
+        Path, typer.Argument(help="The run folder of a 'pixclust cluster --move' that was interrupted.")
+    ],
 ) -> None:
     """Finish moving images into RUN_DIR/clusters/ after an interrupted --move; safe to run any number of times."""
-    from pixclust.move import resume_moves
+    from pixclust.curation.move import resume_moves
 
     _render_moves(resume_moves(run_dir))
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import numpy as np
 
 from pixclust.atomic import atomic_path
-from pixclust.pipeline import RunConfig, RunResult, run
-from pixclust.truth import TRUTH_FOLDERS
+from pixclust.runs.pipeline import RunConfig, RunResult, run
+from pixclust.runs.truth import TRUTH_FOLDERS
 
 DIGITS_DIR = "digits"
 RUN_DIR = "run"

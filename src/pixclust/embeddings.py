@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pixclust.images import SkippedFile
+from pixclust.embedding.images import SkippedFile
 from pixclust.names import escape_name, unescape_name
 
 VECTOR_COLUMN = "vector"
@@ -54,6 +54,11 @@ class Embeddings:
 
     def __len__(self) -> int:
         return len(self.paths)
+
+    @property
+    def names_files(self) -> bool:
+        """Whether every row is an image file pixclust read (precomputed vectors name none)."""
+        return bool(self.paths) and all(self.content_hashes)
 
     @property
     def dim(self) -> int:

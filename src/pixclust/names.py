@@ -20,9 +20,13 @@ safe to write:
 
 from __future__ import annotations
 
+import csv
 import re
 from collections.abc import Collection, Iterable, Iterator, Sequence
+from pathlib import Path
 from typing import Any
+
+from pixclust.atomic import atomic_path
 
 _ESCAPED = re.compile(r"\\(?=[\\\udc80-\udcff]|x[0-9a-fA-F]{2})|[\udc80-\udcff]")
 _UNESCAPE = re.compile(r"\\(\\|x[89a-fA-F][0-9a-fA-F])")
@@ -81,3 +85,12 @@ def text_cells(header: Sequence[str], rows: Iterable[Sequence[Any]], text: Colle
         for column in columns:
             cells[column] = to_cell(str(cells[column]))
         yield cells
+
+
+def write_csv(path: Path, header: Sequence[str], rows: Iterable[Sequence[Any]], *, text: Collection[str]) -> Path:
+    """Write the table atomically; cells of the ``text`` columns go through :func:`to_cell` (any name, never a formula)."""
+    with atomic_path(path) as tmp, open(tmp, "w", newline="", encoding="utf-8") as stream:
+        writer = csv.writer(stream, lineterminator="\n")
+        writer.writerow(header)
+        writer.writerows(text_cells(header, rows, text))
+    return path

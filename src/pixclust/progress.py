@@ -8,6 +8,7 @@ from collections.abc import Callable, Iterator
 
 from pixclust.names import printable
 
+
 def warn(message: str) -> None:
     """One line ``warning: ...`` on stderr about damage pixclust repairs by itself; shown even when quiet.
 
@@ -18,7 +19,9 @@ def warn(message: str) -> None:
 
 
 @contextlib.contextmanager
-def progress_bar(description: str, total: int, *, unit: str = "images", quiet: bool = False) -> Iterator[Callable[[int], None]]:
+def progress_bar(
+    description: str, total: int, *, unit: str = "images", quiet: bool = False
+) -> Iterator[Callable[[int], None]]:
     """Yield ``advance(n)``; shows a Rich bar with rate and ETA unless ``quiet``."""
     if quiet or total == 0:
         yield lambda _n: None

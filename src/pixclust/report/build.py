@@ -26,24 +26,25 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pixclust.atomic import atomic_path, write_text_atomic
-from pixclust.embeddings import Embeddings
-from pixclust.errors import UsageError
-from pixclust.export import cluster_names
-from pixclust.figures import contact_sheet
-from pixclust.images import SkippedFile
-from pixclust.maps import DEFAULT_MAPS, check_map_methods, map_basis, map_coordinates
-from pixclust.names import escape_name, from_cell
-from pixclust.progress import progress_bar
-from pixclust.report import plots
-from pixclust.report.thumbnails import THUMB_SIDE, load_thumbnails
-from pixclust.search import (
+from pixclust.clustering.maps import DEFAULT_MAPS, check_map_methods, map_basis, map_coordinates
+from pixclust.curation.export import cluster_names
+from pixclust.curation.search import (
     DEFAULT_COLOUR_TOLERANCE,
     DEFAULT_DUPLICATE_THRESHOLD,
     DuplicateGroup,
     DuplicateReport,
     find_duplicates,
 )
-from pixclust.run_folder import (
+from pixclust.embedding.images import SkippedFile
+from pixclust.embedding.store import EmbeddingStore, read_table_or_none
+from pixclust.embeddings import Embeddings
+from pixclust.errors import UsageError
+from pixclust.names import escape_name, from_cell
+from pixclust.progress import progress_bar
+from pixclust.report import plots
+from pixclust.report.figures import contact_sheet
+from pixclust.report.thumbnails import THUMB_SIDE, load_thumbnails
+from pixclust.runs.folder import (
     CLUSTERS_CSV,
     DUPLICATES_FILE,
     EMBEDDINGS_FILE,
@@ -54,7 +55,6 @@ from pixclust.run_folder import (
     RUN_JSON,
     RunFolder,
 )
-from pixclust.store import EmbeddingStore, read_table_or_none
 
 MONTAGE_SIZE = 32
 _PLACEHOLDER = re.compile(r"\{\{(TITLE|CSS|PLOTLY|DATA|APP)\}\}")
@@ -97,7 +97,9 @@ class RunView:
         return rows[np.argsort(np.nan_to_num(self.distances[rows], nan=np.inf), kind="stable")]
 
 
-def load_run(run_dir: str | Path, record: dict[str, Any] | None = None, embeddings: Embeddings | None = None) -> RunView:
+def load_run(
+    run_dir: str | Path, record: dict[str, Any] | None = None, embeddings: Embeddings | None = None
+) -> RunView:
     """The run folder's embeddings, clusters, errors and record; ``embeddings``, when the caller holds them, are not read again."""
     run_dir = Path(run_dir)
     for needed in (EMBEDDINGS_FILE, CLUSTERS_CSV):
@@ -109,12 +111,17 @@ def load_run(run_dir: str | Path, record: dict[str, Any] | None = None, embeddin
         rows = {from_cell(row["path"]): row for row in csv.DictReader(stream)}
     missing = [path for path in embeddings.paths if path not in rows]
     if missing:
-        raise UsageError(f"{run_dir / CLUSTERS_CSV} does not list {missing[0]}; re-run pixclust cluster for this folder")
+        raise UsageError(
+            f"{run_dir / CLUSTERS_CSV} does not list {missing[0]}; re-run pixclust cluster for this folder"
+        )
     ordered = [rows[path] for path in embeddings.paths]
     errors: list[SkippedFile] = []
     if (run_dir / ERRORS_CSV).is_file():
         with open(run_dir / ERRORS_CSV, newline="", encoding="utf-8") as stream:
-            errors = [SkippedFile(*(from_cell(row[name]) for name in ("path", "reason", "detail"))) for row in csv.DictReader(stream)]
+            errors = [
+                SkippedFile(*(from_cell(row[name]) for name in ("path", "reason", "detail")))
+                for row in csv.DictReader(stream)
+            ]
     if record is None:
         record = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8")) if (run_dir / RUN_JSON).is_file() else {}
     return RunView(
@@ -132,7 +139,9 @@ def _float(text: str) -> float:
     return float(text) if text else float("nan")
 
 
-def load_maps(view: RunView, methods: tuple[str, ...], *, random_state: int = 0, quiet: bool = False) -> dict[str, dict[int, np.ndarray]]:
+def load_maps(
+    view: RunView, methods: tuple[str, ...], *, random_state: int = 0, quiet: bool = False
+) -> dict[str, dict[int, np.ndarray]]:
     """2-D and 3-D coordinates per map method, from ``maps.parquet`` when it matches these embeddings."""
     fingerprint = _fingerprint(view)
     cache_file = view.run_dir / MAPS_FILE
@@ -291,7 +300,9 @@ def _build_report(
     folder.claim_files([f"{PLOTS_DIR}/{name}" for name in sorted(written)])
     for label, name in view.names.items():
         typical = [thumbnails.get(view.hashes[row]) for row in view.members(label)[:MONTAGE_SIZE]]
-        sheet = contact_sheet([None if data is None else Image.open(io.BytesIO(data)) for data in typical], tile=THUMB_SIDE)
+        sheet = contact_sheet(
+            [None if data is None else Image.open(io.BytesIO(data)) for data in typical], tile=THUMB_SIDE
+        )
         with atomic_path(plot_dir / f"montage_{name}.png") as tmp:
             sheet.save(tmp, format="PNG")
     for stem, png in pngs.items():
@@ -361,7 +372,9 @@ def _report_data(
     names = view.names
     ids = [label for label in names if label >= 0] + ([-1] if -1 in names else [])
     colours = dict(zip([label for label in ids if label >= 0], plots.cluster_colours(len(ids)), strict=False))
-    unique_thumbs = {digest: index for index, digest in enumerate(dict.fromkeys(h for h in view.hashes if h in thumbnails))}
+    unique_thumbs = {
+        digest: index for index, digest in enumerate(dict.fromkeys(h for h in view.hashes if h in thumbnails))
+    }
     return {
         "title": _title(view),
         "summary": _summary_rows(view, duplicates),
@@ -443,13 +456,19 @@ def _summary_rows(view: RunView, duplicates: DuplicateReport) -> list[list[str]]
     choice = clustering.get("pipeline")
     if choice:
         stabilities = ", ".join(
-            f"{name} {score['stability']:.2f}" for name, score in choice["candidates"].items() if score["stability"] is not None
+            f"{name} {score['stability']:.2f}"
+            for name, score in choice["candidates"].items()
+            if score["stability"] is not None
         )
-        rows.append(["features chosen", choice["representation"] + (f" (stability: {stabilities})" if stabilities else "")])
+        rows.append(
+            ["features chosen", choice["representation"] + (f" (stability: {stabilities})" if stabilities else "")]
+        )
         if choice.get("refined_on"):
             agreement = choice.get("view_agreement")
             agreed = "" if agreement is None else f"; views' agreement {agreement:.2f}"
-            rows.append(["refined on", f"{choice['refined_on']} ({choice['refined_share']:.1%} of images moved{agreed})"])
+            rows.append(
+                ["refined on", f"{choice['refined_on']} ({choice['refined_share']:.1%} of images moved{agreed})"]
+            )
     scan = clustering.get("k_scan")
     if scan:
         rows.append([f"k by {scan['criterion']} / elbow", f"{scan['chosen_k']} / {scan['elbow_k'] or 'none'}"])

@@ -18,11 +18,11 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pixclust.atomic import atomic_path
+from pixclust.embedding.images import load_rgb
+from pixclust.embedding.store import read_table_or_none
 from pixclust.errors import DecodeError
-from pixclust.images import load_rgb
 from pixclust.progress import progress_bar
-from pixclust.run_folder import THUMBNAILS_FILE
-from pixclust.store import read_table_or_none
+from pixclust.runs.folder import THUMBNAILS_FILE
 from pixclust.workers import exit_with_parent, worker_context
 
 THUMB_SIDE = 80
@@ -84,7 +84,10 @@ def _read_cache(cache_file: Path, side: int) -> dict[str, bytes]:
     return {
         digest: data
         for digest, stored_side, data in zip(
-            table.column("content_hash").to_pylist(), table.column("side").to_pylist(), table.column("webp").to_pylist(), strict=True
+            table.column("content_hash").to_pylist(),
+            table.column("side").to_pylist(),
+            table.column("webp").to_pylist(),
+            strict=True,
         )
         if stored_side == side
     }

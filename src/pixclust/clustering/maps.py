@@ -1,0 +1,94 @@
+"""2-D and 3-D maps of the embeddings for people to look at: PCA, t-SNE, UMAP.
+
+These are for display, unlike ``reduce.py``'s spaces for clustering. Every
+map starts from the same L2 + PCA-50 coordinates. t-SNE and UMAP are fitted
+on at most ``fit_sample`` points and the rest are placed into the fitted map
+(openTSNE's ``transform``, UMAP's ``transform``), so a 100,000-image map
+costs minutes, not hours.
+"""
+
+from __future__ import annotations
+
+import warnings
+from collections.abc import Callable
+
+import numpy as np
+
+from pixclust.clustering.reduce import reduce_features
+from pixclust.errors import UsageError
+
+MAP_METHODS = ("pca", "tsne", "umap")
+DEFAULT_MAPS = ("pca", "tsne")
+DEFAULT_FIT_SAMPLE = 10_000
+
+
+def check_map_methods(methods: tuple[str, ...] | list[str]) -> tuple[str, ...]:
+    unknown = [m for m in methods if m not in MAP_METHODS]
+    if unknown:
+        raise UsageError(f"--map {unknown[0]!r} is not known; choose from {', '.join(MAP_METHODS)}")
+    return tuple(dict.fromkeys(methods))
+
+
+def map_basis(X: np.ndarray, *, random_state: int = 0) -> np.ndarray:
+    """The L2 + PCA coordinates every map starts from; computed once for a report's several maps."""
+    return reduce_features(X, "pca", random_state=random_state).coords
+
+
+def map_coordinates(
+    basis: np.ndarray,
+    method: str,
+    *,
+    n_components: int = 2,
+    random_state: int = 0,
+    fit_sample: int = DEFAULT_FIT_SAMPLE,
+) -> np.ndarray:
+    """N x ``n_components`` float32 map of the rows whose ``map_basis`` is ``basis`` (zero-padded when N is tiny)."""
+    check_map_methods([method])
+    if n_components not in (2, 3):
+        raise UsageError(f"maps have 2 or 3 dimensions, not {n_components}")
+    n = len(basis)
+    if method == "pca" or n < 5:
+        coords = basis[:, :n_components]
+    else:
+        rng = np.random.default_rng(random_state)
+        fitted = np.sort(rng.choice(n, size=fit_sample, replace=False)) if n > fit_sample else np.arange(n)
+        rest = np.setdiff1d(np.arange(n), fitted)
+        fit = _fit_tsne if method == "tsne" else _fit_umap
+        coords = np.empty((n, n_components), np.float32)
+        coords[fitted], place = fit(basis[fitted], n_components, random_state)
+        if len(rest):
+            coords[rest] = place(basis[rest])
+    coords = np.asarray(coords, dtype=np.float32)
+    return np.pad(coords, ((0, 0), (0, n_components - coords.shape[1])))
+
+
+Placer = Callable[[np.ndarray], np.ndarray]
+
+
+def _fit_tsne(points: np.ndarray, n_components: int, random_state: int) -> tuple[np.ndarray, Placer]:
+    from openTSNE import TSNE
+
+    perplexity = float(min(30, (len(points) - 1) / 3))
+    tsne = TSNE(
+        n_components=n_components,
+        perplexity=perplexity,
+        # openTSNE's "auto" takes Barnes-Hut below 10,000 points and FFT above; FFT exists only in 2-D.
+        negative_gradient_method="auto" if n_components <= 2 else "bh",
+        n_jobs=-1,
+        random_state=random_state,
+        verbose=False,
+    )
+    embedding = tsne.fit(points)
+    return np.asarray(embedding), lambda new: np.asarray(embedding.transform(new))
+
+
+def _fit_umap(points: np.ndarray, n_components: int, random_state: int) -> tuple[np.ndarray, Placer]:
+    import umap
+
+    model = umap.UMAP(
+        n_components=n_components, n_neighbors=min(15, len(points) - 1), min_dist=0.1, random_state=random_state
+    )
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
+        coords = model.fit_transform(points)
+    return coords, model.transform

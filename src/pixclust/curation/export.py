@@ -1,0 +1,183 @@
+"""Files a run leaves behind: tables, the run record, and one folder of links per cluster.
+
+Everything here writes into the run folder only, and atomically: a table is
+written beside its final name and renamed; the cluster folders are built
+under a temporary name and swapped in whole. Source images are only ever
+the target of a link or the source of a copy.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import re
+import shutil
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from pixclust.atomic import write_text_atomic
+from pixclust.clustering.metrics import NOISE_LABEL
+from pixclust.embedding.images import SkippedFile
+from pixclust.names import text_cells
+from pixclust.runs.folder import CLUSTERS_DIR, COPY, DIR, LINK, RunFolder
+
+if TYPE_CHECKING:
+    from pixclust.clustering.clusterer import ClusterResult
+
+NOISE_NAME = "noise"
+
+
+def cluster_names(labels: np.ndarray) -> dict[int, str]:
+    """``cluster_00``, ``cluster_01``... (zero-padded so folders sort), ``noise`` for -1."""
+    ids = sorted({int(label) for label in labels})
+    width = max(2, len(str(max(ids, default=0))))
+    return {label: NOISE_NAME if label == NOISE_LABEL else f"cluster_{label:0{width}d}" for label in ids}
+
+
+@dataclass(frozen=True)
+class ClusterRow:
+    """One line of the summary table.
+
+    ``duplication`` is the seeds' figure: the share of all images that would be
+    redundant if one image per cluster were kept, i.e. (size - 1) / total.
+    Summed over clusters it gives (N - k) / N, the seeds' overall figure.
+    """
+
+    name: str
+    images: int
+    share: float
+    duplication: float
+
+
+def cluster_summary(labels: np.ndarray) -> list[ClusterRow]:
+    names = cluster_names(labels)
+    total = len(labels)
+    rows = []
+    for label, name in names.items():
+        size = int(np.sum(labels == label))
+        redundant = size if label == NOISE_LABEL else size - 1
+        rows.append(ClusterRow(name, size, size / total, redundant / total))
+    return rows
+
+
+def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]], *, text: Collection[str]) -> str:
+    """The table as CSV; cells of the ``text`` columns are written by :func:`pixclust.names.to_cell` (any name, never a formula)."""
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(header)
+    writer.writerows(text_cells(header, rows, text))
+    return buffer.getvalue()
+
+
+def write_clusters_csv(path: Path, paths: Sequence[str], clustering: ClusterResult) -> None:
+    """One row per image: path, cluster name and id, distance to its centre, silhouette, 2-D map position."""
+    names = cluster_names(clustering.labels)
+    rows = (
+        (file, names[int(label)], int(label), _number(distance), _number(silhouette), f"{x:.6f}", f"{y:.6f}")
+        for file, label, distance, silhouette, (x, y) in zip(
+            paths, clustering.labels, clustering.distances, clustering.silhouettes, clustering.coords_2d, strict=True
+        )
+    )
+    header = ("path", "cluster", "cluster_id", "distance", "silhouette", "x", "y")
+    write_text_atomic(path, _csv_text(header, rows, text=("path",)))
+
+
+def _number(value: float) -> str:
+    """Six decimals, or empty where there is no value (noise, unscored)."""
+    return "" if np.isnan(value) else f"{value:.6f}"
+
+
+def write_errors_csv(path: Path, skipped: Sequence[SkippedFile]) -> None:
+    """Every file that could not be used, with a short reason and the full detail."""
+    rows = ((item.path, item.reason, item.detail) for item in skipped)
+    header = ("path", "reason", "detail")
+    write_text_atomic(path, _csv_text(header, rows, text=header))
+
+
+def write_run_json(path: Path, record: dict[str, Any]) -> None:
+    write_text_atomic(path, json.dumps(record, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"cannot store {type(value).__name__} in run.json")
+
+
+_UNSAFE_NAME_CHARS = re.compile(r"[^\w.\- ]+")
+# File systems allow 255 bytes per name; leave room for "~2" and for the prefixes and suffixes added around it.
+_MAX_NAME_BYTES = 200
+_MAX_EXTENSION_BYTES = 16
+
+
+def safe_file_name(name: str) -> str:
+    """A name that stays one entry inside its folder: no separators, no '..', no control characters, at most 200 bytes.
+
+    A shortened name keeps its extension, so the file still opens with the right program.
+    """
+    cleaned = _UNSAFE_NAME_CHARS.sub("_", name).strip(" .") or "_"
+    if len(cleaned.encode()) <= _MAX_NAME_BYTES:
+        return cleaned
+    stem, extension = os.path.splitext(cleaned)
+    if len(extension.encode()) > _MAX_EXTENSION_BYTES:
+        stem, extension = cleaned, ""
+    kept = stem.encode()[: _MAX_NAME_BYTES - len(extension.encode())].decode(errors="ignore")
+    return kept + extension
+
+
+def export_cluster_folders(folder: RunFolder, paths: Sequence[str], labels: np.ndarray, *, copy: bool = False) -> Path:
+    """Build ``clusters/<name>/`` with a link (or copy) of each image, named as ``cluster_entries`` says.
+
+    The folders are built in a staging folder and swapped in whole; the previous
+    ``clusters/`` goes only if everything in it is pixclust's (the run folder checks).
+    """
+    folder.check_replaceable(CLUSTERS_DIR)
+    entries = cluster_entries(paths, labels)
+    with folder.staging() as staging:
+        for cluster in sorted({cluster for _, cluster, _ in entries}):
+            (staging / cluster).mkdir()
+        for file, cluster, entry in entries:
+            target = staging / cluster / entry
+            if copy:
+                shutil.copy2(file, target)
+            else:
+                os.symlink(os.path.abspath(file), target)
+        made = [(f"{CLUSTERS_DIR}/{cluster}", DIR) for cluster in sorted({cluster for _, cluster, _ in entries})]
+        made += [(f"{CLUSTERS_DIR}/{cluster}/{entry}", COPY if copy else LINK) for _, cluster, entry in entries]
+        folder.swap_in(staging, CLUSTERS_DIR, made)
+    return folder.path(CLUSTERS_DIR)
+
+
+def cluster_entries(paths: Sequence[str], labels: np.ndarray) -> list[tuple[str, str, str]]:
+    """(file, cluster folder, name inside it) per image, in path order.
+
+    Names are ``safe_file_name`` of the file's own name; two images with the
+    same name in one cluster get distinct names (``photo.jpg``, ``photo~2.jpg``).
+    """
+    names = cluster_names(labels)
+    taken: dict[str, set[str]] = {name: set() for name in names.values()}
+    entries = []
+    for file, label in sorted(zip(paths, labels, strict=True)):
+        folder = names[int(label)]
+        entries.append((file, folder, _unique_name(safe_file_name(os.path.basename(file)), taken[folder])))
+    return entries
+
+
+def _unique_name(name: str, taken: set[str]) -> str:
+    stem, suffix = os.path.splitext(name)
+    candidate, n = name, 1
+    while candidate in taken:
+        n += 1
+        candidate = f"{stem}~{n}{suffix}"
+    taken.add(candidate)
+    return candidate

@@ -1,0 +1,263 @@
+"""``embed``: every usable image under a folder as one vector, reusing what a run folder has stored.
+
+Discover the files, hash their bytes (taken from the store when path, size
+and mtime are unchanged), extract only the hashes the store lacks, save
+shards as they are made (so an interrupted call resumes), and assemble the
+result in file order. Kept apart from :mod:`pixclust.runs.pipeline` so that
+embedding imports neither scikit-learn nor matplotlib: a second of start-up
+that a user who only embeds would otherwise wait for.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import threading
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from types import FrameType
+
+import numpy as np
+
+from pixclust.embedding.embedder import DEFAULT_BATCH_SIZE, Embedder
+from pixclust.embedding.engines import check_engine
+from pixclust.embedding.images import DEFAULT_MAX_PIXELS, REASON_UNREADABLE, SkippedFile, discover_images
+from pixclust.embedding.models import DEFAULT_MODEL, load_extractor
+from pixclust.embedding.store import EmbeddingStore, KnownEmbeddings, StoredVector, content_hash
+from pixclust.embeddings import Embeddings
+from pixclust.errors import DecodeError
+from pixclust.progress import progress_bar
+
+FLUSH_EVERY = 1024
+_HASH_THREADS = 4
+
+
+def embed(
+    source: str | Path,
+    *,
+    model: str = DEFAULT_MODEL,
+    weights: str | Path | None = None,
+    out: str | Path | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    num_workers: int | None = None,
+    max_pixels: int = DEFAULT_MAX_PIXELS,
+    include_hidden: bool = False,
+    runtime: str = "auto",
+    precision: str = "auto",
+    quiet: bool = False,
+    engine: str = "local",
+    address: str | None = None,
+) -> Embeddings:
+    """Embed every usable image under ``source``.
+
+    With ``out`` (a run folder), vectors already stored there for the same
+    bytes and the same model are reused, new ones are saved as they are made
+    (so an interrupted call resumes), and ``embeddings.parquet`` is written
+    at the end. Files that cannot be used are listed in ``Embeddings.skipped``;
+    the result may be empty, and callers decide whether that is an error.
+    ``engine="ray"`` has the images not found in the store embedded by Ray
+    actors (on the cluster at ``address``; see ``engines/ray.py``).
+    """
+    check_engine(engine, address, num_workers)
+    root = os.path.abspath(source)
+    discovery = discover_images(root, include_hidden=include_hidden)
+    extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision, lazy=True)
+    store = EmbeddingStore(out) if out is not None else None
+    known = store.known(extractor.model_id, extractor.dim) if store else KnownEmbeddings()
+
+    files, hashes, stats, skipped = _hash_files([str(p) for p in discovery.files], known, quiet=quiet)
+    skipped = list(discovery.skipped) + skipped
+    first_path_of_hash = {}
+    for path, digest in zip(files, hashes, strict=True):
+        if digest not in known.row_of_hash:
+            first_path_of_hash.setdefault(digest, path)
+    to_extract = list(first_path_of_hash.items())
+    stat_of = dict(zip(files, stats, strict=True))
+
+    if engine == "ray":
+        from pixclust.embedding.engines.ray import RayEmbedder
+
+        embedder: Embedder = RayEmbedder(
+            extractor,
+            model=model,
+            weights=weights,
+            runtime=runtime,
+            precision=precision,
+            batch_size=batch_size,
+            max_pixels=max_pixels,
+            address=address,
+        )
+    else:
+        embedder = Embedder(extractor, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels)
+    fresh, failed = _extract(embedder, to_extract, store, stat_of, extractor.model_id, extractor.dim, quiet=quiet)
+
+    kept = []
+    for path, digest in zip(files, hashes, strict=True):
+        if digest in failed:
+            reason = failed[digest]
+            skipped.append(SkippedFile(path, reason.reason, reason.detail))
+        else:
+            kept.append((path, digest))
+    digests = [digest for _, digest in kept]
+    if digests and digests == known.content_hashes:
+        # Nothing new and nothing gone (the usual re-run): the store's own array is the answer, not a copy of it.
+        vectors, image_sizes = known.vectors, known.image_sizes
+    else:
+        vectors, image_sizes = _gather(
+            digests, lambda digest: fresh.get(digest) or known.vector_of(digest), extractor.dim
+        )
+    embeddings = _assemble(kept, stat_of, extractor.model_id, vectors, image_sizes)
+    embeddings.model = extractor.record | {"model_id": extractor.model_id}
+    embeddings.skipped = sorted(skipped, key=lambda item: item.path)
+    embeddings.n_extracted = len(fresh)
+    embeddings.n_reused = sum(1 for digest in digests if digest not in fresh)
+    if store and not store.holds(embeddings):
+        store.save(embeddings)
+    return embeddings
+
+
+def _extract(
+    embedder: Embedder,
+    to_extract: Sequence[tuple[str, str]],
+    store: EmbeddingStore | None,
+    stat_of: dict[str, tuple[int, int]],
+    model_id: str,
+    dim: int,
+    *,
+    quiet: bool,
+) -> tuple[dict[str, StoredVector], dict[str, SkippedFile]]:
+    """Vectors by content hash for the ``(hash, path)`` pairs, and why the others failed; shards saved on the way."""
+    fresh: dict[str, StoredVector] = {}
+    failed: dict[str, SkippedFile] = {}
+    pending: list[tuple[str, str]] = []
+
+    def flush() -> None:
+        if store and pending:
+            shard_vectors, shard_sizes = _gather([digest for _, digest in pending], fresh.__getitem__, dim)
+            store.save_partial(_assemble(pending, stat_of, model_id, shard_vectors, shard_sizes).to_table())
+        pending.clear()
+
+    try:
+        with (
+            _ctrl_c_after_batch() as stop_requested,
+            progress_bar("embedding", len(to_extract), quiet=quiet) as advance,
+            # closing() shuts the decode workers down here, not whenever the generator is collected.
+            contextlib.closing(embedder.iter_batches([path for _, path in to_extract])) as batches,
+        ):
+            for batch in batches:
+                for row, index in enumerate(batch.indices):
+                    digest, path = to_extract[index]
+                    width, height = (int(v) for v in batch.image_sizes[row])
+                    fresh[digest] = StoredVector(batch.vectors[row], width, height)
+                    pending.append((path, digest))
+                for index, error in batch.failures:
+                    digest, path = to_extract[index]
+                    failed[digest] = SkippedFile(path, error.reason, error.detail)
+                advance(len(batch.indices) + len(batch.failures))
+                if len(pending) >= FLUSH_EVERY:
+                    flush()
+                if stop_requested.is_set():
+                    break
+    finally:
+        flush()
+    return fresh, failed
+
+
+@contextlib.contextmanager
+def _ctrl_c_after_batch() -> Iterator[threading.Event]:
+    """Make the first Ctrl-C a request to stop after the batch in hand (whose vectors are then saved).
+
+    The caller checks the event between batches and leaves its loop; on the
+    way out of this block the request becomes a ``KeyboardInterrupt``, so it
+    also holds when it came after the last batch. A second Ctrl-C interrupts at
+    once. A process forked meanwhile inherits the handler, which does nothing
+    there (decode workers ignore Ctrl-C anyway: a terminal sends it to every
+    process in the group, and this process shuts them down). Only the main
+    thread may set handlers; elsewhere Ctrl-C keeps its usual meaning.
+    """
+    requested = threading.Event()
+    if threading.current_thread() is not threading.main_thread():
+        yield requested
+        return
+    owner = os.getpid()
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        if os.getpid() != owner:
+            return
+        if requested.is_set():
+            raise KeyboardInterrupt
+        requested.set()
+
+    previous = signal.signal(signal.SIGINT, request_stop)
+    try:
+        yield requested
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.default_int_handler)
+    if requested.is_set():
+        raise KeyboardInterrupt
+
+
+def _hash_files(
+    paths: Sequence[str], known: KnownEmbeddings, *, quiet: bool
+) -> tuple[list[str], list[str], list[tuple[int, int]], list[SkippedFile]]:
+    """Content hash per file, taken from the store when path, size and mtime are unchanged."""
+
+    def one(path: str) -> tuple[str, tuple[int, int]] | SkippedFile:
+        try:
+            status = os.stat(path)
+            stat = (status.st_size, status.st_mtime_ns)
+            digest = known.hash_by_stat.get((path, *stat)) or content_hash(path)
+            return digest, stat
+        except OSError as error:
+            return SkippedFile(path, REASON_UNREADABLE, f"cannot read the file ({error.strerror or error})")
+        except DecodeError as error:
+            return SkippedFile(path, error.reason, error.detail)
+
+    files, hashes, stats, skipped = [], [], [], []
+    with (
+        progress_bar("hashing", len(paths), unit="files", quiet=quiet) as advance,
+        ThreadPoolExecutor(_HASH_THREADS) as pool,
+    ):
+        for path, result in zip(paths, pool.map(one, paths), strict=True):
+            if isinstance(result, SkippedFile):
+                skipped.append(result)
+            else:
+                files.append(path)
+                hashes.append(result[0])
+                stats.append(result[1])
+            advance(1)
+    return files, hashes, stats, skipped
+
+
+def _gather(
+    digests: Sequence[str], vector_of: Callable[[str], StoredVector], dim: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Vectors (N x dim float32) and (width, height) of ``digests``, in order, filled into arrays made once."""
+    vectors = np.empty((len(digests), dim), dtype=np.float32)
+    image_sizes = np.empty((len(digests), 2), dtype=np.int32)
+    for row, digest in enumerate(digests):
+        stored = vector_of(digest)
+        vectors[row] = stored.vector
+        image_sizes[row] = stored.width, stored.height
+    return vectors, image_sizes
+
+
+def _assemble(
+    rows: Sequence[tuple[str, str]],
+    stat_of: dict[str, tuple[int, int]],
+    model_id: str,
+    vectors: np.ndarray,
+    image_sizes: np.ndarray,
+) -> Embeddings:
+    """Embeddings of the ``(path, hash)`` rows, whose vectors and image sizes are given in the same order."""
+    return Embeddings(
+        paths=[path for path, _ in rows],
+        vectors=vectors,
+        content_hashes=[digest for _, digest in rows],
+        file_sizes=np.array([stat_of[path][0] for path, _ in rows], dtype=np.int64),
+        mtimes_ns=np.array([stat_of[path][1] for path, _ in rows], dtype=np.int64),
+        image_sizes=image_sizes,
+        model_id=model_id,
+    )

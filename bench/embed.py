@@ -91,7 +91,7 @@ def seed_style(folder: Path) -> dict[str, float]:
 
 def plain_batched(folder: Path) -> dict[str, float]:
     """Decode in the main process, batches of 32 through PyTorch fp32: what a careful script does."""
-    from pixclust.embedding.images import load_rgb
+    from pixclust.embedding.decode import load_rgb
     from pixclust.embedding.models import load_extractor
 
     extractor = load_extractor(runtime="torch", precision="fp32")

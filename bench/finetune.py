@@ -18,10 +18,10 @@ from pathlib import Path
 import numpy as np
 from common import FASHION_CLASSES, fashion_mnist, write_image_tree
 
-from pixclust.curation.export import write_run_json
 from pixclust.labelling.finetune import FinetuneSettings, training_device
 from pixclust.labelling.workflows import evaluate, train
 from pixclust.runs.pipeline import embed
+from pixclust.runs.record import RunRecord
 
 
 def write_split(root: Path, train_per_class: int, test_per_class: int) -> tuple[Path, Path]:
@@ -49,7 +49,7 @@ def main(work: Path, train_per_class: int, test_per_class: int, input_size: int 
     train_folder, test_folder = write_split(images, train_per_class, test_per_class)
     run = work / f"run{train_per_class}-{test_per_class}"
     embeddings = embed(images, out=run, quiet=True)
-    write_run_json(run / "run.json", {"model": embeddings.model})
+    RunRecord(model=embeddings.model).write(run / "run.json")
     train_csv, test_csv = labels_csv(work / "train.csv", train_folder), labels_csv(work / "test.csv", test_folder)
     print(
         f"{10 * train_per_class} labelled and {10 * test_per_class} unseen Fashion-MNIST images ({', '.join(FASHION_CLASSES)})"

@@ -101,12 +101,12 @@ def digit_tree(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture(scope="session")
 def digit_run(digit_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A run folder over the 180 digits (0, 1, 6): embeddings and the model record, as 'pixclust cluster' leaves."""
-    from pixclust.curation.export import write_run_json
     from pixclust.runs.pipeline import embed
+    from pixclust.runs.record import RunRecord
 
     run_dir = tmp_path_factory.mktemp("digit_run")
     embeddings = embed(digit_tree, out=run_dir, quiet=True)
-    write_run_json(run_dir / "run.json", {"model": embeddings.model})
+    RunRecord(model=embeddings.model).write(run_dir / "run.json")
     return run_dir
 
 

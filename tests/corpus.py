@@ -19,7 +19,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pixclust.embedding.images import (
+from pixclust.embedding.files import (
     REASON_BROKEN_LINK,
     REASON_CORRUPT,
     REASON_EMPTY,

@@ -27,7 +27,7 @@ from corpus import Corpus, build_corpus, encode, looks_like, quadrants
 import pixclust
 from pixclust.curation.export import safe_file_name
 from pixclust.embedding import extraction
-from pixclust.embedding.images import REASON_UNREADABLE
+from pixclust.embedding.files import REASON_UNREADABLE
 from pixclust.embedding.models import PixelTransform
 from pixclust.runs.pipeline import RunConfig
 

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from pixclust.embedding.embedder import Embedder, ImageDecoder, decoded_batches, default_num_workers
-from pixclust.embedding.images import REASON_CORRUPT, REASON_EMPTY
+from pixclust.embedding.files import REASON_CORRUPT, REASON_EMPTY
 from pixclust.embedding.models import load_extractor
 from pixclust.embedding.runtimes import _NVIDIA_DRIVER_FILES
 from pixclust.errors import PixclustError, UsageError

@@ -17,7 +17,7 @@ from pixclust.curation.export import (
     write_clusters_csv,
     write_errors_csv,
 )
-from pixclust.embedding.images import SkippedFile
+from pixclust.embedding.files import SkippedFile
 from pixclust.runs.folder import RunFolder
 
 

@@ -11,7 +11,6 @@ import pytest
 import torch
 from PIL import Image
 
-from pixclust.curation.export import write_run_json
 from pixclust.embedding.models import DEFAULT_MODEL, MODELS, Preprocessing, load_network, state_dict_sha256
 from pixclust.embedding.runtimes import onnx_path
 from pixclust.embedding.sources import embed_images
@@ -26,6 +25,7 @@ from pixclust.labelling.finetune import (
 )
 from pixclust.labelling.workflows import evaluate, predict_images, train
 from pixclust.runs.pipeline import embed
+from pixclust.runs.record import RunRecord
 
 # 96 px instead of 224 keeps three epochs on 72 images to seconds on a CPU.
 SETTINGS = FinetuneSettings(epochs=3, input_size=96)
@@ -176,7 +176,7 @@ def test_handmade_features_cannot_be_finetuned(model: str, digit_tree: Path, tmp
     images = _batch(digit_tree, "batch0")[::10]
     run = tmp_path / "run"
     embeddings = embed(digit_tree, out=run, model=model, quiet=True)
-    write_run_json(run / "run.json", {"model": embeddings.model})
+    RunRecord(model=embeddings.model).write(run / "run.json")
     with pytest.raises(UsageError, match=f"model '{model}' .* has no network to fine-tune") as raised:
         train(_labels_csv(tmp_path / "labels.csv", images), run, out=tmp_path / "m.pkl", finetune=True)
     assert "\n" not in str(raised.value) and not (tmp_path / "m.pkl").exists()
@@ -190,7 +190,7 @@ def test_missing_images_are_named(digit_tree: Path, tmp_path: Path) -> None:
         shutil.copy(image, target)
     run = tmp_path / "run"
     embeddings = embed(photos, out=run, quiet=True)
-    write_run_json(run / "run.json", {"model": embeddings.model})
+    RunRecord(model=embeddings.model).write(run / "run.json")
     gone = min(photos.rglob("*.png"))
     gone.unlink()
     labels = _labels_csv(tmp_path / "labels.csv", sorted(Path(path) for path in embeddings.paths))

@@ -16,14 +16,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from pixclust.embedding.images import (
+from pixclust.embedding.decode import decode_image
+from pixclust.embedding.files import (
     REASON_CORRUPT,
     REASON_DECODE_FAILED,
     REASON_EMPTY,
     REASON_NOT_IMAGE,
     REASON_TOO_LARGE,
     REASON_UNSUPPORTED,
-    decode_image,
 )
 from pixclust.errors import DecodeError
 

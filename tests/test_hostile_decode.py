@@ -26,7 +26,9 @@ import pytest
 from corpus import encode, quadrants, tiled_tiff
 from PIL import Image
 
-from pixclust.embedding.images import REASON_TOO_LARGE, decode_image, discover_images, load_rgb
+from pixclust.embedding.decode import decode_image, load_rgb
+from pixclust.embedding.discover import discover_images
+from pixclust.embedding.files import REASON_TOO_LARGE
 from pixclust.errors import DecodeError
 
 needs_fifos = pytest.mark.skipif(

@@ -199,15 +199,15 @@ def test_label_tables_neutralise_formulas_and_read_back(tmp_path: Path) -> None:
 
 
 def test_class_folders_named_like_formulas_label_and_read_back(tmp_path: Path) -> None:
-    from pixclust.curation.export import write_run_json
     from pixclust.labelling.label import read_labelled_list
     from pixclust.labelling.workflows import label
     from pixclust.runs.pipeline import embed
+    from pixclust.runs.record import RunRecord
 
     images = write_digit_tree(tmp_path / "images", per_class=8)
     run_dir = tmp_path / "run"
     embeddings = embed(images, model="hog", out=run_dir, quiet=True)
-    write_run_json(run_dir / "run.json", {"model": embeddings.model})
+    RunRecord(model=embeddings.model).write(run_dir / "run.json")
     # A folder name cannot hold "/", so no "http://" here.
     classes = {"0": '=HYPERLINK("evil.example","click")', "1": "@SUM(1+1)", "6": "+6"}
     for digit, name in classes.items():

@@ -363,7 +363,7 @@ def test_resume_move_refuses_a_crafted_journal(tmp_path: Path) -> None:
 
 def test_discovery_never_walks_into_a_run_folder(tmp_path: Path) -> None:
     """3: a run folder inside the images (made by another run) is not read back as images."""
-    from pixclust.embedding.images import discover_images
+    from pixclust.embedding.discover import discover_images
 
     photos = write_photos(tmp_path / "photos", 4)
     inner = photos / "runs" / "earlier"

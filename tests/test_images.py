@@ -10,8 +10,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixclust.embedding.images import (
-    DEFAULT_MAX_PIXELS,
+from pixclust.embedding.decode import DEFAULT_MAX_PIXELS, decode_image, full_size, load_rgb
+from pixclust.embedding.discover import discover_images
+from pixclust.embedding.files import (
     IMAGE_EXTENSIONS,
     REASON_BROKEN_LINK,
     REASON_CORRUPT,
@@ -21,10 +22,6 @@ from pixclust.embedding.images import (
     REASON_UNREADABLE,
     REASON_UNSUPPORTED,
     SkippedFile,
-    decode_image,
-    discover_images,
-    full_size,
-    load_rgb,
     sniff_format,
 )
 from pixclust.errors import DecodeError, UsageError

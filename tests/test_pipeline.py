@@ -17,6 +17,7 @@ from pixclust.embedding import extraction
 from pixclust.embedding.store import EMBEDDINGS_FILE, EmbeddingStore
 from pixclust.errors import NoImagesError, UsageError
 from pixclust.runs.pipeline import RunConfig
+from pixclust.runs.record import RUN_RECORD_VERSION, RunRecord
 
 
 def test_embed_caches_by_content_and_model(tmp_path: Path, messy_tree) -> None:
@@ -149,6 +150,7 @@ def test_run_writes_every_output_and_leaves_the_source_alone(tmp_path: Path, mes
     assert record["model"]["weights_sha256"] and record["versions"]["torch"]
     assert record["clustering"]["n_clusters"] == 3 and record["scores"]["acc"] == pytest.approx(result.scores["acc"])
     assert result.n_scored == 45
+    assert RunRecord.read(run_dir / "run.json").to_dict() == record and record["record_version"] == RUN_RECORD_VERSION
 
 
 def test_run_refuses_an_out_folder_inside_the_images(messy_tree) -> None:

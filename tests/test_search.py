@@ -10,7 +10,6 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pixclust import index as index_module
-from pixclust.curation.export import write_run_json
 from pixclust.curation.lookalikes import find_duplicate_images, find_similar
 from pixclust.curation.search import DuplicateReport, find_duplicates, rows_of, similar
 from pixclust.embedding.sources import extractor_for, load_precomputed, open_embeddings
@@ -18,6 +17,7 @@ from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
 from pixclust.index import VectorIndex
 from pixclust.runs.pipeline import embed
+from pixclust.runs.record import RunRecord
 
 
 def _square(colour: str, side: int = 320) -> Image.Image:
@@ -44,7 +44,7 @@ def look_alikes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Embeddi
     Image.fromarray(load_sample_image("flower.jpg")).save(root / "flower.jpg")
     run_dir = tmp_path_factory.mktemp("lookalikes_run")
     embeddings = embed(root, out=run_dir, quiet=True)
-    write_run_json(run_dir / "run.json", {"model": embeddings.model})
+    RunRecord(model=embeddings.model).write(run_dir / "run.json")
     return run_dir, embeddings
 
 

@@ -19,7 +19,7 @@ _EXPORTS = {
     "embed": "pixclust.embedding.extraction",
     "cluster": "pixclust.runs.pipeline",
     "run": "pixclust.runs.pipeline",
-    "RunConfig": "pixclust.runs.pipeline",
+    "RunConfig": "pixclust.runs.config",
     "RunResult": "pixclust.runs.pipeline",
     "ClusterResult": "pixclust.clustering.clusterer",
     "ImageClusterer": "pixclust.clustering.clusterer",

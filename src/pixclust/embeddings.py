@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
-from pixclust.embedding.images import SkippedFile
+from pixclust.embedding.files import SkippedFile
 from pixclust.names import escape_name, unescape_name
 
 VECTOR_COLUMN = "vector"

@@ -47,6 +47,22 @@ class KScan:
     criterion: str = "silhouette"
     modularity: np.ndarray | None = None
 
+    def record(self) -> dict[str, object]:
+        """The scan in JSON's types, NaN as None, as run.json keeps it."""
+        return {
+            "k": self.ks.tolist(),
+            "inertia": self.inertia.tolist(),
+            "silhouette": [_finite_or_none(v) for v in self.silhouette],
+            "chosen_k": self.chosen_k,
+            "criterion": self.criterion,
+            "modularity": None if self.modularity is None else [_finite_or_none(v) for v in self.modularity],
+            "elbow_k": self.elbow_k,
+        }
+
+
+def _finite_or_none(value: float) -> float | None:
+    return float(value) if np.isfinite(value) else None
+
 
 @dataclass
 class ClusterResult:

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import os
 import re
 import shutil
@@ -23,7 +22,7 @@ import numpy as np
 
 from pixclust.atomic import write_text_atomic
 from pixclust.clustering.metrics import NOISE_LABEL
-from pixclust.embedding.images import SkippedFile
+from pixclust.embedding.files import SkippedFile
 from pixclust.names import text_cells
 from pixclust.runs.folder import CLUSTERS_DIR, COPY, DIR, LINK, RunFolder
 
@@ -98,20 +97,6 @@ def write_errors_csv(path: Path, skipped: Sequence[SkippedFile]) -> None:
     rows = ((item.path, item.reason, item.detail) for item in skipped)
     header = ("path", "reason", "detail")
     write_text_atomic(path, _csv_text(header, rows, text=header))
-
-
-def write_run_json(path: Path, record: dict[str, Any]) -> None:
-    write_text_atomic(path, json.dumps(record, indent=2, sort_keys=False, default=_json_default) + "\n")
-
-
-def _json_default(value: Any) -> Any:
-    if isinstance(value, np.generic):
-        return value.item()
-    if isinstance(value, np.ndarray):
-        return value.tolist()
-    if isinstance(value, Path):
-        return str(value)
-    raise TypeError(f"cannot store {type(value).__name__} in run.json")
 
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^\w.\- ]+")

@@ -195,7 +195,7 @@ def colour_thumbnail(path: str) -> np.ndarray:
     """The image as a 16x16 RGB thumbnail in [0, 1] (box-averaged, so size and JPEG noise barely change it)."""
     from PIL import Image
 
-    from pixclust.embedding.images import load_rgb
+    from pixclust.embedding.decode import load_rgb
 
     image = load_rgb(path, draft_size=_THUMB_DRAFT)
     return np.asarray(image.resize((_THUMB_SIDE, _THUMB_SIDE), Image.Resampling.BOX), dtype=np.float32) / 255.0

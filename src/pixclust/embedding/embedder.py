@@ -1,6 +1,6 @@
 """Batched feature extraction: decode in worker processes while the model runs.
 
-Each worker reads, decodes (``images.load_rgb``) and transforms one batch of
+Each worker reads, decodes (``decode.load_rgb``) and transforms one batch of
 files at a time; the main process stacks them and runs the network. A file
 that cannot be decoded comes back as a failure with its reason and never
 stops the stream. At most two batches per worker wait decoded, never the
@@ -21,7 +21,8 @@ from typing import Any
 
 import numpy as np
 
-from pixclust.embedding.images import DEFAULT_MAX_PIXELS, REASON_DECODE_FAILED, full_size, load_rgb
+from pixclust.embedding.decode import DEFAULT_MAX_PIXELS, full_size, load_rgb
+from pixclust.embedding.files import REASON_DECODE_FAILED
 from pixclust.embedding.models import FeatureExtractor
 from pixclust.errors import DecodeError, PixclustError, UsageError
 from pixclust.workers import exit_with_parent, worker_context

@@ -21,9 +21,11 @@ from types import FrameType
 
 import numpy as np
 
+from pixclust.embedding.decode import DEFAULT_MAX_PIXELS
+from pixclust.embedding.discover import discover_images
 from pixclust.embedding.embedder import DEFAULT_BATCH_SIZE, Embedder
 from pixclust.embedding.engines import check_engine
-from pixclust.embedding.images import DEFAULT_MAX_PIXELS, REASON_UNREADABLE, SkippedFile, discover_images
+from pixclust.embedding.files import REASON_UNREADABLE, SkippedFile
 from pixclust.embedding.models import DEFAULT_MODEL, load_extractor
 from pixclust.embedding.store import EmbeddingStore, KnownEmbeddings, StoredVector, content_hash
 from pixclust.embeddings import Embeddings

@@ -10,20 +10,21 @@ list (a CSV, one id per row); without it the ids are the row numbers.
 from __future__ import annotations
 
 import csv
-import json
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from pixclust.embedding.discover import discover_images
 from pixclust.embedding.embedder import Embedder
-from pixclust.embedding.images import SkippedFile, discover_images
+from pixclust.embedding.files import SkippedFile
 from pixclust.embedding.models import RANDOM_WEIGHTS, FeatureExtractor, load_extractor
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
 from pixclust.runs.folder import EMBEDDINGS_FILE, RUN_JSON
+from pixclust.runs.record import RunRecord
 
 PRECOMPUTED = "precomputed"
 _ID_COLUMNS = ("id", "path", "file", "filename", "image")
@@ -48,9 +49,8 @@ def _open_run(run_dir: Path) -> Embeddings:
         raise UsageError(f"{run_dir} holds no {EMBEDDINGS_FILE}; run 'pixclust cluster FOLDER --out {run_dir}' first")
     embeddings = EmbeddingStore(run_dir).load()
     try:
-        record = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8"))
-        embeddings.model = dict(record["model"])
-    except (OSError, ValueError, KeyError, TypeError):
+        embeddings.model = dict(RunRecord.read(run_dir / RUN_JSON).model)
+    except UsageError:
         # The vectors are still usable; only embedding new images with the same model is not.
         embeddings.model = {}
     return embeddings

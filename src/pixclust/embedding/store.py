@@ -29,7 +29,7 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pixclust.atomic import atomic_path
-from pixclust.embedding.images import open_regular
+from pixclust.embedding.files import open_regular
 from pixclust.embeddings import ROW_SCHEMA, VECTOR_COLUMN, Embeddings
 from pixclust.errors import UsageError
 from pixclust.names import unescape_name

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from pixclust.curation.export import safe_file_name
-from pixclust.embedding.images import SkippedFile
+from pixclust.embedding.files import SkippedFile
 from pixclust.embedding.sources import embed_images, extractor_for, open_embeddings
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError

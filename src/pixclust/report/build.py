@@ -35,7 +35,7 @@ from pixclust.curation.search import (
     DuplicateReport,
     find_duplicates,
 )
-from pixclust.embedding.images import SkippedFile
+from pixclust.embedding.files import SkippedFile
 from pixclust.embedding.store import EmbeddingStore, read_table_or_none
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
@@ -55,6 +55,7 @@ from pixclust.runs.folder import (
     RUN_JSON,
     RunFolder,
 )
+from pixclust.runs.record import RunRecord
 
 MONTAGE_SIZE = 32
 _PLACEHOLDER = re.compile(r"\{\{(TITLE|CSS|PLOTLY|DATA|APP)\}\}")
@@ -68,7 +69,7 @@ class RunView:
     """What the report needs from a finished run, rows in embeddings order."""
 
     run_dir: Path
-    record: dict[str, Any]
+    record: RunRecord
     embeddings: Embeddings
     labels: np.ndarray
     distances: np.ndarray
@@ -97,9 +98,7 @@ class RunView:
         return rows[np.argsort(np.nan_to_num(self.distances[rows], nan=np.inf), kind="stable")]
 
 
-def load_run(
-    run_dir: str | Path, record: dict[str, Any] | None = None, embeddings: Embeddings | None = None
-) -> RunView:
+def load_run(run_dir: str | Path, record: RunRecord | None = None, embeddings: Embeddings | None = None) -> RunView:
     """The run folder's embeddings, clusters, errors and record; ``embeddings``, when the caller holds them, are not read again."""
     run_dir = Path(run_dir)
     for needed in (EMBEDDINGS_FILE, CLUSTERS_CSV):
@@ -123,7 +122,8 @@ def load_run(
                 for row in csv.DictReader(stream)
             ]
     if record is None:
-        record = json.loads((run_dir / RUN_JSON).read_text(encoding="utf-8")) if (run_dir / RUN_JSON).is_file() else {}
+        # A run that stopped before run.json was written still has its vectors and clusters to show.
+        record = RunRecord.read(run_dir / RUN_JSON) if (run_dir / RUN_JSON).is_file() else RunRecord(model={})
     return RunView(
         run_dir=run_dir,
         record=record,
@@ -163,7 +163,7 @@ def load_maps(
 
 def _fingerprint(view: RunView, *settings: str) -> str:
     """Names the embeddings (model, and content in row order) and the settings a cache was made from."""
-    model_id = view.record.get("model", {}).get("model_id", "")
+    model_id = view.record.model_id
     return hashlib.sha256("\n".join([model_id, *view.hashes, *settings]).encode()).hexdigest()
 
 
@@ -241,7 +241,7 @@ def _write_duplicates(cache_file: Path, fingerprint: str, found: DuplicateReport
 def make_figures(view: RunView, maps: dict[str, dict[int, np.ndarray]]) -> dict[str, Any]:
     """Every static figure for the run, by file stem."""
     names = view.names
-    clustering = view.record.get("clustering", {})
+    clustering = view.record.clustering
     figures: dict[str, Any] = {}
     ratio = clustering.get("pca_explained_variance_ratio")
     if ratio:
@@ -264,7 +264,7 @@ def build_report(
     run_dir: str | Path,
     *,
     maps: tuple[str, ...] | list[str] = DEFAULT_MAPS,
-    record: dict[str, Any] | None = None,
+    record: RunRecord | None = None,
     embeddings: Embeddings | None = None,
     html: bool = True,
     random_state: int = 0,
@@ -283,7 +283,7 @@ def build_report(
 def _build_report(
     folder: RunFolder,
     methods: tuple[str, ...],
-    record: dict[str, Any] | None,
+    record: RunRecord | None,
     embeddings: Embeddings | None,
     *,
     html: bool,
@@ -354,7 +354,7 @@ def _html_escape(text: str) -> str:
 
 
 def _title(view: RunView) -> str:
-    source = view.record.get("config", {}).get("source", str(view.run_dir))
+    source = view.record.source or str(view.run_dir)
     return f"pixclust: {escape_name(Path(source).name or source)}"
 
 
@@ -438,9 +438,7 @@ def _count(n: int, noun: str) -> str:
 
 def _summary_rows(view: RunView, duplicates: DuplicateReport) -> list[list[str]]:
     record = view.record
-    counts = record.get("counts", {})
-    clustering = record.get("clustering", {})
-    model = record.get("model", {})
+    counts, clustering, model = record.counts, record.clustering, record.model
     rows = [
         ["images", f"{len(view.paths):,}"],
         ["clusters", str(len([label for label in view.names if label >= 0]))],
@@ -472,11 +470,11 @@ def _summary_rows(view: RunView, duplicates: DuplicateReport) -> list[list[str]]
     scan = clustering.get("k_scan")
     if scan:
         rows.append([f"k by {scan['criterion']} / elbow", f"{scan['chosen_k']} / {scan['elbow_k'] or 'none'}"])
-    scores = record.get("scores")
+    scores = record.scores
     if scores:
         rows.append(["ACC / NMI / ARI", " / ".join(f"{scores[key]:.3f}" for key in ("acc", "nmi", "ari"))])
     if counts:
         rows.append(["embedded / reused", f"{counts.get('extracted', 0):,} / {counts.get('reused', 0):,}"])
-    for name, seconds in record.get("timings_s", {}).items():
+    for name, seconds in record.timings_s.items():
         rows.append([name.removesuffix("_s") + " time", f"{seconds:.1f} s"])
     return rows

@@ -70,7 +70,7 @@ def write_contact_sheet(
 
 
 def _decoded_or_none(path: str, tile: int) -> Image.Image | None:
-    from pixclust.embedding.images import load_rgb
+    from pixclust.embedding.decode import load_rgb
     from pixclust.errors import DecodeError
 
     try:

@@ -18,7 +18,7 @@ import pyarrow.parquet as pq
 from PIL import Image
 
 from pixclust.atomic import atomic_path
-from pixclust.embedding.images import load_rgb
+from pixclust.embedding.decode import load_rgb
 from pixclust.embedding.store import read_table_or_none
 from pixclust.errors import DecodeError
 from pixclust.progress import progress_bar

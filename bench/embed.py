@@ -45,7 +45,7 @@ def _files(folder: Path) -> list[str]:
 def model_only(name: str) -> dict[str, float]:
     import torch
 
-    from pixclust.embedding.models import load_extractor
+    from pixclust.embedding.extractor import load_extractor
 
     runtime, precision, channels_last = MODEL_ONLY[name]
     extractor = load_extractor(runtime=runtime, precision=precision)
@@ -76,7 +76,7 @@ def seed_style(folder: Path) -> dict[str, float]:
     import torch
     from PIL import Image
 
-    from pixclust.embedding.models import load_extractor
+    from pixclust.embedding.extractor import load_extractor
 
     extractor = load_extractor(runtime="torch", precision="fp32")
     network = extractor.runner
@@ -92,7 +92,7 @@ def seed_style(folder: Path) -> dict[str, float]:
 def plain_batched(folder: Path) -> dict[str, float]:
     """Decode in the main process, batches of 32 through PyTorch fp32: what a careful script does."""
     from pixclust.embedding.decode import load_rgb
-    from pixclust.embedding.models import load_extractor
+    from pixclust.embedding.extractor import load_extractor
 
     extractor = load_extractor(runtime="torch", precision="fp32")
     files = _files(folder)

@@ -19,7 +19,8 @@ from PIL import Image
 from real_data import fashion_mnist
 
 from pixclust.clustering.metrics import cluster_accuracy
-from pixclust.embedding.models import DEFAULT_MODEL, load_extractor
+from pixclust.embedding.extractor import load_extractor
+from pixclust.embedding.models import DEFAULT_MODEL
 from pixclust.embedding.runtimes import onnx_path
 from pixclust.runs.pipeline import cluster
 

@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pixclust.embedding.models import FeatureExtractor, load_extractor
+from pixclust.embedding.extractor import FeatureExtractor, load_extractor
 
 # Three digit classes that look unlike each other, so a correct pipeline separates them.
 DIGIT_CLASSES = (0, 1, 6)

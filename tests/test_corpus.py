@@ -28,7 +28,7 @@ import pixclust
 from pixclust.curation.export import safe_file_name
 from pixclust.embedding import extraction
 from pixclust.embedding.files import REASON_UNREADABLE
-from pixclust.embedding.models import PixelTransform
+from pixclust.embedding.transforms import PixelTransform
 from pixclust.runs.pipeline import RunConfig
 
 # Root reads every file whatever its mode; without these two capabilities it

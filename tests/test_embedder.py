@@ -10,8 +10,8 @@ import pytest
 from PIL import Image
 
 from pixclust.embedding.embedder import Embedder, ImageDecoder, decoded_batches, default_num_workers
+from pixclust.embedding.extractor import load_extractor
 from pixclust.embedding.files import REASON_CORRUPT, REASON_EMPTY
-from pixclust.embedding.models import load_extractor
 from pixclust.embedding.runtimes import _NVIDIA_DRIVER_FILES
 from pixclust.errors import PixclustError, UsageError
 
@@ -121,7 +121,7 @@ def test_a_script_without_a_main_guard_can_decode_in_workers(tmp_path: Path) -> 
 
 
 def test_augmentation_depends_on_the_seed_and_the_batch_not_on_the_workers(tmp_path: Path) -> None:
-    from pixclust.embedding.models import Preprocessing
+    from pixclust.embedding.transforms import Preprocessing
     from pixclust.labelling.finetune import AugmentingTransform
 
     # One picture eight times: every difference between the outputs is the augmentation's.

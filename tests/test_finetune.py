@@ -11,9 +11,11 @@ import pytest
 import torch
 from PIL import Image
 
-from pixclust.embedding.models import DEFAULT_MODEL, MODELS, Preprocessing, load_network, state_dict_sha256
+from pixclust.embedding.models import DEFAULT_MODEL, MODELS
 from pixclust.embedding.runtimes import onnx_path
 from pixclust.embedding.sources import embed_images
+from pixclust.embedding.transforms import Preprocessing
+from pixclust.embedding.weights import load_network, state_dict_sha256
 from pixclust.errors import UsageError
 from pixclust.labelling.classifier import TrainedClassifier, load_classifier, predict
 from pixclust.labelling.finetune import (

@@ -32,7 +32,8 @@ from conftest import tree_digest, write_digit_tree
 from PIL import Image
 
 import pixclust
-from pixclust.embedding.models import MODELS, FeatureExtractor
+from pixclust.embedding.extractor import FeatureExtractor
+from pixclust.embedding.models import MODELS
 from pixclust.embedding.runtimes import onnx_path, runner_from_export
 from pixclust.embedding.store import EMBEDDINGS_FILE, EmbeddingStore
 from pixclust.embeddings import Embeddings

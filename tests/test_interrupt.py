@@ -25,7 +25,7 @@ from conftest import tree_digest
 from corpus import encode, quadrants
 
 import pixclust
-from pixclust.embedding.models import load_extractor
+from pixclust.embedding.extractor import load_extractor
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.runs.pipeline import RunConfig
 

@@ -8,15 +8,13 @@ import pytest
 import torch
 from PIL import Image
 
-from pixclust.embedding.models import (
-    DEFAULT_MODEL,
-    MODELS,
+from pixclust.embedding.extractor import load_extractor
+from pixclust.embedding.models import DEFAULT_MODEL, MODELS, resolve_model
+from pixclust.embedding.weights import (
     _load_state_dict,
-    _packaged_weights_path,
-    load_extractor,
     load_network,
     model_statuses,
-    resolve_model,
+    packaged_weights_path,
     state_dict_sha256,
 )
 from pixclust.errors import ModelUnavailableError, UsageError
@@ -41,7 +39,7 @@ def test_default_model_loads_packaged_imagenet_weights(default_extractor) -> Non
     import timm
 
     spec = MODELS[DEFAULT_MODEL]
-    file_state = torch.load(_packaged_weights_path(spec), map_location="cpu", weights_only=True)
+    file_state = torch.load(packaged_weights_path(spec), map_location="cpu", weights_only=True)
     network = timm.create_model(spec.timm_name, pretrained=False)
     _load_state_dict(network, file_state, spec, "package")
     network_state = network.state_dict()
@@ -126,7 +124,7 @@ def test_extreme_aspect_ratio_transforms_without_a_huge_intermediate(default_ext
 
 
 def test_weights_file_loads_by_position_and_matches_the_package(default_extractor) -> None:
-    from_file = load_extractor(DEFAULT_MODEL, weights=_packaged_weights_path(MODELS[DEFAULT_MODEL]))
+    from_file = load_extractor(DEFAULT_MODEL, weights=packaged_weights_path(MODELS[DEFAULT_MODEL]))
     assert from_file.record["weights_sha256"] == default_extractor.record["weights_sha256"]
     assert from_file.record["weights"].startswith("file ")
 

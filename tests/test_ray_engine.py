@@ -22,7 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pixclust
-from pixclust.embedding.models import load_extractor
+from pixclust.embedding.extractor import load_extractor
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.embeddings import arrow_schema
 from pixclust.errors import ModelUnavailableError, UsageError

@@ -14,8 +14,10 @@ import torch
 from conftest import write_digit_tree
 
 from pixclust.embedding.embedder import Embedder
-from pixclust.embedding.models import DEFAULT_MODEL, MODELS, _packaged_weights_path, load_extractor
+from pixclust.embedding.extractor import load_extractor
+from pixclust.embedding.models import DEFAULT_MODEL, MODELS
 from pixclust.embedding.runtimes import cache_dir
+from pixclust.embedding.weights import packaged_weights_path
 from pixclust.errors import UsageError
 
 
@@ -107,7 +109,7 @@ def test_a_cached_record_and_export_start_the_network_without_building_it(tmp_pa
 
 def test_a_changed_weights_file_is_not_served_from_the_cached_record(tmp_path) -> None:
     weights = tmp_path / "lite0.pth"
-    shutil.copyfile(_packaged_weights_path(MODELS[DEFAULT_MODEL]), weights)
+    shutil.copyfile(packaged_weights_path(MODELS[DEFAULT_MODEL]), weights)
     first = load_extractor(weights=weights, runtime="onnxruntime")
     assert first.model_id == load_extractor(runtime="onnxruntime").model_id
     state = torch.load(weights, weights_only=True)

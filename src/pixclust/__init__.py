@@ -26,7 +26,7 @@ _EXPORTS = {
     "AdaptiveClusterer": "pixclust.clustering.adaptive",
     "Embeddings": "pixclust.embeddings",
     "Embedder": "pixclust.embedding.embedder",
-    "load_extractor": "pixclust.embedding.models",
+    "load_extractor": "pixclust.embedding.extractor",
     "open_embeddings": "pixclust.embedding.sources",
     "PixclustError": "pixclust.errors",
     "find_similar": "pixclust.curation.lookalikes",

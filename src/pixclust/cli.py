@@ -293,7 +293,8 @@ def models_command() -> None:
     """List the feature models, their dimensions, and whether each runs offline right now."""
     from rich.table import Table
 
-    from pixclust.embedding.models import DEFAULT_MODEL, model_statuses
+    from pixclust.embedding.models import DEFAULT_MODEL
+    from pixclust.embedding.weights import model_statuses
 
     table = Table()
     for column in ("model", "dim", "offline", "description", "weights"):

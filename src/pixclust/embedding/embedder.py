@@ -22,8 +22,8 @@ from typing import Any
 import numpy as np
 
 from pixclust.embedding.decode import DEFAULT_MAX_PIXELS, full_size, load_rgb
+from pixclust.embedding.extractor import FeatureExtractor
 from pixclust.embedding.files import REASON_DECODE_FAILED
-from pixclust.embedding.models import FeatureExtractor
 from pixclust.errors import DecodeError, PixclustError, UsageError
 from pixclust.workers import exit_with_parent, worker_context
 

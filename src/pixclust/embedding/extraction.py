@@ -25,8 +25,9 @@ from pixclust.embedding.decode import DEFAULT_MAX_PIXELS
 from pixclust.embedding.discover import discover_images
 from pixclust.embedding.embedder import DEFAULT_BATCH_SIZE, Embedder
 from pixclust.embedding.engines import check_engine
+from pixclust.embedding.extractor import load_extractor
 from pixclust.embedding.files import REASON_UNREADABLE, SkippedFile
-from pixclust.embedding.models import DEFAULT_MODEL, load_extractor
+from pixclust.embedding.models import DEFAULT_MODEL
 from pixclust.embedding.store import EmbeddingStore, KnownEmbeddings, StoredVector, content_hash
 from pixclust.embeddings import Embeddings
 from pixclust.errors import DecodeError

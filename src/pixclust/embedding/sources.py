@@ -18,9 +18,10 @@ import numpy as np
 
 from pixclust.embedding.discover import discover_images
 from pixclust.embedding.embedder import Embedder
+from pixclust.embedding.extractor import FeatureExtractor, load_extractor
 from pixclust.embedding.files import SkippedFile
-from pixclust.embedding.models import RANDOM_WEIGHTS, FeatureExtractor, load_extractor
 from pixclust.embedding.store import EmbeddingStore
+from pixclust.embedding.weights import RANDOM_WEIGHTS
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
 from pixclust.runs.folder import EMBEDDINGS_FILE, RUN_JSON

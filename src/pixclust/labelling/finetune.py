@@ -69,20 +69,11 @@ from typing import Any
 import numpy as np
 
 from pixclust.embedding.embedder import ImageDecoder, decoded_batches
-from pixclust.embedding.models import (
-    DEFAULT_MODEL,
-    FeatureExtractor,
-    ImageTransform,
-    ModelSpec,
-    Preprocessing,
-    attach_runner,
-    load_network,
-    network_extractor,
-    network_preprocessing,
-    resolve_model,
-    state_dict_sha256,
-)
+from pixclust.embedding.extractor import FeatureExtractor, attach_runner, network_extractor
+from pixclust.embedding.models import DEFAULT_MODEL, ModelSpec, resolve_model
 from pixclust.embedding.sources import PRECOMPUTED, model_weights_option
+from pixclust.embedding.transforms import ImageTransform, Preprocessing, network_preprocessing
+from pixclust.embedding.weights import load_network, state_dict_sha256
 from pixclust.errors import UsageError
 from pixclust.labelling.classifier import TrainedClassifier, train_classifier
 from pixclust.progress import progress_bar

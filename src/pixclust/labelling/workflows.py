@@ -25,7 +25,7 @@ from pixclust.names import write_csv
 from pixclust.report.figures import SHEETS_DIR, write_contact_sheet, write_roc_plot
 
 if TYPE_CHECKING:
-    from pixclust.embedding.models import FeatureExtractor
+    from pixclust.embedding.extractor import FeatureExtractor
     from pixclust.labelling.finetune import FinetuneSettings
 
 LABELS_CSV = "labels.csv"

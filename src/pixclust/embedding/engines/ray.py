@@ -1,6 +1,6 @@
 """Embedding on a Ray cluster: Ray Data feeds batches of paths to a pool of actors.
 
-Each actor loads the model once (``models.load_extractor``, the same call as
+Each actor loads the model once (``extractor.load_extractor``, the same call as
 this process) and embeds its batches with the local engine's own
 :class:`~pixclust.embedding.embedder.Embedder` (decoding in the actor), so the vectors
 are those of ``--engine local``. Results stream back to this process as
@@ -27,7 +27,8 @@ import numpy as np
 import pyarrow as pa
 
 from pixclust.embedding.embedder import Embedder, ExtractedBatch
-from pixclust.embedding.models import RANDOM_WEIGHTS, FeatureExtractor, load_extractor
+from pixclust.embedding.extractor import FeatureExtractor, load_extractor
+from pixclust.embedding.weights import RANDOM_WEIGHTS
 from pixclust.errors import DecodeError, ModelUnavailableError, PixclustError, UsageError
 from pixclust.names import escape_name, unescape_name
 

@@ -13,13 +13,12 @@ from pixclust.clustering.adaptive import (
     VIEW_AGREEMENT,
     AdaptiveClusterer,
     candidate_representations,
-    choose_k_by_modularity,
     choose_representation,
     clustering_stability,
-    graph_modularity,
     rival_starts,
     view_agreement,
 )
+from pixclust.clustering.k_selection import choose_k_by_modularity, graph_modularity
 from pixclust.clustering.metrics import cluster_accuracy, clustering_scores
 from pixclust.clustering.reduce import l2_normalize, reduce_features
 from pixclust.clustering.refine import nearest_neighbours, refine_best, refine_clusters
@@ -85,12 +84,12 @@ def test_stability_chooses_the_view_that_carries_the_classes(digits) -> None:
     pixels, hogs, truth = digits
     noise = np.random.default_rng(1).random(pixels.shape).astype(np.float32)
 
-    useful_hog = AdaptiveClusterer(k=10, refine=False).fit({"embedding": noise, "hog": hogs}).result_
-    assert useful_hog.representation == "embedding+hog"
-    useless_hog = AdaptiveClusterer(k=10, refine=False).fit({"embedding": pixels, "hog": noise}).result_
-    assert useless_hog.representation == "embedding"
+    useful_hog = AdaptiveClusterer(k=10, refine=False).fit({"embedding": noise, "hog": hogs})
+    assert useful_hog.representation_ == "embedding+hog"
+    useless_hog = AdaptiveClusterer(k=10, refine=False).fit({"embedding": pixels, "hog": noise})
+    assert useless_hog.representation_ == "embedding"
     # Chance is about 0.11; pixels alone give about 0.8 with k-means.
-    assert cluster_accuracy(truth, useless_hog.labels) > 0.7
+    assert cluster_accuracy(truth, useless_hog.labels_) > 0.7
 
 
 def test_view_agreement_tells_a_second_view_of_the_same_classes_from_noise(digits) -> None:
@@ -108,21 +107,21 @@ def test_view_agreement_tells_a_second_view_of_the_same_classes_from_noise(digit
 def test_refinement_keeps_to_the_chosen_features_when_hog_disagrees(digits) -> None:
     pixels, hogs, truth = digits
     noise = np.random.default_rng(1).random(hogs.shape).astype(np.float32)
-    result = AdaptiveClusterer(k=10).fit({"embedding": pixels, "hog": noise}).result_
-    assert result.representation == "embedding" and result.refined_on == "embedding"
-    assert result.view_agreement is not None and result.view_agreement < VIEW_AGREEMENT
-    assert cluster_accuracy(truth, result.labels) > 0.7
+    result = AdaptiveClusterer(k=10).fit({"embedding": pixels, "hog": noise})
+    assert result.representation_ == "embedding" and result.refined_on_ == "embedding"
+    assert result.view_agreement_ is not None and result.view_agreement_ < VIEW_AGREEMENT
+    assert cluster_accuracy(truth, result.labels_) > 0.7
     # Where the chosen candidate is every view joined, there is nothing to measure.
-    joined = AdaptiveClusterer(k=10).fit({"embedding": noise, "hog": hogs}).result_
-    assert joined.refined_on == "embedding+hog" and joined.record()["view_agreement"] is None
+    joined = AdaptiveClusterer(k=10).fit({"embedding": noise, "hog": hogs})
+    assert joined.refined_on_ == "embedding+hog" and joined.choice_["view_agreement"] is None
 
 
 def test_auto_k_lands_near_the_ten_digits(digits) -> None:
     pixels, hogs, _ = digits
-    result = AdaptiveClusterer(k="auto", refine=False).fit({"embedding": pixels, "hog": hogs}).result_
-    assert result.k_scan is not None and result.k_scan.criterion == "modularity"
-    assert 8 <= result.n_clusters <= 12
-    assert result.record()["candidates"]["embedding"]["k"] >= 2
+    result = AdaptiveClusterer(k="auto", refine=False).fit({"embedding": pixels, "hog": hogs})
+    assert result.k_scan_ is not None and result.k_scan_.criterion == "modularity"
+    assert 8 <= result.n_clusters_ <= 12
+    assert result.choice_["candidates"]["embedding"]["k"] >= 2
 
 
 def test_nearest_neighbours_leave_out_the_row_itself() -> None:
@@ -231,9 +230,18 @@ def test_each_candidate_is_judged_at_the_k_it_proposes(monkeypatch: pytest.Monke
     )
     rng = np.random.default_rng(0)
     views = {"embedding": rng.random((300, 6), dtype=np.float32), "hog": rng.random((300, 5), dtype=np.float32)}
-    result = adaptive.AdaptiveClusterer(k="auto", refine=False).fit(views).result_
+    result = adaptive.AdaptiveClusterer(k="auto", refine=False).fit(views)
     assert sorted(judged) == [(6, 3), (11, 4)]
-    assert {name: score["k"] for name, score in result.record()["candidates"].items()} == {
+    assert {name: score["k"] for name, score in result.choice_["candidates"].items()} == {
         "embedding": 3,
         "embedding+hog": 4,
     }
+
+
+def test_result_still_answers_for_one_release_with_a_deprecation_warning(digits) -> None:
+    pixels, hogs, _ = digits
+    fitted = AdaptiveClusterer(k=10, refine=False).fit({"embedding": pixels, "hog": hogs})
+    with pytest.warns(DeprecationWarning, match="labels_"):
+        result = fitted.result_
+    assert (result.labels == fitted.labels_).all() and result.representation == fitted.representation_
+    assert result.record() == fitted.choice_

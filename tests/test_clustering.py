@@ -6,7 +6,8 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits, make_blobs
 
-from pixclust.clustering.clusterer import CLUSTER_METHODS, ImageClusterer, knee_point
+from pixclust.clustering.clusterer import CLUSTER_METHODS, ImageClusterer
+from pixclust.clustering.k_selection import knee_point
 from pixclust.clustering.metrics import cluster_accuracy
 from pixclust.clustering.reduce import reduce_features
 from pixclust.errors import UsageError

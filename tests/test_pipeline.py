@@ -15,6 +15,7 @@ from conftest import DIGIT_CLASSES, tree_digest
 import pixclust
 from pixclust.embedding import extraction
 from pixclust.embedding.store import EMBEDDINGS_FILE, EmbeddingStore
+from pixclust.embeddings import Embeddings
 from pixclust.errors import NoImagesError, UsageError
 from pixclust.runs.pipeline import RunConfig
 from pixclust.runs.record import RUN_RECORD_VERSION, RunRecord
@@ -124,6 +125,22 @@ def test_cluster_separates_digit_classes(digit_tree: Path) -> None:
     assert auto.k_scan is not None and list(auto.k_scan.ks) == list(range(2, 9))
     assert auto.n_clusters == auto.k_scan.chosen_k
     assert len(DIGIT_CLASSES) == 3
+
+
+def test_cluster_pairs_the_hog_view_with_the_images_by_path(digit_tree: Path) -> None:
+    embeddings = pixclust.embed(digit_tree, quiet=True)
+    hog = pixclust.embed(digit_tree, model="hog", quiet=True)
+    in_order = pixclust.cluster(embeddings, hog=hog, k=3, refine=False)
+    # The same vectors in another order name the same images, so they must give the same clustering.
+    reverse = slice(None, None, -1)
+    shuffled = Embeddings.from_columns(hog.row_table().take(list(range(len(hog)))[reverse]), hog.vectors[reverse])
+    np.testing.assert_array_equal(pixclust.cluster(embeddings, hog=shuffled, k=3, refine=False).labels, in_order.labels)
+    assert in_order.choice is not None and "embedding+hog" in in_order.choice["candidates"]
+    with pytest.warns(DeprecationWarning, match="pairs their rows"):
+        as_array = pixclust.cluster(embeddings, hog=hog.vectors, k=3, refine=False)
+    np.testing.assert_array_equal(as_array.labels, in_order.labels)
+    with pytest.raises(UsageError, match="pass the embeddings as Embeddings"):
+        pixclust.cluster(embeddings.vectors, hog=hog, k=3)
 
 
 def test_run_writes_every_output_and_leaves_the_source_alone(tmp_path: Path, messy_tree) -> None:

@@ -33,6 +33,7 @@ objective is kept: near-equal inertias hide clusterings that score 0.68 and
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
@@ -40,8 +41,9 @@ import numpy as np
 from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
-from pixclust.clustering.clusterer import KScan, centres_and_distances, kmeans_starts, knee_point, relabel_by_size
-from pixclust.clustering.metrics import silhouette, silhouette_values
+from pixclust.clustering.clusterer import centres_and_distances, kmeans_starts, relabel_by_size
+from pixclust.clustering.k_selection import GRAPH_NEIGHBOURS, KScan, graph_modularity, scan_k
+from pixclust.clustering.metrics import mean_silhouette, silhouette_values
 from pixclust.clustering.reduce import Reduction, l2_normalize, reduce_features
 from pixclust.clustering.refine import DEFAULT_NEIGHBOURS, nearest_neighbours, refine_best
 from pixclust.errors import UsageError
@@ -75,7 +77,6 @@ STABILITY_SAMPLE = 3_000
 # to 0.012 over the seeds and preprocessing variants tried; on the digits, where it is right, the
 # embedding's own stability swung between 0.66 and 0.95 and came within 0.04 of it.
 STABILITY_MARGIN = 0.02
-GRAPH_NEIGHBOURS = 10
 # k-means starts per k in the scan. With 3, Fashion-MNIST's embedding proposed 10, 11 or 13 by
 # seed (and 13 lost the choice of features: ACC 0.61); with 10 it proposed 11 at 5 of 6 seeds and
 # 10 at the other, the digits 10 at every seed.
@@ -89,8 +90,6 @@ SCAN_STARTS = 10
 # neighbours shared a photo 36% of the time against the embedding's 93%, and every view lowered
 # NMI from 0.873-0.889 to 0.830-0.849.
 VIEW_AGREEMENT = 0.6
-# A larger k must beat the best modularity by more than this share to be preferred over a smaller one.
-MODULARITY_TOLERANCE = 0.01
 # k-means starts within this share of the best inertia are refined as rivals (refine.refine_best) ...
 NEAR_OPTIMAL_INERTIA = 0.01
 # ... unless they agree with a better start to this adjusted Rand index (then they are the same solution) ...
@@ -137,20 +136,6 @@ def _join_normalized(embedding: np.ndarray, hog: np.ndarray) -> np.ndarray:
 def candidate_representations(views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
     """Every candidate of :func:`iter_candidates` at once, by name."""
     return dict(iter_candidates(views))
-
-
-def graph_modularity(neighbours: np.ndarray, labels: np.ndarray) -> float:
-    """Newman modularity of ``labels`` on the symmetrised k-nearest-neighbour graph (-1 ids are absent edges)."""
-    rows, slots = np.nonzero(neighbours >= 0)
-    cols = neighbours[rows, slots]
-    # Each directed edge is counted from both ends, which is the symmetrised graph's edge list.
-    same = labels[rows] == labels[cols]
-    n_edges = len(rows)
-    if n_edges == 0:
-        return float("nan")
-    degree = np.bincount(rows, minlength=len(labels)) + np.bincount(cols, minlength=len(labels))
-    cluster_degree = np.bincount(labels, weights=degree) / (2 * n_edges)
-    return float(same.mean() - np.sum(cluster_degree**2))
 
 
 def view_agreement(labels: np.ndarray, own: np.ndarray, other: np.ndarray, *, random_state: int = 0) -> float:
@@ -222,13 +207,6 @@ def choose_representation(stability: dict[str, float]) -> str:
     return best if stability[best] - stability[first] > STABILITY_MARGIN else first
 
 
-def choose_k_by_modularity(ks: np.ndarray, modularity: np.ndarray) -> int:
-    """The smallest k whose modularity is within the tolerance of the best."""
-    best = np.nanmax(modularity)
-    good = np.flatnonzero(modularity >= best - MODULARITY_TOLERANCE * abs(best))
-    return int(ks[good[0]])
-
-
 @dataclass
 class CandidateScore:
     """How one representation did: the k it led to, and its mean stability over every candidate's k."""
@@ -240,6 +218,8 @@ class CandidateScore:
 
 @dataclass
 class AdaptiveResult:
+    """What ``AdaptiveClusterer.result_`` gave before the fitted attributes; kept for one release."""
+
     labels: np.ndarray
     n_clusters: int
     distances: np.ndarray
@@ -254,20 +234,10 @@ class AdaptiveResult:
     view_agreement: float | None = None
     rival_starts: int = 1
     chosen_start: int = 0
+    choice: dict[str, object] = field(default_factory=dict)
 
     def record(self) -> dict[str, object]:
-        """What was chosen and why, for run.json and the report."""
-        return {
-            "representation": self.representation,
-            "candidates": {
-                name: {"k": score.k, "stability": _rounded(score.stability)} for name, score in self.candidates.items()
-            },
-            "refined_share": _rounded(self.refined_share),
-            "refined_on": self.refined_on,
-            "view_agreement": _rounded(self.view_agreement),
-            "rival_starts": self.rival_starts,
-            "chosen_start": self.chosen_start,
-        }
+        return self.choice
 
 
 def _rounded(value: float | None) -> float | None:
@@ -284,6 +254,15 @@ class AdaptiveClusterer:
     with rows for the same images. ``k`` is a whole number or ``"auto"``
     (scanned over ``k_range`` by kNN-graph modularity). ``refine=False`` stops
     after k-means.
+
+    Fitted attributes, as :class:`~pixclust.clustering.clusterer.ImageClusterer`'s:
+    ``labels_`` (0 = largest cluster), ``n_clusters_``, ``distances_`` (to the own
+    centre in the chosen features), ``silhouette_values_``, ``silhouette_``,
+    ``k_scan_`` (None for a given k), ``choice_`` (what was chosen and why, as
+    run.json keeps it); and this pipeline's own: ``reduction_`` (the chosen
+    features' PCA), ``representation_``, ``candidates_`` (each candidate's k and
+    stability), ``refined_on_``, ``refined_share_`` (share of images the
+    refinement moved), ``view_agreement_``.
     """
 
     def __init__(
@@ -303,26 +282,12 @@ class AdaptiveClusterer:
 
     def _scan(self, coords: np.ndarray) -> KScan:
         """k-means at every k in range, scored by modularity on the sample's own kNN graph."""
-        neighbours = nearest_neighbours(coords, GRAPH_NEIGHBOURS, random_state=self.random_state)
-        low, high = np.clip(self.k_range, 2, len(coords) - 1)
-        ks = np.arange(low, high + 1)
-        inertia, silhouettes, modularity = [], [], []
-        for k in ks:
-            kmeans = KMeans(n_clusters=int(k), n_init=SCAN_STARTS, random_state=self.random_state).fit(coords)
-            inertia.append(kmeans.inertia_)
-            silhouettes.append(silhouette(coords, kmeans.labels_, random_state=self.random_state))
-            modularity.append(graph_modularity(neighbours, kmeans.labels_))
-        modularity_values = np.array(modularity)
-        inertia_values = np.array(inertia)
-        return KScan(
-            ks,
-            inertia_values,
-            np.array(silhouettes),
-            choose_k_by_modularity(ks, modularity_values),
-            knee_point(ks, inertia_values),
-            criterion="modularity",
-            modularity=modularity_values,
-        )
+
+        def partition_at(k: int) -> tuple[np.ndarray, float]:
+            kmeans = KMeans(n_clusters=k, n_init=SCAN_STARTS, random_state=self.random_state).fit(coords)
+            return kmeans.labels_, float(kmeans.inertia_)
+
+        return scan_k(coords, self.k_range, partition_at, criterion="modularity", random_state=self.random_state)[0]
 
     def _choose_k(self, sample: np.ndarray) -> CandidateScore:
         if self.k != "auto":
@@ -396,23 +361,54 @@ class AdaptiveClusterer:
             refinement, chosen_start = refine_best(space, starts, neighbours, random_state=self.random_state)
             labels, _ = relabel_by_size(refinement.labels)
             refined_share, rivals = refinement.changed, len(starts)
-        _, distances = centres_and_distances(coords, labels)
-        values = silhouette_values(coords, labels, random_state=self.random_state)
-        scored = values[np.isfinite(values)]
-        self.result_ = AdaptiveResult(
-            labels=labels,
-            n_clusters=int(labels.max()) + 1,
-            distances=distances,
-            silhouettes=values,
-            silhouette=float(scored.mean()) if len(scored) else float("nan"),
-            reduction=reduction,
-            k_scan=scores[chosen].scan,
-            representation=chosen,
-            candidates=scores,
-            refined_share=refined_share,
-            refined_on=refined_on,
-            view_agreement=agreement,
-            rival_starts=rivals,
-            chosen_start=chosen_start,
-        )
+        _, self.distances_ = centres_and_distances(coords, labels)
+        self.labels_ = labels
+        self.n_clusters_ = int(labels.max()) + 1
+        self.silhouette_values_ = silhouette_values(coords, labels, random_state=self.random_state)
+        self.silhouette_ = mean_silhouette(self.silhouette_values_)
+        self.reduction_ = reduction
+        self.k_scan_ = scores[chosen].scan
+        self.representation_ = chosen
+        self.candidates_ = scores
+        self.refined_share_ = refined_share
+        self.refined_on_ = refined_on
+        self.view_agreement_ = agreement
+        self.choice_ = {
+            "representation": chosen,
+            "candidates": {
+                name: {"k": score.k, "stability": _rounded(score.stability)} for name, score in scores.items()
+            },
+            "refined_share": _rounded(refined_share),
+            "refined_on": refined_on,
+            "view_agreement": _rounded(agreement),
+            "rival_starts": rivals,
+            "chosen_start": chosen_start,
+        }
         return self
+
+    @property
+    def result_(self) -> AdaptiveResult:
+        """The fitted attributes in one object, as pixclust 0.1 gave them; use the attributes instead."""
+        warnings.warn(
+            "AdaptiveClusterer.result_ is deprecated and goes in the next release; read labels_, n_clusters_, "
+            "k_scan_, choice_ and the other fitted attributes instead",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return AdaptiveResult(
+            labels=self.labels_,
+            n_clusters=self.n_clusters_,
+            distances=self.distances_,
+            silhouettes=self.silhouette_values_,
+            silhouette=self.silhouette_,
+            reduction=self.reduction_,
+            k_scan=self.k_scan_,
+            representation=self.representation_,
+            candidates=self.candidates_,
+            refined_share=self.refined_share_,
+            refined_on=self.refined_on_,
+            view_agreement=self.view_agreement_,
+            rival_starts=self.choice_["rival_starts"],
+            chosen_start=self.choice_["chosen_start"],
+            choice=self.choice_,
+        )

@@ -11,8 +11,9 @@ from sklearn.cluster import HDBSCAN, KMeans
 from sklearn.metrics import pairwise_distances_argmin
 from sklearn.mixture import GaussianMixture
 
+from pixclust.clustering.k_selection import KScan, scan_k
 from pixclust.clustering.large_kmeans import LargeKMeans
-from pixclust.clustering.metrics import NOISE_LABEL, silhouette, silhouette_values
+from pixclust.clustering.metrics import NOISE_LABEL, mean_silhouette, silhouette_values
 from pixclust.clustering.reduce import Reduction, check_features, is_whole_number
 from pixclust.errors import UsageError
 
@@ -25,43 +26,6 @@ KMEANS_FEW_STARTS = 3
 # Above this many rows k-means is fitted on a sample by faiss (large_kmeans.py) instead of on every row.
 KMEANS_SAMPLED_ABOVE = 50_000
 GMM_FULL_COVARIANCE_MAX_DIMS = 64
-
-
-@dataclass(frozen=True)
-class KScan:
-    """What the automatic choice of k looked at.
-
-    ``inertia`` is the within-cluster sum of squares of each k's labels in the
-    clustering space (computed the same way for every method, so the elbow is
-    comparable); ``silhouette`` is NaN where undefined. ``chosen_k`` is the
-    k chosen by ``criterion`` (``"silhouette"``, or ``"modularity"`` in the
-    adaptive pipeline, which also fills ``modularity``); ``elbow_k`` is shown
-    beside it and is None when the curve has no knee.
-    """
-
-    ks: np.ndarray
-    inertia: np.ndarray
-    silhouette: np.ndarray
-    chosen_k: int
-    elbow_k: int | None
-    criterion: str = "silhouette"
-    modularity: np.ndarray | None = None
-
-    def record(self) -> dict[str, object]:
-        """The scan in JSON's types, NaN as None, as run.json keeps it."""
-        return {
-            "k": self.ks.tolist(),
-            "inertia": self.inertia.tolist(),
-            "silhouette": [_finite_or_none(v) for v in self.silhouette],
-            "chosen_k": self.chosen_k,
-            "criterion": self.criterion,
-            "modularity": None if self.modularity is None else [_finite_or_none(v) for v in self.modularity],
-            "elbow_k": self.elbow_k,
-        }
-
-
-def _finite_or_none(value: float) -> float | None:
-    return float(value) if np.isfinite(value) else None
 
 
 @dataclass
@@ -85,37 +49,6 @@ class ClusterResult:
     silhouette: float
     method: str
     choice: dict[str, object] | None = None
-
-
-def knee_point(ks: np.ndarray, values: np.ndarray) -> int | None:
-    """The k at the knee of a decreasing convex curve (Kneedle, Satopaa et al. 2011).
-
-    Both axes are scaled to [0, 1] and the knee is where the curve lies
-    furthest below the straight line joining its ends. None for fewer than
-    3 points or a curve with no bend below that line.
-    """
-    # Hand-written: the kneed package would be a dependency for these few lines.
-    xs = np.asarray(ks, dtype=np.float64)
-    ys = np.asarray(values, dtype=np.float64)
-    if xs.shape != ys.shape or xs.ndim != 1:
-        raise UsageError(
-            f"{xs.shape} ks and {ys.shape} values cannot form a curve; expected two 1-D arrays of one length"
-        )
-    if len(xs) < 3:
-        return None
-    x_span = xs.max() - xs.min()
-    y_span = ys.max() - ys.min()
-    if x_span == 0 or y_span == 0:
-        return None
-    x_scaled = (xs - xs.min()) / x_span
-    # Flipped so a decreasing convex curve becomes an increasing concave one,
-    # whose knee is its largest gap above the diagonal.
-    y_flipped = (ys.max() - ys) / y_span
-    gap = y_flipped - x_scaled
-    best = int(np.argmax(gap))
-    if gap[best] <= 1e-9:
-        return None
-    return int(xs[best])
 
 
 def kmeans_starts(X: np.ndarray, k: int, *, random_state: int = 0) -> list[tuple[float, np.ndarray]]:
@@ -209,7 +142,9 @@ class ImageClusterer:
     of each cluster's members), ``distances_`` (to the own centre, NaN for
     noise), ``k_scan_`` (a :class:`KScan`, or None without a scan),
     ``silhouette_values_`` (per point, NaN for noise and outside the scored
-    sample) and ``silhouette_`` (their mean, NaN where undefined).
+    sample), ``silhouette_`` (their mean, NaN where undefined) and ``choice_``
+    (None: the method and k are the caller's or the scan's; see
+    :class:`~pixclust.clustering.adaptive.AdaptiveClusterer` for a pipeline that chooses more).
     """
 
     def __init__(
@@ -263,9 +198,6 @@ class ImageClusterer:
                 f"min_cluster_size {self.min_cluster_size!r} is not allowed; use a whole number >= 2 or None"
             )
 
-    def _silhouette(self, X: np.ndarray, labels: np.ndarray) -> float:
-        return silhouette(X, labels, sample_size=self.silhouette_sample, random_state=self.random_state)
-
     def _partition_at_k(self, X: np.ndarray, k: int, ward_tree: np.ndarray | None) -> _Partition:
         n_samples = X.shape[0]
         if k == 1:
@@ -292,16 +224,16 @@ class ImageClusterer:
         return ward(X)
 
     def _scan_k(self, X: np.ndarray) -> tuple[KScan, _Partition]:
-        n_samples = X.shape[0]
-        low, high = np.clip(self.k_range, 2, n_samples - 1)
-        ks = np.arange(low, high + 1)
         ward_tree = self._ward_tree(X)
-        partitions = [self._partition_at_k(X, int(k), ward_tree) for k in ks]
-        inertia = np.array([partition.inertia for partition in partitions])
-        scores = np.array([self._silhouette(X, partition.labels) for partition in partitions])
-        # nanargmax returns the first maximum, which is the smaller k on a tie.
-        best = int(np.nanargmax(scores)) if not np.isnan(scores).all() else 0
-        scan = KScan(ks, inertia, scores, int(ks[best]), knee_point(ks, inertia))
+        partitions: list[_Partition] = []
+
+        def partition_at(k: int) -> tuple[np.ndarray, float]:
+            partitions.append(self._partition_at_k(X, k, ward_tree))
+            return partitions[-1].labels, partitions[-1].inertia
+
+        scan, best = scan_k(
+            X, self.k_range, partition_at, silhouette_sample=self.silhouette_sample, random_state=self.random_state
+        )
         return scan, partitions[best]
 
     def _hdbscan(self, X: np.ndarray) -> _Partition:
@@ -337,8 +269,9 @@ class ImageClusterer:
         self.silhouette_values_ = silhouette_values(
             features, partition.labels, sample_size=self.silhouette_sample, random_state=self.random_state
         )
-        scored = self.silhouette_values_[np.isfinite(self.silhouette_values_)]
-        self.silhouette_ = float(scored.mean()) if len(scored) else float("nan")
+        self.silhouette_ = mean_silhouette(self.silhouette_values_)
+        # The fixed pipeline chooses nothing but k, and k_scan_ says how.
+        self.choice_ = None
         self._mixture = partition.mixture
         self._mixture_components = partition.mixture_components
         return self

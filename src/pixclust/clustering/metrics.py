@@ -68,7 +68,11 @@ def silhouette(
     a random sample is scored, which keeps the cost flat at 100k images;
     ``None`` scores every point.
     """
-    values = silhouette_values(X, labels, sample_size=sample_size, random_state=random_state)
+    return mean_silhouette(silhouette_values(X, labels, sample_size=sample_size, random_state=random_state))
+
+
+def mean_silhouette(values: np.ndarray) -> float:
+    """The mean of per-point silhouettes where they are defined; NaN where none is."""
     scored = values[np.isfinite(values)]
     return float(scored.mean()) if len(scored) else float("nan")
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -49,15 +50,15 @@ def cluster(
     reduce: str | None = None,
     n_components: int | None = None,
     k_range: tuple[int, int] = (2, 20),
-    hog: np.ndarray | None = None,
+    hog: Embeddings | np.ndarray | None = None,
     refine: bool = True,
     random_state: int = 0,
 ) -> ClusterResult:
     """Cluster embeddings (one row per image).
 
     ``pipeline="auto"`` (the default) chooses between the embedding and the
-    embedding joined with ``hog`` (HOG vectors of the same images, when given)
-    by stability, picks k by kNN-graph modularity, runs k-means and refines it
+    embedding joined with ``hog`` (``pixclust.embed(..., model="hog")`` of the
+    same images, paired with ``data`` row by row by path) by stability, picks k by kNN-graph modularity, runs k-means and refines it
     (``refine=False`` stops after k-means); see :mod:`pixclust.clustering.adaptive`.
     ``pipeline="fixed"`` reduces (L2 + PCA, or ``reduce``: UMAP/LLE/spectral)
     and runs ``method`` (default k-means), picking k by silhouette. Giving
@@ -73,23 +74,17 @@ def cluster(
         )
     pipeline = resolve_pipeline(pipeline, method, reduce)
     if pipeline == "auto":
-        views = {EMBEDDING_VIEW: vectors} | ({HOG_VIEW: np.asarray(hog)} if hog is not None else {})
-        adaptive = AdaptiveClusterer(k=k, k_range=k_range, refine=refine, random_state=random_state).fit(views).result_
-        return ClusterResult(
-            labels=adaptive.labels,
-            n_clusters=adaptive.n_clusters,
-            distances=adaptive.distances,
-            silhouettes=adaptive.silhouettes,
-            coords_2d=project_2d(vectors, random_state=random_state),
-            reduction=adaptive.reduction,
-            k_scan=adaptive.k_scan,
-            silhouette=adaptive.silhouette,
-            method="kmeans+refine" if adaptive.refined_share is not None else "kmeans",
-            choice=adaptive.record(),
-        )
-    method = method or "kmeans"
-    reduction = reduce_features(vectors, reduce or "pca", n_components=n_components, random_state=random_state)
-    clusterer = ImageClusterer(method=method, k=k, k_range=k_range, random_state=random_state).fit(reduction.coords)
+        hog_rows = _paired_rows(data, hog)
+        views = {EMBEDDING_VIEW: vectors} | ({HOG_VIEW: hog_rows} if hog_rows is not None else {})
+        clusterer: AdaptiveClusterer | ImageClusterer = AdaptiveClusterer(
+            k=k, k_range=k_range, refine=refine, random_state=random_state
+        ).fit(views)
+        reduction = clusterer.reduction_
+        method = "kmeans+refine" if clusterer.refined_share_ is not None else "kmeans"
+    else:
+        method = method or "kmeans"
+        reduction = reduce_features(vectors, reduce or "pca", n_components=n_components, random_state=random_state)
+        clusterer = ImageClusterer(method=method, k=k, k_range=k_range, random_state=random_state).fit(reduction.coords)
     return ClusterResult(
         labels=clusterer.labels_,
         n_clusters=clusterer.n_clusters_,
@@ -100,7 +95,36 @@ def cluster(
         k_scan=clusterer.k_scan_,
         silhouette=clusterer.silhouette_,
         method=method,
+        choice=clusterer.choice_,
     )
+
+
+def _paired_rows(data: Embeddings | np.ndarray, hog: Embeddings | np.ndarray | None) -> np.ndarray | None:
+    """HOG vectors in the rows of ``data``, paired by path; None when there are none, or some image has none.
+
+    An image without a HOG vector (it decoded once but not twice) leaves the
+    pipeline to the embedding alone rather than to rows that do not match.
+    """
+    if hog is None:
+        return None
+    if not isinstance(hog, Embeddings):
+        warnings.warn(
+            "cluster(hog=array) is deprecated and goes in the next release: pass the Embeddings that "
+            "pixclust.embed(..., model='hog') returns, and pixclust pairs their rows with the images by path",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        return np.asarray(hog)
+    if not isinstance(data, Embeddings):
+        raise UsageError("hog= names images by path, so pass the embeddings as Embeddings too (pixclust.embed)")
+    if hog.paths == data.paths:
+        # The same folder read the same way: already in order, and a reordered copy would cost another matrix.
+        return hog.vectors
+    row_of = {path: row for row, path in enumerate(hog.paths)}
+    rows = [row_of.get(path) for path in data.paths]
+    if any(row is None for row in rows):
+        return None
+    return hog.vectors[np.asarray(rows, dtype=np.int64)]
 
 
 @dataclass
@@ -148,7 +172,7 @@ def _run_in(folder: RunFolder, config: RunConfig, *, quiet: bool) -> RunResult:
         )
 
     started = time.perf_counter()
-    hog = _hog_view(config, run_dir, embeddings, quiet=quiet) if config.pipeline == "auto" else None
+    hog = _hog_view(config, run_dir, quiet=quiet) if config.pipeline == "auto" else None
     timings["hog_s"] = time.perf_counter() - started
     started = time.perf_counter()
     clustering = cluster(
@@ -229,23 +253,11 @@ def _embed_source(
     )
 
 
-def _hog_view(config: RunConfig, run_dir: Path, embeddings: Embeddings, *, quiet: bool) -> np.ndarray | None:
-    """HOG vectors in the order of ``embeddings``, stored (and reused) in the run's views/hog/ folder.
-
-    None when the model is HOG already, or when some image gave an embedding
-    but no HOG vector (then the adaptive pipeline uses the embedding alone).
-    """
+def _hog_view(config: RunConfig, run_dir: Path, *, quiet: bool) -> Embeddings | None:
+    """HOG vectors of the run's images, stored (and reused) in its views/hog/ folder; None when the model is HOG."""
     if config.model == HOG_MODEL:
         return None
-    hog = _embed_source(config, out=run_dir / VIEWS_DIR / HOG_VIEW, model=HOG_MODEL, quiet=quiet)
-    if hog.paths == embeddings.paths:
-        # The same folder read the same way: already in order, and a reordered copy would cost another matrix.
-        return hog.vectors
-    row_of = {path: row for row, path in enumerate(hog.paths)}
-    rows = [row_of.get(path) for path in embeddings.paths]
-    if any(row is None for row in rows):
-        return None
-    return hog.vectors[np.asarray(rows, dtype=np.int64)]
+    return _embed_source(config, out=run_dir / VIEWS_DIR / HOG_VIEW, model=HOG_MODEL, quiet=quiet)
 
 
 def _open_run_folder(config: RunConfig) -> RunFolder:

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 from common import FASHION_CLASSES, fashion_mnist, write_image_tree
 
-from pixclust.labelling.finetune import FinetuneSettings, training_device
+from pixclust.labelling.finetune import FinetuneSettings
+from pixclust.labelling.finetune_training import training_device
 from pixclust.labelling.workflows import evaluate, train
 from pixclust.runs.pipeline import embed
 from pixclust.runs.record import RunRecord

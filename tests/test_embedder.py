@@ -109,7 +109,7 @@ def test_a_script_without_a_main_guard_can_decode_in_workers(tmp_path: Path) -> 
     script = tmp_path / "unguarded.py"
     script.write_text(
         "from pixclust.embedding.embedder import ImageDecoder, decoded_batches\n"
-        "from pixclust.embedding.models import PixelTransform\n"
+        "from pixclust.embedding.transforms import PixelTransform\n"
         f"batches = decoded_batches({paths!r}, ImageDecoder(PixelTransform(), draft_size=64), batch_size=2, num_workers=2)\n"
         "print(sum(len(batch) for batch in batches))\n"
     )
@@ -122,7 +122,7 @@ def test_a_script_without_a_main_guard_can_decode_in_workers(tmp_path: Path) -> 
 
 def test_augmentation_depends_on_the_seed_and_the_batch_not_on_the_workers(tmp_path: Path) -> None:
     from pixclust.embedding.transforms import Preprocessing
-    from pixclust.labelling.finetune import AugmentingTransform
+    from pixclust.labelling.finetune_training import AugmentingTransform
 
     # One picture eight times: every difference between the outputs is the augmentation's.
     picture = _photo_folder(tmp_path, 1)[0]

@@ -17,14 +17,10 @@ from pixclust.embedding.sources import embed_images
 from pixclust.embedding.transforms import Preprocessing
 from pixclust.embedding.weights import load_network, state_dict_sha256
 from pixclust.errors import UsageError
-from pixclust.labelling.classifier import TrainedClassifier, load_classifier, predict
-from pixclust.labelling.finetune import (
-    AugmentingTransform,
-    FinetuneSettings,
-    _softmax_weights,
-    _write_softmax_weights,
-    finetuned_extractor,
-)
+from pixclust.labelling.classifier import TrainedClassifier, predict
+from pixclust.labelling.classifier_file import load_classifier
+from pixclust.labelling.finetune import FinetuneSettings, finetuned_extractor
+from pixclust.labelling.finetune_training import AugmentingTransform, softmax_weights, write_softmax_weights
 from pixclust.labelling.workflows import evaluate, predict_images, train
 from pixclust.runs.pipeline import embed
 from pixclust.runs.record import RunRecord
@@ -50,7 +46,7 @@ def test_head_weights_convert_to_softmax_and_back() -> None:
     features = rng.normal(size=(60, 8))
     for n_classes in (2, 3):
         logistic = LogisticRegression().fit(features, np.arange(60) % n_classes)
-        weight, bias = _softmax_weights(logistic)
+        weight, bias = softmax_weights(logistic)
         head = torch.nn.Linear(8, n_classes)
         with torch.no_grad():
             head.weight.copy_(torch.from_numpy(weight))
@@ -60,7 +56,7 @@ def test_head_weights_convert_to_softmax_and_back() -> None:
         with torch.no_grad():
             head.weight.mul_(3.0)
             moved = torch.softmax(head(torch.from_numpy(features).float()), dim=1).numpy()
-        _write_softmax_weights(logistic, head)
+        write_softmax_weights(logistic, head)
         assert np.allclose(logistic.predict_proba(features), moved, atol=1e-5)
 
 

@@ -186,7 +186,7 @@ def test_a_damaged_onnx_export_of_the_model_is_exported_again(
     (cache / export).write_bytes(whole[: len(whole) // 2])
     script = (
         "import numpy as np\n"
-        "from pixclust.embedding.models import load_extractor\n"
+        "from pixclust.embedding.extractor import load_extractor\n"
         f"print(load_extractor().embed_batch(np.zeros((2, {size}, {size}, 3), np.uint8)).shape)\n"
     )
     result = subprocess.run(

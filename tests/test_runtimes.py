@@ -91,7 +91,7 @@ def test_a_cached_record_and_export_start_the_network_without_building_it(tmp_pa
     """The second start reads the weights' record and the ONNX export from the cache: no timm, same model and answer."""
     script = (
         "import sys, numpy as np\n"
-        "from pixclust.embedding.models import load_extractor\n"
+        "from pixclust.embedding.extractor import load_extractor\n"
         "extractor = load_extractor(runtime='onnxruntime')\n"
         "batch = np.random.default_rng(0).integers(0, 256, (2, 224, 224, 3), dtype=np.uint8)\n"
         "print('timm' in sys.modules, extractor.model_id, extractor.draft_size, extractor.embed_batch(batch).sum())\n"

@@ -548,6 +548,16 @@ def train_command(
     console.print(f"classifier: {_shown(out)}")
 
 
+# 'evaluate' and 'predict' both load a classifier.
+AllowPickle = Annotated[
+    bool,
+    typer.Option(
+        "--allow-pickle",
+        help="Also load a classifier an older pixclust saved as a pickle; loading one can run code, so only one you made.",
+    ),
+]
+
+
 @app.command("evaluate")
 def evaluate_command(
     model: Annotated[Path, typer.Argument(help="A classifier saved by 'pixclust train'.")],
@@ -562,13 +572,14 @@ def evaluate_command(
         Path | None, typer.Option(help="CSV of ids, one per row of embeddings.npy (default: row numbers).")
     ] = None,
     out: Annotated[Path | None, typer.Option("--out", "-o", help="Folder for roc.png.")] = None,
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Per-class precision, recall, F1 and one-vs-rest AUC on a labelled test list, and the confusion matrix."""
     from rich.table import Table
 
     from pixclust.labelling.workflows import evaluate
 
-    run = evaluate(model, test, source=source, ids=ids, out=out)
+    run = evaluate(model, test, source=source, ids=ids, out=out, allow_pickle=allow_pickle)
     evaluation = run.evaluation
 
     def cell(value: float | None) -> str:
@@ -604,13 +615,14 @@ def evaluate_command(
 def predict_command(
     model: Annotated[Path, typer.Argument(help="A classifier saved by 'pixclust train'.")],
     images: Annotated[list[Path], typer.Argument(help="Image files or folders.")],
+    allow_pickle: AllowPickle = False,
 ) -> None:
     """Label new images, embedding them with the model the classifier was trained on."""
     from rich.table import Table
 
     from pixclust.labelling.workflows import predict_images
 
-    run = predict_images(model, images)
+    run = predict_images(model, images, allow_pickle=allow_pickle)
     table = Table()
     for column in ("path", "label", "probability"):
         table.add_column(column, justify="right" if column == "probability" else "left")

@@ -4,31 +4,27 @@ Two heads are searched, scikit-learn's logistic regression and a small MLP
 with early stopping, each over a few settings, by stratified k-fold macro F1;
 the best is refitted on everything. Classes are weighted by inverse frequency
 (``class_weight="balanced"`` for the logistic regression, the same weights as
-sample weights for the MLP). The saved file records the embedding model the
-classifier needs, so ``predict`` embeds new images exactly as the training
-images were embedded. A classifier made by ``finetune.py`` is the same type,
-with ``finetuned`` holding what rebuilds its network.
+sample weights for the MLP). The classifier records the embedding model it
+needs, so ``predict`` embeds new images exactly as the training images were
+embedded. A classifier made by ``finetune.py`` is the same type, with
+``finetuned`` holding what rebuilds its network. ``classifier_file.py`` saves
+and loads both.
 """
 
 from __future__ import annotations
 
-import pickle
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from pixclust.atomic import atomic_path
 from pixclust.clustering.reduce import l2_normalize
 from pixclust.errors import UsageError
 
 if TYPE_CHECKING:
     from pixclust.labelling.finetune import FinetunedNetwork
 
-FORMAT = "pixclust-classifier"
-FORMAT_VERSION = 1
 HEADS = ("logistic", "mlp")
 
 
@@ -122,26 +118,6 @@ def train_classifier(
 
 def _plain(params: dict[str, Any]) -> dict[str, Any]:
     return {key: list(value) if isinstance(value, tuple) else value for key, value in params.items()}
-
-
-def save_classifier(classifier: TrainedClassifier, path: str | Path) -> None:
-    """Write the classifier (a pickle: load only files you made yourself) atomically."""
-    with atomic_path(path) as tmp:
-        tmp.write_bytes(pickle.dumps({"format": FORMAT, "version": FORMAT_VERSION, "classifier": classifier}))
-
-
-def load_classifier(path: str | Path) -> TrainedClassifier:
-    try:
-        record = pickle.loads(Path(path).read_bytes())
-    except OSError as error:
-        raise UsageError(
-            f"cannot read the classifier {path} ({error.strerror}); give a file made by 'pixclust train'"
-        ) from error
-    except (pickle.UnpicklingError, EOFError, AttributeError, ImportError) as error:
-        raise UsageError(f"{path} is not a classifier made by 'pixclust train' ({type(error).__name__})") from error
-    if not isinstance(record, dict) or record.get("format") != FORMAT:
-        raise UsageError(f"{path} is not a classifier made by 'pixclust train'")
-    return record["classifier"]
 
 
 @dataclass(frozen=True)

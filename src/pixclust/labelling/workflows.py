@@ -141,7 +141,8 @@ def train(
     stored embeddings; with ``finetune``, the network's last blocks and a linear head
     on the images themselves (``finetune.py``; a GPU when torch sees one, else the CPU).
     """
-    from pixclust.labelling.classifier import save_classifier, train_classifier
+    from pixclust.labelling.classifier import train_classifier
+    from pixclust.labelling.classifier_file import save_classifier
     from pixclust.labelling.label import read_labelled_list, rows_with_labels
 
     embeddings = open_embeddings(source, ids=ids)
@@ -193,16 +194,18 @@ def evaluate(
     source: str | Path | None = None,
     ids: str | Path | None = None,
     out: str | Path | None = None,
+    allow_pickle: bool = False,
 ) -> EvaluationRun:
     """Score a saved classifier on a labelled test list (ids in ``source``, or image paths embedded with the recorded model).
 
-    A fine-tuned classifier's network embeds the images again, ids in ``source`` included.
+    A fine-tuned classifier's network embeds the images again, ids in ``source`` included. ``allow_pickle``
+    also loads a classifier an older pixclust saved as a pickle (``classifier_file.load_classifier``).
     """
     from pixclust.labelling.classifier import evaluate as evaluate_classifier
-    from pixclust.labelling.classifier import load_classifier
+    from pixclust.labelling.classifier_file import load_classifier
     from pixclust.labelling.label import read_labelled_list, rows_with_labels
 
-    classifier = load_classifier(model)
+    classifier = load_classifier(model, allow_pickle=allow_pickle)
     pairs = read_labelled_list(test)
     if source is None:
         vectors = _embed_listed([item for item, _ in pairs], _extractor_of(classifier))
@@ -229,11 +232,15 @@ class PredictionRun:
     skipped: list[SkippedFile]
 
 
-def predict_images(model: str | Path, images: Sequence[str | Path]) -> PredictionRun:
-    """Labels and probabilities for new images, embedded with the (possibly fine-tuned) model the classifier records; unusable files are listed."""
-    from pixclust.labelling.classifier import load_classifier, predict
+def predict_images(model: str | Path, images: Sequence[str | Path], *, allow_pickle: bool = False) -> PredictionRun:
+    """Labels and probabilities for new images, embedded with the (possibly fine-tuned) model the classifier records; unusable files are listed.
 
-    classifier = load_classifier(model)
+    ``allow_pickle`` as in :func:`evaluate`.
+    """
+    from pixclust.labelling.classifier import predict
+    from pixclust.labelling.classifier_file import load_classifier
+
+    classifier = load_classifier(model, allow_pickle=allow_pickle)
     paths, vectors, skipped = embed_images(images, _extractor_of(classifier))
     if not paths:
         raise UsageError(f"no usable images in {', '.join(map(str, images))}; give image files or folders")

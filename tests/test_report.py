@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -183,3 +186,19 @@ def test_a_run_hands_its_embeddings_to_the_report_instead_of_reading_them_again(
 def test_report_on_a_folder_that_is_no_run_says_so(tmp_path: Path) -> None:
     with pytest.raises(UsageError, match="is not a pixclust run folder"):
         build_report(tmp_path)
+
+
+def test_drawing_the_figures_leaves_the_users_matplotlib_backend_alone(tmp_path: Path) -> None:
+    # A notebook's inline backend must survive pixclust: the figures are drawn without pyplot.
+    code = (
+        "import matplotlib, numpy as np\n"
+        "from pixclust.report import plots\n"
+        "from pixclust.report.figures import write_roc_plot\n"
+        "plots.save_png(plots.variance_figure(np.array([0.6, 0.4])))\n"
+        f"write_roc_plot({str(tmp_path / 'roc.png')!r}, {{'a': ([0, 1], [0, 1])}}, {{'a': 0.5}})\n"
+        "print(matplotlib.get_backend())\n"
+    )
+    env = {**os.environ, "MPLBACKEND": "svg"}
+    done = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.strip() == "svg" and (tmp_path / "roc.png").stat().st_size > 0

@@ -83,12 +83,10 @@ def write_roc_plot(
     target: str | Path, curves: dict[str, tuple[Sequence[float], Sequence[float]]], aucs: dict[str, float | None]
 ) -> Path:
     """One-vs-rest ROC curves, one line per class with its AUC in the legend; classes without a curve say n/a."""
-    import matplotlib
+    from matplotlib.figure import Figure
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    figure, axes = plt.subplots(figsize=(5.5, 5))
+    figure = Figure(figsize=(5.5, 5))
+    axes = figure.subplots()
     for name, (fpr, tpr) in curves.items():
         axes.plot(fpr, tpr, label=f"{name} (AUC {aucs[name]:.3f})")
     for name, auc in aucs.items():
@@ -102,5 +100,4 @@ def write_roc_plot(
     target = Path(target)
     with atomic_path(target) as tmp:
         figure.savefig(tmp, format="png", dpi=120, bbox_inches="tight")
-    plt.close(figure)
     return target

@@ -1,7 +1,10 @@
-"""Static figures for papers and for the HTML report (matplotlib, Agg backend).
+"""Static figures for papers and for the HTML report (matplotlib).
 
 Each function builds and returns a Figure and writes nothing; ``save_png``
-turns one into PNG bytes. Tests read the figures' artists directly.
+turns one into PNG bytes. Figures are made without pyplot, so no backend is
+chosen and none is switched: a notebook that imports pixclust keeps its inline
+plots, and no figure stays alive in pyplot's registry. Tests read the figures'
+artists directly.
 """
 
 from __future__ import annotations
@@ -10,10 +13,6 @@ import io
 from collections.abc import Sequence
 
 import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -25,11 +24,11 @@ VARIANCE_TARGET = 0.95
 def cluster_colours(n: int) -> list[str]:
     """Distinct colours for n clusters (tab10/tab20, then evenly spaced hues); shared with the HTML report."""
     if n <= 10:
-        cmap, count = plt.get_cmap("tab10"), 10
+        cmap, count = matplotlib.colormaps.get_cmap("tab10"), 10
     elif n <= 20:
-        cmap, count = plt.get_cmap("tab20"), 20
+        cmap, count = matplotlib.colormaps.get_cmap("tab20"), 20
     else:
-        cmap, count = plt.get_cmap("hsv"), n + 1
+        cmap, count = matplotlib.colormaps.get_cmap("hsv"), n + 1
     return [matplotlib.colors.to_hex(cmap(i / count if count > 20 else i)) for i in range(n)]
 
 
@@ -38,7 +37,8 @@ def variance_figure(ratio: np.ndarray) -> Figure:
     ratio = np.asarray(ratio, dtype=float)
     components = np.arange(1, len(ratio) + 1)
     cumulative = np.cumsum(ratio)
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axis = figure.subplots()
     axis.bar(components, ratio, color="#1f77b4", label="explained")
     axis.step(components, cumulative, where="mid", color="#ff7f0e", label="cumulative")
     axis.axhline(VARIANCE_TARGET, color="grey", linestyle="--", label="95%")
@@ -54,7 +54,8 @@ def variance_figure(ratio: np.ndarray) -> Figure:
 
 def elbow_figure(ks: Sequence[int], inertia: Sequence[float], elbow_k: int | None, chosen_k: int) -> Figure:
     """Inertia over k, the knee found by Kneedle, and the k the run chose."""
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axis = figure.subplots()
     axis.plot(ks, inertia, "o-", color="#1f77b4")
     if elbow_k is not None:
         axis.axvline(elbow_k, color=ELBOW_COLOUR, linestyle="--", label=f"elbow k = {elbow_k}")
@@ -68,7 +69,8 @@ def elbow_figure(ks: Sequence[int], inertia: Sequence[float], elbow_k: int | Non
 def k_scan_figure(ks: Sequence[int], values: Sequence[float | None], chosen_k: int, score: str) -> Figure:
     """One score (mean silhouette, or kNN-graph modularity) over k, with the chosen k marked."""
     points = np.array([np.nan if v is None else v for v in values], dtype=float)
-    figure, axis = plt.subplots(figsize=(7, 4))
+    figure = Figure(figsize=(7, 4))
+    axis = figure.subplots()
     axis.plot(ks, points, "o-", color="#1f77b4")
     axis.axvline(chosen_k, color=CHOICE_COLOUR, linestyle=":", label=f"chosen k = {chosen_k}")
     axis.set(title=f"{score.capitalize()} over k", xlabel="k", ylabel=score)
@@ -82,7 +84,8 @@ def silhouette_samples_figure(values: np.ndarray, labels: np.ndarray, names: dic
     scored = np.isfinite(values)
     ids = [label for label in names if label >= 0]
     colours = cluster_colours(len(ids))
-    figure, axis = plt.subplots(figsize=(7, max(4, 0.35 * len(ids) + 2)))
+    figure = Figure(figsize=(7, max(4, 0.35 * len(ids) + 2)))
+    axis = figure.subplots()
     bottom = 0
     for colour, label in zip(colours, ids, strict=True):
         band = np.sort(values[scored & (labels == label)])
@@ -103,7 +106,8 @@ def silhouette_samples_figure(values: np.ndarray, labels: np.ndarray, names: dic
 
 def map_figure(coords: np.ndarray, labels: np.ndarray, names: dict[int, str], title: str) -> Figure:
     """2-D scatter of a map, coloured by cluster (noise in grey)."""
-    figure, axis = plt.subplots(figsize=(7, 6))
+    figure = Figure(figsize=(7, 6))
+    axis = figure.subplots()
     ids = [label for label in names if label >= 0]
     size = max(2.0, min(20.0, 4000 / max(1, len(labels))))
     if -1 in names:
@@ -120,8 +124,7 @@ def map_figure(coords: np.ndarray, labels: np.ndarray, names: dict[int, str], ti
 
 
 def save_png(figure: Figure, dpi: int = 110) -> bytes:
-    """PNG bytes of a figure, which is then closed (pyplot keeps every open figure alive)."""
+    """PNG bytes of a figure."""
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=dpi)
-    plt.close(figure)
     return buffer.getvalue()

@@ -297,16 +297,17 @@ main()
 
 # The report's thumbnails, stopping when the first chunk comes back from the worker pool.
 STOP_MID_THUMBNAILS = r"""
-import contextlib, os, signal, sys
+import os, signal, sys
 from pathlib import Path
+from pixclust.progress import reporting
 from pixclust.report import thumbnails
 
-@contextlib.contextmanager
-def stop_at_first_chunk(*args, **kwargs):
-    yield lambda done: os.kill(os.getpid(), signal.SIGSTOP)
-thumbnails.progress_bar = stop_at_first_chunk
+def stop_at_first_chunk(task, done, total):
+    if done:
+        os.kill(os.getpid(), signal.SIGSTOP)
 paths = sys.argv[2:]
-thumbnails.load_thumbnails(Path(sys.argv[1]), paths, [str(n) for n in range(len(paths))], quiet=True)
+with reporting(stop_at_first_chunk):
+    thumbnails.load_thumbnails(Path(sys.argv[1]), paths, [str(n) for n in range(len(paths))])
 """
 
 

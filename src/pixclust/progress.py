@@ -1,31 +1,91 @@
-"""Progress for long work: count, rate and ETA on stderr, or nothing when quiet."""
+"""How long work reports itself: progress bars, a caller's callback, or nothing; and repair warnings.
+
+By default each long step (hashing, embedding, thumbnails, maps, fine-tuning)
+shows a Rich bar on stderr with count, rate and ETA. :func:`reporting` changes
+that for everything run inside it, however deep: a callback receives
+``(task, done, total)`` instead, or ``None`` shows nothing. The public entry
+points' ``quiet=True`` is ``reporting(None)``, so no internal function carries
+a ``quiet`` flag.
+
+Warnings about damage pixclust repairs by itself go to the ``pixclust`` logger;
+where nobody configured logging they are printed as one ``warning: ...`` line.
+"""
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from collections.abc import Callable, Iterator
+from contextvars import ContextVar
 
 from pixclust.names import printable
 
+ProgressCallback = Callable[[str, int, int], None]
+
+logger = logging.getLogger("pixclust")
+
+
+class _RichBars:
+    """The default reporter: a Rich progress bar on stderr per task."""
+
+
+_RICH_BARS = _RichBars()
+_reporter: ContextVar[ProgressCallback | _RichBars | None] = ContextVar("pixclust_progress", default=_RICH_BARS)
+
 
 def warn(message: str) -> None:
-    """One line ``warning: ...`` on stderr about damage pixclust repairs by itself; shown even when quiet.
+    """Report damage pixclust repairs by itself; shown even when progress is not.
 
-    Written to ``sys.stderr`` as it is at the call, so that under a live progress bar
-    Rich prints it above the bar; a control character in a name is shown as its escape.
+    Logged to ``logging.getLogger("pixclust")`` where logging is configured;
+    otherwise one ``warning: ...`` line on ``sys.stderr`` as it is at the call (so
+    that under a live progress bar Rich prints it above the bar), with any control
+    character of a name shown as its escape.
     """
-    print(f"warning: {printable(message)}", file=sys.stderr, flush=True)
+    if logger.hasHandlers():
+        logger.warning(message)
+    else:
+        print(f"warning: {printable(message)}", file=sys.stderr, flush=True)
 
 
 @contextlib.contextmanager
-def progress_bar(
-    description: str, total: int, *, unit: str = "images", quiet: bool = False
-) -> Iterator[Callable[[int], None]]:
-    """Yield ``advance(n)``; shows a Rich bar with rate and ETA unless ``quiet``."""
-    if quiet or total == 0:
+def reporting(callback: ProgressCallback | None) -> Iterator[None]:
+    """Within the block, progress goes to ``callback(task, done, total)``, or nowhere for None."""
+    token = _reporter.set(callback)
+    try:
+        yield
+    finally:
+        _reporter.reset(token)
+
+
+def quietly(quiet: bool) -> contextlib.AbstractContextManager[None]:
+    """No progress within the block when ``quiet``; otherwise whatever the caller chose."""
+    return reporting(None) if quiet else contextlib.nullcontext()
+
+
+@contextlib.contextmanager
+def progress_bar(description: str, total: int, *, unit: str = "images") -> Iterator[Callable[[int], None]]:
+    """Yield ``advance(n)`` for a task of ``total`` steps, reported as :func:`reporting` chose."""
+    reporter = _reporter.get()
+    if reporter is None or total == 0:
         yield lambda _n: None
-        return
+    elif isinstance(reporter, _RichBars):
+        with _rich_bar(description, total, unit) as advance:
+            yield advance
+    else:
+        done = 0
+        reporter(description, done, total)
+
+        def advance(n: int) -> None:
+            nonlocal done
+            done += n
+            reporter(description, done, total)
+
+        yield advance
+
+
+@contextlib.contextmanager
+def _rich_bar(description: str, total: int, unit: str) -> Iterator[Callable[[int], None]]:
     from rich.console import Console
     from rich.progress import (
         BarColumn,

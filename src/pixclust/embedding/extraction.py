@@ -31,7 +31,7 @@ from pixclust.embedding.models import DEFAULT_MODEL
 from pixclust.embedding.store import EmbeddingStore, KnownEmbeddings, StoredVector, content_hash
 from pixclust.embeddings import Embeddings
 from pixclust.errors import DecodeError
-from pixclust.progress import progress_bar
+from pixclust.progress import progress_bar, quietly
 
 FLUSH_EVERY = 1024
 _HASH_THREADS = 4
@@ -63,62 +63,63 @@ def embed(
     ``engine="ray"`` has the images not found in the store embedded by Ray
     actors (on the cluster at ``address``; see ``engines/ray.py``).
     """
-    check_engine(engine, address, num_workers)
-    root = os.path.abspath(source)
-    discovery = discover_images(root, include_hidden=include_hidden)
-    extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision, lazy=True)
-    store = EmbeddingStore(out) if out is not None else None
-    known = store.known(extractor.model_id, extractor.dim) if store else KnownEmbeddings()
+    with quietly(quiet):
+        check_engine(engine, address, num_workers)
+        root = os.path.abspath(source)
+        discovery = discover_images(root, include_hidden=include_hidden)
+        extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision, lazy=True)
+        store = EmbeddingStore(out) if out is not None else None
+        known = store.known(extractor.model_id, extractor.dim) if store else KnownEmbeddings()
 
-    files, hashes, stats, skipped = _hash_files([str(p) for p in discovery.files], known, quiet=quiet)
-    skipped = list(discovery.skipped) + skipped
-    first_path_of_hash = {}
-    for path, digest in zip(files, hashes, strict=True):
-        if digest not in known.row_of_hash:
-            first_path_of_hash.setdefault(digest, path)
-    to_extract = list(first_path_of_hash.items())
-    stat_of = dict(zip(files, stats, strict=True))
+        files, hashes, stats, skipped = _hash_files([str(p) for p in discovery.files], known)
+        skipped = list(discovery.skipped) + skipped
+        first_path_of_hash = {}
+        for path, digest in zip(files, hashes, strict=True):
+            if digest not in known.row_of_hash:
+                first_path_of_hash.setdefault(digest, path)
+        to_extract = list(first_path_of_hash.items())
+        stat_of = dict(zip(files, stats, strict=True))
 
-    if engine == "ray":
-        from pixclust.embedding.engines.ray import RayEmbedder
+        if engine == "ray":
+            from pixclust.embedding.engines.ray import RayEmbedder
 
-        embedder: Embedder = RayEmbedder(
-            extractor,
-            model=model,
-            weights=weights,
-            runtime=runtime,
-            precision=precision,
-            batch_size=batch_size,
-            max_pixels=max_pixels,
-            address=address,
-        )
-    else:
-        embedder = Embedder(extractor, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels)
-    fresh, failed = _extract(embedder, to_extract, store, stat_of, extractor.model_id, extractor.dim, quiet=quiet)
-
-    kept = []
-    for path, digest in zip(files, hashes, strict=True):
-        if digest in failed:
-            reason = failed[digest]
-            skipped.append(SkippedFile(path, reason.reason, reason.detail))
+            embedder: Embedder = RayEmbedder(
+                extractor,
+                model=model,
+                weights=weights,
+                runtime=runtime,
+                precision=precision,
+                batch_size=batch_size,
+                max_pixels=max_pixels,
+                address=address,
+            )
         else:
-            kept.append((path, digest))
-    digests = [digest for _, digest in kept]
-    if digests and digests == known.content_hashes:
-        # Nothing new and nothing gone (the usual re-run): the store's own array is the answer, not a copy of it.
-        vectors, image_sizes = known.vectors, known.image_sizes
-    else:
-        vectors, image_sizes = _gather(
-            digests, lambda digest: fresh.get(digest) or known.vector_of(digest), extractor.dim
-        )
-    embeddings = _assemble(kept, stat_of, extractor.model_id, vectors, image_sizes)
-    embeddings.model = extractor.record | {"model_id": extractor.model_id}
-    embeddings.skipped = sorted(skipped, key=lambda item: item.path)
-    embeddings.n_extracted = len(fresh)
-    embeddings.n_reused = sum(1 for digest in digests if digest not in fresh)
-    if store and not store.holds(embeddings):
-        store.save(embeddings)
-    return embeddings
+            embedder = Embedder(extractor, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels)
+        fresh, failed = _extract(embedder, to_extract, store, stat_of, extractor.model_id, extractor.dim)
+
+        kept = []
+        for path, digest in zip(files, hashes, strict=True):
+            if digest in failed:
+                reason = failed[digest]
+                skipped.append(SkippedFile(path, reason.reason, reason.detail))
+            else:
+                kept.append((path, digest))
+        digests = [digest for _, digest in kept]
+        if digests and digests == known.content_hashes:
+            # Nothing new and nothing gone (the usual re-run): the store's own array is the answer, not a copy of it.
+            vectors, image_sizes = known.vectors, known.image_sizes
+        else:
+            vectors, image_sizes = _gather(
+                digests, lambda digest: fresh.get(digest) or known.vector_of(digest), extractor.dim
+            )
+        embeddings = _assemble(kept, stat_of, extractor.model_id, vectors, image_sizes)
+        embeddings.model = extractor.record | {"model_id": extractor.model_id}
+        embeddings.skipped = sorted(skipped, key=lambda item: item.path)
+        embeddings.n_extracted = len(fresh)
+        embeddings.n_reused = sum(1 for digest in digests if digest not in fresh)
+        if store and not store.holds(embeddings):
+            store.save(embeddings)
+        return embeddings
 
 
 def _extract(
@@ -128,8 +129,6 @@ def _extract(
     stat_of: dict[str, tuple[int, int]],
     model_id: str,
     dim: int,
-    *,
-    quiet: bool,
 ) -> tuple[dict[str, StoredVector], dict[str, SkippedFile]]:
     """Vectors by content hash for the ``(hash, path)`` pairs, and why the others failed; shards saved on the way."""
     fresh: dict[str, StoredVector] = {}
@@ -145,7 +144,7 @@ def _extract(
     try:
         with (
             _ctrl_c_after_batch() as stop_requested,
-            progress_bar("embedding", len(to_extract), quiet=quiet) as advance,
+            progress_bar("embedding", len(to_extract)) as advance,
             # closing() shuts the decode workers down here, not whenever the generator is collected.
             contextlib.closing(embedder.iter_batches([path for _, path in to_extract])) as batches,
         ):
@@ -203,7 +202,7 @@ def _ctrl_c_after_batch() -> Iterator[threading.Event]:
 
 
 def _hash_files(
-    paths: Sequence[str], known: KnownEmbeddings, *, quiet: bool
+    paths: Sequence[str], known: KnownEmbeddings
 ) -> tuple[list[str], list[str], list[tuple[int, int]], list[SkippedFile]]:
     """Content hash per file, taken from the store when path, size and mtime are unchanged."""
 
@@ -220,7 +219,7 @@ def _hash_files(
 
     files, hashes, stats, skipped = [], [], [], []
     with (
-        progress_bar("hashing", len(paths), unit="files", quiet=quiet) as advance,
+        progress_bar("hashing", len(paths), unit="files") as advance,
         ThreadPoolExecutor(_HASH_THREADS) as pool,
     ):
         for path, result in zip(paths, pool.map(one, paths), strict=True):

@@ -113,7 +113,6 @@ def finetune_classifier(
     base: dict[str, Any],
     settings: FinetuneSettings = FinetuneSettings(),
     random_state: int = 0,
-    quiet: bool = False,
 ) -> TrainedClassifier:
     """Fine-tune the network ``base`` records (a run's model record) and a linear head on the labelled images."""
     import torch
@@ -141,7 +140,7 @@ def finetune_classifier(
             random_state=random_state,
         )
         model = NetworkWithHead(network, probe.estimator)
-        history = train_network(model, trained_modules, prep, split, probe.classes, settings, random_state, quiet)
+        history = train_network(model, trained_modules, prep, split, probe.classes, settings, random_state)
     network.cpu()
     write_softmax_weights(probe.estimator, model.head)
     extractor = network_extractor(spec, network, f"fine-tuned by pixclust train --finetune from {source}", prep)

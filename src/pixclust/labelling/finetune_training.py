@@ -211,7 +211,6 @@ def train_network(
     classes: Sequence[str],
     settings: FinetuneSettings,
     random_state: int,
-    quiet: bool,
 ) -> list[dict[str, Any]]:
     """Epochs of training with early stopping; leaves the best weights in ``model`` and returns the history."""
     import torch
@@ -237,7 +236,7 @@ def train_network(
     augment = AugmentingTransform(prep)
     # Eval mode throughout, BatchNorm included (see the module docstring): requires_grad alone says what learns.
     model.network.eval()
-    with progress_bar("fine-tuning", settings.epochs * len(split.train), quiet=quiet) as advance:
+    with progress_bar("fine-tuning", settings.epochs * len(split.train)) as advance:
         for epoch in range(1, settings.epochs + 1):
             rows = order.permutation(split.train)
             fit = _train_epoch(

@@ -22,6 +22,7 @@ from pixclust.errors import UsageError
 from pixclust.labelling.classifier import Evaluation, Prediction, TrainedClassifier
 from pixclust.labelling.label import DEFAULT_THRESHOLDS, NONE, LabelResult, References
 from pixclust.names import write_csv
+from pixclust.progress import quietly
 from pixclust.report.figures import SHEETS_DIR, write_contact_sheet, write_roc_plot
 
 if TYPE_CHECKING:
@@ -141,27 +142,26 @@ def train(
     stored embeddings; with ``finetune``, the network's last blocks and a linear head
     on the images themselves (``finetune.py``; a GPU when torch sees one, else the CPU).
     """
-    from pixclust.labelling.classifier import train_classifier
-    from pixclust.labelling.classifier_file import save_classifier
-    from pixclust.labelling.label import read_labelled_list, rows_with_labels
+    with quietly(quiet):
+        from pixclust.labelling.classifier import train_classifier
+        from pixclust.labelling.classifier_file import save_classifier
+        from pixclust.labelling.label import read_labelled_list, rows_with_labels
 
-    embeddings = open_embeddings(source, ids=ids)
-    rows, labels = rows_with_labels(embeddings, read_labelled_list(labels_csv), what=str(labels_csv))
-    model = embeddings.model | {"model_id": embeddings.model_id}
-    if finetune:
-        from pixclust.labelling.finetune import FinetuneSettings, finetune_classifier
+        embeddings = open_embeddings(source, ids=ids)
+        rows, labels = rows_with_labels(embeddings, read_labelled_list(labels_csv), what=str(labels_csv))
+        model = embeddings.model | {"model_id": embeddings.model_id}
+        if finetune:
+            from pixclust.labelling.finetune import FinetuneSettings, finetune_classifier
 
-        paths = [embeddings.paths[row] for row in rows]
-        settings = finetune_settings or FinetuneSettings()
-        classifier = finetune_classifier(
-            paths, labels, base=model, settings=settings, random_state=random_state, quiet=quiet
-        )
-    else:
-        classifier = train_classifier(
-            embeddings.vectors[rows], labels, embedding_model=model, heads=heads, cv=cv, random_state=random_state
-        )
-    save_classifier(classifier, out)
-    return classifier
+            paths = [embeddings.paths[row] for row in rows]
+            settings = finetune_settings or FinetuneSettings()
+            classifier = finetune_classifier(paths, labels, base=model, settings=settings, random_state=random_state)
+        else:
+            classifier = train_classifier(
+                embeddings.vectors[rows], labels, embedding_model=model, heads=heads, cv=cv, random_state=random_state
+            )
+        save_classifier(classifier, out)
+        return classifier
 
 
 def _extractor_of(classifier: TrainedClassifier) -> FeatureExtractor:

@@ -40,7 +40,7 @@ from pixclust.embedding.store import EmbeddingStore, read_table_or_none
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
 from pixclust.names import escape_name, from_cell
-from pixclust.progress import progress_bar
+from pixclust.progress import progress_bar, quietly
 from pixclust.report import plots
 from pixclust.report.figures import contact_sheet
 from pixclust.report.thumbnails import THUMB_SIDE, load_thumbnails
@@ -139,9 +139,7 @@ def _float(text: str) -> float:
     return float(text) if text else float("nan")
 
 
-def load_maps(
-    view: RunView, methods: tuple[str, ...], *, random_state: int = 0, quiet: bool = False
-) -> dict[str, dict[int, np.ndarray]]:
+def load_maps(view: RunView, methods: tuple[str, ...], *, random_state: int = 0) -> dict[str, dict[int, np.ndarray]]:
     """2-D and 3-D coordinates per map method, from ``maps.parquet`` when it matches these embeddings."""
     fingerprint = _fingerprint(view)
     cache_file = view.run_dir / MAPS_FILE
@@ -149,7 +147,7 @@ def load_maps(
     wanted = [(method, dims) for method in methods for dims in (2, 3)]
     missing = [key for key in wanted if key not in cached]
     if missing:
-        with progress_bar("maps", len(missing), unit="maps", quiet=quiet) as advance:
+        with progress_bar("maps", len(missing), unit="maps") as advance:
             basis = map_basis(view.vectors, random_state=random_state)
             for method, dims in missing:
                 cached[(method, dims)] = map_coordinates(basis, method, n_components=dims, random_state=random_state)
@@ -193,9 +191,7 @@ def _write_maps(cache_file: Path, fingerprint: str, maps: dict[tuple[str, int], 
         pq.write_table(table, tmp)
 
 
-def load_duplicates(
-    view: RunView, *, threshold: float = DEFAULT_DUPLICATE_THRESHOLD, quiet: bool = False
-) -> DuplicateReport:
+def load_duplicates(view: RunView, *, threshold: float = DEFAULT_DUPLICATE_THRESHOLD) -> DuplicateReport:
     """Exact and near-duplicate groups, from ``duplicates.parquet`` when it matches these embeddings."""
     # The colour check is part of the answer, so a change to its tolerance must not reuse old groups.
     fingerprint = _fingerprint(view, f"duplicates {threshold} {DEFAULT_COLOUR_TOLERANCE}")
@@ -204,7 +200,7 @@ def load_duplicates(
     if cached is not None:
         return cached
     # One step, so a long search over many images still shows that it is running and for how long.
-    with progress_bar("duplicates", 1, unit="searches", quiet=quiet) as advance:
+    with progress_bar("duplicates", 1, unit="searches") as advance:
         found = find_duplicates(view.embeddings, threshold=threshold)
         advance(1)
     _write_duplicates(cache_file, fingerprint, found)
@@ -275,9 +271,10 @@ def build_report(
     ``embeddings`` are the run folder's own, passed by a caller that holds them so
     that a second copy (360 MB at 70,000 images) is not read from disk.
     """
-    methods = check_map_methods(list(maps))
-    with RunFolder.open(run_dir, create=False).writing() as folder:
-        return _build_report(folder, methods, record, embeddings, html=html, random_state=random_state, quiet=quiet)
+    with quietly(quiet):
+        methods = check_map_methods(list(maps))
+        with RunFolder.open(run_dir, create=False).writing() as folder:
+            return _build_report(folder, methods, record, embeddings, html=html, random_state=random_state)
 
 
 def _build_report(
@@ -288,12 +285,11 @@ def _build_report(
     *,
     html: bool,
     random_state: int,
-    quiet: bool,
 ) -> Path:
     view = load_run(folder.root, record, embeddings)
-    coords = load_maps(view, methods, random_state=random_state, quiet=quiet)
-    thumbnails = load_thumbnails(view.run_dir, view.paths, view.hashes, quiet=quiet)
-    duplicates = load_duplicates(view, quiet=quiet)
+    coords = load_maps(view, methods, random_state=random_state)
+    thumbnails = load_thumbnails(view.run_dir, view.paths, view.hashes)
+    duplicates = load_duplicates(view)
     plot_dir = view.run_dir / PLOTS_DIR
     pngs = {stem: plots.save_png(figure) for stem, figure in make_figures(view, coords).items()}
     written = {f"{stem}.png" for stem in pngs} | {f"montage_{name}.png" for name in view.names.values()}

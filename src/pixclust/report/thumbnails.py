@@ -48,7 +48,7 @@ def _thumbnail_chunk(paths: Sequence[str], side: int) -> list[bytes | None]:
 
 
 def load_thumbnails(
-    run_dir: Path, paths: Sequence[str], hashes: Sequence[str], *, side: int = THUMB_SIDE, quiet: bool = False
+    run_dir: Path, paths: Sequence[str], hashes: Sequence[str], *, side: int = THUMB_SIDE
 ) -> dict[str, bytes]:
     """Thumbnail per content hash for the given files, made where missing and saved back to the cache."""
     cache_file = run_dir / THUMBNAILS_FILE
@@ -59,7 +59,7 @@ def load_thumbnails(
         chunks = [files[i : i + _CHUNK] for i in range(0, len(files), _CHUNK)]
         workers = min(len(chunks), os.cpu_count() or 1)
         made: list[bytes | None] = []
-        with progress_bar("thumbnails", len(files), quiet=quiet) as advance:
+        with progress_bar("thumbnails", len(files)) as advance:
             if workers > 1:
                 with ProcessPoolExecutor(
                     workers, mp_context=worker_context(), initializer=exit_with_parent, initargs=(os.getpid(),)

@@ -30,6 +30,7 @@ from pixclust.curation.move import MoveReport, check_no_moves, move_into_cluster
 from pixclust.embedding.extraction import embed
 from pixclust.embeddings import Embeddings
 from pixclust.errors import NoImagesError, UsageError
+from pixclust.progress import quietly
 from pixclust.report import build_report
 from pixclust.runs.config import RunConfig, resolve_pipeline
 from pixclust.runs.folder import CLUSTERS_CSV, CLUSTERS_DIR, ERRORS_CSV, RUN_JSON, VIEWS_DIR, RunFolder
@@ -142,15 +143,16 @@ class RunResult:
 
 def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
     """Embed, cluster and export ``config.source`` into the run folder ``config.out``, holding its lock throughout."""
-    folder = _open_run_folder(config)
-    with folder.writing():
-        check_no_moves(folder)
-        # Before the minutes of embedding, not after: clusters/ will be replaced, and it must all be pixclust's.
-        folder.check_replaceable(CLUSTERS_DIR)
-        return _run_in(folder, config, quiet=quiet)
+    with quietly(quiet):
+        folder = _open_run_folder(config)
+        with folder.writing():
+            check_no_moves(folder)
+            # Before the minutes of embedding, not after: clusters/ will be replaced, and it must all be pixclust's.
+            folder.check_replaceable(CLUSTERS_DIR)
+            return _run_in(folder, config)
 
 
-def _run_in(folder: RunFolder, config: RunConfig, *, quiet: bool) -> RunResult:
+def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
     run_dir = folder.root
     timings: dict[str, float] = {}
     started = time.perf_counter()
@@ -161,7 +163,6 @@ def _run_in(folder: RunFolder, config: RunConfig, *, quiet: bool) -> RunResult:
         weights=config.weights,
         runtime=config.runtime,
         precision=config.precision,
-        quiet=quiet,
     )
     timings["embed_s"] = time.perf_counter() - started
     write_errors_csv(run_dir / ERRORS_CSV, embeddings.skipped)
@@ -172,7 +173,7 @@ def _run_in(folder: RunFolder, config: RunConfig, *, quiet: bool) -> RunResult:
         )
 
     started = time.perf_counter()
-    hog = _hog_view(config, run_dir, quiet=quiet) if config.pipeline == "auto" else None
+    hog = _hog_view(config, run_dir) if config.pipeline == "auto" else None
     timings["hog_s"] = time.perf_counter() - started
     started = time.perf_counter()
     clustering = cluster(
@@ -215,7 +216,6 @@ def _run_in(folder: RunFolder, config: RunConfig, *, quiet: bool) -> RunResult:
             record=RunRecord.of_run(result),
             embeddings=embeddings,
             random_state=config.seed,
-            quiet=quiet,
         )
         timings["report_s"] = time.perf_counter() - started
     RunRecord.of_run(result).write(run_dir / RUN_JSON)
@@ -230,7 +230,6 @@ def _embed_source(
     *,
     out: Path,
     model: str,
-    quiet: bool,
     weights: str | None = None,
     runtime: str = "auto",
     precision: str = "auto",
@@ -247,17 +246,16 @@ def _embed_source(
         num_workers=config.workers,
         max_pixels=config.max_pixels,
         include_hidden=config.include_hidden,
-        quiet=quiet,
         engine=config.engine,
         address=config.address,
     )
 
 
-def _hog_view(config: RunConfig, run_dir: Path, *, quiet: bool) -> Embeddings | None:
+def _hog_view(config: RunConfig, run_dir: Path) -> Embeddings | None:
     """HOG vectors of the run's images, stored (and reused) in its views/hog/ folder; None when the model is HOG."""
     if config.model == HOG_MODEL:
         return None
-    return _embed_source(config, out=run_dir / VIEWS_DIR / HOG_VIEW, model=HOG_MODEL, quiet=quiet)
+    return _embed_source(config, out=run_dir / VIEWS_DIR / HOG_VIEW, model=HOG_MODEL)
 
 
 def _open_run_folder(config: RunConfig) -> RunFolder:

@@ -6,6 +6,7 @@ import numpy as np
 import pytest
 from sklearn.datasets import load_digits, make_blobs
 
+from pixclust.clustering.adaptive import AdaptiveClusterer
 from pixclust.clustering.clusterer import CLUSTER_METHODS, ImageClusterer
 from pixclust.clustering.k_selection import knee_point
 from pixclust.clustering.metrics import cluster_accuracy
@@ -160,13 +161,13 @@ def test_k_may_equal_the_number_of_images() -> None:
 @pytest.mark.parametrize(
     ("params", "message"),
     [
-        ({"k": 50}, "--k 50 is more than the 12 images"),
-        ({"k": 0}, "--k 0 is not allowed"),
-        ({"k": "many"}, "--k 'many' is not allowed"),
-        ({"method": "hdbscan", "k": 3}, "--k 3 cannot be used with hdbscan"),
-        ({"method": "dbscan"}, "--method 'dbscan' is not known"),
-        ({"k_range": (5, 2)}, r"k range \(5, 2\) cannot be scanned"),
-        ({"random_state": None}, "--seed None is not allowed"),
+        ({"k": 50}, "k=50 is more than the 12 images"),
+        ({"k": 0}, "k=0 is not allowed"),
+        ({"k": "many"}, "k='many' is not allowed"),
+        ({"method": "hdbscan", "k": 3}, "k=3 cannot be used with hdbscan"),
+        ({"method": "dbscan"}, "method='dbscan' is not known"),
+        ({"k_range": (5, 2)}, r"k_range=\(5, 2\) cannot be scanned"),
+        ({"random_state": None}, "random_state=None is not allowed"),
         ({"silhouette_sample": 0}, "silhouette_sample 0 is not allowed"),
         ({"method": "hdbscan", "min_cluster_size": 1}, "min_cluster_size 1 is not allowed"),
     ],
@@ -175,6 +176,11 @@ def test_bad_parameters_are_usage_errors(params: dict[str, object], message: str
     X = np.random.default_rng(0).normal(size=(12, 3))
     with pytest.raises(UsageError, match=message):
         ImageClusterer(**params).fit(X)
+    # The default pipeline's estimator speaks the same words about the settings they share.
+    shared = {name: value for name, value in params.items() if name in ("k", "k_range", "random_state")}
+    if shared and params.get("method") != "hdbscan":
+        with pytest.raises(UsageError, match=message):
+            AdaptiveClusterer(**shared).fit({"embedding": X})
 
 
 def test_predict_checks_it_was_fitted_and_the_dimensions(blob_fits: dict[str, ImageClusterer]) -> None:

@@ -42,7 +42,7 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from pixclust.clustering.clusterer import centres_and_distances, kmeans_starts, relabel_by_size
-from pixclust.clustering.k_selection import GRAPH_NEIGHBOURS, KScan, graph_modularity, scan_k
+from pixclust.clustering.k_selection import GRAPH_NEIGHBOURS, KScan, check_k_settings, graph_modularity, scan_k
 from pixclust.clustering.metrics import mean_silhouette, silhouette_values
 from pixclust.clustering.reduce import Reduction, l2_normalize, reduce_features
 from pixclust.clustering.refine import DEFAULT_NEIGHBOURS, nearest_neighbours, refine_best
@@ -322,6 +322,8 @@ class AdaptiveClusterer:
         return (richest if agreement >= VIEW_AGREEMENT else chosen), agreement
 
     def fit(self, views: dict[str, np.ndarray]) -> AdaptiveClusterer:
+        if EMBEDDING_VIEW in views:
+            check_k_settings(self.k, self.k_range, self.random_state, len(views[EMBEDDING_VIEW]))
         reductions = {}
         for name, features in iter_candidates(views):
             reductions[name] = reduce_features(

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -11,7 +10,7 @@ from sklearn.cluster import HDBSCAN, KMeans
 from sklearn.metrics import pairwise_distances_argmin
 from sklearn.mixture import GaussianMixture
 
-from pixclust.clustering.k_selection import KScan, scan_k
+from pixclust.clustering.k_selection import KScan, check_k_settings, scan_k
 from pixclust.clustering.large_kmeans import LargeKMeans
 from pixclust.clustering.metrics import NOISE_LABEL, mean_silhouette, silhouette_values
 from pixclust.clustering.reduce import Reduction, check_features, is_whole_number
@@ -166,29 +165,12 @@ class ImageClusterer:
 
     def _check_params(self, n_samples: int) -> None:
         if self.method not in CLUSTER_METHODS:
-            raise UsageError(f"--method {self.method!r} is not known; choose one of {', '.join(CLUSTER_METHODS)}")
-        if self.k != "auto":
-            if not is_whole_number(self.k):
-                raise UsageError(f"--k {self.k!r} is not allowed; use a whole number >= 1 or --k auto")
-            if self.method == "hdbscan":
-                raise UsageError(
-                    f"--k {self.k} cannot be used with hdbscan, which finds the number of clusters itself; use --k auto"
-                )
-            if self.k < 1:
-                raise UsageError(f"--k {self.k} is not allowed; use a whole number >= 1 or --k auto")
-            if self.k > n_samples:
-                raise UsageError(f"--k {self.k} is more than the {n_samples} images; use a smaller --k or --k auto")
-        if (
-            not isinstance(self.k_range, Sequence)
-            or len(self.k_range) != 2
-            or not all(is_whole_number(bound) for bound in self.k_range)
-            or not 2 <= self.k_range[0] <= self.k_range[1]
-        ):
+            raise UsageError(f"method={self.method!r} is not known; choose one of {', '.join(CLUSTER_METHODS)}")
+        if self.method == "hdbscan" and self.k != "auto":
             raise UsageError(
-                f"k range {self.k_range!r} cannot be scanned; need whole numbers with 2 <= --k-min <= --k-max"
+                f"k={self.k!r} cannot be used with hdbscan, which finds the number of clusters itself; use k='auto'"
             )
-        if not is_whole_number(self.random_state):
-            raise UsageError(f"--seed {self.random_state!r} is not allowed; use a whole number")
+        check_k_settings(self.k, self.k_range, self.random_state, n_samples)
         if not is_whole_number(self.silhouette_sample) or self.silhouette_sample < 3:
             raise UsageError(f"silhouette_sample {self.silhouette_sample!r} is not allowed; use a whole number >= 3")
         if self.min_cluster_size is not None and (

@@ -8,12 +8,13 @@ recorded beside the choice, for people to compare, and never decides.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 from pixclust.clustering.metrics import silhouette
+from pixclust.clustering.reduce import is_whole_number
 from pixclust.clustering.refine import nearest_neighbours
 from pixclust.errors import UsageError
 
@@ -58,6 +59,28 @@ class KScan:
 
 def _finite_or_none(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
+
+
+def check_k_settings(k: object, k_range: object, random_state: object, n_samples: int) -> None:
+    """Refuse, in a Python caller's words, a k, k range or seed that no clusterer can use on ``n_samples`` rows.
+
+    ``RunConfig`` has already checked a run's settings in the words of whoever set them;
+    this guards the estimators used on their own.
+    """
+    if k != "auto":
+        if not is_whole_number(k) or k < 1:
+            raise UsageError(f"k={k!r} is not allowed; use a whole number >= 1 or k='auto'")
+        if k > n_samples:
+            raise UsageError(f"k={k} is more than the {n_samples} images; use a smaller k or k='auto'")
+    if (
+        not isinstance(k_range, Sequence)
+        or len(k_range) != 2
+        or not all(is_whole_number(bound) for bound in k_range)
+        or not 2 <= k_range[0] <= k_range[1]
+    ):
+        raise UsageError(f"k_range={k_range!r} cannot be scanned; need two whole numbers with 2 <= low <= high")
+    if not is_whole_number(random_state):
+        raise UsageError(f"random_state={random_state!r} is not allowed; use a whole number")
 
 
 def scan_k(

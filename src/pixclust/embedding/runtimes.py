@@ -55,10 +55,11 @@ def cache_dir() -> Path:
 
 
 def check_runtime(runtime: str, precision: str) -> None:
+    """Refuse a runtime or precision pixclust does not know, in a Python caller's words (RunConfig speaks the CLI's)."""
     if runtime not in RUNTIMES:
-        raise UsageError(f"--runtime {runtime!r} is not known; choose one of {', '.join(RUNTIMES)}")
+        raise UsageError(f"runtime={runtime!r} is not known; choose one of {', '.join(RUNTIMES)}")
     if precision not in PRECISIONS:
-        raise UsageError(f"--precision {precision!r} is not known; choose one of {', '.join(PRECISIONS)}")
+        raise UsageError(f"precision={precision!r} is not known; choose one of {', '.join(PRECISIONS)}")
 
 
 def make_runner(
@@ -68,8 +69,8 @@ def make_runner(
 
     ``auto``: PyTorch with half precision on a CUDA GPU; otherwise OpenVINO,
     then ONNX Runtime, then PyTorch, each skipped when it is not installed.
+    ``runtime`` and ``precision`` were checked where they came in (``load_extractor``).
     """
-    check_runtime(runtime, precision)
     if runtime == "auto":
         if _cuda_available():
             return _torch_runner(network, precision)
@@ -98,7 +99,6 @@ def runner_from_export(
     It needs the network when nothing is exported yet, or when the choice is
     PyTorch: asked for, on a CUDA GPU, or with neither ONNX runtime installed.
     """
-    check_runtime(runtime, precision)
     if runtime == "torch" or not onnx_path(model_id, input_size).is_file():
         return None
     if runtime == "auto" and _cuda_available():

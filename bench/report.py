@@ -20,8 +20,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import fashion_mnist, peak_memory_gb, write_image_tree
 
 import pixclust
-from pixclust.report.build import MAPS_FILE, build_report
+from pixclust.report.build import build_report
 from pixclust.report.thumbnails import THUMBNAILS_FILE
+from pixclust.runs.folder import MAPS_FILE
 from pixclust.runs.pipeline import RunConfig
 
 

@@ -92,7 +92,7 @@ def test_a_name_that_is_not_utf8_is_clustered_linked_and_read_back(tmp_path: Pat
     assert f"run folder: {tmp_path}/R[/b]\\x1b[2J" in result.stdout
 
     from pixclust.names import from_cell
-    from pixclust.report.build import load_run
+    from pixclust.report.run_view import load_run
 
     rows = {from_cell(row["path"]): row for row in read_csv(run_dir / "clusters.csv")}
     assert str(image) in rows
@@ -109,7 +109,7 @@ def test_a_name_that_is_not_utf8_is_clustered_linked_and_read_back(tmp_path: Pat
 @pytest.mark.slow
 def test_report_keeps_names_that_look_like_html_or_placeholders_as_data(tmp_path: Path) -> None:
     import pixclust
-    from pixclust.report.build import load_run
+    from pixclust.report.run_view import load_run
     from pixclust.runs.pipeline import RunConfig
 
     root = write_digit_tree(tmp_path / "{{DATA}}", per_class=6)

@@ -18,7 +18,8 @@ import pixclust
 from pixclust.clustering.maps import map_basis, map_coordinates
 from pixclust.errors import UsageError
 from pixclust.report import plots
-from pixclust.report.build import DUPLICATES_FILE, MAPS_FILE, build_report
+from pixclust.report.build import build_report
+from pixclust.runs.folder import DUPLICATES_FILE, MAPS_FILE
 from pixclust.runs.pipeline import RunConfig
 
 
@@ -136,7 +137,7 @@ def test_report_shows_the_planted_duplicate_groups_with_the_largest_kept(report_
 
 
 def test_galleries_put_the_most_typical_first(report_run: Path) -> None:
-    from pixclust.report.build import load_run
+    from pixclust.report.run_view import load_run
 
     view = load_run(report_run)
     for label in view.names:

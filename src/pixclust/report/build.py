@@ -10,228 +10,38 @@ thumbnails in ``thumbnails.parquet`` and duplicate groups in
 from __future__ import annotations
 
 import base64
-import csv
-import hashlib
 import io
 import json
 import re
-from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
 from PIL import Image
 
 from pixclust.atomic import atomic_path, write_text_atomic
-from pixclust.clustering.maps import DEFAULT_MAPS, check_map_methods, map_basis, map_coordinates
-from pixclust.curation.export import cluster_names
+from pixclust.clustering.maps import DEFAULT_MAPS, check_map_methods
 from pixclust.curation.search import (
-    DEFAULT_COLOUR_TOLERANCE,
-    DEFAULT_DUPLICATE_THRESHOLD,
-    DuplicateGroup,
     DuplicateReport,
-    find_duplicates,
 )
-from pixclust.embedding.files import SkippedFile
-from pixclust.embedding.store import EmbeddingStore, read_table_or_none
 from pixclust.embeddings import Embeddings
-from pixclust.errors import UsageError
-from pixclust.names import escape_name, from_cell
-from pixclust.progress import progress_bar, quietly
+from pixclust.names import escape_name
+from pixclust.progress import quietly
 from pixclust.report import plots
+from pixclust.report.caches import load_duplicates, load_maps
 from pixclust.report.figures import contact_sheet
+from pixclust.report.run_view import RunView, load_run
 from pixclust.report.thumbnails import THUMB_SIDE, load_thumbnails
 from pixclust.runs.folder import (
-    CLUSTERS_CSV,
-    DUPLICATES_FILE,
-    EMBEDDINGS_FILE,
-    ERRORS_CSV,
-    MAPS_FILE,
     PLOTS_DIR,
     REPORT_FILE,
-    RUN_JSON,
     RunFolder,
 )
 from pixclust.runs.record import RunRecord
 
 MONTAGE_SIZE = 32
 _PLACEHOLDER = re.compile(r"\{\{(TITLE|CSS|PLOTLY|DATA|APP)\}\}")
-_DUPLICATES_SCHEMA = pa.schema(
-    [("rows", pa.list_(pa.int64())), ("keeper", pa.int64()), ("kind", pa.string()), ("min_similarity", pa.float64())]
-)
-
-
-@dataclass
-class RunView:
-    """What the report needs from a finished run, rows in embeddings order."""
-
-    run_dir: Path
-    record: RunRecord
-    embeddings: Embeddings
-    labels: np.ndarray
-    distances: np.ndarray
-    silhouettes: np.ndarray
-    errors: list[SkippedFile]
-
-    @property
-    def paths(self) -> list[str]:
-        return self.embeddings.paths
-
-    @property
-    def hashes(self) -> list[str]:
-        return self.embeddings.content_hashes
-
-    @property
-    def vectors(self) -> np.ndarray:
-        return self.embeddings.vectors
-
-    @property
-    def names(self) -> dict[int, str]:
-        return cluster_names(self.labels)
-
-    def members(self, label: int) -> np.ndarray:
-        """Rows of one cluster, most typical (closest to the centre) first."""
-        rows = np.flatnonzero(self.labels == label)
-        return rows[np.argsort(np.nan_to_num(self.distances[rows], nan=np.inf), kind="stable")]
-
-
-def load_run(run_dir: str | Path, record: RunRecord | None = None, embeddings: Embeddings | None = None) -> RunView:
-    """The run folder's embeddings, clusters, errors and record; ``embeddings``, when the caller holds them, are not read again."""
-    run_dir = Path(run_dir)
-    for needed in (EMBEDDINGS_FILE, CLUSTERS_CSV):
-        if not (run_dir / needed).is_file():
-            raise UsageError(f"{run_dir} has no {needed}; run 'pixclust cluster FOLDER --out {run_dir}' first")
-    if embeddings is None:
-        embeddings = EmbeddingStore(run_dir).load()
-    with open(run_dir / CLUSTERS_CSV, newline="", encoding="utf-8") as stream:
-        rows = {from_cell(row["path"]): row for row in csv.DictReader(stream)}
-    missing = [path for path in embeddings.paths if path not in rows]
-    if missing:
-        raise UsageError(
-            f"{run_dir / CLUSTERS_CSV} does not list {missing[0]}; re-run pixclust cluster for this folder"
-        )
-    ordered = [rows[path] for path in embeddings.paths]
-    errors: list[SkippedFile] = []
-    if (run_dir / ERRORS_CSV).is_file():
-        with open(run_dir / ERRORS_CSV, newline="", encoding="utf-8") as stream:
-            errors = [
-                SkippedFile(*(from_cell(row[name]) for name in ("path", "reason", "detail")))
-                for row in csv.DictReader(stream)
-            ]
-    if record is None:
-        # A run that stopped before run.json was written still has its vectors and clusters to show.
-        record = RunRecord.read(run_dir / RUN_JSON) if (run_dir / RUN_JSON).is_file() else RunRecord(model={})
-    return RunView(
-        run_dir=run_dir,
-        record=record,
-        embeddings=embeddings,
-        labels=np.array([int(row["cluster_id"]) for row in ordered], dtype=np.int64),
-        distances=np.array([_float(row["distance"]) for row in ordered]),
-        silhouettes=np.array([_float(row.get("silhouette", "")) for row in ordered]),
-        errors=errors,
-    )
-
-
-def _float(text: str) -> float:
-    return float(text) if text else float("nan")
-
-
-def load_maps(view: RunView, methods: tuple[str, ...], *, random_state: int = 0) -> dict[str, dict[int, np.ndarray]]:
-    """2-D and 3-D coordinates per map method, from ``maps.parquet`` when it matches these embeddings."""
-    fingerprint = _fingerprint(view)
-    cache_file = view.run_dir / MAPS_FILE
-    cached = _read_maps(cache_file, fingerprint, len(view.paths))
-    wanted = [(method, dims) for method in methods for dims in (2, 3)]
-    missing = [key for key in wanted if key not in cached]
-    if missing:
-        with progress_bar("maps", len(missing), unit="maps") as advance:
-            basis = map_basis(view.vectors, random_state=random_state)
-            for method, dims in missing:
-                cached[(method, dims)] = map_coordinates(basis, method, n_components=dims, random_state=random_state)
-                advance(1)
-        _write_maps(cache_file, fingerprint, cached)
-    maps: dict[str, dict[int, np.ndarray]] = {}
-    for method, dims in wanted:
-        maps.setdefault(method, {})[dims] = cached[(method, dims)]
-    return maps
-
-
-def _fingerprint(view: RunView, *settings: str) -> str:
-    """Names the embeddings (model, and content in row order) and the settings a cache was made from."""
-    model_id = view.record.model_id
-    return hashlib.sha256("\n".join([model_id, *view.hashes, *settings]).encode()).hexdigest()
-
-
-def _read_maps(cache_file: Path, fingerprint: str, n: int) -> dict[tuple[str, int], np.ndarray]:
-    table = read_table_or_none(cache_file)
-    if table is None:
-        return {}
-    metadata = table.schema.metadata or {}
-    if metadata.get(b"fingerprint", b"").decode() != fingerprint or table.num_rows != n:
-        return {}
-    found: dict[tuple[str, int], np.ndarray] = {}
-    for name in table.column_names:
-        method, dims = name.rsplit("_", 1)
-        dims_count = int(dims.removesuffix("d"))
-        flat = table.column(name).combine_chunks().flatten().to_numpy()
-        found[(method, dims_count)] = flat.reshape(-1, dims_count).astype(np.float32)
-    return found
-
-
-def _write_maps(cache_file: Path, fingerprint: str, maps: dict[tuple[str, int], np.ndarray]) -> None:
-    columns = {
-        f"{method}_{dims}d": pa.FixedSizeListArray.from_arrays(pa.array(coords.reshape(-1)), dims)
-        for (method, dims), coords in maps.items()
-    }
-    table = pa.table(columns).replace_schema_metadata({"fingerprint": fingerprint})
-    with atomic_path(cache_file) as tmp:
-        pq.write_table(table, tmp)
-
-
-def load_duplicates(view: RunView, *, threshold: float = DEFAULT_DUPLICATE_THRESHOLD) -> DuplicateReport:
-    """Exact and near-duplicate groups, from ``duplicates.parquet`` when it matches these embeddings."""
-    # The colour check is part of the answer, so a change to its tolerance must not reuse old groups.
-    fingerprint = _fingerprint(view, f"duplicates {threshold} {DEFAULT_COLOUR_TOLERANCE}")
-    cache_file = view.run_dir / DUPLICATES_FILE
-    cached = _read_duplicates(cache_file, fingerprint)
-    if cached is not None:
-        return cached
-    # One step, so a long search over many images still shows that it is running and for how long.
-    with progress_bar("duplicates", 1, unit="searches") as advance:
-        found = find_duplicates(view.embeddings, threshold=threshold)
-        advance(1)
-    _write_duplicates(cache_file, fingerprint, found)
-    return found
-
-
-def _read_duplicates(cache_file: Path, fingerprint: str) -> DuplicateReport | None:
-    table = read_table_or_none(cache_file)
-    if table is None:
-        return None
-    metadata = table.schema.metadata or {}
-    if metadata.get(b"fingerprint", b"").decode() != fingerprint or table.schema.names != _DUPLICATES_SCHEMA.names:
-        return None
-    columns = (table.column(name).to_pylist() for name in _DUPLICATES_SCHEMA.names)
-    groups = [DuplicateGroup(tuple(rows), keeper, kind, sim) for rows, keeper, kind, sim in zip(*columns, strict=True)]
-    return DuplicateReport(groups, **json.loads(metadata[b"counts"]))
-
-
-def _write_duplicates(cache_file: Path, fingerprint: str, found: DuplicateReport) -> None:
-    table = pa.table(
-        {
-            "rows": [list(group.rows) for group in found.groups],
-            "keeper": [group.keeper for group in found.groups],
-            "kind": [group.kind for group in found.groups],
-            "min_similarity": [group.min_similarity for group in found.groups],
-        },
-        schema=_DUPLICATES_SCHEMA,
-    )
-    counts = {name: value for name, value in vars(found).items() if name != "groups"}
-    with atomic_path(cache_file) as tmp:
-        pq.write_table(table.replace_schema_metadata({"fingerprint": fingerprint, "counts": json.dumps(counts)}), tmp)
 
 
 def make_figures(view: RunView, maps: dict[str, dict[int, np.ndarray]]) -> dict[str, Any]:

@@ -23,8 +23,6 @@ path inside the folder, without ``..``, of a known kind.
 from __future__ import annotations
 
 import contextlib
-import errno
-import fcntl
 import json
 import os
 import re
@@ -33,7 +31,8 @@ from collections.abc import Iterable, Iterator
 from pathlib import Path, PurePosixPath
 
 from pixclust.atomic import DISK_FULL_ERRNOS, permissions_for_new, write_text_atomic
-from pixclust.errors import OutputNotWritableError, RunFolderBusyError, UsageError
+from pixclust.errors import OutputNotWritableError, UsageError
+from pixclust.runs.lock import hold_lock
 
 MARKER_FILE = ".pixclust-run"
 MANIFEST_FILE = ".pixclust-manifest.json"
@@ -159,7 +158,7 @@ class RunFolder:
             raise OutputNotWritableError(
                 f"cannot create the run folder {self.root} ({error.strerror or error}); choose another --out"
             ) from error
-        descriptor = self._lock()
+        descriptor = hold_lock(self.root / LOCK_FILE)
         try:
             _held[str(self.root)] = (self, descriptor)
             self._refuse_links()
@@ -168,34 +167,6 @@ class RunFolder:
         finally:
             _held.pop(str(self.root), None)
             os.close(descriptor)  # closing the only descriptor releases the flock
-
-    def _lock(self) -> int:
-        descriptor = self._open_lock_file()
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            holder = os.pread(descriptor, 4096, 0).decode("utf-8", "replace").strip() or "another process"
-            os.close(descriptor)
-            raise RunFolderBusyError(
-                f"{self.root} is being written by {holder}; wait for it to finish, or choose another --out"
-            ) from None
-        os.ftruncate(descriptor, 0)
-        os.pwrite(descriptor, f"pixclust (pid {os.getpid()})\n".encode(), 0)
-        return descriptor
-
-    def _open_lock_file(self) -> int:
-        try:
-            return os.open(self.root / LOCK_FILE, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
-        except OSError as error:
-            if error.errno in DISK_FULL_ERRNOS:
-                raise
-            if error.errno == errno.ELOOP:
-                raise UsageError(
-                    f"{self.root / LOCK_FILE} is a link; remove it (pixclust never writes through a link)"
-                ) from error
-            raise OutputNotWritableError(
-                f"cannot write to the run folder {self.root} ({error.strerror or error}); choose another --out"
-            ) from error
 
     def _require_lock(self) -> None:
         if _held.get(str(self.root), (None, 0))[0] is not self:

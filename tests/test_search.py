@@ -103,6 +103,9 @@ def test_similar_ranks_copies_first_and_leaves_the_query_out(look_alikes: tuple[
     assert {Path(match.path).name for match in strict} == {"red_small.png", "red_recoded.jpg"}
     with pytest.raises(UsageError, match="--top"):
         similar(embeddings, embeddings.vectors[[row]], top=0)
+    # The public API takes the Embeddings themselves, as pixclust.cluster does, as well as a run folder.
+    (held,) = find_similar(embeddings, ["red.png"], top=3).answers
+    assert [match.path for match in held] == [match.path for match in answer]
 
 
 def test_inverted_index_finds_planted_pairs_like_brute_force() -> None:

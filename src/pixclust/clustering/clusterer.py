@@ -34,7 +34,7 @@ class ClusterResult:
     ``labels[i]`` is the cluster of row ``i`` (0 = largest, -1 = noise);
     ``distances`` are to the cluster centre in the clustering space;
     ``silhouettes`` are per image in that space (NaN outside the scored sample
-    and for noise); ``coords_2d`` is a PCA map of the embeddings; ``choice``
+    and for noise); ``coords_2d`` is a 2-D map (the first two principal components of the features clustered); ``choice``
     records what the adaptive pipeline chose (None for the fixed pipeline).
     """
 

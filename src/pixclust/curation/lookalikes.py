@@ -68,7 +68,7 @@ class SimilarResult:
 
 
 def find_similar(
-    source: str | Path,
+    source: str | Path | Embeddings,
     queries: Sequence[str],
     *,
     top: int = 10,
@@ -108,7 +108,7 @@ class DuplicatesResult:
 
 
 def find_duplicate_images(
-    source: str | Path,
+    source: str | Path | Embeddings,
     *,
     threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
     colour: bool = True,

@@ -30,8 +30,10 @@ from pixclust.runs.record import RunRecord
 _ID_COLUMNS = ("id", "path", "file", "filename", "image")
 
 
-def open_embeddings(source: str | Path, *, ids: str | Path | None = None) -> Embeddings:
-    """The embeddings in a run folder, or in an ``.npy`` file with an optional id list."""
+def open_embeddings(source: str | Path | Embeddings, *, ids: str | Path | None = None) -> Embeddings:
+    """The embeddings in a run folder, or in an ``.npy`` file with an optional id list; ``Embeddings`` as they are."""
+    if isinstance(source, Embeddings):
+        return source
     path = Path(source)
     if path.is_dir():
         if ids is not None:

@@ -57,7 +57,7 @@ class LabelRun:
 
 
 def label(
-    source: str | Path,
+    source: str | Path | Embeddings,
     refs: str | Path,
     *,
     out: str | Path,
@@ -125,7 +125,7 @@ def label(
 
 def train(
     labels_csv: str | Path,
-    source: str | Path,
+    source: str | Path | Embeddings,
     *,
     out: str | Path,
     heads: Sequence[str] = ("logistic", "mlp"),

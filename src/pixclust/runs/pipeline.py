@@ -18,7 +18,7 @@ import numpy as np
 from pixclust.clustering.adaptive import EMBEDDING_VIEW, HOG_VIEW, AdaptiveClusterer
 from pixclust.clustering.clusterer import ClusterResult, ImageClusterer
 from pixclust.clustering.metrics import clustering_scores
-from pixclust.clustering.reduce import is_whole_number, project_2d, reduce_features
+from pixclust.clustering.reduce import Reduction, is_whole_number, project_2d, reduce_features
 from pixclust.curation.export import (
     ClusterRow,
     cluster_summary,
@@ -91,13 +91,24 @@ def cluster(
         n_clusters=clusterer.n_clusters_,
         distances=clusterer.distances_,
         silhouettes=clusterer.silhouette_values_,
-        coords_2d=project_2d(vectors, random_state=random_state),
+        coords_2d=_map_2d(vectors, reduction, random_state),
         reduction=reduction,
         k_scan=clusterer.k_scan_,
         silhouette=clusterer.silhouette_,
         method=method,
         choice=clusterer.choice_,
     )
+
+
+def _map_2d(vectors: np.ndarray, reduction: Reduction, random_state: int) -> np.ndarray:
+    """clusters.csv's x and y: the first two principal components of the features clustered, when those are PCA's.
+
+    Both pipelines reduce by PCA by default, so the map costs no second PCA; another
+    reduction (UMAP, LLE, spectral, none) gets a PCA map of the embeddings.
+    """
+    if reduction.method == "pca" and reduction.coords.shape[1] >= 2:
+        return np.ascontiguousarray(reduction.coords[:, :2], dtype=np.float32)
+    return project_2d(vectors, random_state=random_state)
 
 
 def _paired_rows(data: Embeddings | np.ndarray, hog: Embeddings | np.ndarray | None) -> np.ndarray | None:

@@ -15,8 +15,9 @@ import time
 
 import numpy as np
 
+from pixclust.curation.search import find_duplicates, similar
 from pixclust.embeddings import Embeddings
-from pixclust.index import VectorIndex, find_duplicates, similar
+from pixclust.index import VectorIndex
 
 PLANTED = 1000
 

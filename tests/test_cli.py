@@ -156,3 +156,31 @@ def test_unknown_option_is_a_usage_message_not_a_traceback() -> None:
     result = pixclust("cluster", "--bogus")
     assert result.returncode == 2 and "No such option: --bogus" in result.stderr
     assert "Traceback" not in result.stderr
+
+
+def test_cluster_takes_every_run_setting_as_the_option_of_its_name() -> None:
+    import inspect
+    from dataclasses import fields
+
+    from pixclust.cli.run_commands import cluster_command
+    from pixclust.runs.pipeline import RunConfig
+
+    options = set(inspect.signature(cluster_command).parameters)
+    assert {spec.name for spec in fields(RunConfig)} <= options
+
+
+def test_each_command_help_shows_the_library_defaults() -> None:
+    import typer
+
+    from pixclust.cli import app
+    from pixclust.embedding.decode import DEFAULT_MAX_PIXELS
+    from pixclust.embedding.embedder import MAX_DEFAULT_WORKERS
+
+    group = typer.main.get_command(app)
+    helps = {name: command.get_help(typer.Context(command, info_name=name)) for name, command in group.commands.items()}
+    for command in group.commands.values():
+        for param in command.params:
+            assert "{" not in (getattr(param, "help", None) or ""), (command.name, param.name)
+    cluster = " ".join(helps["cluster"].split())
+    assert f"[default: one per core, at most {MAX_DEFAULT_WORKERS}]" in cluster
+    assert f"[default: {DEFAULT_MAX_PIXELS:,}]" in cluster

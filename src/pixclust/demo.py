@@ -3,12 +3,15 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pixclust.atomic import atomic_path
-from pixclust.runs.pipeline import RunConfig, RunResult, run
 from pixclust.runs.truth import TRUTH_FOLDERS
+
+if TYPE_CHECKING:
+    from pixclust.runs.pipeline import RunResult
 
 DIGITS_DIR = "digits"
 RUN_DIR = "run"
@@ -46,6 +49,9 @@ def run_demo(out: str | Path, *, k: int | str = DEMO_K, quiet: bool = False, lim
 
     ``k`` defaults to the ten classes the data set has; ``"auto"`` shows pixclust's own choice.
     """
+    # The pipeline loads the clustering and report stack; the CLI's help only needs DEMO_K.
+    from pixclust.runs.pipeline import RunConfig, run
+
     out = Path(out)
     images = write_digits(out / DIGITS_DIR, limit=limit)
     return run(RunConfig(source=str(images), out=str(out / RUN_DIR), k=k, truth=TRUTH_FOLDERS), quiet=quiet)

@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-from scipy.cluster.hierarchy import fcluster, ward
-from sklearn.cluster import HDBSCAN, KMeans
-from sklearn.metrics import pairwise_distances_argmin
-from sklearn.mixture import GaussianMixture
 
 from pixclust.clustering.k_selection import KScan, check_k_settings, scan_k
 from pixclust.clustering.large_kmeans import LargeKMeans
@@ -16,7 +13,11 @@ from pixclust.clustering.metrics import NOISE_LABEL, mean_silhouette, silhouette
 from pixclust.clustering.reduce import Reduction, check_features, is_whole_number
 from pixclust.errors import UsageError
 
+if TYPE_CHECKING:
+    from sklearn.mixture import GaussianMixture
+
 CLUSTER_METHODS = ("kmeans", "agglomerative", "gmm", "hdbscan")
+DEFAULT_CLUSTER_METHOD = "kmeans"
 
 KMEANS_STARTS = 10
 # Above this many rows k-means makes KMEANS_FEW_STARTS starts.
@@ -58,6 +59,8 @@ def kmeans_starts(X: np.ndarray, k: int, *, random_state: int = 0) -> list[tuple
     above ``KMEANS_SAMPLED_ABOVE`` rows. The starts are kept apart, not only the best, because
     near-equal inertias can hide different clusterings (see ``refine.refine_best``).
     """
+    from sklearn.cluster import KMeans
+
     n_rows = len(X)
     solutions = []
     for start in range(KMEANS_STARTS if n_rows <= KMEANS_FEW_RESTARTS_ABOVE else KMEANS_FEW_STARTS):
@@ -149,7 +152,7 @@ class ImageClusterer:
     def __init__(
         self,
         *,
-        method: str = "kmeans",
+        method: str = DEFAULT_CLUSTER_METHOD,
         k: int | str = "auto",
         k_range: tuple[int, int] = (2, 20),
         random_state: int = 0,
@@ -181,6 +184,9 @@ class ImageClusterer:
             )
 
     def _partition_at_k(self, X: np.ndarray, k: int, ward_tree: np.ndarray | None) -> _Partition:
+        from scipy.cluster.hierarchy import fcluster
+        from sklearn.mixture import GaussianMixture
+
         n_samples = X.shape[0]
         if k == 1:
             return _Partition.from_raw_labels(X, np.zeros(n_samples, dtype=np.int64))
@@ -201,6 +207,8 @@ class ImageClusterer:
 
     def _ward_tree(self, X: np.ndarray) -> np.ndarray | None:
         """The full Ward tree, built once so every k is a cheap cut of it."""
+        from scipy.cluster.hierarchy import ward
+
         if self.method != "agglomerative" or X.shape[0] < 2:
             return None
         return ward(X)
@@ -219,6 +227,8 @@ class ImageClusterer:
         return scan, partitions[best]
 
     def _hdbscan(self, X: np.ndarray) -> _Partition:
+        from sklearn.cluster import HDBSCAN
+
         n_samples = X.shape[0]
         min_cluster_size = self.min_cluster_size or max(5, n_samples // 100)
         if n_samples < min_cluster_size:
@@ -260,6 +270,8 @@ class ImageClusterer:
 
     def predict(self, X: np.ndarray) -> np.ndarray:
         """Cluster of each new row: the mixture's most probable component for gmm, else the nearest centre."""
+        from sklearn.metrics import pairwise_distances_argmin
+
         if not hasattr(self, "labels_"):
             raise UsageError("this ImageClusterer is not fitted yet; call fit first")
         features = check_features(X)

@@ -19,7 +19,6 @@ and the centres are kept on the unit sphere.
 from __future__ import annotations
 
 import numpy as np
-from sklearn.cluster import kmeans_plusplus
 
 from pixclust.clustering.reduce import is_whole_number, l2_normalize
 from pixclust.errors import UsageError
@@ -100,6 +99,8 @@ class LargeKMeans:
         best_objective, best_centres = np.inf, None
         for seed in rng.integers(2**31 - 1, size=self.n_init):
             seeding = sample[rng.choice(size, size=seed_size, replace=False)]
+            from sklearn.cluster import kmeans_plusplus
+
             initial, _ = kmeans_plusplus(seeding, self.n_clusters, random_state=int(seed))
             kmeans = faiss.Kmeans(
                 dim,

@@ -5,9 +5,6 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import numpy as np
-from scipy.optimize import linear_sum_assignment
-from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score, silhouette_samples
-from sklearn.metrics.cluster import contingency_matrix
 
 from pixclust.clustering.reduce import is_whole_number
 from pixclust.errors import UsageError
@@ -38,6 +35,9 @@ def cluster_accuracy(truth: Sequence, labels: np.ndarray) -> float:
     table; with more clusters than classes (or fewer) the unmatched ones count
     as wrong. Noise (-1) is a cluster like any other.
     """
+    from scipy.optimize import linear_sum_assignment
+    from sklearn.metrics.cluster import contingency_matrix
+
     truth_array, label_array = _check_pair(truth, labels)
     table = contingency_matrix(truth_array, label_array)
     rows, columns = linear_sum_assignment(table, maximize=True)
@@ -46,6 +46,8 @@ def cluster_accuracy(truth: Sequence, labels: np.ndarray) -> float:
 
 def clustering_scores(truth: Sequence, labels: np.ndarray) -> dict[str, float]:
     """Accuracy (Hungarian), NMI and ARI of ``labels`` against ``truth``; noise (-1) counts as its own cluster."""
+    from sklearn.metrics import adjusted_rand_score, normalized_mutual_info_score
+
     truth_array, label_array = _check_pair(truth, labels)
     return {
         "acc": cluster_accuracy(truth_array, label_array),
@@ -101,5 +103,7 @@ def silhouette_values(
     n_clusters = len(np.unique(label_array[scored]))
     if len(scored) < 3 or not 2 <= n_clusters <= len(scored) - 1:
         return values
+    from sklearn.metrics import silhouette_samples
+
     values[scored] = silhouette_samples(points[scored], label_array[scored])
     return values

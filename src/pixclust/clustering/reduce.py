@@ -14,12 +14,11 @@ from dataclasses import dataclass
 from numbers import Integral
 
 import numpy as np
-from sklearn.decomposition import PCA
-from sklearn.manifold import LocallyLinearEmbedding, SpectralEmbedding
 
 from pixclust.errors import UsageError
 
 REDUCE_METHODS = ("pca", "umap", "lle", "spectral", "none")
+DEFAULT_REDUCE = "pca"
 
 PCA_DEFAULT_COMPONENTS = 50
 EMBEDDING_DEFAULT_COMPONENTS = 10
@@ -90,6 +89,8 @@ def _fit_pca(
     ``overwrite=True`` lets PCA centre (and then square) ``normalized`` in
     place rather than work on a copy of it.
     """
+    from sklearn.decomposition import PCA
+
     pca = PCA(n_components=n_components, copy=not overwrite, random_state=random_state)
     # Data without any variance (a single image, identical images) makes the
     # ratio 0/0; such data explains nothing, so record zeros instead of NaN.
@@ -134,6 +135,8 @@ def _embed(pca_coords: np.ndarray, method: str, n_components: int, random_state:
             warnings.filterwarnings("ignore", message="n_jobs value", category=UserWarning)
             coords = embedder.fit_transform(pca_coords)
     elif method == "lle":
+        from sklearn.manifold import LocallyLinearEmbedding
+
         embedder = LocallyLinearEmbedding(
             n_components=n_components,
             n_neighbors=min(LLE_MAX_NEIGHBORS, n_samples - 1),
@@ -141,6 +144,8 @@ def _embed(pca_coords: np.ndarray, method: str, n_components: int, random_state:
         )
         coords = _unit_rms(embedder.fit_transform(pca_coords))
     else:
+        from sklearn.manifold import SpectralEmbedding
+
         embedder = SpectralEmbedding(n_components=n_components, random_state=random_state)
         coords = _unit_rms(embedder.fit_transform(pca_coords))
     return np.asarray(coords, dtype=np.float32)
@@ -172,7 +177,7 @@ def _max_embedding_components(method: str, n_samples: int) -> int:
 
 def reduce_features(
     X: np.ndarray,
-    method: str = "pca",
+    method: str = DEFAULT_REDUCE,
     *,
     n_components: int | None = None,
     random_state: int = 0,

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 
 from pixclust.curation.export import safe_file_name
-from pixclust.curation.search import DEFAULT_DUPLICATE_THRESHOLD, DuplicateReport, Match
+from pixclust.curation.search import DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_TOP, DuplicateReport, Match
 from pixclust.embedding.sources import embed_images, extractor_for, open_embeddings
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
@@ -71,7 +71,7 @@ def find_similar(
     source: str | Path | Embeddings,
     queries: Sequence[str],
     *,
-    top: int = 10,
+    top: int = DEFAULT_TOP,
     min_similarity: float | None = None,
     ids: str | Path | None = None,
     out: str | Path | None = None,

@@ -23,6 +23,7 @@ from pixclust.errors import DecodeError, UsageError
 from pixclust.index import VectorIndex
 
 DEFAULT_DUPLICATE_THRESHOLD = 0.90
+DEFAULT_TOP = 10
 DEFAULT_COLOUR_TOLERANCE = 0.03
 _THUMB_SIDE = 16
 _THUMB_DRAFT = 64
@@ -44,7 +45,7 @@ def similar(
     queries: np.ndarray,
     *,
     query_names: Sequence[str] | None = None,
-    top: int = 10,
+    top: int = DEFAULT_TOP,
     min_similarity: float | None = None,
     exclude_rows: Sequence[int | None] | None = None,
     index: VectorIndex | None = None,

@@ -28,6 +28,7 @@ from pixclust.errors import DecodeError, PixclustError, UsageError
 from pixclust.workers import exit_with_parent, worker_context
 
 DEFAULT_BATCH_SIZE = 32
+MAX_DEFAULT_WORKERS = 8
 
 
 @dataclass
@@ -136,10 +137,10 @@ def _result(batch: Future[list[DecodedItem]]) -> list[DecodedItem]:
 
 
 def default_num_workers(n_files: int, batch_size: int) -> int:
-    """Decode workers: one per core, none for a handful of files (process start costs more)."""
+    """Decode workers: one per core up to MAX_DEFAULT_WORKERS, none for a handful of files (process start costs more)."""
     if n_files <= 2 * batch_size:
         return 0
-    return max(1, min(8, os.cpu_count() or 1))
+    return max(1, min(MAX_DEFAULT_WORKERS, os.cpu_count() or 1))
 
 
 class Embedder:

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pixclust.labelling.finetune import FinetunedNetwork
 
 HEADS = ("logistic", "mlp")
+DEFAULT_CV_FOLDS = 3
 
 
 @dataclass
@@ -72,7 +73,7 @@ def train_classifier(
     *,
     embedding_model: dict[str, Any],
     heads: Sequence[str] = HEADS,
-    cv: int = 3,
+    cv: int = DEFAULT_CV_FOLDS,
     random_state: int = 0,
 ) -> TrainedClassifier:
     """Search each head's settings by stratified ``cv``-fold macro F1 and refit the best on all the data."""

@@ -342,13 +342,14 @@ class LabelResult:
 
 
 LABEL_METHODS = ("propagate", "nearest")
+DEFAULT_LABEL_METHOD = "propagate"
 
 
 def label_images(
     embeddings: Embeddings,
     refs: References,
     *,
-    method: str = "propagate",
+    method: str = DEFAULT_LABEL_METHOD,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     suggest: int = 0,
     estimate_none: bool = True,

@@ -19,8 +19,8 @@ from pixclust.embedding.files import SkippedFile
 from pixclust.embedding.sources import embed_images, extractor_for, open_embeddings
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
-from pixclust.labelling.classifier import Evaluation, Prediction, TrainedClassifier
-from pixclust.labelling.label import DEFAULT_THRESHOLDS, NONE, LabelResult, References
+from pixclust.labelling.classifier import DEFAULT_CV_FOLDS, HEADS, Evaluation, Prediction, TrainedClassifier
+from pixclust.labelling.label import DEFAULT_LABEL_METHOD, DEFAULT_THRESHOLDS, NONE, LabelResult, References
 from pixclust.names import write_csv
 from pixclust.progress import quietly
 from pixclust.report.figures import SHEETS_DIR, write_contact_sheet, write_roc_plot
@@ -61,7 +61,7 @@ def label(
     refs: str | Path,
     *,
     out: str | Path,
-    method: str = "propagate",
+    method: str = DEFAULT_LABEL_METHOD,
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     suggest: int = 0,
     estimate_none: bool = True,
@@ -128,8 +128,8 @@ def train(
     source: str | Path | Embeddings,
     *,
     out: str | Path,
-    heads: Sequence[str] = ("logistic", "mlp"),
-    cv: int = 3,
+    heads: Sequence[str] = HEADS,
+    cv: int = DEFAULT_CV_FOLDS,
     finetune: bool = False,
     finetune_settings: FinetuneSettings | None = None,
     ids: str | Path | None = None,

@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 from pixclust.clustering.adaptive import EMBEDDING_VIEW, HOG_VIEW, AdaptiveClusterer
-from pixclust.clustering.clusterer import ClusterResult, ImageClusterer
+from pixclust.clustering.clusterer import DEFAULT_CLUSTER_METHOD, ClusterResult, ImageClusterer
 from pixclust.clustering.metrics import clustering_scores
-from pixclust.clustering.reduce import Reduction, is_whole_number, project_2d, reduce_features
+from pixclust.clustering.reduce import DEFAULT_REDUCE, Reduction, is_whole_number, project_2d, reduce_features
 from pixclust.curation.export import (
     ClusterRow,
     cluster_summary,
@@ -83,8 +83,10 @@ def cluster(
         reduction = clusterer.reduction_
         method = "kmeans+refine" if clusterer.refined_share_ is not None else "kmeans"
     else:
-        method = method or "kmeans"
-        reduction = reduce_features(vectors, reduce or "pca", n_components=n_components, random_state=random_state)
+        method = method or DEFAULT_CLUSTER_METHOD
+        reduction = reduce_features(
+            vectors, reduce or DEFAULT_REDUCE, n_components=n_components, random_state=random_state
+        )
         clusterer = ImageClusterer(method=method, k=k, k_range=k_range, random_state=random_state).fit(reduction.coords)
     return ClusterResult(
         labels=clusterer.labels_,

@@ -1,0 +1,56 @@
+"""Commands on embeddings already made: the look-alikes of a query, and duplicate groups."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pixclust.cli.options import EMBEDDINGS_HELP, EmbeddingsIn, Ids, chosen, out_option
+from pixclust.cli.render import render_duplicates, render_similar
+
+
+def similar_command(
+    queries: Annotated[list[str], typer.Argument(help="Image files, folders of images, or ids already in --in.")],
+    source: EmbeddingsIn,
+    top: Annotated[int | None, typer.Option(help="Look-alikes per query [default: {top}].")] = None,
+    min_sim: Annotated[
+        float | None, typer.Option("--min-sim", help="Leave out matches below this cosine similarity.")
+    ] = None,
+    ids: Ids = None,
+    out: Annotated[Path | None, out_option("Write similar.csv and a contact sheet per query here.")] = None,
+) -> None:
+    """Find the images most like each query, by cosine similarity of embeddings."""
+    from pixclust.curation.lookalikes import find_similar
+
+    render_similar(find_similar(source, queries, **chosen(top=top, min_similarity=min_sim, ids=ids, out=out)))
+
+
+def duplicates_command(
+    source: Annotated[Path, typer.Argument(help=EMBEDDINGS_HELP)],
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Cosine similarity at or above which two images are near-duplicates [default: {duplicate_threshold:.2f}]."
+        ),
+    ] = None,
+    colour: Annotated[
+        bool,
+        typer.Option(
+            "--colour/--no-colour", help="Also require matching 16x16 colour thumbnails (reads the image files)."
+        ),
+    ] = True,
+    ids: Ids = None,
+    out: Annotated[Path | None, out_option("Write duplicates.csv here.")] = None,
+    export: Annotated[
+        bool, typer.Option("--export", help="Also link group N's images into OUT/duplicate_links/clusters/cluster_N/.")
+    ] = False,
+) -> None:
+    """Group exact and near-duplicate images and suggest which one of each group to keep (the largest)."""
+    from pixclust.curation.lookalikes import find_duplicate_images
+
+    result = find_duplicate_images(
+        source, **chosen(threshold=threshold, ids=ids, out=out), colour=colour, export=export
+    )
+    render_duplicates(result)

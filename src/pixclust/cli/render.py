@@ -1,0 +1,250 @@
+"""What each command prints: Rich tables and one-line summaries of the library's results."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import typer
+
+from pixclust.names import printable
+
+if TYPE_CHECKING:
+    from pixclust.curation.lookalikes import DuplicatesResult, SimilarResult
+    from pixclust.curation.move import MoveReport
+    from pixclust.embedding.weights import ModelStatus
+    from pixclust.labelling.classifier import TrainedClassifier
+    from pixclust.labelling.workflows import EvaluationRun, LabelRun, PredictionRun
+    from pixclust.runs.pipeline import RunResult
+
+
+def console(stderr: bool = False) -> Any:
+    from rich.console import Console
+
+    # Messages stay one line however narrow the terminal: scripts and people grep them.
+    # No emoji codes: a file named ":smile:.png" is printed as its name.
+    return Console(stderr=stderr, highlight=False, soft_wrap=stderr, emoji=False)
+
+
+def shown(value: object) -> str:
+    """A user-controlled string (a path, a class name, an error naming them) ready for Rich to print as it is.
+
+    Brackets would be read as Rich markup ("a[/b].png" raises MarkupError), control
+    characters would reach the terminal ("\\x1b[2J" clears it), and bytes that are
+    not UTF-8 cannot be written: each is shown as its escape instead.
+    """
+    from rich.markup import escape
+
+    return escape(printable(str(value)))
+
+
+def _table(columns: Sequence[str], right: Sequence[str] = (), **title: Any) -> Any:
+    """A table with these columns, those in ``right`` (numbers) right-aligned."""
+    from rich.table import Table
+
+    table = Table(**title)
+    for column in columns:
+        table.add_column(column, justify="right" if column in right else "left")
+    return table
+
+
+def render_run(result: RunResult) -> None:
+    out = console()
+    table = _table(
+        ("cluster", "images", "share", "duplication"),
+        right=("images", "share", "duplication"),
+        title=f"{result.clustering.n_clusters} clusters",
+        title_justify="left",
+    )
+    for row in result.summary:
+        table.add_row(row.name, f"{row.images:,}", f"{row.share:.1%}", f"{row.duplication:.1%}")
+    total = len(result.embeddings)
+    redundant = sum(row.duplication for row in result.summary)
+    table.add_section()
+    table.add_row("total", f"{total:,}", "100.0%", f"{redundant:.1%}")
+    out.print(table)
+
+    clustering = result.clustering
+    scan = clustering.k_scan
+    if scan is not None:
+        elbow = "none" if scan.elbow_k is None else str(scan.elbow_k)
+        out.print(
+            f"k chosen by {scan.criterion}: {scan.chosen_k} (scanned {scan.ks[0]}..{scan.ks[-1]}; elbow at {elbow})"
+        )
+    if clustering.choice is not None:
+        out.print(f"features chosen by stability: {clustering.choice['representation']}")
+    silhouette = "n/a" if math.isnan(clustering.silhouette) else f"{clustering.silhouette:.3f}"
+    out.print(f"silhouette: {silhouette}")
+    if result.scores is not None:
+        scores = result.scores
+        out.print(
+            f"against truth ({result.n_scored:,} images): ACC {scores['acc']:.3f}  NMI {scores['nmi']:.3f}  ARI {scores['ari']:.3f}"
+        )
+    embeddings = result.embeddings
+    out.print(
+        f"{total:,} images used, {len(embeddings.skipped):,} skipped"
+        + (" (see errors.csv)" if embeddings.skipped else "")
+        + f"; {embeddings.n_extracted:,} embedded, {embeddings.n_reused:,} reused from the store"
+    )
+    if result.config.report:
+        render_report(result.run_dir / "report.html")
+    if result.moves is not None:
+        render_moves(result.moves)
+    out.print(f"run folder: {shown(result.run_dir)}")
+
+
+def render_report(path: Path) -> None:
+    console().print(f"report: {shown(path)}")
+
+
+def render_moves(report: MoveReport) -> None:
+    """The moves made; exit code 1 when some images are still at their source."""
+    out = console()
+    out.print(f"{report.moved:,} images moved into the cluster folders; the journal is {shown(report.journal)}")
+    for move, why in report.left:
+        out.print(f"not moved: {shown(move.source)}: {shown(why)}")
+    if report.left:
+        out.print(
+            f"{len(report.left):,} images are still at their source; fix the cause, then: pixclust resume-move {shown(report.journal.parent)}"
+        )
+        raise typer.Exit(1)
+
+
+def render_models(statuses: Sequence[ModelStatus], default: str) -> None:
+    table = _table(("model", "dim", "offline", "description", "weights"), right=("dim",))
+    for status in statuses:
+        name = status.spec.name + (" (default)" if status.spec.name == default else "")
+        table.add_row(
+            name, str(status.spec.dim), "yes" if status.offline else "no", status.spec.description, shown(status.note)
+        )
+    out = console()
+    out.print(table)
+    out.print("Any timm model also works as timm:NAME (weights download on first use).")
+
+
+def render_similar(result: SimilarResult) -> None:
+    out = console()
+    for query, answer in zip(result.queries, result.answers, strict=True):
+        title = shown(query) if answer else f"{shown(query)}: no match"
+        table = _table(("rank", "similarity", "path"), right=("rank", "similarity"), title=title, title_justify="left")
+        for match in answer:
+            table.add_row(str(match.rank), f"{match.similarity:.3f}", shown(match.path))
+        out.print(table)
+    if result.csv_path:
+        out.print(f"table: {shown(result.csv_path)}; {len(result.sheets)} contact sheets")
+
+
+def render_duplicates(result: DuplicatesResult) -> None:
+    report, paths = result.report, result.embeddings.paths
+    table = _table(
+        ("group", "kind", "images", "keep", "min sim"),
+        right=("group", "images", "min sim"),
+        title=f"{len(report.groups)} duplicate groups",
+        title_justify="left",
+    )
+    for number, group in enumerate(report.groups, start=1):
+        table.add_row(
+            str(number), group.kind, str(len(group.rows)), shown(paths[group.keeper]), f"{group.min_similarity:.3f}"
+        )
+    out = console()
+    out.print(table)
+    out.print(
+        f"{report.n_redundant:,} of {report.n_images:,} images ({report.n_redundant / max(report.n_images, 1):.1%}) could be dropped; "
+        f"colour compared for {report.colour_checked:,} pairs ({report.colour_rejected:,} rejected, {report.colour_unchecked:,} unreadable)"
+    )
+    if result.csv_path:
+        out.print(f"table: {shown(result.csv_path)}" + (f"; links: {shown(result.links)}" if result.links else ""))
+
+
+def render_labels(run: LabelRun, out_dir: Path) -> None:
+    from pixclust.report.figures import SHEETS_DIR
+
+    result = run.result
+    names = [*result.class_names, "none"]
+    table = _table(
+        ("threshold", *(shown(name) for name in names)),
+        right=("threshold", *(shown(name) for name in names)),
+        title="nearest-example rule: images per class at each threshold",
+        title_justify="left",
+    )
+    for cut, counts in result.table.items():
+        table.add_row(f"{cut:.2f}", *(f"{counts[name]:,}" for name in names))
+    counts = result.counts()
+    table.add_section()
+    table.add_row(f"{result.method}", *(f"{counts[name]:,}" for name in names))
+    out = console()
+    out.print(table)
+    out.print("examples: " + ", ".join(f"{shown(name)} {n}" for name, n in run.references.counts().items()))
+    for row in result.suggestions:
+        out.print(
+            f"label next: {shown(result.paths[row])} (now {shown(result.label_name(row))}, confidence {result.confidence[row]:.2f})"
+        )
+    out.print(f"labels: {shown(run.labels_csv)}; {len(run.sheets)} contact sheets in {shown(out_dir / SHEETS_DIR)}")
+
+
+def render_training_device(device: str) -> None:
+    if device == "cpu":
+        console().print("note: no CUDA GPU visible, so fine-tuning runs on the CPU (slower)")
+
+
+def render_training(classifier: TrainedClassifier, path: Path) -> None:
+    out = console()
+    out.print("classes: " + ", ".join(f"{shown(name)} {n:,}" for name, n in classifier.class_counts.items()))
+    if classifier.finetuned is None:
+        out.print(f"best: {classifier.head} {classifier.params}, cross-validated macro F1 {classifier.cv_f1:.3f}")
+    else:
+        history = classifier.finetuned.history
+        out.print(
+            f"fine-tuned: best epoch {classifier.finetuned.best_epoch} of {len(history) - 1}, validation macro F1 {classifier.cv_f1:.3f} "
+            f"(linear probe alone {history[0]['validation_f1']:.3f}, {len(classifier.finetuned.validation):,} held-out images)"
+        )
+    out.print(f"classifier: {shown(path)}")
+
+
+def _score(value: float | None) -> str:
+    return "n/a" if value is None else f"{value:.3f}"
+
+
+def render_evaluation(run: EvaluationRun) -> None:
+    evaluation = run.evaluation
+    table = _table(
+        ("class", "support", "precision", "recall", "F1", "AUC"),
+        right=("support", "precision", "recall", "F1", "AUC"),
+        title=f"{evaluation.n:,} test images, accuracy {evaluation.accuracy:.3f}, macro F1 {_score(evaluation.macro_f1)}",
+        title_justify="left",
+    )
+    for row in evaluation.per_class:
+        table.add_row(
+            shown(row.name),
+            f"{row.support:,}",
+            _score(row.precision),
+            _score(row.recall),
+            _score(row.f1),
+            _score(row.auc),
+        )
+    out = console()
+    out.print(table)
+    for row in evaluation.per_class:
+        if row.note:
+            out.print(f"{shown(row.name)}: {shown(row.note)}")
+    classes = [shown(name) for name in evaluation.classes]
+    confusion = _table(
+        ("", *classes), right=classes, title="confusion (rows: truth, columns: predicted)", title_justify="left"
+    )
+    for name, counts in zip(classes, evaluation.confusion, strict=True):
+        confusion.add_row(name, *(f"{int(n):,}" for n in counts))
+    out.print(confusion)
+    if run.roc_png:
+        out.print(f"ROC curves: {shown(run.roc_png)}")
+
+
+def render_predictions(run: PredictionRun) -> None:
+    table = _table(("path", "label", "probability"), right=("probability",))
+    for item in run.predictions:
+        table.add_row(shown(item.path), shown(item.label), f"{item.probability:.3f}")
+    out = console()
+    out.print(table)
+    for item in run.skipped:
+        out.print(f"skipped {shown(item.path)}: {shown(item.reason)} ({shown(item.detail)})")

@@ -1,0 +1,212 @@
+"""Commands on a run folder: cluster (and its demo), report, resume-move; and the models a run can use."""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import fields
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated, Any
+
+import typer
+
+from pixclust.cli.options import Maps, Quiet, Seed, chosen, out_option, split_maps
+from pixclust.cli.render import console, render_models, render_moves, render_report, render_run, shown
+from pixclust.errors import UsageError
+
+if TYPE_CHECKING:
+    from pixclust.runs.pipeline import RunConfig
+
+RUNS_FOLDER = "pixclust-out"
+
+
+def cluster_command(
+    source: Annotated[Path | None, typer.Argument(help="Folder (searched recursively) or file of images.")] = None,
+    out: Annotated[Path | None, out_option(f"Run folder [default: {RUNS_FOLDER}/<folder name>].")] = None,
+    k: Annotated[
+        str | None,
+        typer.Option(
+            help="Number of clusters, or 'auto' to choose it (modularity, or silhouette with --pipeline fixed) [default: {k}]."
+        ),
+    ] = None,
+    k_min: Annotated[int | None, typer.Option(help="Smallest k scanned by --k auto [default: {k_min}].")] = None,
+    k_max: Annotated[int | None, typer.Option(help="Largest k scanned by --k auto [default: {k_max}].")] = None,
+    pipeline: Annotated[
+        str | None,
+        typer.Option(
+            help="auto: choose features (embedding, or embedding+HOG) and k without labels, k-means, refine; "
+            "fixed: --reduce then --method [default: {pipeline}]."
+        ),
+    ] = None,
+    method: Annotated[
+        str | None,
+        typer.Option(
+            help="kmeans, agglomerative, gmm or hdbscan; implies --pipeline fixed [default: {cluster_method}]."
+        ),
+    ] = None,
+    reduce: Annotated[
+        str | None,
+        typer.Option(
+            help="Space to cluster in: pca, umap, lle, spectral, none; implies --pipeline fixed [default: {reduce_method}]."
+        ),
+    ] = None,
+    refine: Annotated[
+        bool | None,
+        typer.Option(
+            "--refine/--no-refine", help="Let nearest neighbours correct k-means (--pipeline auto) [default: {refine}]."
+        ),
+    ] = None,
+    n_components: Annotated[
+        int | None,
+        typer.Option(
+            help="Dimensions kept by --reduce [default: {pca_components} for pca, {other_components} otherwise]."
+        ),
+    ] = None,
+    model: Annotated[str | None, typer.Option(help="Feature model; see 'pixclust models' [default: {model}].")] = None,
+    weights: Annotated[
+        str | None, typer.Option(help="Weights file for the model, or 'random' for plumbing tests.")
+    ] = None,
+    seed: Seed = None,
+    truth: Annotated[
+        str | None, typer.Option(help="Score against known classes: 'folders' or a CSV of path,label.")
+    ] = None,
+    copy: Annotated[
+        bool | None, typer.Option("--copy/--link", help="Copy images into cluster folders instead of linking.")
+    ] = None,
+    move: Annotated[
+        bool | None,
+        typer.Option(
+            "--move", help="Move the images into the cluster folders (journalled; see 'pixclust resume-move')."
+        ),
+    ] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per model call [default: {batch_size}].")] = None,
+    workers: Annotated[
+        int | None, typer.Option(help="Decode worker processes [default: one per core, at most {max_workers}].")
+    ] = None,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(help="Skip images with more pixels than this (bomb guard) [default: {max_pixels:,}]."),
+    ] = None,
+    include_hidden: Annotated[
+        bool | None, typer.Option("--include-hidden", help="Also read hidden files and folders.")
+    ] = None,
+    runtime: Annotated[
+        str | None,
+        typer.Option(help="Where the network runs: auto, openvino, onnxruntime, torch [default: {runtime}]."),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto, fp32, bf16 or fp16 [default: {precision}: bf16 where the CPU has it, fp16 on a GPU]."),
+    ] = None,
+    maps: Maps = None,
+    report: Annotated[
+        bool | None, typer.Option("--report/--no-report", help="Write plots/ and report.html [default: {report}].")
+    ] = None,
+    engine: Annotated[
+        str | None,
+        typer.Option(
+            help="Where images are embedded: local, or ray (a Ray cluster; needs the ray extra, see docs/SCALE.md) [default: {engine}]."
+        ),
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(
+            help="Ray cluster for --engine ray: host:6379 or ray://host:10001 [default: the one 'ray start' made here, else a new local one]."
+        ),
+    ] = None,
+    config: Annotated[
+        Path | None, typer.Option(help="Repeat a run from its run.json; other options override it.")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Group the images in SOURCE; writes clusters.csv, errors.csv, run.json and clusters/ to the run folder."""
+    # Every parameter but config and quiet is the RunConfig setting of its name.
+    options = dict(locals())
+    from pixclust.runs.pipeline import run
+
+    render_run(run(_run_config(options, replay=config), quiet=quiet))
+
+
+def _run_config(options: dict[str, Any], replay: Path | None) -> RunConfig:
+    """The options typed over the settings of the run.json ``replay``.
+
+    Only the options typed are the user's choices now (``given``): a replayed
+    setting that clashes with one of them gives way instead of being refused.
+    """
+    from pixclust.runs.pipeline import RunConfig
+
+    # Paths as text, as run.json holds them.
+    values = {name: str(value) if isinstance(value, Path) else value for name, value in options.items()}
+    values["maps"] = split_maps(values["maps"])
+    typed = chosen(**{spec.name: values.get(spec.name) for spec in fields(RunConfig)})
+    settings = (_read_config(replay) if replay else {}) | typed
+    source = settings.get("source")
+    if not source:
+        raise UsageError("no image folder given; run: pixclust cluster FOLDER (or --config RUN/run.json)")
+    if isinstance(source, str):
+        # abspath, not resolve(): a source that is not a usable path is for RunConfig to refuse in one line.
+        settings.setdefault("out", str(Path(RUNS_FOLDER) / (os.path.basename(os.path.abspath(source)) or "run")))
+    return RunConfig.from_dict(settings, given=set(typed), from_cli=True)
+
+
+def _read_config(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_bytes().decode("utf-8"))
+    except OSError as error:
+        raise UsageError(f"--config {path}: cannot read it ({error.strerror}); pass a run folder's run.json") from error
+    except UnicodeDecodeError as error:
+        raise UsageError(
+            f"--config {path}: not UTF-8 text (byte {error.start}); pass a run.json written by pixclust cluster"
+        ) from error
+    except json.JSONDecodeError as error:
+        raise UsageError(f"--config {path}: not valid JSON ({error.msg}, line {error.lineno})") from error
+    except RecursionError as error:
+        raise UsageError(f"--config {path}: nested too deeply to be a run.json written by pixclust cluster") from error
+    settings = record.get("config") if isinstance(record, dict) else None
+    if not isinstance(settings, dict):
+        raise UsageError(f"--config {path}: has no 'config' section; pass a run.json written by pixclust cluster")
+    return dict(settings)
+
+
+def demo_command(
+    out: Annotated[Path, out_option("Where the digit images and the run folder go.")] = Path("demo-out"),
+    k: Annotated[
+        str | None, typer.Option(help="Number of clusters (the digits have 10), or 'auto' [default: {demo_k}].")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Cluster scikit-learn's 1,797 handwritten digits (written as PNGs) and score against their classes."""
+    from pixclust.demo import run_demo
+
+    console().print(f"Writing scikit-learn's digits as PNG files under {shown(out)} and clustering them...")
+    render_run(run_demo(out, **chosen(k=k), quiet=quiet))
+
+
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by 'pixclust cluster'.")],
+    maps: Maps = None,
+    quiet: Quiet = False,
+) -> None:
+    """Rebuild plots/ and report.html of a run folder (maps and thumbnails are reused)."""
+    from pixclust.report import build_report
+
+    render_report(build_report(run_dir, **chosen(maps=split_maps(maps)), quiet=quiet))
+
+
+def resume_move_command(
+    run_dir: Annotated[
+        Path, typer.Argument(help="The run folder of a 'pixclust cluster --move' that was interrupted.")
+    ],
+) -> None:
+    """Finish moving images into RUN_DIR/clusters/ after an interrupted --move; safe to run any number of times."""
+    from pixclust.curation.move import resume_moves
+
+    render_moves(resume_moves(run_dir))
+
+
+def models_command() -> None:
+    """List the feature models, their dimensions, and whether each runs offline right now."""
+    from pixclust.embedding.models import DEFAULT_MODEL
+    from pixclust.embedding.weights import model_statuses
+
+    render_models(model_statuses(), default=DEFAULT_MODEL)

@@ -13,8 +13,6 @@ from pixclust.clustering.adaptive import (
     VIEW_AGREEMENT,
     AdaptiveClusterer,
     candidate_representations,
-    choose_representation,
-    clustering_stability,
     rival_starts,
     view_agreement,
 )
@@ -22,6 +20,7 @@ from pixclust.clustering.k_selection import choose_k_by_modularity, graph_modula
 from pixclust.clustering.metrics import cluster_accuracy, clustering_scores
 from pixclust.clustering.reduce import l2_normalize, reduce_features
 from pixclust.clustering.refine import nearest_neighbours, refine_best, refine_clusters
+from pixclust.clustering.stability import choose_representation, clustering_stability
 from pixclust.errors import UsageError
 
 

@@ -28,11 +28,12 @@ import os
 import re
 import tempfile
 from collections.abc import Iterable, Iterator
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 
 from pixclust.atomic import DISK_FULL_ERRNOS, permissions_for_new, write_text_atomic
 from pixclust.errors import OutputNotWritableError, UsageError
 from pixclust.runs.lock import hold_lock
+from pixclust.runs.tree import remove_without_following, walk_without_following
 
 MARKER_FILE = ".pixclust-run"
 MANIFEST_FILE = ".pixclust-manifest.json"
@@ -283,7 +284,7 @@ class RunFolder:
                 f"{self.root} holds images that --move put in {tree}/ (e.g. {moved[0]}); pixclust never replaces them, "
                 "so choose another --out"
             )
-        for name, is_dir in _walk(top, tree):
+        for name, is_dir in walk_without_following(top, tree):
             kind = self._entries.get(name)
             if kind not in _REMOVABLE or (kind == LINK) != os.path.islink(self.root / name) or (kind == DIR) != is_dir:
                 raise UsageError(f"{self.root / name} was not made by pixclust; move it out of {top}, then run again")
@@ -349,7 +350,7 @@ class RunFolder:
 
     def _remove_staging(self, staging: Path) -> None:
         """Remove a staging folder pixclust made, without following any link inside it."""
-        _remove_without_following(staging)
+        remove_without_following(staging)
         self._entries.pop(staging.name, None)
         self._save_manifest()
 
@@ -358,7 +359,7 @@ class RunFolder:
             if kind == TREE and name.startswith(_STAGING_PREFIX):
                 path = self.root / name
                 if path.is_dir() and not path.is_symlink():
-                    _remove_without_following(path)
+                    remove_without_following(path)
                 self._entries.pop(name)
         self._save_manifest()
 
@@ -393,31 +394,3 @@ def _is_inside_name(name: object) -> bool:
     if not isinstance(name, str) or not name or name.startswith("/") or "\\" in name or "\0" in name:
         return False
     return all(part not in ("", ".", "..") for part in name.split("/"))
-
-
-def _walk(top: Path, tree: str) -> Iterator[tuple[str, bool]]:
-    """(name relative to the run folder, is a folder) of everything under ``top``, never through a link."""
-    for dir_path, dir_names, file_names in os.walk(top, followlinks=False):
-        relative = PurePosixPath(tree, os.path.relpath(dir_path, top)).as_posix().removesuffix("/.")
-        for name in dir_names:
-            path = os.path.join(dir_path, name)
-            yield f"{relative}/{name}", not os.path.islink(path)
-        for name in file_names:
-            yield f"{relative}/{name}", False
-
-
-def _remove_without_following(top: Path) -> None:
-    """Unlink every file and link under ``top`` and remove its folders; a link is removed, never entered."""
-    if os.path.islink(top):
-        os.unlink(top)
-        return
-    for dir_path, dir_names, file_names in os.walk(top, topdown=False, followlinks=False):
-        for name in file_names:
-            os.unlink(os.path.join(dir_path, name))
-        for name in dir_names:
-            path = os.path.join(dir_path, name)
-            if os.path.islink(path):
-                os.unlink(path)
-            else:
-                os.rmdir(path)
-    os.rmdir(top)

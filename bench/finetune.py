@@ -50,7 +50,7 @@ def main(work: Path, train_per_class: int, test_per_class: int, input_size: int 
     train_folder, test_folder = write_split(images, train_per_class, test_per_class)
     run = work / f"run{train_per_class}-{test_per_class}"
     embeddings = embed(images, out=run, quiet=True)
-    RunRecord(model=embeddings.model).write(run / "run.json")
+    RunRecord(model=embeddings.model.to_dict()).write(run / "run.json")
     train_csv, test_csv = labels_csv(work / "train.csv", train_folder), labels_csv(work / "test.csv", test_folder)
     print(
         f"{10 * train_per_class} labelled and {10 * test_per_class} unseen Fashion-MNIST images ({', '.join(FASHION_CLASSES)})"

@@ -50,7 +50,7 @@ def main() -> None:
         return np.stack([extractor.transform(Image.fromarray(pixels).convert("RGB")) for pixels in images[part]])
 
     core = openvino.Core()
-    network = core.read_model(onnx_path(extractor.model_id, extractor.record["preprocessing"]["input_size"]))
+    network = core.read_model(onnx_path(extractor.model_id, extractor.record.preprocessing["input_size"]))
     calibration = prepared(CALIBRATION)
     started = time.perf_counter()
     quantised = nncf.quantize(network, nncf.Dataset([row[None] for row in calibration]), subset_size=len(calibration))

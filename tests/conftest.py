@@ -106,7 +106,7 @@ def digit_run(digit_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Pat
 
     run_dir = tmp_path_factory.mktemp("digit_run")
     embeddings = embed(digit_tree, out=run_dir, quiet=True)
-    RunRecord(model=embeddings.model).write(run_dir / "run.json")
+    RunRecord(model=embeddings.model.to_dict()).write(run_dir / "run.json")
     return run_dir
 
 

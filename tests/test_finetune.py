@@ -174,7 +174,7 @@ def test_handmade_features_cannot_be_finetuned(model: str, digit_tree: Path, tmp
     images = _batch(digit_tree, "batch0")[::10]
     run = tmp_path / "run"
     embeddings = embed(digit_tree, out=run, model=model, quiet=True)
-    RunRecord(model=embeddings.model).write(run / "run.json")
+    RunRecord(model=embeddings.model.to_dict()).write(run / "run.json")
     with pytest.raises(UsageError, match=f"model '{model}' .* has no network to fine-tune") as raised:
         train(_labels_csv(tmp_path / "labels.csv", images), run, out=tmp_path / "m.pkl", finetune=True)
     assert "\n" not in str(raised.value) and not (tmp_path / "m.pkl").exists()
@@ -188,7 +188,7 @@ def test_missing_images_are_named(digit_tree: Path, tmp_path: Path) -> None:
         shutil.copy(image, target)
     run = tmp_path / "run"
     embeddings = embed(photos, out=run, quiet=True)
-    RunRecord(model=embeddings.model).write(run / "run.json")
+    RunRecord(model=embeddings.model.to_dict()).write(run / "run.json")
     gone = min(photos.rglob("*.png"))
     gone.unlink()
     labels = _labels_csv(tmp_path / "labels.csv", sorted(Path(path) for path in embeddings.paths))

@@ -180,7 +180,7 @@ def test_a_damaged_onnx_export_of_the_model_is_exported_again(
 ) -> None:
     # A copy of this session's cache (weights record and export), so that the damage stays in this test.
     cache = shutil.copytree(private_cache, tmp_path / "cache")
-    size = default_extractor.record["preprocessing"]["input_size"]
+    size = default_extractor.record.preprocessing["input_size"]
     export = onnx_path(default_extractor.model_id, size).relative_to(private_cache)
     whole = (cache / export).read_bytes()
     (cache / export).write_bytes(whole[: len(whole) // 2])

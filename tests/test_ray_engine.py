@@ -14,6 +14,7 @@ import signal
 import subprocess
 import sys
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -164,7 +165,7 @@ def test_a_node_whose_model_differs_stops_the_run_with_one_line(ray_cluster: Any
 
     extractor = load_extractor("pixels")
     # As if the driver had other weights than the nodes: the actors' model id no longer matches.
-    extractor.record["weights_sha256"] = "0" * 64
+    extractor.record = replace(extractor.record, weights_sha256="0" * 64)
     embedder = RayEmbedder(
         extractor,
         model="pixels",

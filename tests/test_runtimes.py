@@ -53,7 +53,7 @@ def torch_fp32(real_images: list[str]) -> np.ndarray:
 def test_runtimes_agree_with_pytorch_fp32(real_images, torch_fp32, runtime: str, precision: str) -> None:
     pytest.importorskip(runtime if runtime != "torch" else "torch")
     extractor = load_extractor(runtime=runtime, precision=precision)
-    assert extractor.record["runtime"].startswith(runtime)
+    assert extractor.record.runtime.startswith(runtime)
     cosines = _cosines(_embed(extractor, real_images), torch_fp32)
     assert cosines.mean() >= 0.99 and cosines.min() >= 0.98
 
@@ -73,15 +73,15 @@ def test_the_onnx_export_is_cached(real_images) -> None:
 
 def test_auto_falls_back_when_openvino_is_missing(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "openvino", None)
-    assert load_extractor(runtime="auto").record["runtime"].startswith("onnxruntime")
+    assert load_extractor(runtime="auto").record.runtime.startswith("onnxruntime")
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
-    assert load_extractor(runtime="auto").record["runtime"].startswith("torch")
+    assert load_extractor(runtime="auto").record.runtime.startswith("torch")
     with pytest.raises(UsageError, match="--runtime openvino is not installed"):
         load_extractor(runtime="openvino")
 
 
 def test_bad_runtime_settings_are_usage_errors() -> None:
-    with pytest.raises(UsageError, match="--runtime 'tpu'"):
+    with pytest.raises(UsageError, match="runtime='tpu'"):
         load_extractor(runtime="tpu")
     with pytest.raises(UsageError, match="needs a GPU"):
         load_extractor(runtime="torch", precision="fp16")
@@ -124,7 +124,7 @@ def test_a_run_whose_every_vector_is_stored_never_starts_the_network(tmp_path) -
     script = (
         "import sys, pixclust\n"
         f"embeddings = pixclust.embed({str(root)!r}, out={str(tmp_path / 'run')!r}, quiet=True)\n"
-        "print(len(embeddings), 'runtime' in embeddings.model, 'openvino' in sys.modules or 'onnxruntime' in sys.modules)\n"
+        "print(len(embeddings), embeddings.model.runtime is not None, 'openvino' in sys.modules or 'onnxruntime' in sys.modules)\n"
     )
     runs = [
         subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, check=True) for _ in range(2)

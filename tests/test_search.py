@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import shutil
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -12,6 +13,7 @@ from PIL import Image, ImageDraw
 from pixclust import index as index_module
 from pixclust.curation.lookalikes import find_duplicate_images, find_similar
 from pixclust.curation.search import DuplicateReport, find_duplicates, rows_of, similar
+from pixclust.embedding.record import ModelRecord, WeightsSource
 from pixclust.embedding.sources import extractor_for, load_precomputed, open_embeddings
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
@@ -44,7 +46,7 @@ def look_alikes(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Embeddi
     Image.fromarray(load_sample_image("flower.jpg")).save(root / "flower.jpg")
     run_dir = tmp_path_factory.mktemp("lookalikes_run")
     embeddings = embed(root, out=run_dir, quiet=True)
-    RunRecord(model=embeddings.model).write(run_dir / "run.json")
+    RunRecord(model=embeddings.model.to_dict()).write(run_dir / "run.json")
     return run_dir, embeddings
 
 
@@ -179,6 +181,6 @@ def test_new_images_are_embedded_only_by_the_recorded_model(look_alikes: tuple[P
     _, embeddings = look_alikes
     assert extractor_for(embeddings.model).model_id == embeddings.model_id
     with pytest.raises(UsageError, match="re-embed"):
-        extractor_for(embeddings.model | {"model_id": "efficientnet-lite0:0000"})
+        extractor_for(replace(embeddings.model, model_id="efficientnet-lite0:0000"))
     with pytest.raises(UsageError, match="not made by pixclust"):
-        extractor_for({"model": None, "weights": "precomputed"})
+        extractor_for(ModelRecord(model=None, weights=WeightsSource("precomputed")))

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 
 import numpy as np
 import pyarrow as pa
 
 from pixclust.embedding.files import SkippedFile
+from pixclust.embedding.record import ModelRecord
 from pixclust.names import escape_name, unescape_name
 
 VECTOR_COLUMN = "vector"
@@ -35,8 +35,9 @@ def arrow_schema(dim: int) -> pa.Schema:
 class Embeddings:
     """Vectors for a set of images, in a stable order, with the model that made them.
 
-    ``model`` is the extractor's record (name, weights source and hash,
-    preprocessing); ``skipped`` lists the files that could not be used and why.
+    ``model`` is the :class:`~pixclust.embedding.record.ModelRecord` of the model that
+    made them (name, weights source and hash, preprocessing; None when a run
+    folder's run.json is gone); ``skipped`` lists the files that could not be used and why.
     ``n_extracted``/``n_reused`` say how much work this run did versus the cache.
     """
 
@@ -47,7 +48,7 @@ class Embeddings:
     mtimes_ns: np.ndarray
     image_sizes: np.ndarray
     model_id: str
-    model: dict[str, Any] = field(default_factory=dict)
+    model: ModelRecord | None = None
     skipped: list[SkippedFile] = field(default_factory=list)
     n_extracted: int = 0
     n_reused: int = 0

@@ -16,6 +16,7 @@ import signal
 import threading
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 from types import FrameType
 
@@ -113,7 +114,7 @@ def embed(
                 digests, lambda digest: fresh.get(digest) or known.vector_of(digest), extractor.dim
             )
         embeddings = _assemble(kept, stat_of, extractor.model_id, vectors, image_sizes)
-        embeddings.model = extractor.record | {"model_id": extractor.model_id}
+        embeddings.model = replace(extractor.record, model_id=extractor.model_id)
         embeddings.skipped = sorted(skipped, key=lambda item: item.path)
         embeddings.n_extracted = len(fresh)
         embeddings.n_reused = sum(1 for digest in digests if digest not in fresh)

@@ -12,7 +12,7 @@ import functools
 import hashlib
 import json
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +24,7 @@ from pixclust.embedding.models import (
     ModelSpec,
     resolve_model,
 )
-from pixclust.embedding.record import WeightsSource
+from pixclust.embedding.record import ModelRecord, WeightsSource
 from pixclust.embedding.runtimes import Runner, cache_dir, check_runtime, make_runner, runner_from_export
 from pixclust.embedding.transforms import (
     HogTransform,
@@ -58,7 +58,7 @@ class FeatureExtractor:
     dim: int
     transform: Callable[[Any], np.ndarray]
     draft_size: int
-    record: dict[str, Any]
+    record: ModelRecord
     runner: Runner | None = field(default=None, repr=False)
     # Set when the runtime waits for the first batch (see load_extractor's ``lazy``).
     start_runner: Callable[[], Runner] | None = field(default=None, repr=False)
@@ -68,16 +68,11 @@ class FeatureExtractor:
         if self.runner is None and self.start_runner is not None:
             self.runner = self.start_runner()
             self.start_runner = None
-            self.record["runtime"] = self.runner.description
+            self.record = replace(self.record, runtime=self.runner.description)
 
     @property
     def model_id(self) -> str:
-        identity = {key: self.record.get(key) for key in ("model", "architecture", "weights_sha256", "preprocessing")}
-        # Only networks record a pooling; leaving it out otherwise keeps the hand-made models' ids (and stores) as they were.
-        if "pooling" in self.record:
-            identity["pooling"] = self.record["pooling"]
-        digest = hashlib.sha256(json.dumps(identity, sort_keys=True).encode()).hexdigest()[:16]
-        return f"{self.spec.name}:{digest}"
+        return f"{self.spec.name}:{self.record.identity_digest()}"
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:
         """Features for a stacked batch of ``transform`` outputs, float32, one row per image."""
@@ -127,15 +122,8 @@ def _reject_weights(spec: ModelSpec, weights: str | Path | None) -> None:
         raise UsageError(f"model '{spec.name}' has no weights; drop --weights or choose a network model")
 
 
-def _handmade_record(spec: ModelSpec, preprocessing: str) -> dict[str, Any]:
-    none = WeightsSource("none")
-    return {
-        "model": spec.name,
-        "weights": none.describe(),
-        "weights_source": none.to_dict(),
-        "weights_sha256": None,
-        "preprocessing": preprocessing,
-    }
+def _handmade_record(spec: ModelSpec, preprocessing: str) -> ModelRecord:
+    return ModelRecord(model=spec.name, weights=WeightsSource("none"), preprocessing=preprocessing)
 
 
 def _load_timm_extractor(
@@ -153,7 +141,7 @@ def _load_timm_extractor(
         spec, network, source, network_preprocessing(network, crop_fraction=spec.crop_fraction)
     )
     if record_file is not None:
-        _remember_record(record_file, extractor.record)
+        _remember_record(record_file, extractor.record.to_dict())
     return attach_runner(extractor, network, runtime=runtime, precision=precision)
 
 
@@ -190,20 +178,20 @@ def _remember_record(record_file: Path, record: dict[str, Any]) -> None:
 def _extractor_from_cached_record(spec: ModelSpec, record_file: Path) -> FeatureExtractor | None:
     """The extractor, not yet started, rebuilt from a cached record; None when there is none or it is unreadable."""
     try:
-        record = json.loads(record_file.read_text())
-        fields = record["preprocessing"]
+        stored = json.loads(record_file.read_text())
+        fields = stored["preprocessing"]
         # JSON turned the tuples into lists.
         prep = Preprocessing(**{**fields, "mean": tuple(fields["mean"]), "std": tuple(fields["std"])})
-        dim = int(record["dim"])
+        dim = int(stored["dim"])
+        record = replace(ModelRecord.from_dict(stored), preprocessing=asdict(prep), dim=dim)
     except (OSError, ValueError, TypeError, KeyError):
         return None
-    record["preprocessing"] = asdict(prep)
     return FeatureExtractor(spec, dim, ImageTransform(prep), draft_size(prep), record)
 
 
 def _start_cached(extractor: FeatureExtractor, weights: str | Path | None, runtime: str, precision: str) -> Runner:
     """The runner from the cached ONNX export alone, else (no export yet, or PyTorch chosen) from the network built anew."""
-    input_size = extractor.record["preprocessing"]["input_size"]
+    input_size = extractor.record.preprocessing["input_size"]
     runner = runner_from_export(extractor.model_id, input_size, runtime=runtime, precision=precision)
     if runner is not None:
         return runner
@@ -219,16 +207,15 @@ def network_extractor(spec: ModelSpec, network: Any, source: WeightsSource, prep
     Its record, and so its model id, hashes the network's weights as they are now.
     """
     dim = int(network.num_features if spec.dim is None else spec.dim)
-    record = {
-        "model": spec.name,
-        "architecture": spec.timm_name,
-        "weights": source.describe(),
-        "weights_source": source.to_dict(),
-        "weights_sha256": state_dict_sha256(network),
-        "dim": dim,
-        "pooling": spec.pooling,
-        "preprocessing": asdict(prep),
-    }
+    record = ModelRecord(
+        model=spec.name,
+        architecture=spec.timm_name,
+        weights=source,
+        weights_sha256=state_dict_sha256(network),
+        dim=dim,
+        pooling=spec.pooling,
+        preprocessing=asdict(prep),
+    )
     return FeatureExtractor(spec, dim, ImageTransform(prep), draft_size(prep), record)
 
 
@@ -236,16 +223,16 @@ def attach_runner(
     extractor: FeatureExtractor, network: Any, *, runtime: str = "auto", precision: str = "auto"
 ) -> FeatureExtractor:
     """Give the extractor the runner for ``network`` (see ``runtimes.make_runner``) and record which it is."""
-    input_size = extractor.record["preprocessing"]["input_size"]
+    input_size = extractor.record.preprocessing["input_size"]
     pixels_in = _pixels_in(network, extractor.record)
     extractor.runner = make_runner(pixels_in, extractor.model_id, input_size, runtime=runtime, precision=precision)
-    extractor.record["runtime"] = extractor.runner.description
+    extractor.record = replace(extractor.record, runtime=extractor.runner.description)
     return extractor
 
 
-def _pixels_in(network: Any, record: dict[str, Any]) -> Any:
+def _pixels_in(network: Any, record: ModelRecord) -> Any:
     """The network behind the layer that scales uint8 pixels to its weights' mean and std (``network_input``)."""
     from pixclust.embedding.network_input import ImageNetwork
 
-    prep = record["preprocessing"]
+    prep = record.preprocessing
     return ImageNetwork(network, prep["mean"], prep["std"]).eval()

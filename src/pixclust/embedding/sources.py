@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
@@ -20,7 +19,7 @@ from pixclust.embedding.discover import discover_images
 from pixclust.embedding.embedder import Embedder
 from pixclust.embedding.extractor import FeatureExtractor, load_extractor
 from pixclust.embedding.files import SkippedFile
-from pixclust.embedding.record import PRECOMPUTED, WeightsSource
+from pixclust.embedding.record import PRECOMPUTED, ModelRecord, WeightsSource
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
@@ -51,10 +50,10 @@ def _open_run(run_dir: Path) -> Embeddings:
         raise UsageError(f"{run_dir} holds no {EMBEDDINGS_FILE}; run 'pixclust cluster FOLDER --out {run_dir}' first")
     embeddings = EmbeddingStore(run_dir).load()
     try:
-        embeddings.model = dict(RunRecord.read(run_dir / RUN_JSON).model)
+        embeddings.model = ModelRecord.from_dict(RunRecord.read(run_dir / RUN_JSON).model)
     except UsageError:
         # The vectors are still usable; only embedding new images with the same model is not.
-        embeddings.model = {}
+        embeddings.model = None
     return embeddings
 
 
@@ -81,12 +80,7 @@ def load_precomputed(npy: str | Path, *, ids: str | Path | None = None) -> Embed
         mtimes_ns=np.zeros(n, np.int64),
         image_sizes=np.zeros((n, 2), np.int32),
         model_id=f"{PRECOMPUTED}:{Path(npy).name}",
-        model={
-            "model": None,
-            "weights": PRECOMPUTED,
-            "weights_source": WeightsSource(PRECOMPUTED).to_dict(),
-            "file": str(Path(npy).resolve()),
-        },
+        model=ModelRecord(model=None, weights=WeightsSource(PRECOMPUTED), file=str(Path(npy).resolve())),
     )
 
 
@@ -107,30 +101,18 @@ def read_id_list(path: Path) -> list[str]:
     return [row[column or 0].strip() for row in body]
 
 
-def made_by_pixclust(record: dict[str, Any]) -> bool:
-    """Whether a model record names a model pixclust can load again (not precomputed vectors, not an empty record)."""
-    source = WeightsSource.of_record(record)
-    return bool(record.get("model")) and source is not None and source.kind != PRECOMPUTED
-
-
-def model_weights_option(record: dict[str, Any]) -> str | None:
-    """The ``weights`` argument that rebuilds the extractor a model record describes."""
-    source = WeightsSource.of_record(record)
-    return None if source is None else source.weights_option()
-
-
-def extractor_for(record: dict[str, Any]) -> FeatureExtractor:
+def extractor_for(record: ModelRecord | None) -> FeatureExtractor:
     """Load the model a record names and check it still makes the same vectors (same model id)."""
-    if not made_by_pixclust(record):
+    if record is None or not record.made_by_pixclust:
         raise UsageError(
             "these embeddings were not made by pixclust, so new images cannot be embedded like them; "
             "use ids of rows already in the embeddings, or cluster the images with pixclust first"
         )
-    extractor = load_extractor(record["model"], weights=model_weights_option(record))
-    expected = record.get("model_id")
+    extractor = load_extractor(record.model, weights=record.weights.weights_option())
+    expected = record.model_id
     if expected and extractor.model_id != expected:
         raise UsageError(
-            f"model {record['model']} now gives model id {extractor.model_id}, not the recorded {expected} "
+            f"model {record.model} now gives model id {extractor.model_id}, not the recorded {expected} "
             "(weights or preprocessing changed); re-run 'pixclust cluster' to re-embed"
         )
     return extractor

@@ -41,7 +41,6 @@ given ``random_state``.
 from __future__ import annotations
 
 import dataclasses
-import json
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -51,8 +50,7 @@ import numpy as np
 
 from pixclust.embedding.extractor import FeatureExtractor, attach_runner, network_extractor
 from pixclust.embedding.models import DEFAULT_MODEL, ModelSpec, resolve_model
-from pixclust.embedding.record import WeightsSource
-from pixclust.embedding.sources import made_by_pixclust, model_weights_option
+from pixclust.embedding.record import ModelRecord, WeightsSource
 from pixclust.embedding.transforms import Preprocessing, network_preprocessing
 from pixclust.embedding.weights import load_network, state_dict_sha256
 from pixclust.errors import UsageError
@@ -111,7 +109,7 @@ def finetune_classifier(
     paths: Sequence[str],
     labels: Sequence[str],
     *,
-    base: dict[str, Any],
+    base: ModelRecord,
     settings: FinetuneSettings = FinetuneSettings(),
     random_state: int = 0,
 ) -> TrainedClassifier:
@@ -136,7 +134,7 @@ def finetune_classifier(
         probe = train_classifier(
             probe_features,
             split.labels[split.train],
-            embedding_model=base,
+            embedding_model=base.to_dict(),
             heads=("logistic",),
             random_state=random_state,
         )
@@ -146,17 +144,15 @@ def finetune_classifier(
     write_softmax_weights(probe.estimator, model.head)
     extractor = network_extractor(spec, network, WeightsSource("finetuned", source.describe()), prep)
     trained = {key: value.numpy() for key, value in module_state(network, trained_modules).items()}
-    # The classifier file holds the record as JSON, which turns the preprocessing's tuples into lists; holding
-    # it so here too makes the trained classifier and the one loaded from its file the same.
-    record = json.loads(json.dumps(extractor.record | {"model_id": extractor.model_id}))
+    record = dataclasses.replace(extractor.record, model_id=extractor.model_id)
     return dataclasses.replace(
         probe,
-        embedding_model=record,
+        embedding_model=record.to_dict(),
         head=HEAD,
         params=dataclasses.asdict(settings),
         cv_f1=float(max(history, key=validation_rank)["validation_f1"]),
         class_counts={name: int(np.sum(np.asarray(labels) == name)) for name in probe.classes},
-        finetuned=FinetunedNetwork(dict(base), trained, history, [split.paths[i] for i in split.validation]),
+        finetuned=FinetunedNetwork(base.to_dict(), trained, history, [split.paths[i] for i in split.validation]),
     )
 
 
@@ -167,7 +163,8 @@ def finetuned_extractor(
     import torch
 
     assert classifier.finetuned is not None
-    record, base = classifier.embedding_model, classifier.finetuned.base
+    record = ModelRecord.from_dict(classifier.embedding_model)
+    base = ModelRecord.from_dict(classifier.finetuned.base)
     spec = _network_spec(base)
     network, _ = _base_network(
         spec, base, fix="reinstall the weights it was fine-tuned from, or train again with 'pixclust train --finetune'"
@@ -181,12 +178,11 @@ def finetuned_extractor(
             f"the classifier's trained tensors have other shapes than model {spec.name}'s; "
             "train again with 'pixclust train --finetune'"
         ) from error
-    source = WeightsSource.of_record(record) or WeightsSource("finetuned")
-    extractor = network_extractor(spec, network, source, Preprocessing(**record["preprocessing"]))
-    if unexpected or extractor.model_id != record["model_id"]:
+    extractor = network_extractor(spec, network, record.weights, Preprocessing(**record.preprocessing))
+    if unexpected or extractor.model_id != record.model_id:
         raise UsageError(
             f"the fine-tuned network rebuilt from the classifier gives model id {extractor.model_id}, "
-            f"not the recorded {record['model_id']}; train again with 'pixclust train --finetune'"
+            f"not the recorded {record.model_id}; train again with 'pixclust train --finetune'"
         )
     return attach_runner(extractor, network, runtime=runtime, precision=precision)
 
@@ -209,14 +205,14 @@ def _check_images_present(paths: Sequence[str]) -> None:
         )
 
 
-def _network_spec(record: dict[str, Any]) -> ModelSpec:
+def _network_spec(record: ModelRecord) -> ModelSpec:
     """The registry entry of the network a model record names; only timm networks can be fine-tuned."""
-    if not made_by_pixclust(record):
+    if not record.made_by_pixclust:
         raise UsageError(
             "--finetune rebuilds the network that embedded the images, and these embeddings were not made by "
             "pixclust; give --in a run folder from 'pixclust cluster'"
         )
-    spec = resolve_model(record["model"])
+    spec = resolve_model(record.model)
     if spec.family != "timm":
         raise UsageError(
             f"model '{spec.name}' ({spec.description}) has no network to fine-tune; cluster the images with a "
@@ -225,10 +221,10 @@ def _network_spec(record: dict[str, Any]) -> ModelSpec:
     return spec
 
 
-def _base_network(spec: ModelSpec, record: dict[str, Any], *, fix: str) -> tuple[Any, WeightsSource]:
+def _base_network(spec: ModelSpec, record: ModelRecord, *, fix: str) -> tuple[Any, WeightsSource]:
     """The network the record describes, with weights whose SHA-256 is the recorded one, and their source."""
-    network, source = load_network(spec, model_weights_option(record))
-    if state_dict_sha256(network) != record.get("weights_sha256"):
+    network, source = load_network(spec, record.weights.weights_option())
+    if state_dict_sha256(network) != record.weights_sha256:
         raise UsageError(f"the weights of model {spec.name} ({source.describe()}) are not the ones recorded; {fix}")
     return network, source
 

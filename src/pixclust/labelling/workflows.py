@@ -8,7 +8,7 @@ into the folder the caller names, atomically.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -16,6 +16,7 @@ import numpy as np
 
 from pixclust.curation.export import safe_file_name
 from pixclust.embedding.files import SkippedFile
+from pixclust.embedding.record import ModelRecord, WeightsSource
 from pixclust.embedding.sources import embed_images, extractor_for, open_embeddings
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
@@ -149,7 +150,9 @@ def train(
 
         embeddings = open_embeddings(source, ids=ids)
         rows, labels = rows_with_labels(embeddings, read_labelled_list(labels_csv), what=str(labels_csv))
-        model = embeddings.model | {"model_id": embeddings.model_id}
+        # Vectors whose run.json is gone still train a classifier; it cannot embed new images.
+        known = embeddings.model or ModelRecord(model=None, weights=WeightsSource("none"))
+        model = replace(known, model_id=embeddings.model_id)
         if finetune:
             from pixclust.labelling.finetune import FinetuneSettings, finetune_classifier
 
@@ -158,7 +161,12 @@ def train(
             classifier = finetune_classifier(paths, labels, base=model, settings=settings, random_state=random_state)
         else:
             classifier = train_classifier(
-                embeddings.vectors[rows], labels, embedding_model=model, heads=heads, cv=cv, random_state=random_state
+                embeddings.vectors[rows],
+                labels,
+                embedding_model=model.to_dict(),
+                heads=heads,
+                cv=cv,
+                random_state=random_state,
             )
         save_classifier(classifier, out)
         return classifier
@@ -167,7 +175,7 @@ def train(
 def _extractor_of(classifier: TrainedClassifier) -> FeatureExtractor:
     """The network whose embeddings the classifier reads: the recorded model, or its fine-tuned network rebuilt."""
     if classifier.finetuned is None:
-        return extractor_for(classifier.embedding_model)
+        return extractor_for(ModelRecord.from_dict(classifier.embedding_model))
     from pixclust.labelling.finetune import finetuned_extractor
 
     return finetuned_extractor(classifier)

@@ -78,7 +78,7 @@ class RunRecord:
             pixclust_version=_version("pixclust"),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             config=_plain(result.config.settings()),
-            model=_plain(embeddings.model),
+            model={} if embeddings.model is None else embeddings.model.to_dict(),
             counts={
                 "images_used": len(embeddings),
                 "files_skipped": len(embeddings.skipped),

@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from pixclust.names import printable
+from pixclust.runs.folder import REPORT_FILE
 
 if TYPE_CHECKING:
     from pixclust.curation.lookalikes import DuplicatesResult, SimilarResult
@@ -89,7 +90,7 @@ def render_run(result: RunResult) -> None:
         + f"; {embeddings.n_extracted:,} embedded, {embeddings.n_reused:,} reused from the store"
     )
     if result.config.report:
-        render_report(result.run_dir / "report.html")
+        render_report(result.run_dir / REPORT_FILE)
     if result.moves is not None:
         render_moves(result.moves)
     out.print(f"run folder: {shown(result.run_dir)}")

@@ -53,6 +53,13 @@ def warnings_in(stderr: str) -> list[str]:
     return [line for line in stderr.splitlines() if line.startswith("warning:")]
 
 
+def warnings_logged(caplog: pytest.LogCaptureFixture) -> list[str]:
+    """What the library warned about (to the pixclust logger, which pytest's own handler reads), since the last call."""
+    logged = [record.getMessage() for record in caplog.records if record.name == "pixclust"]
+    caplog.clear()
+    return logged
+
+
 def with_vectors(table: pa.Table, vectors: pa.Array) -> pa.Table:
     return table.set_column(table.schema.get_field_index("vector"), "vector", vectors)
 
@@ -89,16 +96,16 @@ DAMAGE: dict[str, Callable[[pa.Table], pa.Table]] = {
 @pytest.mark.parametrize("model", ["pixels", "hog"])
 @pytest.mark.parametrize("damage", list(DAMAGE))
 def test_a_damaged_store_is_rebuilt_with_one_warning(
-    tmp_path: Path, photos: Path, capfd: pytest.CaptureFixture[str], model: str, damage: str
+    tmp_path: Path, photos: Path, caplog: pytest.LogCaptureFixture, model: str, damage: str
 ) -> None:
     run_dir = tmp_path / "run"
     first = pixclust.embed(photos, out=run_dir, model=model, quiet=True)
     store_file = run_dir / EMBEDDINGS_FILE
     pq.write_table(DAMAGE[damage](pq.read_table(store_file)), store_file)
-    capfd.readouterr()
+    caplog.clear()
 
     again = pixclust.embed(photos, out=run_dir, model=model, quiet=True)
-    (warning,) = warnings_in(capfd.readouterr().err)
+    (warning,) = warnings_logged(caplog)
     assert str(run_dir) in warning and "made again" in warning
     assert again.n_extracted == len(first) and again.dim == MODELS[model].dim
     np.testing.assert_array_equal(again.vectors, first.vectors)
@@ -107,11 +114,45 @@ def test_a_damaged_store_is_rebuilt_with_one_warning(
     assert schema.field("vector").type == pa.list_(pa.float32(), MODELS[model].dim)
 
     third = pixclust.embed(photos, out=run_dir, model=model, quiet=True)
-    assert third.n_reused == len(first) and warnings_in(capfd.readouterr().err) == []
+    assert third.n_reused == len(first) and warnings_logged(caplog) == []
+
+
+def test_the_command_line_shows_a_repair_as_one_warning_line(
+    tmp_path: Path, photos: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
+) -> None:
+    from pixclust.cli import main
+
+    run_dir = tmp_path / "run"
+    command = [
+        "pixclust",
+        "cluster",
+        str(photos),
+        "--out",
+        str(run_dir),
+        "--model",
+        "pixels",
+        "--k",
+        "3",
+        "--no-report",
+    ]
+    monkeypatch.setattr(sys, "argv", command)
+
+    def cluster() -> str:
+        with pytest.raises(SystemExit) as exited:
+            main()
+        # sys.exit(None), Typer's return for a command that ran through, is success.
+        assert not exited.value.code
+        return capfd.readouterr().err
+
+    cluster()
+    store_file = run_dir / EMBEDDINGS_FILE
+    pq.write_table(variable_length(pq.read_table(store_file)), store_file)
+    (warning,) = warnings_in(cluster())
+    assert str(run_dir) in warning and "made again" in warning
 
 
 def test_a_store_from_before_versions_is_migrated_not_extracted_again(
-    tmp_path: Path, photos: Path, capfd: pytest.CaptureFixture[str]
+    tmp_path: Path, photos: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     run_dir = tmp_path / "run"
     first = pixclust.embed(photos, out=run_dir, model="pixels", quiet=True)
@@ -120,7 +161,7 @@ def test_a_store_from_before_versions_is_migrated_not_extracted_again(
     pq.write_table(pq.read_table(store_file).replace_schema_metadata(None), store_file)
     again = pixclust.embed(photos, out=run_dir, model="pixels", quiet=True)
     assert (again.n_extracted, again.n_reused) == (0, len(first))
-    assert warnings_in(capfd.readouterr().err) == []
+    assert warnings_logged(caplog) == []
     assert pq.read_schema(store_file).metadata[VERSION_KEY] == VERSION
 
 
@@ -161,7 +202,7 @@ CUT_SHORT_ONNX = b"\x08\x08\x12\x07pytorch\x3a\x40\x0a\x05"
 
 @pytest.mark.parametrize("runtime", ["openvino", "onnxruntime"])
 def test_a_damaged_onnx_export_is_removed_for_the_network_to_export_again(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], runtime: str
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture, runtime: str
 ) -> None:
     pytest.importorskip(runtime)
     monkeypatch.setenv("PIXCLUST_CACHE", str(tmp_path))
@@ -170,7 +211,7 @@ def test_a_damaged_onnx_export_is_removed_for_the_network_to_export_again(
     export.write_bytes(CUT_SHORT_ONNX)
     assert runner_from_export("hostile:0", 224, runtime=runtime) is None
     assert not export.exists()
-    (warning,) = warnings_in(capfd.readouterr().err)
+    (warning,) = warnings_logged(caplog)
     assert str(export) in warning and "exported again" in warning
 
 

@@ -34,6 +34,30 @@ _RICH_BARS = _RichBars()
 _reporter: ContextVar[ProgressCallback | _RichBars | None] = ContextVar("pixclust_progress", default=_RICH_BARS)
 
 
+class WarningLines(logging.Handler):
+    """Each record as one ``warning: ...`` line on ``sys.stderr`` as it is at the time, control characters escaped.
+
+    The CLI puts it on the ``pixclust`` logger: under a live progress bar Rich
+    has replaced ``sys.stderr``, and prints the line above the bar.
+    """
+
+    def emit(self, record: logging.LogRecord) -> None:
+        print(f"warning: {printable(record.getMessage())}", file=sys.stderr, flush=True)
+
+
+@contextlib.contextmanager
+def warnings_as_lines() -> Iterator[None]:
+    """Within the block, pixclust's warnings are ``warning:`` lines and nothing else: the CLI owns its output."""
+    handler, propagate = WarningLines(), logger.propagate
+    logger.addHandler(handler)
+    logger.propagate = False
+    try:
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.propagate = propagate
+
+
 def warn(message: str) -> None:
     """Report damage pixclust repairs by itself; shown even when progress is not.
 
@@ -45,7 +69,7 @@ def warn(message: str) -> None:
     if logger.hasHandlers():
         logger.warning(message)
     else:
-        print(f"warning: {printable(message)}", file=sys.stderr, flush=True)
+        WarningLines().emit(logger.makeRecord(logger.name, logging.WARNING, "", 0, message, None, None))
 
 
 @contextlib.contextmanager

@@ -51,6 +51,13 @@ EXIT_INTERRUPTED = 130
 
 def main() -> None:
     """Entry point: run the Typer app, turning library errors and Ctrl-C into messages and exit codes."""
+    from pixclust.progress import warnings_as_lines
+
+    with warnings_as_lines():
+        _run_app()
+
+
+def _run_app() -> None:
     try:
         code = app(standalone_mode=False)
     except PixclustError as error:

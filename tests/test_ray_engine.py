@@ -1,5 +1,8 @@
 """--engine ray: a real local Ray instance (2 CPUs) embeds like the local engine, and a killed run resumes.
 
+How the actor pool is sized and the settings checked are tested here without Ray;
+tests/test_ray_cluster.py runs real two-node clusters made with `ray start`.
+
 The Ray instance is started once in this process; the killed run is a
 separate driver process (the real CLI) that joins it with --address, as a
 user's second terminal would join a cluster, and is killed with SIGKILL
@@ -23,6 +26,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import pixclust
+from pixclust.embedding.engines.ray import ActorPlan, RayEmbedder, RaySettings, describe_nodes, plan_actors
 from pixclust.embedding.extractor import load_extractor
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.embeddings import arrow_schema
@@ -161,8 +165,6 @@ def test_killed_ray_run_resumes_embedding_only_the_missing_images(
 @pytest.mark.slow
 def test_a_node_whose_model_differs_stops_the_run_with_one_line(ray_cluster: Any, digit_tree: Path) -> None:
     """An actor that cannot load the driver's model hands back its error; the driver raises it, not Ray's traceback."""
-    from pixclust.embedding.engines.ray import RayEmbedder
-
     extractor = load_extractor("pixels")
     # As if the driver had other weights than the nodes: the actors' model id no longer matches.
     extractor.record = replace(extractor.record, weights_sha256="0" * 64)
@@ -174,7 +176,7 @@ def test_a_node_whose_model_differs_stops_the_run_with_one_line(ray_cluster: Any
         precision="auto",
         batch_size=BATCH,
         max_pixels=10**8,
-        address=None,
+        settings=RaySettings(),
     )
     paths = sorted(str(p) for p in digit_tree.rglob("*.png"))[:20]
     with pytest.raises(
@@ -194,6 +196,51 @@ def test_engine_options_are_checked(tmp_path: Path, monkeypatch: pytest.MonkeyPa
     monkeypatch.setitem(sys.modules, "ray", None)
     with pytest.raises(UsageError, match=r"run: pip install 'pixclust\[ray\]'$"):
         RunConfig("photos", str(tmp_path), engine="ray")
+    monkeypatch.delitem(sys.modules, "ray")
+    with pytest.raises(UsageError, match=r"^actor_cpus=2 is not used: only the ray engine starts actors; drop it$"):
+        RunConfig("photos", str(tmp_path), actor_cpus=2)
+    with pytest.raises(
+        UsageError, match=r"^ray_wait=30 is not used: only the ray engine waits for a cluster; drop it$"
+    ):
+        RunConfig("photos", str(tmp_path), ray_wait=30)
+    with pytest.raises(UsageError, match=r"^actor_cpus=0 must be a whole number >= 1$"):
+        RunConfig("photos", str(tmp_path), engine="ray", actor_cpus=0)
+    with pytest.raises(UsageError, match=r"^--actor-cpus 0.5 must be a whole number >= 1$"):
+        pixclust.embed(tmp_path, engine="ray", actor_cpus=0.5)
+    with pytest.raises(UsageError, match=r"^--ray-wait 30 is for a Ray cluster; add --engine ray, or drop --ray-wait$"):
+        pixclust.embed(tmp_path, ray_wait=30)
+
+
+def node(cpus: float, gpus: float = 0) -> dict[str, float]:
+    return {"CPU": cpus, "memory": 2**33, **({"GPU": gpus} if gpus else {})}
+
+
+def test_actors_fit_the_smallest_node_that_can_host_one() -> None:
+    # The nodes on which 2-CPU actors waited for ever: now one 1-CPU actor on each.
+    assert plan_actors([node(1), node(1)]) == ActorPlan(actors=2, cpus=1, gpus=0)
+    assert plan_actors([node(16), node(16)]) == ActorPlan(actors=16, cpus=2, gpus=0)
+    # A head that schedules nothing hosts no actor and does not shrink the others.
+    assert plan_actors([node(0), node(4), node(3)]) == ActorPlan(actors=3, cpus=2, gpus=0)
+    assert plan_actors([node(1), node(8)]) == ActorPlan(actors=9, cpus=1, gpus=0)
+    assert plan_actors([node(8), node(8)], actor_cpus=3) == ActorPlan(actors=4, cpus=3, gpus=0)
+    # With GPUs: one actor per GPU, with its share of the node's CPUs; CPU-only nodes wait.
+    assert plan_actors([node(8, gpus=4), node(2, gpus=1), node(32)]) == ActorPlan(actors=5, cpus=2, gpus=1)
+    assert plan_actors([node(4, gpus=4)]).threads == 1
+
+
+def test_no_node_for_an_actor_is_one_line_at_once() -> None:
+    with pytest.raises(
+        UsageError,
+        match=r"^--actor-cpus 4: no node of the Ray cluster has 4 CPUs for an actor "
+        r"\(3 nodes: 1 of 0 CPUs, 2 of 2 CPUs\); use --actor-cpus 2 or start larger nodes$",
+    ):
+        plan_actors([node(0), node(2), node(2)], actor_cpus=4)
+    with pytest.raises(
+        UsageError, match=r"^no node of the Ray cluster has a CPU or a GPU for an actor \(1 node of 0 CPUs\)"
+    ):
+        plan_actors([node(0)])
+    assert describe_nodes([]) == "no live node"
+    assert describe_nodes([node(4, gpus=1)] * 2) == "2 nodes of 4 CPUs and 1 GPU"
 
 
 def test_cli_names_an_unusable_ray_address(digit_tree: Path, tmp_path: Path) -> None:
@@ -246,5 +293,5 @@ def test_cli_says_how_to_install_ray_when_it_is_missing(digit_tree: Path, tmp_pa
     )
     assert result.returncode == 2
     assert result.stderr.strip() == (
-        "error: --engine ray needs Ray Data, which is not installed; run: pip install 'pixclust[ray]'"
+        "error: --engine ray needs Ray, which is not installed; run: pip install 'pixclust[ray]'"
     )

@@ -42,6 +42,12 @@ class RunFolderBusyError(PixclustError):
     exit_code = 3
 
 
+class ClusterUnavailableError(PixclustError):
+    """A compute cluster cannot do the work now (no room for a worker, nodes lost); the same command can resume."""
+
+    exit_code = 3
+
+
 class DecodeError(PixclustError):
     """One file could not be turned into an image; the run records it and goes on.
 

@@ -69,6 +69,7 @@ def library_defaults() -> dict[str, Any]:
     from pixclust.curation.search import DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_TOP
     from pixclust.demo import DEMO_K
     from pixclust.embedding.embedder import MAX_DEFAULT_WORKERS
+    from pixclust.embedding.engines.ray import MAX_DEFAULT_ACTOR_CPUS
     from pixclust.labelling.classifier import DEFAULT_CV_FOLDS, HEADS
     from pixclust.labelling.finetune import FinetuneSettings
     from pixclust.labelling.label import DEFAULT_LABEL_METHOD, DEFAULT_THRESHOLDS
@@ -89,6 +90,7 @@ def library_defaults() -> dict[str, Any]:
         "pca_components": PCA_DEFAULT_COMPONENTS,
         "other_components": EMBEDDING_DEFAULT_COMPONENTS,
         "max_workers": MAX_DEFAULT_WORKERS,
+        "max_actor_cpus": MAX_DEFAULT_ACTOR_CPUS,
         "demo_k": DEMO_K,
         "top": DEFAULT_TOP,
         "duplicate_threshold": DEFAULT_DUPLICATE_THRESHOLD,

@@ -114,6 +114,18 @@ def cluster_command(
             help="Ray cluster for --engine ray: host:6379 or ray://host:10001 [default: the one 'ray start' made here, else a new local one]."
         ),
     ] = None,
+    actor_cpus: Annotated[
+        int | None,
+        typer.Option(
+            help="CPUs each Ray actor asks for with --engine ray [default: up to {max_actor_cpus}, no more than the smallest node has]."
+        ),
+    ] = None,
+    ray_wait: Annotated[
+        int | None,
+        typer.Option(
+            help="Seconds --engine ray waits with no actor on a node (none placed yet, or all lost) before it stops [default: {ray_wait}]."
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="Repeat a run from its run.json; other options override it.")
     ] = None,

@@ -25,7 +25,7 @@ import numpy as np
 from pixclust.embedding.decode import DEFAULT_MAX_PIXELS
 from pixclust.embedding.discover import discover_images
 from pixclust.embedding.embedder import DEFAULT_BATCH_SIZE, Embedder
-from pixclust.embedding.engines import check_engine
+from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S, check_engine
 from pixclust.embedding.extractor import load_extractor
 from pixclust.embedding.files import REASON_UNREADABLE, SkippedFile
 from pixclust.embedding.models import DEFAULT_MODEL
@@ -53,6 +53,8 @@ def embed(
     quiet: bool = False,
     engine: str = "local",
     address: str | None = None,
+    actor_cpus: int | None = None,
+    ray_wait: float | None = None,
 ) -> Embeddings:
     """Embed every usable image under ``source``.
 
@@ -62,10 +64,11 @@ def embed(
     at the end. Files that cannot be used are listed in ``Embeddings.skipped``;
     the result may be empty, and callers decide whether that is an error.
     ``engine="ray"`` has the images not found in the store embedded by Ray
-    actors (on the cluster at ``address``; see ``engines/ray.py``).
+    actors (on the cluster at ``address``, each of ``actor_cpus`` CPUs, giving
+    up after ``ray_wait`` seconds without one; see ``engines.ray.RaySettings``).
     """
     with quietly(quiet):
-        check_engine(engine, address, num_workers)
+        check_engine(engine, address, num_workers, actor_cpus=actor_cpus, ray_wait=ray_wait)
         root = os.path.abspath(source)
         discovery = discover_images(root, include_hidden=include_hidden)
         extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision, lazy=True)
@@ -82,7 +85,7 @@ def embed(
         stat_of = dict(zip(files, stats, strict=True))
 
         if engine == "ray":
-            from pixclust.embedding.engines.ray import RayEmbedder
+            from pixclust.embedding.engines.ray import RayEmbedder, RaySettings
 
             embedder: Embedder = RayEmbedder(
                 extractor,
@@ -92,7 +95,7 @@ def embed(
                 precision=precision,
                 batch_size=batch_size,
                 max_pixels=max_pixels,
-                address=address,
+                settings=RaySettings(address, actor_cpus, DEFAULT_RAY_WAIT_S if ray_wait is None else ray_wait),
             )
         else:
             embedder = Embedder(extractor, batch_size=batch_size, num_workers=num_workers, max_pixels=max_pixels)

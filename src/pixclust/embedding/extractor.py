@@ -89,13 +89,15 @@ def load_extractor(
     runtime: str = "auto",
     precision: str = "auto",
     lazy: bool = False,
+    threads: int | None = None,
 ) -> FeatureExtractor:
     """Build the feature extractor for a registry name.
 
     ``weights`` is ``None`` (the model's own pretrained weights: packaged, or
     from the hub when online), a file path (a state dict, ``.pth``/``.pt``/
     ``.bin``/``.safetensors``), or ``"random"`` for plumbing tests.
-    ``runtime``/``precision`` choose where a network runs (see ``runtimes.py``).
+    ``runtime``/``precision`` choose where a network runs, ``threads`` caps its
+    CPU threads (see ``runtimes.make_runner``).
     ``lazy``: when the network's record is cached (every start after the
     first), the runtime starts on the first batch instead of now, so decode
     workers fork from a smaller process and decode while it starts, and a run
@@ -114,7 +116,7 @@ def load_extractor(
         return FeatureExtractor(
             spec, spec.dim, PixelTransform(), PixelTransform.side, _handmade_record(spec, "32x32 RGB")
         )
-    return _load_timm_extractor(spec, weights, runtime, precision, lazy)
+    return _load_timm_extractor(spec, weights, runtime, precision, lazy, threads)
 
 
 def _reject_weights(spec: ModelSpec, weights: str | Path | None) -> None:
@@ -127,12 +129,12 @@ def _handmade_record(spec: ModelSpec, preprocessing: str) -> ModelRecord:
 
 
 def _load_timm_extractor(
-    spec: ModelSpec, weights: str | Path | None, runtime: str, precision: str, lazy: bool
+    spec: ModelSpec, weights: str | Path | None, runtime: str, precision: str, lazy: bool, threads: int | None
 ) -> FeatureExtractor:
     record_file = _record_cache_file(spec, weights)
     known = _extractor_from_cached_record(spec, record_file) if record_file else None
     if known is not None:
-        known.start_runner = functools.partial(_start_cached, known, weights, runtime, precision)
+        known.start_runner = functools.partial(_start_cached, known, weights, runtime, precision, threads)
         if not lazy:
             known.start()
         return known
@@ -142,7 +144,7 @@ def _load_timm_extractor(
     )
     if record_file is not None:
         _remember_record(record_file, extractor.record.to_dict())
-    return attach_runner(extractor, network, runtime=runtime, precision=precision)
+    return attach_runner(extractor, network, runtime=runtime, precision=precision, threads=threads)
 
 
 def _record_cache_file(spec: ModelSpec, weights: str | Path | None) -> Path | None:
@@ -189,16 +191,17 @@ def _extractor_from_cached_record(spec: ModelSpec, record_file: Path) -> Feature
     return FeatureExtractor(spec, dim, ImageTransform(prep), draft_size(prep), record)
 
 
-def _start_cached(extractor: FeatureExtractor, weights: str | Path | None, runtime: str, precision: str) -> Runner:
+def _start_cached(
+    extractor: FeatureExtractor, weights: str | Path | None, runtime: str, precision: str, threads: int | None
+) -> Runner:
     """The runner from the cached ONNX export alone, else (no export yet, or PyTorch chosen) from the network built anew."""
     input_size = extractor.record.preprocessing["input_size"]
-    runner = runner_from_export(extractor.model_id, input_size, runtime=runtime, precision=precision)
+    choice = {"runtime": runtime, "precision": precision, "threads": threads}
+    runner = runner_from_export(extractor.model_id, input_size, **choice)
     if runner is not None:
         return runner
     network, _ = load_network(extractor.spec, weights)
-    return make_runner(
-        _pixels_in(network, extractor.record), extractor.model_id, input_size, runtime=runtime, precision=precision
-    )
+    return make_runner(_pixels_in(network, extractor.record), extractor.model_id, input_size, **choice)
 
 
 def network_extractor(spec: ModelSpec, network: Any, source: WeightsSource, prep: Preprocessing) -> FeatureExtractor:
@@ -220,12 +223,19 @@ def network_extractor(spec: ModelSpec, network: Any, source: WeightsSource, prep
 
 
 def attach_runner(
-    extractor: FeatureExtractor, network: Any, *, runtime: str = "auto", precision: str = "auto"
+    extractor: FeatureExtractor,
+    network: Any,
+    *,
+    runtime: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
 ) -> FeatureExtractor:
     """Give the extractor the runner for ``network`` (see ``runtimes.make_runner``) and record which it is."""
     input_size = extractor.record.preprocessing["input_size"]
     pixels_in = _pixels_in(network, extractor.record)
-    extractor.runner = make_runner(pixels_in, extractor.model_id, input_size, runtime=runtime, precision=precision)
+    extractor.runner = make_runner(
+        pixels_in, extractor.model_id, input_size, runtime=runtime, precision=precision, threads=threads
+    )
     extractor.record = replace(extractor.record, runtime=extractor.runner.description)
     return extractor
 

@@ -63,28 +63,36 @@ def check_runtime(runtime: str, precision: str) -> None:
 
 
 def make_runner(
-    network: Any, model_id: str, input_size: int, *, runtime: str = "auto", precision: str = "auto"
+    network: Any,
+    model_id: str,
+    input_size: int,
+    *,
+    runtime: str = "auto",
+    precision: str = "auto",
+    threads: int | None = None,
 ) -> Runner:
     """The fastest available runner for ``network``, or exactly the one asked for.
 
     ``auto``: PyTorch with half precision on a CUDA GPU; otherwise OpenVINO,
     then ONNX Runtime, then PyTorch, each skipped when it is not installed.
     ``runtime`` and ``precision`` were checked where they came in (``load_extractor``).
+    ``threads`` caps the CPU threads the network uses (None: the runtime's own
+    choice, every core); a Ray actor given 2 of a node's 16 CPUs passes 2.
     """
     if runtime == "auto":
         if _cuda_available():
-            return _torch_runner(network, precision)
+            return _torch_runner(network, precision, threads)
         for candidate in (_openvino_runner, _onnxruntime_runner):
             try:
-                return candidate(network, model_id, input_size, precision)
+                return candidate(network, model_id, input_size, precision, threads)
             except ImportError:
                 continue
-        return _torch_runner(network, precision)
+        return _torch_runner(network, precision, threads)
     if runtime == "torch":
-        return _torch_runner(network, precision)
+        return _torch_runner(network, precision, threads)
     maker = _openvino_runner if runtime == "openvino" else _onnxruntime_runner
     try:
-        return maker(network, model_id, input_size, precision)
+        return maker(network, model_id, input_size, precision, threads)
     except ImportError as error:
         raise UsageError(
             f"--runtime {runtime} is not installed; run: pip install {runtime}, or use --runtime auto"
@@ -92,7 +100,7 @@ def make_runner(
 
 
 def runner_from_export(
-    model_id: str, input_size: int, *, runtime: str = "auto", precision: str = "auto"
+    model_id: str, input_size: int, *, runtime: str = "auto", precision: str = "auto", threads: int | None = None
 ) -> Runner | None:
     """The runner ``make_runner`` would choose, built from the cached ONNX export alone; None when it needs the network.
 
@@ -108,7 +116,7 @@ def runner_from_export(
     )
     for maker in makers:
         try:
-            return maker(None, model_id, input_size, precision)
+            return maker(None, model_id, input_size, precision, threads)
         except ImportError:
             continue
         except _DamagedExport:
@@ -128,9 +136,11 @@ def _cuda_available() -> bool:
     return torch.cuda.is_available()
 
 
-def _torch_runner(network: Any, precision: str) -> Runner:
+def _torch_runner(network: Any, precision: str, threads: int | None) -> Runner:
     import torch
 
+    if threads is not None:
+        torch.set_num_threads(threads)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     chosen = precision if precision != "auto" else ("fp16" if device == "cuda" else "fp32")
     if device == "cpu" and chosen == "fp16":
@@ -214,7 +224,7 @@ def _load_export(
     return load(exported_onnx(network, model_id, input_size))
 
 
-def _openvino_runner(network: Any, model_id: str, input_size: int, precision: str) -> Runner:
+def _openvino_runner(network: Any, model_id: str, input_size: int, precision: str, threads: int | None) -> Runner:
     import openvino
 
     core = openvino.Core()
@@ -223,13 +233,14 @@ def _openvino_runner(network: Any, model_id: str, input_size: int, precision: st
     if chosen == "bf16" and "BF16" not in capabilities:
         raise UsageError("--precision bf16: this CPU has no bf16 support; use fp32 or --precision auto")
     hint = {"fp32": "f32", "bf16": "bf16", "fp16": "f16"}[chosen]
+    properties = {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
+    if threads is not None:
+        properties["INFERENCE_NUM_THREADS"] = threads
     # LATENCY: one stream over every core. pixclust runs one batch at a time, and under the
     # THROUGHPUT hint such a call gets one of several streams, i.e. a share of the cores: on this
     # project's 2-core machine Lite0 bf16 ran 349 images/s that way against 668 (same run).
     compiled = _load_export(
-        lambda path: core.compile_model(
-            core.read_model(path), "CPU", {"INFERENCE_PRECISION_HINT": hint, "PERFORMANCE_HINT": "LATENCY"}
-        ),
+        lambda path: core.compile_model(core.read_model(path), "CPU", properties),
         network,
         model_id,
         input_size,
@@ -242,7 +253,7 @@ def _openvino_runner(network: Any, model_id: str, input_size: int, precision: st
     return Runner("openvino", chosen, "cpu", run)
 
 
-def _onnxruntime_runner(network: Any, model_id: str, input_size: int, precision: str) -> Runner:
+def _onnxruntime_runner(network: Any, model_id: str, input_size: int, precision: str, threads: int | None) -> Runner:
     import onnxruntime
 
     if precision not in ("auto", "fp32"):
@@ -251,8 +262,11 @@ def _onnxruntime_runner(network: Any, model_id: str, input_size: int, precision:
         )
     from onnxruntime.capi.onnxruntime_pybind11_state import Fail, InvalidArgument, InvalidGraph, InvalidProtobuf
 
+    options = onnxruntime.SessionOptions()
+    if threads is not None:
+        options.intra_op_num_threads = threads
     session = _load_export(
-        lambda path: onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"]),
+        lambda path: onnxruntime.InferenceSession(str(path), options, providers=["CPUExecutionProvider"]),
         network,
         model_id,
         input_size,

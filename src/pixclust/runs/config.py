@@ -13,7 +13,7 @@ from pixclust.clustering.maps import DEFAULT_MAPS, MAP_METHODS
 from pixclust.clustering.reduce import REDUCE_METHODS, is_whole_number
 from pixclust.embedding.decode import DEFAULT_MAX_PIXELS
 from pixclust.embedding.embedder import DEFAULT_BATCH_SIZE
-from pixclust.embedding.engines import ENGINES, check_engine
+from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S, ENGINES, check_engine
 from pixclust.embedding.models import DEFAULT_MODEL
 from pixclust.embedding.runtimes import PRECISIONS, RUNTIMES
 from pixclust.errors import UsageError
@@ -71,6 +71,8 @@ class RunConfig:
     maps: list[str] = field(default_factory=lambda: list(DEFAULT_MAPS))
     engine: str = "local"
     address: str | None = None
+    actor_cpus: int | None = None
+    ray_wait: int = DEFAULT_RAY_WAIT_S
     _: KW_ONLY
     given: InitVar[Collection[str] | None] = None
     from_cli: InitVar[bool] = False
@@ -100,7 +102,7 @@ class RunConfig:
                 raise UsageError(f"{words.said(name, getattr(self, name))} must be {words.typed_bools}")
         for name, (low, high) in _WHOLE_NUMBERS.items():
             value = getattr(self, name)
-            if value is None and name in ("workers", "n_components"):
+            if value is None and name in ("workers", "n_components", "actor_cpus"):
                 continue
             if not is_whole_number(value) or value < low or (high is not None and value > high):
                 limits = f">= {low}" if high is None else f"from {low} to {high}"
@@ -154,13 +156,21 @@ class RunConfig:
             "k_min": not scans_k,
             "k_max": not scans_k,
             "maps": not self.report,
+            "actor_cpus": self.engine != "ray",
+            "ray_wait": self.engine != "ray",
         }
         for name in sorted(words.given):
             if unused.get(name):
                 raise UsageError(
                     f"{words.said(name, getattr(self, name))} is not used: {_UNUSED_BECAUSE[name]}; drop it"
                 )
-        check_engine(self.engine, self.address, self.workers)
+        check_engine(
+            self.engine,
+            self.address,
+            self.workers,
+            actor_cpus=self.actor_cpus if self.engine == "ray" else None,
+            ray_wait=self.ray_wait if self.engine == "ray" else None,
+        )
 
     def settings(self) -> dict[str, Any]:
         """Every setting by name, as run.json keeps them and ``from_dict`` takes them back."""
@@ -197,6 +207,8 @@ _WHOLE_NUMBERS = {
     "max_pixels": (1, None),
     "workers": (0, None),
     "n_components": (1, None),
+    "actor_cpus": (1, None),
+    "ray_wait": (1, None),
 }
 _UNUSED_BECAUSE = {
     "n_components": "only the fixed pipeline's pca, umap, lle and spectral reductions keep a number of dimensions",
@@ -204,6 +216,8 @@ _UNUSED_BECAUSE = {
     "k_min": "a range of k is scanned only when k is 'auto' and the method is not hdbscan",
     "k_max": "a range of k is scanned only when k is 'auto' and the method is not hdbscan",
     "maps": "maps are drawn in the report, and this run writes none",
+    "actor_cpus": "only the ray engine starts actors",
+    "ray_wait": "only the ray engine waits for a cluster",
 }
 _OPTION_NAMES = {"source": "SOURCE", "maps": "--map"}
 

@@ -260,7 +260,11 @@ def _embed_source(
         max_pixels=config.max_pixels,
         include_hidden=config.include_hidden,
         engine=config.engine,
-        address=config.address,
+        **(
+            {"address": config.address, "actor_cpus": config.actor_cpus, "ray_wait": config.ray_wait}
+            if config.engine == "ray"
+            else {}
+        ),
     )
 
 

@@ -54,36 +54,13 @@ CLUSTER = "pixclust cluster {source} --out {out} --engine ray --address {address
 HEAD_EXTRAS = ["--include-dashboard=false", "--object-store-memory=100000000"]
 WORKER_EXTRAS = ["--object-store-memory=100000000"]
 
-# The real CLI, which SIGKILLs every process of the node whose raylet socket is NODE_SOCKET once the first shard is
-# saved: its raylet and everything the raylet started (the actors' workers, which Ray renames, and the agents).
+# The real CLI, which SIGKILLs the worker node (NODE_SOCKET names its raylet) once the first shard is saved.
 KILL_NODE_AFTER_FIRST_SHARD = r"""
-import os, signal, sys
-from pathlib import Path
+import os, sys
+sys.path.insert(0, os.environ["TESTS_DIR"])
+from test_ray_cluster import kill_node
 from pixclust.embedding import extraction, store
 from pixclust.cli import main
-
-def processes():
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                yield int(entry.name), parent, (entry / "cmdline").read_bytes()
-            except OSError:
-                pass
-
-def kill_node(socket_path):
-    table = list(processes())
-    doomed = {pid for pid, _, command in table if b"--raylet_socket_name=" + socket_path.encode() in command}
-    while True:
-        children = {pid for pid, parent, _ in table if parent in doomed} - doomed
-        if not children:
-            break
-        doomed |= children
-    for pid in doomed:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 extraction.FLUSH_EVERY = int(os.environ["FLUSH_EVERY"])
 real_save = store.EmbeddingStore.save_partial
@@ -99,19 +76,49 @@ main()
 """
 
 
-def _processes_mentioning(text: str) -> dict[int, str]:
-    """Every process whose command line contains ``text``, with that command line."""
-    found = {}
+def _processes() -> list[tuple[int, int, str]]:
+    """(pid, parent pid, command line) of every process."""
+    found = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
+            parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             command = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
         except OSError:
             continue
-        if text in command:
-            found[int(entry.name)] = command
+        found.append((int(entry.name), parent, command))
     return found
+
+
+def _processes_mentioning(text: str) -> dict[int, str]:
+    """Every process whose command line contains ``text``, with that command line."""
+    return {pid: command for pid, _, command in _processes() if text in command}
+
+
+def kill_with_descendants(text: str) -> None:
+    """SIGKILL every process whose command line contains ``text``, and everything they started.
+
+    Ray renames its workers and agents (``ray::DashboardAgent``), so only the raylet and
+    GCS name the cluster's folders; the rest are found as their children.
+    """
+    table = _processes()
+    doomed = {pid for pid, _, command in table if text in command}
+    while True:
+        children = {pid for pid, parent, _ in table if parent in doomed} - doomed
+        if not children:
+            break
+        doomed |= children
+    for pid in doomed:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def kill_node(socket_path: str) -> None:
+    """Every process of the node whose raylet listens on ``socket_path``, as when its machine goes down."""
+    kill_with_descendants(f"--raylet_socket_name={socket_path}")
 
 
 def _free_port() -> int:
@@ -129,15 +136,19 @@ class LocalCluster:
         self.port = _free_port()
         self.address = f"127.0.0.1:{self.port}"
         self.homes = {name: self.root / name for name in ("head", "worker", "driver")}
-        for home in self.homes.values():
-            home.mkdir()
-        self.ray("head", *GENERATE_TOKEN.split()[1:])
-        self.ray("head", *START_HEAD.format(port=self.port, cpus=head_cpus).split()[1:], *HEAD_EXTRAS)
-        for name in ("worker", "driver"):
-            token = self.homes[name] / ".ray" / "auth_token"
-            token.parent.mkdir()
-            shutil.copyfile(self.homes["head"] / ".ray" / "auth_token", token)
-        self.worker_socket = self.add_worker(worker_cpus)
+        try:
+            for home in self.homes.values():
+                home.mkdir()
+            self.ray("head", *GENERATE_TOKEN.split()[1:])
+            self.ray("head", *START_HEAD.format(port=self.port, cpus=head_cpus).split()[1:], *HEAD_EXTRAS)
+            for name in ("worker", "driver"):
+                token = self.homes[name] / ".ray" / "auth_token"
+                token.parent.mkdir()
+                shutil.copyfile(self.homes["head"] / ".ray" / "auth_token", token)
+            self.worker_socket = self.add_worker(worker_cpus)
+        except BaseException:
+            self.stop()
+            raise
 
     def env(self, name: str) -> dict[str, str]:
         """The environment of a process on the machine ``name``: its own home, token authentication, no other Ray setting."""
@@ -200,12 +211,8 @@ class LocalCluster:
         )
 
     def stop(self) -> None:
-        """Kill every process of this cluster (they all name its temp dir); any other Ray on the machine stays."""
-        for pid in _processes_mentioning(str(self.root)):
-            try:
-                os.kill(pid, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
+        """Kill every process of this cluster (its GCS and raylets name its temp dir); any other Ray stays."""
+        kill_with_descendants(str(self.root))
         shutil.rmtree(self.root, ignore_errors=True)
 
 
@@ -288,7 +295,7 @@ def test_a_run_that_loses_its_last_node_stops_and_the_same_command_resumes(
     try:
         run_dir = tmp_path / "run"
         args = [str(photos), "--out", str(run_dir), "--model", "pixels", "--k", "3", "--batch-size", "8"]
-        env = {"FLUSH_EVERY": "16", "NODE_SOCKET": cluster.worker_socket}
+        env = {"FLUSH_EVERY": "16", "NODE_SOCKET": cluster.worker_socket, "TESTS_DIR": str(Path(__file__).parent)}
         stopped = cluster.cluster(*args, "--ray-wait", "5", driver=KILL_NODE_AFTER_FIRST_SHARD, env=env)
         assert stopped.returncode == 3, stopped.stderr
         last_line = stopped.stderr.strip().splitlines()[-1]

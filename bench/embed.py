@@ -1,4 +1,5 @@
-"""Embedding speed: the seeds' way, plain PyTorch, pixclust, clustimage, and each runtime model-only.
+"""Embedding speed: the seeds' way, plain PyTorch, pixclust, clustimage, and each runtime model-only;
+and the whole `pixclust cluster` command beside them, with its stages' times from run.json.
 
     .venv/bin/python bench/embed.py [--n 2000] [--work /tmp/pixclust-bench-embed]
 
@@ -35,6 +36,11 @@ MODEL_ONLY = {
     "openvino bf16": ("openvino", "bf16", True),
 }
 END_TO_END = ("seed-style loop", "plain PyTorch batched", "pixclust end to end", "clustimage")
+# The command a user types, from a fresh run folder (nothing stored), without the report.
+WHOLE_COMMAND = {
+    "pixclust cluster --k 10 (whole command)": ["--k", "10"],
+    "pixclust cluster --k auto (whole command)": [],
+}
 BATCH = 32
 
 
@@ -121,9 +127,27 @@ def clustimage(folder: Path) -> dict[str, float]:
     return {"images": len(files), "seconds": time.perf_counter() - started}
 
 
+def whole_command(method: str, folder: Path) -> dict[str, float]:
+    import shutil
+
+    out = folder.parent / "run"
+    shutil.rmtree(out, ignore_errors=True)
+    started = time.perf_counter()
+    subprocess.run(
+        [sys.executable, "-m", "pixclust", "cluster", str(folder), "--out", str(out), "--no-report", "--quiet"]
+        + WHOLE_COMMAND[method],
+        check=True,
+    )
+    seconds = time.perf_counter() - started
+    record = json.loads((out / "run.json").read_text())
+    return {"images": record["counts"]["images_used"], "seconds": seconds, "stages": record["timings_s"]}
+
+
 def run_one(method: str, folder: Path) -> dict[str, float]:
     if method in MODEL_ONLY:
         return model_only(method)
+    if method in WHOLE_COMMAND:
+        return whole_command(method, folder)
     return {
         "seed-style loop": seed_style,
         "plain PyTorch batched": plain_batched,
@@ -162,7 +186,7 @@ def main() -> None:
     if importlib.util.find_spec("clustimage") is None:
         print("(clustimage is not installed: pip install clustimage to include it)")
     rows = {}
-    for method in (*MODEL_ONLY, *END_TO_END):
+    for method in (*MODEL_ONLY, *END_TO_END, *WHOLE_COMMAND):
         result = measure(method, folder)
         if result is not None:
             rows[method] = result
@@ -176,6 +200,16 @@ def main() -> None:
         print(f"{method + kind:<40}{rate:>10.1f}{result['peak_gb']:>9.2f}{pixclust_rate / rate:>15.2f}")
     print(f"pixclust end to end runs on: {rows['pixclust end to end'].get('runtime')}")
     print(f"pixclust end to end / best model-only: {pixclust_rate / best_model_only:.0%}")
+    seeds = rows["seed-style loop"]["images"] / rows["seed-style loop"]["seconds"]
+    for method in WHOLE_COMMAND:
+        if method in rows:
+            row = rows[method]
+            rate = row["images"] / row["seconds"]
+            stages = ", ".join(f"{name.removesuffix('_s')} {seconds:.1f} s" for name, seconds in row["stages"].items())
+            print(
+                f"{method}: {rate / best_model_only:.0%} of the best model-only rate, {rate / seeds:.1f}x the seeds' "
+                f"loop; {row['seconds']:.1f} s in all, of which {stages}"
+            )
 
 
 if __name__ == "__main__":

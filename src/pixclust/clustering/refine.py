@@ -82,61 +82,8 @@ def refine_clusters(
     starting clusters 0..k-1 (no noise), ``neighbours`` N x m row ids (-1 for
     none). Deterministic for a fixed ``random_state``.
     """
-    import torch
-
-    features = np.asarray(X, dtype=np.float32)
-    labels = np.asarray(labels)
-    if len(labels) != len(features) or len(neighbours) != len(features):
-        raise UsageError("features, labels and neighbours must have one row per image")
-    if labels.min() < 0:
-        raise UsageError("refinement needs every image in a cluster; noise (-1) cannot be refined")
-    n_clusters = int(labels.max()) + 1
-    pairs_from, pairs_to = np.nonzero(neighbours >= 0)
-    if n_clusters < 2 or len(pairs_from) == 0:
-        return Refinement(labels.copy(), np.ones(len(labels), dtype=np.float32), 0.0, float("nan"))
-
-    generator = torch.Generator().manual_seed(int(random_state))
-    points = torch.from_numpy(features)
-    anchors = torch.from_numpy(pairs_from)
-    partners = torch.from_numpy(neighbours[pairs_from, pairs_to])
-    centres = torch.from_numpy(np.stack([features[labels == c].mean(axis=0) for c in range(n_clusters)]))
-    head = torch.nn.Linear(features.shape[1], n_clusters)
-    with torch.no_grad():
-        # Softmax of -T * squared distance to each centre, written as a linear layer.
-        head.weight.copy_(2 * START_TEMPERATURE * centres)
-        head.bias.copy_(-START_TEMPERATURE * (centres * centres).sum(dim=1))
-    optimiser = torch.optim.Adam(head.parameters(), lr=LEARNING_RATE)
-    steps_per_epoch = max(1, min(len(features), EPOCH_IMAGES_MAX) // BATCH_SIZE)
-    for _ in range(epochs * steps_per_epoch):
-        pick = torch.randint(0, len(anchors), (BATCH_SIZE,), generator=generator)
-        anchor_p = torch.softmax(head(points[anchors[pick]]), dim=1)
-        partner_p = torch.softmax(head(points[partners[pick]]), dim=1)
-        consistency = -torch.log((anchor_p * partner_p).sum(dim=1).clamp_min(1e-7)).mean()
-        mean_p = anchor_p.mean(dim=0)
-        entropy = -(mean_p * torch.log(mean_p.clamp_min(1e-7))).sum()
-        loss = consistency - BALANCE_WEIGHT * entropy
-        optimiser.zero_grad()
-        loss.backward()
-        optimiser.step()
-    refined = np.empty(len(features), dtype=np.int64)
-    confidence = np.empty(len(features), dtype=np.float32)
-    # In chunks: all N x k probabilities at once would be 4 GB for a million images and k = 1000.
-    with torch.no_grad():
-        mean_p = torch.zeros(n_clusters, dtype=torch.float64)
-        for start in range(0, len(features), ASSIGN_CHUNK):
-            probabilities = torch.softmax(head(points[start : start + ASSIGN_CHUNK]), dim=1)
-            best = probabilities.max(dim=1)
-            refined[start : start + ASSIGN_CHUNK] = best.indices.numpy()
-            confidence[start : start + ASSIGN_CHUNK] = best.values.numpy()
-            mean_p += probabilities.sum(dim=0, dtype=torch.float64)
-        mean_p /= len(features)
-        pairs = np.random.default_rng(0).choice(len(anchors), size=min(len(anchors), OBJECTIVE_PAIRS), replace=False)
-        anchor_p = torch.softmax(head(points[anchors[pairs]]), dim=1)
-        partner_p = torch.softmax(head(points[partners[pairs]]), dim=1)
-        consistency = -torch.log((anchor_p * partner_p).sum(dim=1).clamp_min(1e-7)).mean().item()
-        entropy = -(mean_p * torch.log(mean_p.clamp_min(1e-12))).sum().item()
-    objective = consistency - BALANCE_WEIGHT * entropy
-    return Refinement(refined, confidence, float(np.mean(refined != labels)), float(objective))
+    refinement, _ = refine_best(X, [labels], neighbours, epochs=epochs, random_state=random_state)
+    return refinement
 
 
 def refine_best(
@@ -149,14 +96,136 @@ def refine_best(
 ) -> tuple[Refinement, int]:
     """Refine each starting clustering and return the refinement with the lowest objective, and its start's index.
 
-    The starts must share ``X`` and ``neighbours``: the objective is measured on the same
-    neighbour pairs for each, which is what makes them comparable.
+    The starts share ``X`` and ``neighbours``: every head trains on the same
+    neighbour pairs, drawn once, and its objective is measured on the same
+    sample of pairs, which is what makes the objectives comparable. The heads
+    train together, as one matrix product per step.
     """
     if not starts:
         raise UsageError("refine_best needs at least one starting clustering")
+    features = np.ascontiguousarray(X, dtype=np.float32)
+    starts = [np.asarray(labels) for labels in starts]
+    if len(neighbours) != len(features) or any(len(labels) != len(features) for labels in starts):
+        raise UsageError("features, labels and neighbours must have one row per image")
+    if any(labels.min() < 0 for labels in starts):
+        raise UsageError("refinement needs every image in a cluster; noise (-1) cannot be refined")
+    pairs_from, pairs_to = np.nonzero(neighbours >= 0)
+    cluster_counts = {int(labels.max()) + 1 for labels in starts}
+    if len(cluster_counts) > 1:
+        raise UsageError("the starting clusterings given to refine_best must have the same number of clusters")
+    if cluster_counts.pop() < 2 or len(pairs_from) == 0:
+        return Refinement(starts[0].copy(), np.ones(len(features), dtype=np.float32), 0.0, float("nan")), 0
+    anchors = pairs_from
+    partners = neighbours[pairs_from, pairs_to]
+    heads = _SoftmaxHeads.from_centres(features, starts)
+    rng = np.random.default_rng(random_state)
+    steps_per_epoch = max(1, min(len(features), EPOCH_IMAGES_MAX) // BATCH_SIZE)
+    for _ in range(epochs * steps_per_epoch):
+        pick = rng.integers(0, len(anchors), BATCH_SIZE)
+        heads.step(features[anchors[pick]], features[partners[pick]])
+    sample = np.random.default_rng(0).choice(len(anchors), size=min(len(anchors), OBJECTIVE_PAIRS), replace=False)
     refinements = [
-        refine_clusters(X, labels, neighbours, epochs=epochs, random_state=random_state) for labels in starts
+        heads.result(features, starts[s], s, features[anchors[sample]], features[partners[sample]])
+        for s in range(len(starts))
     ]
     objectives = [r.objective if np.isfinite(r.objective) else np.inf for r in refinements]
     chosen = int(np.argmin(objectives))
     return refinements[chosen], chosen
+
+
+class _SoftmaxHeads:
+    """S linear softmax heads over the same d features, trained as one d x (S k) matrix with Adam.
+
+    The gradient is written out (softmax cross-terms of the consistency loss and
+    of the balance entropy), which on a head this small is several times
+    faster than an autograd framework's bookkeeping, and keeps torch out of
+    clustering.
+    """
+
+    BETAS = (0.9, 0.999)
+    EPS = 1e-8
+
+    def __init__(self, weight: np.ndarray, bias: np.ndarray, n_heads: int) -> None:
+        self.weight, self.bias, self.n_heads = weight, bias, n_heads
+        self.k = bias.shape[0] // n_heads
+        self.moments = [np.zeros_like(weight), np.zeros_like(weight), np.zeros_like(bias), np.zeros_like(bias)]
+        self.steps = 0
+
+    @classmethod
+    def from_centres(cls, features: np.ndarray, starts: list[np.ndarray]) -> _SoftmaxHeads:
+        """Heads whose softmax is that of -T x squared distance to each start's cluster centres."""
+        from scipy.sparse import csr_matrix
+
+        columns, biases = [], []
+        for labels in starts:
+            k = int(labels.max()) + 1
+            membership = csr_matrix(
+                (np.ones(len(labels), dtype=np.float32), (labels, np.arange(len(labels)))), shape=(k, len(labels))
+            )
+            counts = np.bincount(labels, minlength=k)
+            centres = np.asarray(membership @ features) / np.maximum(counts, 1)[:, None].astype(np.float32)
+            columns.append(2 * START_TEMPERATURE * centres.T)
+            biases.append(-START_TEMPERATURE * (centres * centres).sum(axis=1))
+        return cls(np.ascontiguousarray(np.hstack(columns)), np.concatenate(biases).astype(np.float32), len(starts))
+
+    def probabilities(self, rows: np.ndarray) -> np.ndarray:
+        """S x len(rows) x k softmax probabilities of every head."""
+        logits = (rows @ self.weight + self.bias).reshape(len(rows), self.n_heads, self.k).transpose(1, 0, 2)
+        logits -= logits.max(axis=2, keepdims=True)
+        np.exp(logits, out=logits)
+        logits /= logits.sum(axis=2, keepdims=True)
+        return logits
+
+    def step(self, anchor_rows: np.ndarray, partner_rows: np.ndarray) -> None:
+        """One Adam step on consistency loss minus BALANCE_WEIGHT x entropy of the mean assignment, per head."""
+        batch = len(anchor_rows)
+        anchor_p, partner_p = self.probabilities(anchor_rows), self.probabilities(partner_rows)
+        agreement = (anchor_p * partner_p).sum(axis=2, keepdims=True)
+        live = agreement > 1e-7  # the clamp in -log(max(agreement, 1e-7)) passes no gradient
+        scale = np.where(live, -1.0 / (batch * np.maximum(agreement, 1e-7)), 0.0).astype(np.float32)
+        mean_p = anchor_p.mean(axis=1, keepdims=True)
+        # d/dm of m log(max(m, 1e-7)), as autograd takes it through the clamp.
+        balance = (BALANCE_WEIGHT / batch) * (np.log(np.maximum(mean_p, 1e-7)) + (mean_p > 1e-7))
+        grad_anchor_p = scale * partner_p + balance
+        grad_partner_p = scale * anchor_p
+        grad_anchor = anchor_p * (grad_anchor_p - (anchor_p * grad_anchor_p).sum(axis=2, keepdims=True))
+        grad_partner = partner_p * (grad_partner_p - (partner_p * grad_partner_p).sum(axis=2, keepdims=True))
+        flat_anchor = grad_anchor.transpose(1, 0, 2).reshape(batch, -1)
+        flat_partner = grad_partner.transpose(1, 0, 2).reshape(batch, -1)
+        grad_weight = anchor_rows.T @ flat_anchor + partner_rows.T @ flat_partner
+        grad_bias = flat_anchor.sum(axis=0) + flat_partner.sum(axis=0)
+        self.steps += 1
+        self._adam(self.weight, grad_weight, self.moments[0], self.moments[1])
+        self._adam(self.bias, grad_bias, self.moments[2], self.moments[3])
+
+    def _adam(self, parameter: np.ndarray, grad: np.ndarray, first: np.ndarray, second: np.ndarray) -> None:
+        beta1, beta2 = self.BETAS
+        first *= beta1
+        first += (1 - beta1) * grad
+        second *= beta2
+        second += (1 - beta2) * grad * grad
+        step = LEARNING_RATE / (1 - beta1**self.steps)
+        denominator = np.sqrt(second / (1 - beta2**self.steps)) + self.EPS
+        parameter -= (step * first / denominator).astype(parameter.dtype)
+
+    def result(
+        self, features: np.ndarray, start: np.ndarray, head: int, anchor_rows: np.ndarray, partner_rows: np.ndarray
+    ) -> Refinement:
+        """Head ``head``'s labels for every row, its confidence, the share moved from ``start``, and its objective."""
+        columns = slice(head * self.k, (head + 1) * self.k)
+        single = _SoftmaxHeads(self.weight[:, columns], self.bias[columns], 1)
+        refined = np.empty(len(features), dtype=np.int64)
+        confidence = np.empty(len(features), dtype=np.float32)
+        mean_p = np.zeros(self.k)
+        # In chunks: all N x k probabilities at once would be 4 GB for a million images and k = 1000.
+        for begin in range(0, len(features), ASSIGN_CHUNK):
+            probabilities = single.probabilities(features[begin : begin + ASSIGN_CHUNK])[0]
+            refined[begin : begin + ASSIGN_CHUNK] = probabilities.argmax(axis=1)
+            confidence[begin : begin + ASSIGN_CHUNK] = probabilities.max(axis=1)
+            mean_p += probabilities.sum(axis=0, dtype=np.float64)
+        mean_p /= len(features)
+        agreement = (single.probabilities(anchor_rows)[0] * single.probabilities(partner_rows)[0]).sum(axis=1)
+        consistency = -np.log(np.maximum(agreement, 1e-7)).mean()
+        entropy = -(mean_p * np.log(np.maximum(mean_p, 1e-12))).sum()
+        objective = float(consistency - BALANCE_WEIGHT * entropy)
+        return Refinement(refined, confidence, float(np.mean(refined != start)), objective)

@@ -21,6 +21,7 @@ loss), which picked the better solution from both.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass
 
 import numpy as np
@@ -39,10 +40,18 @@ BATCH_SIZE = 512
 # An epoch counts at most this many images: a linear head has long converged by then, and a
 # million-image run then trains as long as a 50,000-image one.
 EPOCH_IMAGES_MAX = 50_000
-ASSIGN_CHUNK = 65_536
+# Rows whose probabilities are held at once (rows x heads x k floats): 64 MB.
+PROBABILITIES_CHUNK = 16_000_000
 # Neighbour pairs the final objective is measured on: the same pairs for every start, so the
 # objectives compare, and enough that their standard error is far below the gaps between starts.
 OBJECTIVE_PAIRS = 200_000
+# Rows the objective's balance term (the entropy of the mean assignment) is measured on: every row up to
+# this many, a fixed sample above, so that a million-row run does not assign every row once per rival.
+OBJECTIVE_ROWS = 200_000
+# Multiply-adds the heads' training may take (4 products of BATCH_SIZE x d by d x (heads x k) a step):
+# with k = 10 never reached (70,000 Fashion-MNIST images, three heads: 23 billion), with k = 1,000
+# on 128 dimensions it allows 250 of the 2,910 steps, about 8 s here.
+TRAINING_MULTIPLY_ADDS = 200_000_000_000
 
 
 def nearest_neighbours(X: np.ndarray, n_neighbors: int, *, random_state: int = 0) -> np.ndarray:
@@ -99,7 +108,9 @@ def refine_best(
     The starts share ``X`` and ``neighbours``: every head trains on the same
     neighbour pairs, drawn once, and its objective is measured on the same
     sample of pairs, which is what makes the objectives comparable. The heads
-    train together, as one matrix product per step.
+    train together, as one matrix product per step, for at most
+    ``TRAINING_MULTIPLY_ADDS`` (a limit only hundreds of clusters reach), and
+    only the chosen head assigns every row.
     """
     if not starts:
         raise UsageError("refine_best needs at least one starting clustering")
@@ -120,17 +131,21 @@ def refine_best(
     heads = _SoftmaxHeads.from_centres(features, starts)
     rng = np.random.default_rng(random_state)
     steps_per_epoch = max(1, min(len(features), EPOCH_IMAGES_MAX) // BATCH_SIZE)
-    for _ in range(epochs * steps_per_epoch):
+    step_cost = 4 * BATCH_SIZE * features.shape[1] * heads.weight.shape[1]
+    for _ in range(min(epochs * steps_per_epoch, max(1, TRAINING_MULTIPLY_ADDS // step_cost))):
         pick = rng.integers(0, len(anchors), BATCH_SIZE)
         heads.step(features[anchors[pick]], features[partners[pick]])
-    sample = np.random.default_rng(0).choice(len(anchors), size=min(len(anchors), OBJECTIVE_PAIRS), replace=False)
-    refinements = [
-        heads.result(features, starts[s], s, features[anchors[sample]], features[partners[sample]])
-        for s in range(len(starts))
-    ]
-    objectives = [r.objective if np.isfinite(r.objective) else np.inf for r in refinements]
-    chosen = int(np.argmin(objectives))
-    return refinements[chosen], chosen
+    pairs = np.random.default_rng(0).choice(len(anchors), size=min(len(anchors), OBJECTIVE_PAIRS), replace=False)
+    rows = (
+        np.arange(len(features))
+        if len(features) <= OBJECTIVE_ROWS
+        else np.sort(np.random.default_rng(0).choice(len(features), size=OBJECTIVE_ROWS, replace=False))
+    )
+    objectives = heads.objectives(features[anchors[pairs]], features[partners[pairs]], features[rows])
+    chosen = int(np.argmin(np.where(np.isfinite(objectives), objectives, np.inf)))
+    refined, confidence = heads.assign(features, chosen)
+    changed = float(np.mean(refined != starts[chosen]))
+    return Refinement(refined, confidence, changed, float(objectives[chosen])), chosen
 
 
 class _SoftmaxHeads:
@@ -208,24 +223,32 @@ class _SoftmaxHeads:
         denominator = np.sqrt(second / (1 - beta2**self.steps)) + self.EPS
         parameter -= (step * first / denominator).astype(parameter.dtype)
 
-    def result(
-        self, features: np.ndarray, start: np.ndarray, head: int, anchor_rows: np.ndarray, partner_rows: np.ndarray
-    ) -> Refinement:
-        """Head ``head``'s labels for every row, its confidence, the share moved from ``start``, and its objective."""
+    def _chunks(self, n_rows: int, n_heads: int) -> Iterator[slice]:
+        size = max(1, PROBABILITIES_CHUNK // (n_heads * self.k))
+        return (slice(begin, begin + size) for begin in range(0, n_rows, size))
+
+    def objectives(self, anchor_rows: np.ndarray, partner_rows: np.ndarray, rows: np.ndarray) -> np.ndarray:
+        """Each head's consistency loss on the pairs minus BALANCE_WEIGHT x the entropy of its mean assignment on ``rows``."""
+        log_agreement = np.zeros(self.n_heads)
+        for part in self._chunks(len(anchor_rows), self.n_heads):
+            agreement = (self.probabilities(anchor_rows[part]) * self.probabilities(partner_rows[part])).sum(axis=2)
+            log_agreement += np.log(np.maximum(agreement, 1e-7)).sum(axis=1, dtype=np.float64)
+        mean_p = np.zeros((self.n_heads, self.k))
+        for part in self._chunks(len(rows), self.n_heads):
+            mean_p += self.probabilities(rows[part]).sum(axis=1, dtype=np.float64)
+        mean_p /= len(rows)
+        entropy = -(mean_p * np.log(np.maximum(mean_p, 1e-12))).sum(axis=1)
+        return -log_agreement / len(anchor_rows) - BALANCE_WEIGHT * entropy
+
+    def assign(self, features: np.ndarray, head: int) -> tuple[np.ndarray, np.ndarray]:
+        """Head ``head``'s cluster for every row, and its probability."""
         columns = slice(head * self.k, (head + 1) * self.k)
         single = _SoftmaxHeads(self.weight[:, columns], self.bias[columns], 1)
-        refined = np.empty(len(features), dtype=np.int64)
+        labels = np.empty(len(features), dtype=np.int64)
         confidence = np.empty(len(features), dtype=np.float32)
-        mean_p = np.zeros(self.k)
         # In chunks: all N x k probabilities at once would be 4 GB for a million images and k = 1000.
-        for begin in range(0, len(features), ASSIGN_CHUNK):
-            probabilities = single.probabilities(features[begin : begin + ASSIGN_CHUNK])[0]
-            refined[begin : begin + ASSIGN_CHUNK] = probabilities.argmax(axis=1)
-            confidence[begin : begin + ASSIGN_CHUNK] = probabilities.max(axis=1)
-            mean_p += probabilities.sum(axis=0, dtype=np.float64)
-        mean_p /= len(features)
-        agreement = (single.probabilities(anchor_rows)[0] * single.probabilities(partner_rows)[0]).sum(axis=1)
-        consistency = -np.log(np.maximum(agreement, 1e-7)).mean()
-        entropy = -(mean_p * np.log(np.maximum(mean_p, 1e-12))).sum()
-        objective = float(consistency - BALANCE_WEIGHT * entropy)
-        return Refinement(refined, confidence, float(np.mean(refined != start)), objective)
+        for part in self._chunks(len(features), 1):
+            probabilities = single.probabilities(features[part])[0]
+            labels[part] = probabilities.argmax(axis=1)
+            confidence[part] = probabilities.max(axis=1)
+        return labels, confidence

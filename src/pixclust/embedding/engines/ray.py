@@ -81,10 +81,6 @@ class ActorPlan:
         """The CPU threads an actor's network may use: as many as the CPUs it holds."""
         return max(1, self.cpus)
 
-    def describe(self) -> str:
-        each = _count(self.cpus, "CPU") + (f" and {_count(self.gpus, 'GPU')}" if self.gpus else "")
-        return f"{_count(self.actors, 'actor')} of {each}"
-
 
 def plan_actors(nodes: Sequence[Mapping[str, float]], actor_cpus: int | None = None) -> ActorPlan:
     """The actor pool that fits the nodes (each node's total resources, as ``ray.nodes()`` gives them).

@@ -1,12 +1,16 @@
 """Embedding speed: the seeds' way, plain PyTorch, pixclust, clustimage, and each runtime model-only;
 and the whole `pixclust cluster` command beside them, with its stages' times from run.json.
 
-    .venv/bin/python bench/embed.py [--n 2000] [--work /tmp/pixclust-bench-embed]
+    .venv/bin/python bench/embed.py [--n 2000] [--work /tmp/pixclust-bench-embed] [--fastdup-python PYTHON]
 
 All on one folder of Fashion-MNIST test images written as 640x480 JPEG photos
 (apt-get install dataset-fashion-mnist), with EfficientNet-Lite0 (the offline
 default) at 224x224. Each method runs in its own process so its peak memory is its
-own. clustimage is measured only when it is installed (pip install clustimage).
+own. clustimage is measured only when it is installed (pip install clustimage); fastdup
+only with --fastdup-python, the interpreter of a separate environment that has it
+(python3 -m venv /tmp/fd && /tmp/fd/bin/pip install fastdup: its pins clash with
+pixclust's), running its default job, `fastdup.create(work_dir, input_dir).run()`
+(embeddings with its bundled model, similarity, components, outliers, statistics).
 The machine's load changes figures from hour to hour: compare within one run.
 """
 
@@ -41,6 +45,15 @@ WHOLE_COMMAND = {
     "pixclust cluster --k 10 (whole command)": ["--k", "10"],
     "pixclust cluster --k auto (whole command)": [],
 }
+FASTDUP = "fastdup default job"
+# Timed from before the import, as the whole command is timed from starting Python.
+_FASTDUP_JOB = """
+import sys, time
+started = time.perf_counter()
+import fastdup
+fastdup.create(work_dir=sys.argv[2], input_dir=sys.argv[1]).run(overwrite=True)
+print(time.perf_counter() - started)
+"""
 BATCH = 32
 
 
@@ -143,6 +156,22 @@ def whole_command(method: str, folder: Path) -> dict[str, float]:
     return {"images": record["counts"]["images_used"], "seconds": seconds, "stages": record["timings_s"]}
 
 
+def fastdup_job(python: str, folder: Path) -> dict[str, float] | None:
+    """fastdup's default job on the folder, in its own environment; None when it fails."""
+    work = folder.parent / "fastdup"
+    # fastdup reports usage to Sentry unless told not to.
+    done = subprocess.run(
+        [python, "-c", _FASTDUP_JOB, str(folder), str(work)],
+        capture_output=True,
+        text=True,
+        env={**os.environ, "SENTRY_OPT_OUT": "1"},
+    )
+    if done.returncode != 0:
+        print(f"(fastdup failed: {done.stderr.strip().splitlines()[-1:]})")
+        return None
+    return {"images": len(_files(folder)), "seconds": float(done.stdout.strip().splitlines()[-1])}
+
+
 def run_one(method: str, folder: Path) -> dict[str, float]:
     if method in MODEL_ONLY:
         return model_only(method)
@@ -174,6 +203,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, default=2000)
     parser.add_argument("--work", type=Path, default=Path("/tmp/pixclust-bench-embed"))
+    parser.add_argument("--fastdup-python", help="python of an environment with fastdup installed")
     parser.add_argument("--one", help=argparse.SUPPRESS)
     parser.add_argument("--folder", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -190,6 +220,7 @@ def main() -> None:
         result = measure(method, folder)
         if result is not None:
             rows[method] = result
+    fastdup = fastdup_job(args.fastdup_python, folder) if args.fastdup_python else None
     pixclust_rate = rows["pixclust end to end"]["images"] / rows["pixclust end to end"]["seconds"]
     best_model_only = max(r["images"] / r["seconds"] for m, r in rows.items() if m in MODEL_ONLY)
     print(f"{args.n} Fashion-MNIST images as 640x480 JPEG, EfficientNet-Lite0 at 224, {os.cpu_count()} cores")
@@ -206,10 +237,14 @@ def main() -> None:
             row = rows[method]
             rate = row["images"] / row["seconds"]
             stages = ", ".join(f"{name.removesuffix('_s')} {seconds:.1f} s" for name, seconds in row["stages"].items())
+            against_fastdup = f", {fastdup['seconds'] / row['seconds']:.1f}x fastdup's speed" if fastdup else ""
             print(
                 f"{method}: {rate / best_model_only:.0%} of the best model-only rate, {rate / seeds:.1f}x the seeds' "
-                f"loop; {row['seconds']:.1f} s in all, of which {stages}"
+                f"loop{against_fastdup}; {row['seconds']:.1f} s in all, of which {stages}"
             )
+    if fastdup:
+        rate = fastdup["images"] / fastdup["seconds"]
+        print(f"{FASTDUP}: {rate:.1f} images/s, {fastdup['seconds']:.1f} s in all")
 
 
 if __name__ == "__main__":

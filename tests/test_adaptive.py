@@ -9,6 +9,7 @@ from sklearn.cluster import KMeans
 from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score
 
+from pixclust.clustering import refine
 from pixclust.clustering.adaptive import (
     VIEW_AGREEMENT,
     AdaptiveClusterer,
@@ -166,6 +167,24 @@ def test_refine_best_keeps_the_start_its_objective_prefers_over_the_lower_inerti
     assert adjusted_rand_score(refinement.labels, band) > 0.5
     with pytest.raises(UsageError, match="at least one"):
         refine_best(X, [], neighbours)
+
+
+def test_refinement_learns_from_the_neighbours_of_anchor_rows_only(digits, monkeypatch) -> None:
+    pixels, hogs, truth = digits
+    coords = reduce_features(candidate_representations({"embedding": pixels, "hog": hogs})["embedding+hog"]).coords
+    start = KMeans(n_clusters=10, n_init=10, random_state=0).fit_predict(coords)
+    monkeypatch.setattr(refine, "ANCHOR_ROWS", 900)
+    anchors, neighbours = refine.anchor_neighbours(coords, 20)
+    assert len(anchors) == 900 and np.all(np.diff(anchors) > 0)
+    assert neighbours.shape == (900, 20) and not np.any(neighbours == anchors[:, None])
+    # Neighbours are found among the anchors, and named by their row in the whole collection.
+    np.testing.assert_array_equal(neighbours, anchors[nearest_neighbours(coords[anchors], 20)])
+    refined, _ = refine_best(coords, [start], neighbours, anchors=anchors, random_state=0)
+    # Every row is assigned, not only the anchors, and the head learnt from half the rows still helps.
+    assert refined.labels.shape == (len(truth),)
+    assert clustering_scores(truth, refined.labels)["ari"] > clustering_scores(truth, start)["ari"]
+    with pytest.raises(UsageError, match="one per anchor"):
+        refine_best(coords, [start], neighbours)
 
 
 def test_rival_starts_are_the_distinct_clusterings_near_the_best_inertia() -> None:

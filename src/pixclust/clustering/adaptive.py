@@ -45,7 +45,7 @@ from pixclust.clustering.clusterer import centres_and_distances, kmeans_starts, 
 from pixclust.clustering.k_selection import GRAPH_NEIGHBOURS, KScan, check_k_settings, graph_modularity, scan_k
 from pixclust.clustering.metrics import mean_silhouette, silhouette_values
 from pixclust.clustering.reduce import Reduction, l2_normalize, reduce_features
-from pixclust.clustering.refine import DEFAULT_NEIGHBOURS, nearest_neighbours, refine_best
+from pixclust.clustering.refine import DEFAULT_NEIGHBOURS, anchor_neighbours, nearest_neighbours, refine_best
 from pixclust.clustering.stability import STABILITY_SAMPLE, choose_representation, clustering_stability
 from pixclust.errors import UsageError
 
@@ -306,9 +306,11 @@ class AdaptiveClusterer:
             # the joined space with the head on the embedding alone: 0.777-0.780 / 0.723-0.727).
             refined_on, agreement = self._refinement_space(views, reductions, chosen, samples, rows, solutions[0][1])
             space = reductions[refined_on].coords
-            neighbours = nearest_neighbours(space, DEFAULT_NEIGHBOURS, random_state=self.random_state)
+            anchors, neighbours = anchor_neighbours(space, DEFAULT_NEIGHBOURS, random_state=self.random_state)
             starts = rival_starts(solutions)
-            refinement, chosen_start = refine_best(space, starts, neighbours, random_state=self.random_state)
+            refinement, chosen_start = refine_best(
+                space, starts, neighbours, anchors=anchors, random_state=self.random_state
+            )
             labels, _ = relabel_by_size(refinement.labels)
             refined_share, rivals = refinement.changed, len(starts)
         _, self.distances_ = centres_and_distances(coords, labels)

@@ -48,10 +48,16 @@ OBJECTIVE_PAIRS = 200_000
 # Rows the objective's balance term (the entropy of the mean assignment) is measured on: every row up to
 # this many, a fixed sample above, so that a million-row run does not assign every row once per rival.
 OBJECTIVE_ROWS = 200_000
+# Rows whose neighbours the refinement learns from: every row up to this many, above it a fixed sample,
+# whose neighbours are found within the sample. The heads see at most 30 epochs of EPOCH_IMAGES_MAX images
+# (far fewer with hundreds of clusters), so a million-row run gained nothing from an index of every row and
+# the search of every row's neighbours, which took 449 of its 1,043 s (cProfile, busy machine).
+ANCHOR_ROWS = 100_000
 # Multiply-adds the heads' training may take (4 products of BATCH_SIZE x d by d x (heads x k) a step):
 # with k = 10 never reached (70,000 Fashion-MNIST images, three heads: 23 billion), with k = 1,000
-# on 128 dimensions it allows 250 of the 2,910 steps, about 8 s here.
-TRAINING_MULTIPLY_ADDS = 200_000_000_000
+# on 128 dimensions it allows 190 of one head's 2,910 steps (a million rows: 762 steps, 70 s of a busy
+# machine's 549, under the 4 times larger limit before).
+TRAINING_MULTIPLY_ADDS = 50_000_000_000
 
 
 def nearest_neighbours(X: np.ndarray, n_neighbors: int, *, random_state: int = 0) -> np.ndarray:
@@ -95,17 +101,32 @@ def refine_clusters(
     return refinement
 
 
+def anchor_neighbours(X: np.ndarray, n_neighbors: int, *, random_state: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """The rows the refinement learns from (all up to ``ANCHOR_ROWS``, a fixed sample above), and their neighbours.
+
+    Returns (anchors, neighbours): row ids in order, and for each anchor the ids
+    of its most similar other anchors (-1 pads), ready for ``refine_best``.
+    """
+    if len(X) <= ANCHOR_ROWS:
+        return np.arange(len(X)), nearest_neighbours(X, n_neighbors, random_state=random_state)
+    anchors = np.sort(np.random.default_rng(random_state).choice(len(X), size=ANCHOR_ROWS, replace=False))
+    within = nearest_neighbours(X[anchors], n_neighbors, random_state=random_state)
+    return anchors, np.where(within >= 0, anchors[within], -1)
+
+
 def refine_best(
     X: np.ndarray,
     starts: list[np.ndarray],
     neighbours: np.ndarray,
     *,
+    anchors: np.ndarray | None = None,
     epochs: int = DEFAULT_EPOCHS,
     random_state: int = 0,
 ) -> tuple[Refinement, int]:
     """Refine each starting clustering and return the refinement with the lowest objective, and its start's index.
 
-    The starts share ``X`` and ``neighbours``: every head trains on the same
+    ``neighbours`` holds row ids of the neighbours of the rows ``anchors``
+    (default: of every row), one line each. The starts share ``X`` and ``neighbours``: every head trains on the same
     neighbour pairs, drawn once, and its objective is measured on the same
     sample of pairs, which is what makes the objectives comparable. The heads
     train together, as one matrix product per step, for at most
@@ -116,8 +137,9 @@ def refine_best(
         raise UsageError("refine_best needs at least one starting clustering")
     features = np.ascontiguousarray(X, dtype=np.float32)
     starts = [np.asarray(labels) for labels in starts]
-    if len(neighbours) != len(features) or any(len(labels) != len(features) for labels in starts):
-        raise UsageError("features, labels and neighbours must have one row per image")
+    anchor_ids = np.arange(len(features)) if anchors is None else np.asarray(anchors)
+    if len(neighbours) != len(anchor_ids) or any(len(labels) != len(features) for labels in starts):
+        raise UsageError("features and labels must have one row per image, neighbours one per anchor")
     if any(labels.min() < 0 for labels in starts):
         raise UsageError("refinement needs every image in a cluster; noise (-1) cannot be refined")
     pairs_from, pairs_to = np.nonzero(neighbours >= 0)
@@ -126,22 +148,24 @@ def refine_best(
         raise UsageError("the starting clusterings given to refine_best must have the same number of clusters")
     if cluster_counts.pop() < 2 or len(pairs_from) == 0:
         return Refinement(starts[0].copy(), np.ones(len(features), dtype=np.float32), 0.0, float("nan")), 0
-    anchors = pairs_from
+    pair_anchors = anchor_ids[pairs_from]
     partners = neighbours[pairs_from, pairs_to]
     heads = _SoftmaxHeads.from_centres(features, starts)
     rng = np.random.default_rng(random_state)
     steps_per_epoch = max(1, min(len(features), EPOCH_IMAGES_MAX) // BATCH_SIZE)
     step_cost = 4 * BATCH_SIZE * features.shape[1] * heads.weight.shape[1]
     for _ in range(min(epochs * steps_per_epoch, max(1, TRAINING_MULTIPLY_ADDS // step_cost))):
-        pick = rng.integers(0, len(anchors), BATCH_SIZE)
-        heads.step(features[anchors[pick]], features[partners[pick]])
-    pairs = np.random.default_rng(0).choice(len(anchors), size=min(len(anchors), OBJECTIVE_PAIRS), replace=False)
+        pick = rng.integers(0, len(pair_anchors), BATCH_SIZE)
+        heads.step(features[pair_anchors[pick]], features[partners[pick]])
+    pairs = np.random.default_rng(0).choice(
+        len(pair_anchors), size=min(len(pair_anchors), OBJECTIVE_PAIRS), replace=False
+    )
     rows = (
         np.arange(len(features))
         if len(features) <= OBJECTIVE_ROWS
         else np.sort(np.random.default_rng(0).choice(len(features), size=OBJECTIVE_ROWS, replace=False))
     )
-    objectives = heads.objectives(features[anchors[pairs]], features[partners[pairs]], features[rows])
+    objectives = heads.objectives(features[pair_anchors[pairs]], features[partners[pairs]], features[rows])
     chosen = int(np.argmin(np.where(np.isfinite(objectives), objectives, np.inf)))
     refined, confidence = heads.assign(features, chosen)
     changed = float(np.mean(refined != starts[chosen]))

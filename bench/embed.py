@@ -22,6 +22,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -141,31 +142,30 @@ def clustimage(folder: Path) -> dict[str, float]:
 
 
 def whole_command(method: str, folder: Path) -> dict[str, float]:
-    import shutil
-
-    out = folder.parent / "run"
-    shutil.rmtree(out, ignore_errors=True)
-    started = time.perf_counter()
-    subprocess.run(
-        [sys.executable, "-m", "pixclust", "cluster", str(folder), "--out", str(out), "--no-report", "--quiet"]
-        + WHOLE_COMMAND[method],
-        check=True,
-    )
-    seconds = time.perf_counter() - started
-    record = json.loads((out / "run.json").read_text())
+    # A new run folder in a scratch folder of this script's own, so that nothing else is ever deleted.
+    with tempfile.TemporaryDirectory(prefix="run-", dir=folder.parent) as scratch:
+        out = Path(scratch) / "run"
+        started = time.perf_counter()
+        subprocess.run(
+            [sys.executable, "-m", "pixclust", "cluster", str(folder), "--out", str(out), "--no-report", "--quiet"]
+            + WHOLE_COMMAND[method],
+            check=True,
+        )
+        seconds = time.perf_counter() - started
+        record = json.loads((out / "run.json").read_text())
     return {"images": record["counts"]["images_used"], "seconds": seconds, "stages": record["timings_s"]}
 
 
 def fastdup_job(python: str, folder: Path) -> dict[str, float] | None:
     """fastdup's default job on the folder, in its own environment; None when it fails."""
-    work = folder.parent / "fastdup"
-    # fastdup reports usage to Sentry unless told not to.
-    done = subprocess.run(
-        [python, "-c", _FASTDUP_JOB, str(folder), str(work)],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "SENTRY_OPT_OUT": "1"},
-    )
+    with tempfile.TemporaryDirectory(prefix="fastdup-", dir=folder.parent) as work:
+        # fastdup reports usage to Sentry unless told not to.
+        done = subprocess.run(
+            [python, "-c", _FASTDUP_JOB, str(folder), work],
+            capture_output=True,
+            text=True,
+            env={**os.environ, "SENTRY_OPT_OUT": "1"},
+        )
     if done.returncode != 0:
         print(f"(fastdup failed: {done.stderr.strip().splitlines()[-1:]})")
         return None

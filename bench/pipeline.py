@@ -20,9 +20,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -57,13 +57,13 @@ def main() -> None:
     images = np.concatenate([test_images, train_images])[: args.n]
     labels = np.concatenate([test_labels, train_labels])[: args.n]
     folder = write_image_tree(args.work / "images", images, labels)
-    run_dir = args.work / "run"
-    shutil.rmtree(run_dir, ignore_errors=True)
-
     embed_s, embed_gb = timed([sys.executable, "-c", _EMBED, str(folder)])
-    command = ["cluster", str(folder), "--out", str(run_dir), "--k", "10", "--truth", "folders", "--quiet"]
-    cluster_s, cluster_gb = timed([sys.executable, "-m", "pixclust", *command])
-    record = json.loads((run_dir / "run.json").read_text())
+    # A new run folder in a scratch folder of this script's own, so that nothing else is ever deleted.
+    with tempfile.TemporaryDirectory(prefix="run-", dir=args.work) as scratch:
+        run_dir = Path(scratch) / "run"
+        command = ["cluster", str(folder), "--out", str(run_dir), "--k", "10", "--truth", "folders", "--quiet"]
+        cluster_s, cluster_gb = timed([sys.executable, "-m", "pixclust", *command])
+        record = json.loads((run_dir / "run.json").read_text())
     stages = ", ".join(f"{name.removesuffix('_s')} {seconds:.1f} s" for name, seconds in record["timings_s"].items())
     scores = ", ".join(f"{name.upper()} {value:.3f}" for name, value in (record["scores"] or {}).items())
     print(f"{len(images):,} Fashion-MNIST images (28x28 PNG), {os.cpu_count()} cores")

@@ -15,7 +15,8 @@ import time
 
 import numpy as np
 
-from pixclust.curation.search import find_duplicates, similar
+from pixclust.curation.duplicates import find_duplicates
+from pixclust.curation.search import similar
 from pixclust.embeddings import Embeddings
 from pixclust.index import VectorIndex
 
@@ -55,7 +56,7 @@ def main(n: int = 200_000, dim: int = 1280) -> None:
     print(f"index ({kind}): {time.perf_counter() - started:.1f} s, peak RSS {peak_gb():.2f} GiB")
 
     started = time.perf_counter()
-    report = find_duplicates(embeddings, threshold=0.9, colour_tolerance=None, index=index)
+    report = find_duplicates(embeddings, threshold=0.9, verify_files=False, index=index)
     elapsed = time.perf_counter() - started
     planted = {(int(a), n - PLANTED + i) for i, a in enumerate(originals)}
     found = {tuple(sorted(g.rows)) for g in report.groups if len(g.rows) == 2}

@@ -11,8 +11,9 @@ import pytest
 from PIL import Image, ImageDraw
 
 from pixclust import index as index_module
+from pixclust.curation.duplicates import DuplicateReport, find_duplicates
 from pixclust.curation.lookalikes import find_duplicate_images, find_similar
-from pixclust.curation.search import DuplicateReport, find_duplicates, rows_of, similar
+from pixclust.curation.search import rows_of, similar
 from pixclust.embedding.record import ModelRecord, WeightsSource
 from pixclust.embedding.sources import extractor_for, load_precomputed, open_embeddings
 from pixclust.embeddings import Embeddings
@@ -60,14 +61,15 @@ def _group_of(report: DuplicateReport, embeddings: Embeddings, name: str) -> set
 
 def test_colour_matters_but_resizing_and_reencoding_do_not(look_alikes: tuple[Path, Embeddings]) -> None:
     _, embeddings = look_alikes
-    # At 0.8 the embedding alone would join the red and the blue square (cosine about 0.87).
-    for threshold in (0.9, 0.8):
+    # The embedding alone puts the red and the blue square at cosine about 0.87: both are candidates.
+    for threshold in (0.8, None):
         report = find_duplicates(embeddings, threshold=threshold)
         assert _group_of(report, embeddings, "red.png") == {"red.png", "red_small.png", "red_recoded.jpg"}
         assert _group_of(report, embeddings, "blue.png") == {"blue.png"}
         assert _group_of(report, embeddings, "flower.jpg") == {"flower.jpg"}
-    assert report.colour_rejected >= 2
-    blind = find_duplicates(embeddings, threshold=0.8, colour_tolerance=None)
+    assert report.recoloured >= 2
+    assert report.verified == report.candidates > 0
+    blind = find_duplicates(embeddings, colour=False)
     assert "blue.png" in _group_of(blind, embeddings, "red.png")
 
 
@@ -77,11 +79,20 @@ def test_groups_keep_the_largest_image_and_tell_exact_from_near(look_alikes: tup
     photos = next(g for g in report.groups if "photo_small.jpg" in {Path(embeddings.paths[r]).name for r in g.rows})
     assert len(photos.rows) == 3 and photos.kind == "near"
     assert Path(embeddings.paths[photos.keeper]).name in {"photo.jpg", "photo_copy.jpg"}
+    assert {kind for row, kind in zip(photos.rows, photos.kinds, strict=True) if row != photos.keeper} <= {
+        "exact",
+        "near",
+    }
+    assert photos.kinds[photos.rows.index(photos.keeper)] == "keeper"
     red = next(g for g in report.groups if "red.png" in {Path(embeddings.paths[r]).name for r in g.rows})
     assert Path(embeddings.paths[red.keeper]).name in {"red.png", "red_recoded.jpg"}
-    assert 0.9 <= red.min_similarity < 1.0
+    assert 0.6 <= red.min_similarity < 1.0
+    assert all(
+        evidence.startswith(("structure", "same content", "keeper")) or "keypoints" in evidence
+        for evidence in red.evidence
+    )
     assert report.n_redundant == 4
-    exact_only = find_duplicates(embeddings, threshold=1.0, colour_tolerance=None)
+    exact_only = find_duplicates(embeddings, threshold=1.0, verify_files=False)
     assert [sorted(Path(embeddings.paths[r]).name for r in g.rows) for g in exact_only.groups] == [
         ["photo.jpg", "photo_copy.jpg"]
     ]
@@ -154,7 +165,7 @@ def test_precomputed_embeddings_with_ids(tmp_path: Path) -> None:
     assert embeddings.paths[7] == "img_7" and embeddings.dim == 16
     report = find_duplicates(embeddings, threshold=0.99)
     assert [(g.rows, g.kind) for g in report.groups] == [((3, 7), "exact")]
-    assert report.colour_checked == 0
+    assert report.verified == 0
     assert load_precomputed(tmp_path / "embeddings.npy").paths[:2] == ["0", "1"]
     (tmp_path / "short.csv").write_text("a\nb\n")
     with pytest.raises(UsageError, match="one id per row"):

@@ -11,6 +11,12 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import ProcessPoolExecutor
+from typing import Any, TypeVar
+
+Item = TypeVar("Item")
+Result = TypeVar("Result")
 
 _PR_SET_PDEATHSIG = 1
 # How often a worker without PR_SET_PDEATHSIG looks for its parent.
@@ -29,6 +35,22 @@ def worker_context() -> multiprocessing.context.BaseContext | None:
     ever needed there.
     """
     return multiprocessing.get_context("fork") if sys.platform.startswith("linux") else None
+
+
+def map_chunks(
+    function: Callable[..., list[Result]], chunks: Sequence[Sequence[Item]], *args: Any
+) -> Iterator[list[Result]]:
+    """``function(chunk, *args)`` for each chunk, in order, in worker processes (in this one when there is one chunk
+    or one CPU); each result is yielded as soon as it and those before it are done, so callers can show progress."""
+    workers = min(len(chunks), os.cpu_count() or 1)
+    if workers <= 1:
+        for chunk in chunks:
+            yield function(chunk, *args)
+        return
+    with ProcessPoolExecutor(
+        workers, mp_context=worker_context(), initializer=exit_with_parent, initargs=(os.getpid(),)
+    ) as pool:
+        yield from pool.map(function, chunks, *([arg] * len(chunks) for arg in args))
 
 
 def exit_with_parent(parent_pid: int) -> None:

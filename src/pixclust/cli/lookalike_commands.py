@@ -32,13 +32,15 @@ def duplicates_command(
     threshold: Annotated[
         float | None,
         typer.Option(
-            help="Cosine similarity at or above which two images are near-duplicates [default: {duplicate_threshold:.2f}]."
+            help="Cosine similarity two images need before their files are compared [default: "
+            "{duplicate_threshold:.2f}; {unverified_threshold:.2f}, and no comparison, for an embeddings.npy]."
         ),
     ] = None,
     colour: Annotated[
         bool,
         typer.Option(
-            "--colour/--no-colour", help="Also require matching 16x16 colour thumbnails (reads the image files)."
+            "--colour/--no-colour",
+            help="A copy must keep the colours: --no-colour counts recoloured copies (hue changed) as duplicates.",
         ),
     ] = True,
     ids: Ids = None,
@@ -47,7 +49,7 @@ def duplicates_command(
         bool, typer.Option("--export", help="Also link group N's images into OUT/duplicate_links/clusters/cluster_N/.")
     ] = False,
 ) -> None:
-    """Group exact and near-duplicate images and suggest which one of each group to keep (the largest)."""
+    """Group exact, near and partial duplicates (crops), verified on the files, and suggest a keeper (the largest whole picture)."""
     from pixclust.curation.lookalikes import find_duplicate_images
 
     result = find_duplicate_images(

@@ -66,7 +66,8 @@ def library_defaults() -> dict[str, Any]:
     """
     from pixclust.clustering.clusterer import DEFAULT_CLUSTER_METHOD
     from pixclust.clustering.reduce import DEFAULT_REDUCE, EMBEDDING_DEFAULT_COMPONENTS, PCA_DEFAULT_COMPONENTS
-    from pixclust.curation.search import DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_TOP
+    from pixclust.curation.duplicates import DEFAULT_CANDIDATE_SIMILARITY, UNVERIFIED_SIMILARITY
+    from pixclust.curation.search import DEFAULT_TOP
     from pixclust.demo import DEMO_K
     from pixclust.embedding.embedder import MAX_DEFAULT_WORKERS
     from pixclust.embedding.engines.ray import MAX_DEFAULT_ACTOR_CPUS
@@ -93,7 +94,8 @@ def library_defaults() -> dict[str, Any]:
         "max_actor_cpus": MAX_DEFAULT_ACTOR_CPUS,
         "demo_k": DEMO_K,
         "top": DEFAULT_TOP,
-        "duplicate_threshold": DEFAULT_DUPLICATE_THRESHOLD,
+        "duplicate_threshold": DEFAULT_CANDIDATE_SIMILARITY,
+        "unverified_threshold": UNVERIFIED_SIMILARITY,
         "label_method": DEFAULT_LABEL_METHOD,
         "label_thresholds": " ".join(f"{cut:.2f}" for cut in DEFAULT_THRESHOLDS),
         "heads": " and ".join(HEADS),

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -140,20 +141,21 @@ def render_similar(result: SimilarResult) -> None:
 def render_duplicates(result: DuplicatesResult) -> None:
     report, paths = result.report, result.embeddings.paths
     table = _table(
-        ("group", "kind", "images", "keep", "min sim"),
-        right=("group", "images", "min sim"),
+        ("group", "kind", "images", "keep", "copies"),
+        right=("group", "images"),
         title=f"{len(report.groups)} duplicate groups",
         title_justify="left",
     )
     for number, group in enumerate(report.groups, start=1):
-        table.add_row(
-            str(number), group.kind, str(len(group.rows)), shown(paths[group.keeper]), f"{group.min_similarity:.3f}"
-        )
+        kinds = Counter(kind for kind in group.kinds if kind != "keeper")
+        copies = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
+        table.add_row(str(number), group.kind, str(len(group.rows)), shown(paths[group.keeper]), copies)
     out = console()
     out.print(table)
     out.print(
         f"{report.n_redundant:,} of {report.n_images:,} images ({report.n_redundant / max(report.n_images, 1):.1%}) could be dropped; "
-        f"colour compared for {report.colour_checked:,} pairs ({report.colour_rejected:,} rejected, {report.colour_unchecked:,} unreadable)"
+        f"{report.candidates:,} look-alike pairs, {report.verified:,} compared on their files "
+        f"({report.recoloured:,} recoloured, {report.unreadable:,} unreadable)"
     )
     if result.csv_path:
         out.print(f"table: {shown(result.csv_path)}" + (f"; links: {shown(result.links)}" if result.links else ""))

@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pixclust.curation.duplicates import DuplicateReport
 from pixclust.curation.export import safe_file_name
-from pixclust.curation.search import DEFAULT_DUPLICATE_THRESHOLD, DEFAULT_TOP, DuplicateReport, Match
+from pixclust.curation.search import DEFAULT_TOP, Match
 from pixclust.embedding.sources import embed_images, extractor_for, open_embeddings
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
@@ -110,19 +111,19 @@ class DuplicatesResult:
 def find_duplicate_images(
     source: str | Path | Embeddings,
     *,
-    threshold: float = DEFAULT_DUPLICATE_THRESHOLD,
+    threshold: float | None = None,
     colour: bool = True,
     ids: str | Path | None = None,
     out: str | Path | None = None,
     export: bool = False,
 ) -> DuplicatesResult:
-    """Exact and near-duplicate groups; with ``out``, ``duplicates.csv`` and (``export``) a folder of links per group."""
-    from pixclust.curation.search import DEFAULT_COLOUR_TOLERANCE, find_duplicates
+    """Exact, near and partial duplicate groups (see :mod:`pixclust.curation.duplicates`); with ``out``,
+    ``duplicates.csv`` and (``export``) a folder of links per group. ``threshold`` is the cosine a pair
+    needs to be compared; ``colour=False`` counts recoloured copies as duplicates."""
+    from pixclust.curation.duplicates import find_duplicates
 
     embeddings = open_embeddings(source, ids=ids)
-    # Precomputed vectors name no image files, so there are no colours to compare.
-    tolerance = DEFAULT_COLOUR_TOLERANCE if colour and embeddings.names_files else None
-    report = find_duplicates(embeddings, threshold=threshold, colour_tolerance=tolerance)
+    report = find_duplicates(embeddings, threshold=threshold, colour=colour)
     if out is None:
         if export:
             raise UsageError("--export needs an output folder; give --out")
@@ -131,17 +132,18 @@ def find_duplicate_images(
     rows = (
         (
             number,
-            group.kind,
+            kind,
             embeddings.paths[row],
             "yes" if row == group.keeper else "",
             *embeddings.image_sizes[row],
+            evidence,
             f"{group.min_similarity:.4f}",
         )
         for number, group in enumerate(report.groups, start=1)
-        for row in group.rows
+        for row, kind, evidence in zip(group.rows, group.kinds, group.evidence, strict=True)
     )
-    header = ("group", "kind", "path", "keep", "width", "height", "min_similarity")
-    csv_path = write_csv(folder / DUPLICATES_CSV, header, rows, text=("kind", "path", "keep"))
+    header = ("group", "kind", "path", "keep", "width", "height", "evidence", "min_similarity")
+    csv_path = write_csv(folder / DUPLICATES_CSV, header, rows, text=("kind", "path", "keep", "evidence"))
     links = None
     if export:
         from pixclust.curation.export import export_cluster_folders

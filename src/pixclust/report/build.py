@@ -22,9 +22,7 @@ from PIL import Image
 
 from pixclust.atomic import atomic_path, write_text_atomic
 from pixclust.clustering.maps import DEFAULT_MAPS, check_map_methods
-from pixclust.curation.search import (
-    DuplicateReport,
-)
+from pixclust.curation.duplicates import DuplicateReport
 from pixclust.embeddings import Embeddings
 from pixclust.names import escape_name
 from pixclust.progress import quietly
@@ -214,24 +212,28 @@ def _report_data(
 
 def _duplicates_data(view: RunView, duplicates: DuplicateReport) -> dict[str, Any]:
     """Groups with the keeper first; rows index ``points``, so the page reuses their thumbnails."""
-    threshold = f"cosine ≥ {duplicates.threshold:.2f}"
+    checked = f"{duplicates.verified:,} look-alike pairs compared on their files"
     if duplicates.groups:
         headline = (
             f"{_count(len(duplicates.groups), 'group')}, {_count(duplicates.n_redundant, 'redundant image')}: "
-            f"exact copies, and images at {threshold} with the same colours. "
-            "The first of each group (the most pixels) is the one to keep; click an image to see its cluster."
+            f"exact copies, and pictures found the same in structure or keypoints and in colour ({checked}). "
+            "The first of each group (a whole picture, the most pixels) is the one to keep; hover over a copy "
+            "for the evidence, click an image to see its cluster."
         )
     else:
-        headline = f"No duplicates found at {threshold}."
+        headline = f"No duplicates found ({checked})."
     groups = []
     for group in duplicates.groups:
         rows = [group.keeper, *(row for row in group.rows if row != group.keeper)]
+        position = {row: index for index, row in enumerate(group.rows)}
         groups.append(
             {
                 "rows": rows,
                 "keeper": group.keeper,
                 "kind": group.kind,
                 "similarity": round(group.min_similarity, 4),
+                "kinds": [group.kinds[position[row]] for row in rows],
+                "evidence": [group.evidence[position[row]] for row in rows],
                 "sizes": view.embeddings.image_sizes[rows].tolist(),
             }
         )

@@ -17,13 +17,8 @@ import pyarrow.parquet as pq
 
 from pixclust.atomic import atomic_path
 from pixclust.clustering.maps import map_basis, map_coordinates
-from pixclust.curation.search import (
-    DEFAULT_COLOUR_TOLERANCE,
-    DEFAULT_DUPLICATE_THRESHOLD,
-    DuplicateGroup,
-    DuplicateReport,
-    find_duplicates,
-)
+from pixclust.curation import verify
+from pixclust.curation.duplicates import DuplicateGroup, DuplicateReport, find_duplicates
 from pixclust.embedding.store import read_table_or_none
 from pixclust.progress import progress_bar
 from pixclust.report.run_view import RunView
@@ -33,7 +28,19 @@ from pixclust.runs.folder import (
 )
 
 _DUPLICATES_SCHEMA = pa.schema(
-    [("rows", pa.list_(pa.int64())), ("keeper", pa.int64()), ("kind", pa.string()), ("min_similarity", pa.float64())]
+    [
+        ("rows", pa.list_(pa.int64())),
+        ("keeper", pa.int64()),
+        ("kind", pa.string()),
+        ("min_similarity", pa.float64()),
+        ("kinds", pa.list_(pa.string())),
+        ("evidence", pa.list_(pa.string())),
+    ]
+)
+# The verifier's settings are part of the answer: groups found with other ones are found again.
+_VERIFIER = " ".join(
+    f"{name}={getattr(verify, name)}"
+    for name in ("SAME_STRUCTURE", "DIFFERENT_STRUCTURE", "SAME_GEOMETRY_INLIERS", "GREY_CHROMA", "SAME_COLOUR")
 )
 
 
@@ -89,18 +96,15 @@ def _write_maps(cache_file: Path, fingerprint: str, maps: dict[tuple[str, int], 
         pq.write_table(table, tmp)
 
 
-def load_duplicates(view: RunView, *, threshold: float = DEFAULT_DUPLICATE_THRESHOLD) -> DuplicateReport:
-    """Exact and near-duplicate groups, from ``duplicates.parquet`` when it matches these embeddings."""
-    # The colour check is part of the answer, so a change to its tolerance must not reuse old groups.
-    fingerprint = _fingerprint(view, f"duplicates {threshold} {DEFAULT_COLOUR_TOLERANCE}")
+def load_duplicates(view: RunView) -> DuplicateReport:
+    """Duplicate groups at the finder's defaults, from ``duplicates.parquet`` when it matches these embeddings."""
+    fingerprint = _fingerprint(view, f"duplicates 2 {_VERIFIER}")
     cache_file = view.run_dir / DUPLICATES_FILE
     cached = _read_duplicates(cache_file, fingerprint)
     if cached is not None:
         return cached
     # One step, so a long search over many images still shows that it is running and for how long.
-    with progress_bar("duplicates", 1, unit="searches") as advance:
-        found = find_duplicates(view.embeddings, threshold=threshold)
-        advance(1)
+    found = find_duplicates(view.embeddings)
     _write_duplicates(cache_file, fingerprint, found)
     return found
 
@@ -113,7 +117,10 @@ def _read_duplicates(cache_file: Path, fingerprint: str) -> DuplicateReport | No
     if metadata.get(b"fingerprint", b"").decode() != fingerprint or table.schema.names != _DUPLICATES_SCHEMA.names:
         return None
     columns = (table.column(name).to_pylist() for name in _DUPLICATES_SCHEMA.names)
-    groups = [DuplicateGroup(tuple(rows), keeper, kind, sim) for rows, keeper, kind, sim in zip(*columns, strict=True)]
+    groups = [
+        DuplicateGroup(tuple(rows), keeper, kind, sim, tuple(kinds), tuple(evidence))
+        for rows, keeper, kind, sim, kinds, evidence in zip(*columns, strict=True)
+    ]
     return DuplicateReport(groups, **json.loads(metadata[b"counts"]))
 
 
@@ -124,6 +131,8 @@ def _write_duplicates(cache_file: Path, fingerprint: str, found: DuplicateReport
             "keeper": [group.keeper for group in found.groups],
             "kind": [group.kind for group in found.groups],
             "min_similarity": [group.min_similarity for group in found.groups],
+            "kinds": [list(group.kinds) for group in found.groups],
+            "evidence": [list(group.evidence) for group in found.groups],
         },
         schema=_DUPLICATES_SCHEMA,
     )

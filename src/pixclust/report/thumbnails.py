@@ -8,9 +8,7 @@ images with another k, decodes nothing again.
 from __future__ import annotations
 
 import io
-import os
 from collections.abc import Sequence
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 import pyarrow as pa
@@ -23,7 +21,7 @@ from pixclust.embedding.store import read_table_or_none
 from pixclust.errors import DecodeError
 from pixclust.progress import progress_bar
 from pixclust.runs.folder import THUMBNAILS_FILE
-from pixclust.workers import exit_with_parent, worker_context
+from pixclust.workers import map_chunks
 
 THUMB_SIDE = 80
 _WEBP_QUALITY = 70
@@ -57,20 +55,11 @@ def load_thumbnails(
     if missing:
         digests, files = list(missing), list(missing.values())
         chunks = [files[i : i + _CHUNK] for i in range(0, len(files), _CHUNK)]
-        workers = min(len(chunks), os.cpu_count() or 1)
         made: list[bytes | None] = []
         with progress_bar("thumbnails", len(files)) as advance:
-            if workers > 1:
-                with ProcessPoolExecutor(
-                    workers, mp_context=worker_context(), initializer=exit_with_parent, initargs=(os.getpid(),)
-                ) as pool:
-                    for result in pool.map(_thumbnail_chunk, chunks, [side] * len(chunks)):
-                        made.extend(result)
-                        advance(len(result))
-            else:
-                for chunk in chunks:
-                    made.extend(_thumbnail_chunk(chunk, side))
-                    advance(len(chunk))
+            for result in map_chunks(_thumbnail_chunk, chunks, side):
+                made.extend(result)
+                advance(len(result))
         fresh = {digest: data for digest, data in zip(digests, made, strict=True) if data is not None}
         cached.update(fresh)
         _write_cache(cache_file, cached, side)

@@ -100,7 +100,7 @@
   // ---- duplicates ----
   function duplicateGroup(group, number) {
     const box = el("div", { class: "dup-group", "data-kind": group.kind });
-    const what = group.kind === "exact" ? "exact copies" : `near duplicates, cosine ≥ ${group.similarity.toFixed(3)}`;
+    const what = { exact: "exact copies", partial: "with a partial copy (a crop)", near: "near duplicates" }[group.kind];
     box.append(el("h3", {}, `group ${number}: ${group.rows.length} images, ${what}`));
     const grid = el("div", { class: "grid" });
     group.rows.forEach((point, index) => {
@@ -112,7 +112,8 @@
         document.getElementById("gallery-card").scrollIntoView();
       });
       const [width, height] = group.sizes[index];
-      figure.append(img, el("figcaption", {}, `${keep ? "keep, " : ""}${width}×${height}`));
+      const how = keep ? "keep" : `${group.kinds[index]}: ${group.evidence[index]}`;
+      figure.append(img, el("figcaption", { title: how }, `${keep ? "keep, " : `${group.kinds[index]}, `}${width}×${height}`));
       grid.append(figure);
     });
     box.append(grid);

@@ -1,0 +1,303 @@
+"""Duplicate groups: candidates from the embedding's nearest neighbours, verified on the image files.
+
+Two stages, as copy detection is done in the field. The embedding proposes:
+each image's ``DEFAULT_CANDIDATES`` nearest neighbours at cosine
+``DEFAULT_CANDIDATE_SIMILARITY`` or more (permissive on purpose: a greyscale
+or rotated copy of a photo can sit at 0.68). Each proposed pair is then
+verified on the files (:mod:`pixclust.curation.verify`), in worker processes.
+Files with the same content are exact copies without verification. Where the
+embeddings name no readable files (an ``embeddings.npy``), nothing can be
+verified and a pair is a duplicate at cosine ``UNVERIFIED_SIMILARITY``.
+
+Groups are built from the verified pairs, best first, but two images that
+verification found to be *different* pictures (a recoloured copy and its
+original) are never put in one group, even through a third image that
+matches both (the greyscale copy, which has no colour to tell): that third
+image joins the group it matched first, the one with colour agreeing. Each
+group's keeper is its largest image.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from pixclust.curation.verify import Signature, Verdict, signature, verify_pairs
+from pixclust.embeddings import Embeddings
+from pixclust.errors import DecodeError, UsageError
+from pixclust.index import VectorIndex
+from pixclust.progress import progress_bar
+from pixclust.workers import map_chunks
+
+DEFAULT_CANDIDATES = 20
+# On bench/duplicates.py's photos copies sat at cosine 0.65 or more with their originals; 0.60 leaves
+# a margin and, against 0.50, 20% fewer pairs to verify with the same answers.
+DEFAULT_CANDIDATE_SIMILARITY = 0.60
+# Without files to verify, the cosine at which a pair counts (the embedding alone; see the docstring).
+UNVERIFIED_SIMILARITY = 0.90
+# Images (signatures) or pairs (verification) per task given to a worker process.
+_SIGNATURE_CHUNK = 64
+_PAIR_CHUNK = 256
+
+
+@dataclass(frozen=True)
+class DuplicateGroup:
+    """Rows that show one picture. ``keeper`` is the one to keep (a whole picture, not a part of one; then the
+    largest resolution, then the largest file).
+
+    ``kind`` is the group's: ``exact`` (every file has the same content),
+    ``partial`` (one shows part of another) or ``near``. ``kinds`` says it per
+    row (``partial``: this row shows part of another; the keeper's is
+    ``keeper``), and ``evidence`` what verification measured for the row and
+    the keeper (or, when that pair was not compared, another row of the group).
+    ``min_similarity`` is the lowest embedding cosine of those pairs.
+    """
+
+    rows: tuple[int, ...]
+    keeper: int
+    kind: str
+    min_similarity: float
+    kinds: tuple[str, ...] = ()
+    evidence: tuple[str, ...] = ()
+
+
+@dataclass
+class DuplicateReport:
+    """Duplicate groups, largest first, and what was checked.
+
+    ``candidates`` pairs were proposed by the embedding; ``verified`` of them
+    were compared on their files (the rest could not be read, or nothing was
+    verified); ``recoloured`` pairs matched in structure but not in colour.
+    ``threshold`` is the candidates' cosine.
+    """
+
+    groups: list[DuplicateGroup]
+    threshold: float
+    n_images: int
+    candidates: int = 0
+    verified: int = 0
+    recoloured: int = 0
+    unreadable: int = 0
+
+    @property
+    def n_redundant(self) -> int:
+        """Images that could be dropped if each group kept only its keeper."""
+        return sum(len(group.rows) - 1 for group in self.groups)
+
+
+@dataclass(frozen=True)
+class _Link:
+    """One accepted pair: the two rows, the row that shows part of the other (None: neither), its kind and
+    evidence, its rank among links, and the embedding cosine."""
+
+    left: int
+    right: int
+    part: int | None
+    kind: str
+    evidence: str
+    order: tuple[int, float]
+    similarity: float
+
+
+def candidate_pairs(
+    vectors: np.ndarray, *, neighbours: int, threshold: float, index: VectorIndex | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each row's ``neighbours`` nearest rows at cosine ``threshold`` or more, as unique pairs (left < right)."""
+    if len(vectors) < 2:
+        empty = np.zeros(0, dtype=np.int64)
+        return empty, empty, np.zeros(0, dtype=np.float32)
+    index = index or VectorIndex(vectors)
+    sims, ids = index.search(vectors, min(neighbours, len(vectors) - 1) + 1)
+    own = np.repeat(np.arange(len(vectors)), ids.shape[1])
+    other, sim = ids.ravel(), sims.ravel()
+    keep = (other >= 0) & (other != own) & (sim >= threshold)
+    left, right = np.minimum(own[keep], other[keep]), np.maximum(own[keep], other[keep])
+    pairs, first = np.unique(np.stack([left, right], axis=1), axis=0, return_index=True)
+    return pairs[:, 0], pairs[:, 1], sim[keep][first]
+
+
+def find_duplicates(
+    embeddings: Embeddings,
+    *,
+    threshold: float | None = None,
+    neighbours: int = DEFAULT_CANDIDATES,
+    colour: bool = True,
+    verify_files: bool | None = None,
+    index: VectorIndex | None = None,
+) -> DuplicateReport:
+    """Exact, near and partial duplicate groups.
+
+    ``threshold`` is the cosine a candidate needs (default
+    ``DEFAULT_CANDIDATE_SIMILARITY`` when files are verified,
+    ``UNVERIFIED_SIMILARITY`` when not); ``verify_files`` defaults to whether
+    the embeddings name image files; ``colour=False`` lets a recoloured copy
+    count as a duplicate.
+    """
+    verify_files = embeddings.names_files if verify_files is None else verify_files
+    if threshold is None:
+        threshold = DEFAULT_CANDIDATE_SIMILARITY if verify_files else UNVERIFIED_SIMILARITY
+    if not 0.0 < threshold <= 1.0:
+        raise UsageError(
+            f"--threshold {threshold} must be in (0, 1]; it is the cosine a pair needs before it is "
+            f"compared ({DEFAULT_CANDIDATE_SIMILARITY} by default)"
+        )
+    if neighbours < 1:
+        raise UsageError(f"neighbours={neighbours} must be at least 1")
+    n = len(embeddings)
+    content = np.arange(n)
+    links: list[_Link] = []
+    for rows in _equal_content(embeddings):
+        content[rows] = rows[0]
+        links.extend(_Link(rows[0], row, None, "exact", "same content", (0, -1.0), 1.0) for row in rows[1:])
+    left, right, sims = candidate_pairs(embeddings.vectors, neighbours=neighbours, threshold=threshold, index=index)
+    distinct = content[left] != content[right]
+    left, right, sims = left[distinct], right[distinct], sims[distinct]
+    report = DuplicateReport([], float(threshold), n, candidates=len(left))
+    apart: set[tuple[int, int]] = set()
+    if verify_files:
+        verdicts = _verify_pairs(embeddings.paths, left, right, colour=colour)
+        for i, j, sim, verdict in zip(left.tolist(), right.tolist(), sims.tolist(), verdicts, strict=True):
+            if verdict is None:
+                report.unreadable += 1
+                continue
+            report.verified += 1
+            if verdict.recoloured:
+                report.recoloured += 1
+                apart.add((i, j))
+            elif verdict.same:
+                # Pairs whose colours were compared and agree go first, so an image without colour
+                # (a greyscale copy) joins the group whose colour it could not be told from last.
+                order = (1 if verdict.colour is not None else 2, -verdict.score)
+                part = {0: None, 1: i, 2: j}[verdict.part]
+                kind = "near" if part is None else "partial"
+                links.append(_Link(i, j, part, kind, verdict.evidence, order, sim))
+    else:
+        links.extend(
+            _Link(i, j, None, "near", f"cosine {sim:.3f}", (1, -sim), sim)
+            for i, j, sim in zip(left.tolist(), right.tolist(), sims.tolist(), strict=True)
+            if sim >= threshold
+        )
+    report.groups = _groups(embeddings, links, apart, content)
+    return report
+
+
+def _verify_pairs(paths: Sequence[str], left: np.ndarray, right: np.ndarray, *, colour: bool) -> list[Verdict | None]:
+    """Each pair's verdict (None where a file could not be read), computed in worker processes."""
+    rows = np.unique(np.concatenate([left, right]))
+    signatures: dict[int, Signature | None] = {}
+    row_chunks = [rows[i : i + _SIGNATURE_CHUNK].tolist() for i in range(0, len(rows), _SIGNATURE_CHUNK)]
+    with progress_bar("duplicate signatures", len(rows)) as advance:
+        path_chunks = [[paths[row] for row in chunk] for chunk in row_chunks]
+        for chunk, found in zip(row_chunks, map_chunks(_signature_chunk, path_chunks), strict=True):
+            signatures.update(zip(chunk, found, strict=True))
+            advance(len(chunk))
+    pairs = [
+        (paths[i], paths[j], signatures[i], signatures[j]) for i, j in zip(left.tolist(), right.tolist(), strict=True)
+    ]
+    tasks = [pairs[start : start + _PAIR_CHUNK] for start in range(0, len(pairs), _PAIR_CHUNK)]
+    verdicts: list[Verdict | None] = []
+    with progress_bar("duplicate checks", len(left), unit="pairs") as advance:
+        for found in map_chunks(_verify_chunk, tasks, colour):
+            verdicts.extend(found)
+            advance(len(found))
+    return verdicts
+
+
+def _signature_chunk(paths: Sequence[str]) -> list[Signature | None]:
+    found: list[Signature | None] = []
+    for path in paths:
+        try:
+            found.append(signature(path))
+        except DecodeError:
+            found.append(None)
+    return found
+
+
+def _verify_chunk(
+    pairs: Sequence[tuple[str, str, Signature | None, Signature | None]], colour: bool
+) -> list[Verdict | None]:
+    readable = [pair for pair in pairs if pair[2] is not None and pair[3] is not None]
+    verdicts = iter(verify_pairs(readable, colour=colour))
+    return [next(verdicts) if a is not None and b is not None else None for _, _, a, b in pairs]
+
+
+def _groups(
+    embeddings: Embeddings, links: list[_Link], apart: set[tuple[int, int]], content: np.ndarray
+) -> list[DuplicateGroup]:
+    """Join linked rows, best link first, never joining two rows kept ``apart``; largest group first."""
+    members = {row: {row} for link in links for row in (link.left, link.right)}
+    owner = {row: row for row in members}
+    partners: dict[int, set[int]] = {}
+    for i, j in apart:
+        partners.setdefault(i, set()).add(j)
+        partners.setdefault(j, set()).add(i)
+    used: dict[int, list[_Link]] = {}
+    for link in sorted(links, key=lambda link: link.order):
+        a, b = owner[link.left], owner[link.right]
+        if a != b:
+            small, large = sorted((a, b), key=lambda root: len(members[root]))
+            if any(partners.get(row, set()) & members[large] for row in members[small]):
+                continue
+            for row in members[small]:
+                owner[row] = large
+            members[large] |= members.pop(small)
+        used.setdefault(link.left, []).append(link)
+        used.setdefault(link.right, []).append(link)
+    groups = []
+    for rows in members.values():
+        if len(rows) < 2:
+            continue
+        ordered = tuple(sorted(rows))
+        parts = {link.part for row in ordered for link in used.get(row, []) if link.part is not None}
+        keeper = _keeper(embeddings, ordered, parts)
+        matches = [_match_with(row, keeper, used.get(row, []), content, rows) for row in ordered]
+        kinds = tuple(
+            "keeper" if link is None else ("partial" if row in parts and link.kind != "exact" else link.kind)
+            for row, link in zip(ordered, matches, strict=True)
+        )
+        copies = set(kinds) - {"keeper"}
+        kind = "exact" if copies == {"exact"} else ("partial" if "partial" in copies else "near")
+        groups.append(
+            DuplicateGroup(
+                rows=ordered,
+                keeper=keeper,
+                kind=kind,
+                min_similarity=float(min(link.similarity for link in matches if link)),
+                kinds=kinds,
+                evidence=tuple(link.evidence if link else "keeper" for link in matches),
+            )
+        )
+    groups.sort(key=lambda group: (-len(group.rows), group.rows[0]))
+    return groups
+
+
+def _match_with(row: int, keeper: int, links: list[_Link], content: np.ndarray, group: set[int]) -> _Link | None:
+    """How ``row`` is a copy: of the keeper's content, or its best accepted link to the keeper, or to the group."""
+    if row == keeper:
+        return None
+    if content[row] == content[keeper]:
+        return _Link(row, keeper, None, "exact", "same content", (0, -1.0), 1.0)
+    to_keeper = [link for link in links if keeper in (link.left, link.right)]
+    within = [link for link in links if link.left in group and link.right in group]
+    return min(to_keeper or within, key=lambda link: link.order)
+
+
+def _equal_content(embeddings: Embeddings) -> list[list[int]]:
+    """Rows with the same content hash; the same vector's bytes when hashes are unknown (precomputed input)."""
+    groups: dict[object, list[int]] = {}
+    for row, digest in enumerate(embeddings.content_hashes):
+        key: object = digest or embeddings.vectors[row].tobytes()
+        groups.setdefault(key, []).append(row)
+    return [rows for rows in groups.values() if len(rows) > 1]
+
+
+def _keeper(embeddings: Embeddings, rows: Sequence[int], parts: set[int]) -> int:
+    """The whole picture rather than a part of it, then the largest resolution, then the largest file."""
+
+    def size(row: int) -> tuple[bool, int, int, int]:
+        width, height = (int(v) for v in embeddings.image_sizes[row])
+        return (row not in parts, width * height, int(embeddings.file_sizes[row]), -row)
+
+    return max(rows, key=size)

@@ -1,0 +1,317 @@
+"""Whether two images that look alike to the network are one picture: checks on the image files themselves.
+
+The embedding finds candidates; it cannot be the judge. An ImageNet network
+puts a photo and its greyscale or rotated copy further apart (cosine 0.68-0.71
+at worst on bench/duplicates.py's photos) than two different tiles of the
+Hubble deep field, so a cosine cut either misses copies or joins look-alikes.
+Each candidate pair is therefore verified, in two steps (measured there):
+
+1. **Structure**: a 64 x 64 grey thumbnail of each, blurred and standardised,
+   compared by structural similarity (SSIM) at the best of ten alignments: as
+   they are, one cropped by 5-15% of each side (so a crop of a picture matches
+   it: a *partial* copy), or both so cropped (a rotated copy's black corners
+   fall away). Standardising makes brightness, contrast and gamma changes and
+   greyscale copies no obstacle; the blur makes noise and JPEG blocks none.
+2. **Local features**, for the pairs whose structure is not clear either way:
+   ORB keypoints matched and fitted with a similarity transform by RANSAC
+   (OpenCV); enough inliers mean the same scene, moved or scaled. Smooth images
+   have too few keypoints for this, textured ones too many small changes for
+   the first step, so each step covers the other's weakness.
+
+**Colour** decides last: both thumbnails' chroma (the colour without its
+brightness) must point the same way. A recoloured copy (hue turned) points the
+other way and is a different picture; a brighter or greyscale one is not (an
+image with no colour to speak of is never compared by colour).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pixclust.errors import DecodeError
+
+# Side of the grey thumbnail kept for every candidate image; the alignments are cut from it.
+SIGNATURE_SIDE = 96
+# Side the alignments are compared at, after cropping.
+COMPARE_SIDE = 64
+# Share of each side cut off in the alignments tried: a crop of 10% of each side is found at 0.10.
+CROP_STEPS = (0.05, 0.10, 0.15)
+# Side of the colour thumbnail the chroma is compared on.
+CHROMA_SIDE = 16
+# Structural similarity at or above which two images are the same picture. On bench/duplicates.py's
+# photos, pairs of different pictures (neighbouring tiles of one photo, the Hubble field's stars, 300
+# Fashion-MNIST garments) reached 0.90 at the 99.9th percentile; copies had a median of 0.98.
+SAME_STRUCTURE = 0.93
+# Below this the pair is different without looking at keypoints. On bench/duplicates.py's photos
+# 0.70 found the same copies as 0.30 (each copy under it was found through another copy of its
+# picture) and sends a quarter of the pairs, not 40%, to the keypoints; 0.80 lost a third of the
+# rotated copies.
+DIFFERENT_STRUCTURE = 0.70
+# RANSAC inliers of matched ORB keypoints at or above which two images show one scene. Different
+# photos reached 12 at the 99th percentile, copies had a median of 96; two different blocky 8 x 8
+# digits drawn at 64 x 64 reached 34 (30 joined them; 40 finds the same copies on the photos).
+SAME_GEOMETRY_INLIERS = 40
+# A partial copy: the best alignment crops one image only, and beats every other by this much.
+PARTIAL_MARGIN = 0.02
+# ... or, by keypoints, the other image shows less than this share of one, and this much of the other:
+PARTIAL_COVERAGE = 0.85
+CONTAINED = 0.95
+MAX_SCALE = 4.0
+ORB_SIDE = 256
+# An image's shorter side must have this many pixels for keypoints: ORB's 31-pixel patches and its
+# pyramid need room (a 1 x 400 strip made OpenCV fail), and a 28 x 28 picture drawn at 256 x 256
+# has corners of its blur, not of its content. Smaller images are judged by structure alone.
+ORB_MIN_SIDE = 64
+ORB_FEATURES = 500
+ORB_RATIO = 0.8
+ORB_REPROJECTION_PX = 4.0
+# Root mean square chroma (0-1 scale) below which an image has no colour to compare (greyscale,
+# or nearly so: the moon, a night sky).
+GREY_CHROMA = 0.004
+# Cosine between two images' chroma fields below which they are different pictures. Recoloured
+# copies (hue turned half way) scored -0.72 at most; copies 0.14 at the 1st percentile.
+SAME_COLOUR = 0.0
+# SSIM's constants for standardised images (values mostly within +-4), and its window, as in Wang et al. 2004.
+_SSIM_RANGE = 8.0
+_SSIM_WINDOW = 7
+
+
+@dataclass(frozen=True)
+class Signature:
+    """What verification keeps of one image: its grey alignments, ready to compare, and its chroma.
+
+    ``alignments`` is (1 + len(CROP_STEPS)) x COMPARE_SIDE x COMPARE_SIDE float16: the
+    whole image, then each crop of ``CROP_STEPS``, blurred and standardised.
+    ``chroma`` is CHROMA_SIDE x CHROMA_SIDE x 2 float32 (B - Y, R - Y) on a 0-1 scale.
+    """
+
+    alignments: np.ndarray
+    chroma: np.ndarray
+
+    @property
+    def has_colour(self) -> bool:
+        return float(np.sqrt(np.mean(self.chroma**2))) >= GREY_CHROMA
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The verification of one pair: same picture or not, and why.
+
+    ``part`` says which image shows only part of the other: 0 (neither: a near
+    copy), 1 (the first) or 2 (the second); ``structure`` the best structural similarity; ``inliers`` the
+    keypoint inliers (None when keypoints were not needed); ``colour`` the chroma
+    cosine (None when either image has no colour); ``recoloured`` is True when
+    the structure matched but the colours did not.
+    """
+
+    same: bool
+    part: int
+    structure: float
+    inliers: int | None
+    colour: float | None
+    recoloured: bool
+
+    @property
+    def evidence(self) -> str:
+        """The deciding figure in words, as duplicates.csv and the report show it."""
+        if self.inliers is not None and self.inliers >= SAME_GEOMETRY_INLIERS and self.structure < SAME_STRUCTURE:
+            words = f"{self.inliers} matching keypoints"
+        else:
+            words = f"structure {self.structure:.3f}"
+        return words + (f", colour {self.colour:+.2f}" if self.colour is not None else "")
+
+    @property
+    def score(self) -> float:
+        """One number to rank verified pairs by: the structural similarity, or the keypoints' share of 100."""
+        return max(self.structure, min(1.0, (self.inliers or 0) / 100))
+
+
+def signature(path: str | Path) -> Signature:
+    """The image's verification signature; raises ``DecodeError`` when it cannot be read."""
+    import cv2
+
+    from pixclust.embedding.decode import load_rgb
+
+    rgb = np.asarray(load_rgb(path, draft_size=2 * SIGNATURE_SIDE))
+    grey = cv2.resize(
+        cv2.cvtColor(rgb, cv2.COLOR_RGB2GRAY), (SIGNATURE_SIDE, SIGNATURE_SIDE), interpolation=cv2.INTER_AREA
+    )
+    small = cv2.resize(rgb, (CHROMA_SIDE, CHROMA_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32) / 255
+    luma = small @ np.array([0.299, 0.587, 0.114], dtype=np.float32)
+    chroma = np.stack([small[..., 2] - luma, small[..., 0] - luma], axis=-1)
+    alignments = np.stack([_standardised(grey, crop) for crop in (0.0, *CROP_STEPS)]).astype(np.float16)
+    return Signature(alignments, chroma)
+
+
+def _standardised(grey: np.ndarray, crop: float) -> np.ndarray:
+    """The centre of a square grey thumbnail with ``crop`` of each side cut off, at COMPARE_SIDE, blurred, standardised."""
+    import cv2
+
+    margin = round(crop * len(grey))
+    part = grey[margin : len(grey) - margin, margin : len(grey) - margin]
+    small = cv2.resize(part, (COMPARE_SIDE, COMPARE_SIDE), interpolation=cv2.INTER_AREA).astype(np.float32)
+    small = cv2.GaussianBlur(small, (0, 0), 1.0)
+    return (small - small.mean()) / (small.std() + 1e-6)
+
+
+def structural_similarity(x: np.ndarray, y: np.ndarray) -> float:
+    """Mean SSIM (Wang et al. 2004) of two equal-sized float32 images over the 7 x 7 windows inside them."""
+    import cv2
+
+    window = (_SSIM_WINDOW, _SSIM_WINDOW)
+    count = _SSIM_WINDOW * _SSIM_WINDOW
+    # Sample (co)variances, as scikit-image computes them by default.
+    unbiased = count / (count - 1)
+    mean_x, mean_y = cv2.blur(x, window), cv2.blur(y, window)
+    var_x = unbiased * (cv2.blur(x * x, window) - mean_x * mean_x)
+    var_y = unbiased * (cv2.blur(y * y, window) - mean_y * mean_y)
+    cov = unbiased * (cv2.blur(x * y, window) - mean_x * mean_y)
+    c1, c2 = (0.01 * _SSIM_RANGE) ** 2, (0.03 * _SSIM_RANGE) ** 2
+    ssim = ((2 * mean_x * mean_y + c1) * (2 * cov + c2)) / ((mean_x**2 + mean_y**2 + c1) * (var_x + var_y + c2))
+    # Windows centred nearer the edge than half their width reach outside the image.
+    inside = _SSIM_WINDOW // 2
+    return float(ssim[inside:-inside, inside:-inside].mean())
+
+
+# The alignments compared, as (crop of a, crop of b) positions in Signature.alignments: both whole or
+# equally cropped; a whole against b's centre (a is the part); a's centre against b whole (b is the part).
+_SAME_CROP = [(c, c) for c in range(1 + len(CROP_STEPS))]
+_A_IS_PART = [(0, c) for c in range(1, 1 + len(CROP_STEPS))]
+_B_IS_PART = [(c, 0) for c in range(1, 1 + len(CROP_STEPS))]
+_ALIGNMENTS = np.array(_SAME_CROP + _A_IS_PART + _B_IS_PART)
+
+
+def compare_structure(a: Sequence[Signature], b: Sequence[Signature]) -> tuple[np.ndarray, np.ndarray]:
+    """For pairs of signatures: the best structural similarity over the alignments tried, and which image it
+    shows to be part of the other (0: neither, 1: the one in ``a``, 2: the one in ``b``).
+
+    Every alignment is ranked by plain correlation (one product of the standardised images, for all
+    pairs at once); SSIM, 20 times dearer, is computed only for the best-correlated alignment of each
+    family: equal cuts, and one image whole against the other's centre.
+    """
+    stack_a = np.stack([signature.alignments for signature in a]).astype(np.float32)
+    stack_b = np.stack([signature.alignments for signature in b]).astype(np.float32)
+    pixels = stack_a.shape[2] * stack_a.shape[3]
+    correlation = np.einsum("pkhw,pkhw->pk", stack_a[:, _ALIGNMENTS[:, 0]], stack_b[:, _ALIGNMENTS[:, 1]]) / pixels
+    same_crop = correlation[:, : len(_SAME_CROP)].argmax(axis=1)
+    one_cropped = len(_SAME_CROP) + correlation[:, len(_SAME_CROP) :].argmax(axis=1)
+    best = np.empty((len(a), 2))
+    for pair, alignments in enumerate(zip(same_crop.tolist(), one_cropped.tolist(), strict=True)):
+        for column, alignment in enumerate(alignments):
+            i, j = _ALIGNMENTS[alignment]
+            best[pair, column] = structural_similarity(stack_a[pair, i], stack_b[pair, j])
+    is_part = best[:, 1] > best[:, 0] + PARTIAL_MARGIN
+    part = np.where(is_part, np.where(one_cropped < len(_SAME_CROP) + len(_A_IS_PART), 1, 2), 0)
+    return best.max(axis=1), part
+
+
+def chroma_agreement(a: Signature, b: Signature) -> float | None:
+    """Cosine between the two chroma fields (1: same colours, -1: opposite hues); None when either has no colour."""
+    if not (a.has_colour and b.has_colour):
+        return None
+    dot = float(np.sum(a.chroma * b.chroma))
+    return dot / float(np.linalg.norm(a.chroma) * np.linalg.norm(b.chroma))
+
+
+def keypoints(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    """ORB keypoint positions, descriptors (None when there are none) and the (width, height) they were found at."""
+    import cv2
+
+    from pixclust.embedding.decode import load_rgb
+
+    image = load_rgb(path, draft_size=2 * ORB_SIDE)
+    scale = ORB_SIDE / max(image.size)
+    size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
+    if min(image.size) < ORB_MIN_SIDE:
+        return np.zeros((0, 2), dtype=np.float32), None, size
+    grey = cv2.resize(cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)
+    found, descriptors = cv2.ORB_create(nfeatures=ORB_FEATURES).detectAndCompute(grey, None)
+    return np.array([point.pt for point in found], dtype=np.float32).reshape(-1, 2), descriptors, size
+
+
+def match_keypoints(
+    a: tuple[np.ndarray, np.ndarray | None, tuple[int, int]], b: tuple[np.ndarray, np.ndarray | None, tuple[int, int]]
+) -> tuple[int, float, float]:
+    """RANSAC inliers of a similarity transform between two images' keypoints, and the share of each image's
+    area that the transform maps inside the other (1 and 1 when no transform was found)."""
+    import cv2
+
+    (points_a, descriptors_a, size_a), (points_b, descriptors_b, size_b) = a, b
+    if descriptors_a is None or descriptors_b is None or len(descriptors_a) < 2 or len(descriptors_b) < 2:
+        return 0, 1.0, 1.0
+    pairs = cv2.BFMatcher(cv2.NORM_HAMMING).knnMatch(descriptors_a, descriptors_b, k=2)
+    good = [pair[0] for pair in pairs if len(pair) == 2 and pair[0].distance < ORB_RATIO * pair[1].distance]
+    if len(good) < 3:
+        return 0, 1.0, 1.0
+    source = points_a[[match.queryIdx for match in good]]
+    target = points_b[[match.trainIdx for match in good]]
+    transform, mask = cv2.estimateAffinePartial2D(
+        source, target, method=cv2.RANSAC, ransacReprojThreshold=ORB_REPROJECTION_PX
+    )
+    # A transform that shrinks or grows one image more than MAX_SCALE times matched noise, not a copy.
+    scale = float(np.sqrt(abs(np.linalg.det(transform[:, :2])))) if transform is not None else 0.0
+    if mask is None or not 1 / MAX_SCALE <= scale <= MAX_SCALE:
+        return 0, 1.0, 1.0
+    return int(mask.sum()), _coverage(transform, size_a, size_b), _coverage(_inverse(transform), size_b, size_a)
+
+
+def _cached_keypoints(
+    path: str | Path, cache: dict[str, tuple[np.ndarray, np.ndarray | None, tuple[int, int]]]
+) -> tuple[np.ndarray, np.ndarray | None, tuple[int, int]]:
+    key = str(path)
+    if key not in cache:
+        cache[key] = keypoints(path)
+    return cache[key]
+
+
+def _inverse(transform: np.ndarray) -> np.ndarray:
+    square = np.vstack([transform, [0.0, 0.0, 1.0]])
+    return np.linalg.inv(square)[:2]
+
+
+def _coverage(transform: np.ndarray, size_from: tuple[int, int], size_to: tuple[int, int]) -> float:
+    """Share of a 12 x 12 grid of cell centres over the first image that the transform puts inside the second."""
+    centres = (np.arange(12) + 0.5) / 12
+    xs, ys = np.meshgrid(centres * size_from[0], centres * size_from[1])
+    mapped = np.stack([xs.ravel(), ys.ravel(), np.ones(xs.size)], axis=1) @ transform.T
+    inside = (mapped[:, 0] >= 0) & (mapped[:, 0] <= size_to[0]) & (mapped[:, 1] >= 0) & (mapped[:, 1] <= size_to[1])
+    return float(inside.mean())
+
+
+def verify_pairs(
+    pairs: Sequence[tuple[str | Path, str | Path, Signature, Signature]], *, colour: bool = True
+) -> list[Verdict]:
+    """Whether each pair (path a, path b, their signatures) is one picture (see the module's docstring).
+
+    The files are read again only for the keypoints of pairs whose structure is unclear; a file
+    that can no longer be read then counts as different.
+    """
+    if not pairs:
+        return []
+    structures, parts = compare_structure([pair[2] for pair in pairs], [pair[3] for pair in pairs])
+    keypoint_cache: dict[str, tuple[np.ndarray, np.ndarray | None, tuple[int, int]]] = {}
+    verdicts = []
+    for (path_a, path_b, a, b), structure, part in zip(pairs, structures.tolist(), parts.tolist(), strict=True):
+        inliers = None
+        same = structure >= SAME_STRUCTURE
+        if not same and structure >= DIFFERENT_STRUCTURE:
+            try:
+                found = [_cached_keypoints(path, keypoint_cache) for path in (path_a, path_b)]
+            except DecodeError:
+                found = None
+            if found is not None:
+                inliers, shown_of_a, shown_of_b = match_keypoints(*found)
+                same = inliers >= SAME_GEOMETRY_INLIERS
+                # A part lies wholly inside the whole, which it shows only some of; a rotated or shifted
+                # copy loses a little of each to the other.
+                contained = max(shown_of_a, shown_of_b) >= CONTAINED
+                partial = contained and min(shown_of_a, shown_of_b) < PARTIAL_COVERAGE
+                part = (2 if shown_of_a < shown_of_b else 1) if partial else 0
+        agreement = chroma_agreement(a, b) if colour else None
+        recoloured = same and agreement is not None and agreement < SAME_COLOUR
+        verdicts.append(Verdict(same and not recoloured, part, structure, inliers, agreement, recoloured))
+    return verdicts

@@ -12,7 +12,16 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from real_data import DIFFERENT_EDITS, DUPLICATE_EDITS, photo_tiles, write_duplicate_set
+from real_data import (
+    DIFFERENT_EDITS,
+    DUPLICATE_EDITS,
+    FASHION_CLASSES,
+    FASHION_DIR,
+    fashion_mnist,
+    photo_tiles,
+    write_duplicate_set,
+    write_image_tree,
+)
 
 from pixclust.curation.duplicates import DuplicateReport, candidate_pairs, find_duplicates
 from pixclust.curation.verify import signature, verify_pairs
@@ -145,3 +154,17 @@ def test_a_file_gone_since_embedding_is_counted_not_fatal(tmp_path: Path) -> Non
     (group,) = report.groups
     assert gone not in {embeddings.paths[row] for row in group.rows}
     assert len(group.rows) == len(DUPLICATE_EDITS)
+
+
+@pytest.mark.skipif(
+    not FASHION_DIR.exists(), reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
+)
+def test_small_look_alikes_are_not_chained_into_one_group(tmp_path: Path) -> None:
+    images, labels = fashion_mnist("test")
+    # 200 plain trousers at their own 28 x 28: at the photos' structure cut, 47 of the test set's
+    # trousers chained into one group.
+    trousers = np.flatnonzero(labels == FASHION_CLASSES.index("trouser"))[:200]
+    folder = write_image_tree(tmp_path / "images", images[trousers], labels[trousers])
+    report = find_duplicates(embed(folder, out=tmp_path / "run", quiet=True))
+    assert report.verified > 1000
+    assert report.n_redundant <= 2, [len(group.rows) for group in report.groups]

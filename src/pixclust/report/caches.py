@@ -40,7 +40,14 @@ _DUPLICATES_SCHEMA = pa.schema(
 # The verifier's settings are part of the answer: groups found with other ones are found again.
 _VERIFIER = " ".join(
     f"{name}={getattr(verify, name)}"
-    for name in ("SAME_STRUCTURE", "DIFFERENT_STRUCTURE", "SAME_GEOMETRY_INLIERS", "GREY_CHROMA", "SAME_COLOUR")
+    for name in (
+        "SAME_STRUCTURE",
+        "SAME_STRUCTURE_SMALL",
+        "DIFFERENT_STRUCTURE",
+        "SAME_GEOMETRY_INLIERS",
+        "GREY_CHROMA",
+        "SAME_COLOUR",
+    )
 )
 
 

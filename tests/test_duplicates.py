@@ -7,6 +7,7 @@ The photos are scikit-image's sample images, tiled and edited as bench/duplicate
 from __future__ import annotations
 
 import itertools
+import os
 from collections import defaultdict
 from pathlib import Path
 
@@ -26,6 +27,7 @@ from real_data import (
 from pixclust.curation.duplicates import DuplicateReport, candidate_pairs, find_duplicates
 from pixclust.curation.verify import signature, verify_pairs
 from pixclust.embeddings import Embeddings
+from pixclust.errors import UsageError
 from pixclust.runs.pipeline import embed
 
 pytestmark = pytest.mark.slow
@@ -168,3 +170,26 @@ def test_small_look_alikes_are_not_chained_into_one_group(tmp_path: Path) -> Non
     report = find_duplicates(embed(folder, out=tmp_path / "run", quiet=True))
     assert report.verified > 1000
     assert report.n_redundant <= 2, [len(group.rows) for group in report.groups]
+
+
+def test_keeper_rules_never_keep_a_crop(tmp_path: Path) -> None:
+    files = write_duplicate_set(tmp_path / "images", distractors=0, tiles=("astronaut-r0c0",))
+    by_edit = {file.edit: Path(file.path) for file in files}
+    os.utime(by_edit["gamma-0.7"], ns=(1_000_000_000, 1_000_000_000))
+    os.utime(by_edit["crop-10"], ns=(1_000, 1_000))
+    os.utime(by_edit["greyscale"], ns=(4_000_000_000_000_000_000, 4_000_000_000_000_000_000))
+    embeddings = embed(tmp_path / "images", out=tmp_path / "run", quiet=True)
+
+    def keeper(rule: str) -> str:
+        (group,) = [g for g in find_duplicates(embeddings, keep=rule).groups if len(g.rows) > 2]
+        return Path(embeddings.paths[group.keeper]).stem
+
+    whole = [path for edit, path in by_edit.items() if edit not in ("crop-10", "recoloured")]
+    assert keeper("oldest") == "gamma-0.7"  # the crop is older still, but a part is never kept
+    assert keeper("newest") == "greyscale"
+    assert keeper("first-path") == min(path.name for path in whole).rsplit(".", 1)[0]
+    assert keeper("smallest-file") == min(whole, key=lambda path: path.stat().st_size).stem
+    largest = keeper("largest")
+    assert largest not in ("half-size", "crop-10")
+    with pytest.raises(UsageError, match="--keep"):
+        find_duplicates(embeddings, keep="biggest")

@@ -43,16 +43,23 @@ def duplicates_command(
             help="A copy must keep the colours: --no-colour counts recoloured copies (hue changed) as duplicates.",
         ),
     ] = True,
+    keep: Annotated[
+        str | None,
+        typer.Option(
+            help="Which image of a group to keep: largest, smallest-file, oldest, newest or first-path "
+            "(never a crop of another) [default: {duplicate_keep}]."
+        ),
+    ] = None,
     ids: Ids = None,
     out: Annotated[Path | None, out_option("Write duplicates.csv here.")] = None,
     export: Annotated[
         bool, typer.Option("--export", help="Also link group N's images into OUT/duplicate_links/clusters/cluster_N/.")
     ] = False,
 ) -> None:
-    """Group exact, near and partial duplicates (crops), verified on the files, and suggest a keeper (the largest whole picture)."""
+    """Group exact, near and partial duplicates (crops), verified on the files, and suggest a keeper (--keep)."""
     from pixclust.curation.lookalikes import find_duplicate_images
 
     result = find_duplicate_images(
-        source, **chosen(threshold=threshold, ids=ids, out=out), colour=colour, export=export
+        source, **chosen(threshold=threshold, keep=keep, ids=ids, out=out), colour=colour, export=export
     )
     render_duplicates(result)

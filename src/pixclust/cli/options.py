@@ -66,7 +66,7 @@ def library_defaults() -> dict[str, Any]:
     """
     from pixclust.clustering.clusterer import DEFAULT_CLUSTER_METHOD
     from pixclust.clustering.reduce import DEFAULT_REDUCE, EMBEDDING_DEFAULT_COMPONENTS, PCA_DEFAULT_COMPONENTS
-    from pixclust.curation.duplicates import DEFAULT_CANDIDATE_SIMILARITY, UNVERIFIED_SIMILARITY
+    from pixclust.curation.duplicates import DEFAULT_CANDIDATE_SIMILARITY, DEFAULT_KEEP, UNVERIFIED_SIMILARITY
     from pixclust.curation.search import DEFAULT_TOP
     from pixclust.demo import DEMO_K
     from pixclust.embedding.embedder import MAX_DEFAULT_WORKERS
@@ -96,6 +96,7 @@ def library_defaults() -> dict[str, Any]:
         "top": DEFAULT_TOP,
         "duplicate_threshold": DEFAULT_CANDIDATE_SIMILARITY,
         "unverified_threshold": UNVERIFIED_SIMILARITY,
+        "duplicate_keep": DEFAULT_KEEP,
         "label_method": DEFAULT_LABEL_METHOD,
         "label_thresholds": " ".join(f"{cut:.2f}" for cut in DEFAULT_THRESHOLDS),
         "heads": " and ".join(HEADS),

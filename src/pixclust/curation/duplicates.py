@@ -35,6 +35,16 @@ DEFAULT_CANDIDATES = 20
 # On bench/duplicates.py's photos copies sat at cosine 0.65 or more with their originals; 0.60 leaves
 # a margin and, against 0.50, 7% fewer pairs to verify with the same answers.
 DEFAULT_CANDIDATE_SIMILARITY = 0.60
+# Which image of a group to keep. Whatever the rule, a whole picture is kept rather than a crop of it;
+# ties go to the file whose path sorts first.
+KEEP_RULES = {
+    "largest": "the most pixels, then the largest file",
+    "smallest-file": "the smallest file",
+    "oldest": "the oldest file (modification time)",
+    "newest": "the newest file (modification time)",
+    "first-path": "the file whose path sorts first",
+}
+DEFAULT_KEEP = "largest"
 # Without files to verify, the cosine at which a pair counts (the embedding alone; see the docstring).
 UNVERIFIED_SIMILARITY = 0.90
 # Images (signatures) or pairs (verification) per task given to a worker process.
@@ -125,6 +135,7 @@ def find_duplicates(
     neighbours: int = DEFAULT_CANDIDATES,
     colour: bool = True,
     verify_files: bool | None = None,
+    keep: str = DEFAULT_KEEP,
     index: VectorIndex | None = None,
 ) -> DuplicateReport:
     """Exact, near and partial duplicate groups.
@@ -133,8 +144,10 @@ def find_duplicates(
     ``DEFAULT_CANDIDATE_SIMILARITY`` when files are verified,
     ``UNVERIFIED_SIMILARITY`` when not); ``verify_files`` defaults to whether
     the embeddings name image files; ``colour=False`` lets a recoloured copy
-    count as a duplicate.
+    count as a duplicate; ``keep`` is one of ``KEEP_RULES``.
     """
+    if keep not in KEEP_RULES:
+        raise UsageError(f"--keep {keep!r} is not a rule; choose one of {', '.join(KEEP_RULES)}")
     verify_files = embeddings.names_files if verify_files is None else verify_files
     if threshold is None:
         threshold = DEFAULT_CANDIDATE_SIMILARITY if verify_files else UNVERIFIED_SIMILARITY
@@ -179,7 +192,7 @@ def find_duplicates(
             for i, j, sim in zip(left.tolist(), right.tolist(), sims.tolist(), strict=True)
             if sim >= threshold
         )
-    report.groups = _groups(embeddings, links, apart, content)
+    report.groups = _groups(embeddings, links, apart, content, keep)
     return report
 
 
@@ -224,7 +237,7 @@ def _verify_chunk(
 
 
 def _groups(
-    embeddings: Embeddings, links: list[_Link], apart: set[tuple[int, int]], content: np.ndarray
+    embeddings: Embeddings, links: list[_Link], apart: set[tuple[int, int]], content: np.ndarray, keep: str
 ) -> list[DuplicateGroup]:
     """Join linked rows, best link first, never joining two rows kept ``apart``; largest group first."""
     members = {row: {row} for link in links for row in (link.left, link.right)}
@@ -251,7 +264,7 @@ def _groups(
             continue
         ordered = tuple(sorted(rows))
         parts = {link.part for row in ordered for link in used.get(row, []) if link.part is not None}
-        keeper = _keeper(embeddings, ordered, parts)
+        keeper = _keeper(embeddings, ordered, parts, keep)
         matches = [_match_with(row, keeper, used.get(row, []), content, rows) for row in ordered]
         kinds = tuple(
             "keeper" if link is None else ("partial" if row in parts and link.kind != "exact" else link.kind)
@@ -293,11 +306,20 @@ def _equal_content(embeddings: Embeddings) -> list[list[int]]:
     return [rows for rows in groups.values() if len(rows) > 1]
 
 
-def _keeper(embeddings: Embeddings, rows: Sequence[int], parts: set[int]) -> int:
-    """The whole picture rather than a part of it, then the largest resolution, then the largest file."""
+def _keeper(embeddings: Embeddings, rows: Sequence[int], parts: set[int], keep: str) -> int:
+    """The row to keep under rule ``keep`` (``KEEP_RULES``), among the whole pictures of the group."""
+    path_order = {row: position for position, row in enumerate(sorted(rows, key=lambda row: embeddings.paths[row]))}
 
-    def size(row: int) -> tuple[bool, int, int, int]:
+    def preference(row: int) -> tuple[int, ...]:
         width, height = (int(v) for v in embeddings.image_sizes[row])
-        return (row not in parts, width * height, int(embeddings.file_sizes[row]), -row)
+        size, modified = int(embeddings.file_sizes[row]), int(embeddings.mtimes_ns[row])
+        by_rule = {
+            "largest": (width * height, size),
+            "smallest-file": (-size,),
+            "oldest": (-modified,),
+            "newest": (modified,),
+            "first-path": (),
+        }[keep]
+        return (row not in parts, *by_rule, -path_order[row])
 
-    return max(rows, key=size)
+    return max(rows, key=preference)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixclust.curation.duplicates import DuplicateReport
+from pixclust.curation.duplicates import DEFAULT_KEEP, DuplicateReport
 from pixclust.curation.export import safe_file_name
 from pixclust.curation.search import DEFAULT_TOP, Match
 from pixclust.embedding.sources import embed_images, extractor_for, open_embeddings
@@ -113,17 +113,19 @@ def find_duplicate_images(
     *,
     threshold: float | None = None,
     colour: bool = True,
+    keep: str = DEFAULT_KEEP,
     ids: str | Path | None = None,
     out: str | Path | None = None,
     export: bool = False,
 ) -> DuplicatesResult:
     """Exact, near and partial duplicate groups (see :mod:`pixclust.curation.duplicates`); with ``out``,
     ``duplicates.csv`` and (``export``) a folder of links per group. ``threshold`` is the cosine a pair
-    needs to be compared; ``colour=False`` counts recoloured copies as duplicates."""
+    needs to be compared; ``colour=False`` counts recoloured copies as duplicates; ``keep`` picks each
+    group's keeper (``KEEP_RULES`` of :mod:`pixclust.curation.duplicates`)."""
     from pixclust.curation.duplicates import find_duplicates
 
     embeddings = open_embeddings(source, ids=ids)
-    report = find_duplicates(embeddings, threshold=threshold, colour=colour)
+    report = find_duplicates(embeddings, threshold=threshold, colour=colour, keep=keep)
     if out is None:
         if export:
             raise UsageError("--export needs an output folder; give --out")

@@ -180,8 +180,9 @@ def find_duplicates(
                 report.recoloured += 1
                 apart.add((i, j))
             elif verdict.same:
-                # Pairs whose colours were compared and agree go first, so an image without colour
-                # (a greyscale copy) joins the group whose colour it could not be told from last.
+                # Pairs whose colours were compared (and agree) are joined first, pairs with an image
+                # that has no colour (a greyscale copy) last: by then the coloured images are grouped
+                # by colour, and the grey one joins the group it matches best.
                 order = (1 if verdict.colour is not None else 2, -verdict.score)
                 part = {0: None, 1: i, 2: j}[verdict.part]
                 kind = "near" if part is None else "partial"
@@ -190,7 +191,6 @@ def find_duplicates(
         links.extend(
             _Link(i, j, None, "near", f"cosine {sim:.3f}", (1, -sim), sim)
             for i, j, sim in zip(left.tolist(), right.tolist(), sims.tolist(), strict=True)
-            if sim >= threshold
         )
     report.groups = _groups(embeddings, links, apart, content, keep)
     return report

@@ -193,3 +193,27 @@ def test_keeper_rules_never_keep_a_crop(tmp_path: Path) -> None:
     assert largest not in ("half-size", "crop-10")
     with pytest.raises(UsageError, match="--keep"):
         find_duplicates(embeddings, keep="biggest")
+
+
+def test_mirrored_copies_only_on_request(tmp_path: Path) -> None:
+    from PIL import Image
+
+    files = write_duplicate_set(tmp_path / "images", distractors=0, tiles=("astronaut-r0c0",))
+    original = next(Path(file.path) for file in files if file.edit == "original")
+    flipped = tmp_path / "images" / "flipped.png"
+    Image.open(original).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(flipped)
+    embeddings = embed(tmp_path / "images", out=tmp_path / "run", quiet=True)
+
+    def kind_of_flipped(report: DuplicateReport) -> str | None:
+        for group in report.groups:
+            for row, kind in zip(group.rows, group.kinds, strict=True):
+                if embeddings.paths[row] == str(flipped):
+                    return kind
+        return None
+
+    assert kind_of_flipped(find_duplicates(embeddings)) is None
+    mirrored = find_duplicates(embeddings, mirror=True)
+    assert kind_of_flipped(mirrored) == "mirrored"
+    (group,) = [group for group in mirrored.groups if str(flipped) in {embeddings.paths[r] for r in group.rows}]
+    assert str(original) in {embeddings.paths[row] for row in group.rows}
+    assert any(evidence.endswith("mirrored") for evidence in group.evidence)

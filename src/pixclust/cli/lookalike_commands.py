@@ -50,6 +50,9 @@ def duplicates_command(
             "(never a crop of another) [default: {duplicate_keep}]."
         ),
     ] = None,
+    mirror: Annotated[
+        bool, typer.Option("--mirror", help="Also find copies flipped left to right (kind 'mirrored').")
+    ] = False,
     ids: Ids = None,
     out: Annotated[Path | None, out_option("Write duplicates.csv here.")] = None,
     export: Annotated[
@@ -60,6 +63,6 @@ def duplicates_command(
     from pixclust.curation.lookalikes import find_duplicate_images
 
     result = find_duplicate_images(
-        source, **chosen(threshold=threshold, keep=keep, ids=ids, out=out), colour=colour, export=export
+        source, **chosen(threshold=threshold, keep=keep, ids=ids, out=out), colour=colour, mirror=mirror, export=export
     )
     render_duplicates(result)

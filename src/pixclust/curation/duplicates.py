@@ -58,7 +58,8 @@ class DuplicateGroup:
     largest resolution, then the largest file).
 
     ``kind`` is the group's: ``exact`` (every file has the same content),
-    ``partial`` (one shows part of another) or ``near``. ``kinds`` says it per
+    ``partial`` (one shows part of another), ``mirrored`` (one is another flipped
+    left to right; looked for only with ``mirror=True``) or ``near``. ``kinds`` says it per
     row (``partial``: this row shows part of another; the keeper's is
     ``keeper``), and ``evidence`` what verification measured for the row and
     the keeper (or, when that pair was not compared, another row of the group).
@@ -136,6 +137,7 @@ def find_duplicates(
     colour: bool = True,
     verify_files: bool | None = None,
     keep: str = DEFAULT_KEEP,
+    mirror: bool = False,
     index: VectorIndex | None = None,
 ) -> DuplicateReport:
     """Exact, near and partial duplicate groups.
@@ -144,7 +146,8 @@ def find_duplicates(
     ``DEFAULT_CANDIDATE_SIMILARITY`` when files are verified,
     ``UNVERIFIED_SIMILARITY`` when not); ``verify_files`` defaults to whether
     the embeddings name image files; ``colour=False`` lets a recoloured copy
-    count as a duplicate; ``keep`` is one of ``KEEP_RULES``.
+    count as a duplicate; ``keep`` is one of ``KEEP_RULES``; ``mirror`` also finds copies flipped
+    left to right (kind ``mirrored``).
     """
     if keep not in KEEP_RULES:
         raise UsageError(f"--keep {keep!r} is not a rule; choose one of {', '.join(KEEP_RULES)}")
@@ -170,7 +173,7 @@ def find_duplicates(
     report = DuplicateReport([], float(threshold), n, candidates=len(left))
     apart: set[tuple[int, int]] = set()
     if verify_files:
-        verdicts = _verify_pairs(embeddings.paths, left, right, colour=colour)
+        verdicts = _verify_pairs(embeddings.paths, left, right, colour=colour, mirror=mirror)
         for i, j, sim, verdict in zip(left.tolist(), right.tolist(), sims.tolist(), verdicts, strict=True):
             if verdict is None:
                 report.unreadable += 1
@@ -185,7 +188,7 @@ def find_duplicates(
                 # by colour, and the grey one joins the group it matches best.
                 order = (1 if verdict.colour is not None else 2, -verdict.score)
                 part = {0: None, 1: i, 2: j}[verdict.part]
-                kind = "near" if part is None else "partial"
+                kind = "mirrored" if verdict.mirrored else ("near" if part is None else "partial")
                 links.append(_Link(i, j, part, kind, verdict.evidence, order, sim))
     else:
         links.extend(
@@ -196,7 +199,9 @@ def find_duplicates(
     return report
 
 
-def _verify_pairs(paths: Sequence[str], left: np.ndarray, right: np.ndarray, *, colour: bool) -> list[Verdict | None]:
+def _verify_pairs(
+    paths: Sequence[str], left: np.ndarray, right: np.ndarray, *, colour: bool, mirror: bool
+) -> list[Verdict | None]:
     """Each pair's verdict (None where a file could not be read), computed in worker processes."""
     rows = np.unique(np.concatenate([left, right]))
     signatures: dict[int, Signature | None] = {}
@@ -212,7 +217,7 @@ def _verify_pairs(paths: Sequence[str], left: np.ndarray, right: np.ndarray, *, 
     tasks = [pairs[start : start + _PAIR_CHUNK] for start in range(0, len(pairs), _PAIR_CHUNK)]
     verdicts: list[Verdict | None] = []
     with progress_bar("duplicate checks", len(left), unit="pairs") as advance:
-        for found in map_chunks(_verify_chunk, tasks, colour):
+        for found in map_chunks(_verify_chunk, tasks, colour, mirror):
             verdicts.extend(found)
             advance(len(found))
     return verdicts
@@ -229,10 +234,10 @@ def _signature_chunk(paths: Sequence[str]) -> list[Signature | None]:
 
 
 def _verify_chunk(
-    pairs: Sequence[tuple[str, str, Signature | None, Signature | None]], colour: bool
+    pairs: Sequence[tuple[str, str, Signature | None, Signature | None]], colour: bool, mirror: bool
 ) -> list[Verdict | None]:
     readable = [pair for pair in pairs if pair[2] is not None and pair[3] is not None]
-    verdicts = iter(verify_pairs(readable, colour=colour))
+    verdicts = iter(verify_pairs(readable, colour=colour, mirror=mirror))
     return [next(verdicts) if a is not None and b is not None else None for _, _, a, b in pairs]
 
 
@@ -271,7 +276,8 @@ def _groups(
             for row, link in zip(ordered, matches, strict=True)
         )
         copies = set(kinds) - {"keeper"}
-        kind = "exact" if copies == {"exact"} else ("partial" if "partial" in copies else "near")
+        found = next((kind for kind in ("partial", "mirrored") if kind in copies), "near")
+        kind = "exact" if copies == {"exact"} else found
         groups.append(
             DuplicateGroup(
                 rows=ordered,

@@ -114,6 +114,7 @@ def find_duplicate_images(
     threshold: float | None = None,
     colour: bool = True,
     keep: str = DEFAULT_KEEP,
+    mirror: bool = False,
     ids: str | Path | None = None,
     out: str | Path | None = None,
     export: bool = False,
@@ -121,11 +122,12 @@ def find_duplicate_images(
     """Exact, near and partial duplicate groups (see :mod:`pixclust.curation.duplicates`); with ``out``,
     ``duplicates.csv`` and (``export``) a folder of links per group. ``threshold`` is the cosine a pair
     needs to be compared; ``colour=False`` counts recoloured copies as duplicates; ``keep`` picks each
-    group's keeper (``KEEP_RULES`` of :mod:`pixclust.curation.duplicates`)."""
+    group's keeper (``KEEP_RULES`` of :mod:`pixclust.curation.duplicates`); ``mirror`` also finds copies
+    flipped left to right."""
     from pixclust.curation.duplicates import find_duplicates
 
     embeddings = open_embeddings(source, ids=ids)
-    report = find_duplicates(embeddings, threshold=threshold, colour=colour, keep=keep)
+    report = find_duplicates(embeddings, threshold=threshold, colour=colour, keep=keep, mirror=mirror)
     if out is None:
         if export:
             raise UsageError("--export needs an output folder; give --out")

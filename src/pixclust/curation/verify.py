@@ -114,7 +114,8 @@ class Verdict:
     copy), 1 (the first) or 2 (the second); ``structure`` the best structural similarity; ``inliers`` the
     keypoint inliers (None when keypoints were not needed); ``colour`` the chroma
     cosine (None when either image has no colour); ``recoloured`` is True when
-    the structure matched but the colours did not.
+    the structure matched but the colours did not; ``mirrored`` when the match
+    is with the second image flipped left to right (looked for only on request).
     """
 
     same: bool
@@ -123,6 +124,7 @@ class Verdict:
     inliers: int | None
     colour: float | None
     recoloured: bool
+    mirrored: bool = False
 
     @property
     def evidence(self) -> str:
@@ -131,7 +133,8 @@ class Verdict:
             words = f"{self.inliers} matching keypoints"
         else:
             words = f"structure {self.structure:.3f}"
-        return words + (f", colour {self.colour:+.2f}" if self.colour is not None else "")
+        words += f", colour {self.colour:+.2f}" if self.colour is not None else ""
+        return words + (", mirrored" if self.mirrored else "")
 
     @property
     def score(self) -> float:
@@ -218,6 +221,11 @@ def compare_structure(a: Sequence[Signature], b: Sequence[Signature]) -> tuple[n
     return best.max(axis=1), part
 
 
+def mirrored(signature: Signature) -> Signature:
+    """The signature of the same image flipped left to right (its centred crops flip onto themselves)."""
+    return Signature(signature.alignments[..., ::-1], signature.chroma[:, ::-1], signature.shorter_side)
+
+
 def chroma_agreement(a: Signature, b: Signature) -> float | None:
     """Cosine between the two chroma fields (1: same colours, -1: opposite hues); None when either has no colour."""
     if not (a.has_colour and b.has_colour):
@@ -292,15 +300,35 @@ def _coverage(transform: np.ndarray, size_from: tuple[int, int], size_to: tuple[
 
 
 def verify_pairs(
-    pairs: Sequence[tuple[str | Path, str | Path, Signature, Signature]], *, colour: bool = True
+    pairs: Sequence[tuple[str | Path, str | Path, Signature, Signature]], *, colour: bool = True, mirror: bool = False
 ) -> list[Verdict]:
     """Whether each pair (path a, path b, their signatures) is one picture (see the module's docstring).
 
     The files are read again only for the keypoints of pairs whose structure is unclear; a file
-    that can no longer be read then counts as different.
+    that can no longer be read then counts as different. With ``mirror``, a pair found different
+    is compared again with the second image flipped left to right, by structure and colour.
     """
     if not pairs:
         return []
+    verdicts = _verify_as_they_are(pairs, colour=colour)
+    if not mirror:
+        return verdicts
+    again = [index for index, verdict in enumerate(verdicts) if not verdict.same and not verdict.recoloured]
+    if again:
+        flipped = [(pairs[i][0], pairs[i][1], pairs[i][2], mirrored(pairs[i][3])) for i in again]
+        structures, _ = compare_structure([pair[2] for pair in flipped], [pair[3] for pair in flipped])
+        for index, (_, _, a, b), structure in zip(again, flipped, structures.tolist(), strict=True):
+            small = min(a.shorter_side, b.shorter_side) < COMPARE_SIDE
+            if structure >= (SAME_STRUCTURE_SMALL if small else SAME_STRUCTURE):
+                agreement = chroma_agreement(a, b) if colour else None
+                recoloured = agreement is not None and agreement < SAME_COLOUR
+                verdicts[index] = Verdict(not recoloured, 0, structure, None, agreement, recoloured, mirrored=True)
+    return verdicts
+
+
+def _verify_as_they_are(
+    pairs: Sequence[tuple[str | Path, str | Path, Signature, Signature]], *, colour: bool
+) -> list[Verdict]:
     structures, parts = compare_structure([pair[2] for pair in pairs], [pair[3] for pair in pairs])
     keypoint_cache: dict[str, tuple[np.ndarray, np.ndarray | None, tuple[int, int]]] = {}
     verdicts = []

@@ -100,7 +100,12 @@
   // ---- duplicates ----
   function duplicateGroup(group, number) {
     const box = el("div", { class: "dup-group", "data-kind": group.kind });
-    const what = { exact: "exact copies", partial: "with a partial copy (a crop)", near: "near duplicates" }[group.kind];
+    const what = {
+      exact: "exact copies",
+      partial: "with a partial copy (a crop)",
+      mirrored: "with a mirrored copy",
+      near: "near duplicates",
+    }[group.kind];
     box.append(el("h3", {}, `group ${number}: ${group.rows.length} images, ${what}`));
     const grid = el("div", { class: "grid" });
     group.rows.forEach((point, index) => {

@@ -217,3 +217,15 @@ def test_mirrored_copies_only_on_request(tmp_path: Path) -> None:
     (group,) = [group for group in mirrored.groups if str(flipped) in {embeddings.paths[r] for r in group.rows}]
     assert str(original) in {embeddings.paths[row] for row in group.rows}
     assert any(evidence.endswith("mirrored") for evidence in group.evidence)
+
+
+def test_a_panorama_strip_gets_no_keypoints_rather_than_failing(tmp_path: Path) -> None:
+    from PIL import Image
+
+    from pixclust.curation.verify import keypoints
+
+    strip = tmp_path / "strip.png"
+    # 64 x 20,000 is one pixel high at 256 wide, where ORB itself fails.
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 20_000, 3), dtype=np.uint8)).save(strip)
+    points, descriptors, size = keypoints(strip)
+    assert len(points) == 0 and descriptors is None and size[0] == 256

@@ -221,6 +221,12 @@ def compare_structure(a: Sequence[Signature], b: Sequence[Signature]) -> tuple[n
     return best.max(axis=1), part
 
 
+def _same_structure(a: Signature, b: Signature, structure: float) -> bool:
+    """Whether a structural similarity makes two images one picture (a closer match for small images)."""
+    small = min(a.shorter_side, b.shorter_side) < COMPARE_SIDE
+    return structure >= (SAME_STRUCTURE_SMALL if small else SAME_STRUCTURE)
+
+
 def mirrored(signature: Signature) -> Signature:
     """The signature of the same image flipped left to right (its centred crops flip onto themselves)."""
     return Signature(signature.alignments[..., ::-1], signature.chroma[:, ::-1], signature.shorter_side)
@@ -243,7 +249,8 @@ def keypoints(path: str | Path) -> tuple[np.ndarray, np.ndarray | None, tuple[in
     image = load_rgb(path, draft_size=2 * ORB_SIDE)
     scale = ORB_SIDE / max(image.size)
     size = (max(1, round(image.width * scale)), max(1, round(image.height * scale)))
-    if min(image.size) < ORB_MIN_SIDE:
+    # The scaled size too: a panorama 64 pixels high and thousands wide would be a few pixels high at ORB_SIDE.
+    if min(*image.size, *size) < ORB_MIN_SIDE:
         return np.zeros((0, 2), dtype=np.float32), None, size
     grey = cv2.resize(cv2.cvtColor(np.asarray(image), cv2.COLOR_RGB2GRAY), size, interpolation=cv2.INTER_AREA)
     found, descriptors = cv2.ORB_create(nfeatures=ORB_FEATURES).detectAndCompute(grey, None)
@@ -318,8 +325,7 @@ def verify_pairs(
         flipped = [(pairs[i][0], pairs[i][1], pairs[i][2], mirrored(pairs[i][3])) for i in again]
         structures, _ = compare_structure([pair[2] for pair in flipped], [pair[3] for pair in flipped])
         for index, (_, _, a, b), structure in zip(again, flipped, structures.tolist(), strict=True):
-            small = min(a.shorter_side, b.shorter_side) < COMPARE_SIDE
-            if structure >= (SAME_STRUCTURE_SMALL if small else SAME_STRUCTURE):
+            if _same_structure(a, b, structure):
                 agreement = chroma_agreement(a, b) if colour else None
                 recoloured = agreement is not None and agreement < SAME_COLOUR
                 verdicts[index] = Verdict(not recoloured, 0, structure, None, agreement, recoloured, mirrored=True)
@@ -334,8 +340,7 @@ def _verify_as_they_are(
     verdicts = []
     for (path_a, path_b, a, b), structure, part in zip(pairs, structures.tolist(), parts.tolist(), strict=True):
         inliers = None
-        small = min(a.shorter_side, b.shorter_side) < COMPARE_SIDE
-        same = structure >= (SAME_STRUCTURE_SMALL if small else SAME_STRUCTURE)
+        same = _same_structure(a, b, structure)
         if not same and structure >= DIFFERENT_STRUCTURE:
             try:
                 found = [_cached_keypoints(path, keypoint_cache) for path in (path_a, path_b)]

@@ -84,6 +84,8 @@ def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Exported networks go to a cache of this test session (shared with the CLI subprocesses)."""
     cache = tmp_path_factory.mktemp("pixclust-cache")
     os.environ["PIXCLUST_CACHE"] = str(cache)
+    # The key that seals move journals, too: a test never writes into the user's ~/.local/state.
+    os.environ["PIXCLUST_STATE"] = str(tmp_path_factory.mktemp("pixclust-state"))
     return cache
 
 

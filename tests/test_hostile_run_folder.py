@@ -18,6 +18,7 @@ from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
 from unittest import mock
 
+import numpy as np
 import pytest
 from conftest import tree_digest
 from corpus import encode, quadrants
@@ -138,7 +139,7 @@ def test_moved_originals_are_kept_when_the_journal_is_deleted(tmp_path: Path) ->
     (run / "moves.jsonl").unlink()
     before = tree_digest(run / "clusters")
 
-    refused(cluster(tmp_path / "photos", run), "--move put there")
+    refused(cluster(tmp_path / "photos", run), "put there")
     assert tree_digest(run / "clusters") == before
     assert len(list((run / "clusters").rglob("*.png"))) == N_IMAGES
 
@@ -372,3 +373,57 @@ def test_discovery_never_walks_into_a_run_folder(tmp_path: Path) -> None:
 
     found = discover_images(photos).files
     assert len(found) == 4 and not [path for path in found if "runs" in path.parts]
+
+
+def test_duplicates_refuses_folders_that_would_put_files_at_risk(tmp_path: Path) -> None:
+    """``duplicates --out`` and ``--move-copies`` keep every rule of a run folder, checked before any embedding."""
+    photos, run = write_photos(tmp_path / "photos"), tmp_path / "run"
+    before = tree_digest(photos)
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    np.save(tmp_path / "vectors.npy", np.eye(4, dtype=np.float32))
+
+    refused(pixclust("duplicates", photos, "--move-copies", photos / "aside"), "is inside the image folder")
+    refused(pixclust("duplicates", photos, "--out", photos / "run"), "is inside the image folder")
+    refused(pixclust("duplicates", photos, "--out", mine), "is not empty and is not a pixclust run folder")
+    refused(pixclust("duplicates", tmp_path / "vectors.npy", "--move-copies", tmp_path / "aside"), "name no folder")
+    assert tree_digest(photos) == before and not (photos / "aside").exists() and not (photos / "run").exists()
+    assert sorted(os.listdir(mine)) == ["notes.txt"]
+    assert cluster(photos, run, "--move").returncode == 0
+    refused(pixclust("duplicates", run, "--move-copies", run), "put there")
+    refused(pixclust("duplicates", write_photos(tmp_path / "other", 4), "--out", run), "is the run of")
+    assert not (run / "duplicate_copies").exists() and not (run / "duplicates.csv").exists()
+
+
+def test_a_journal_without_your_seal_moves_nothing(tmp_path: Path) -> None:
+    """A crafted journal that stays inside its own source can still name your home as that source; the seal stops it."""
+    photos, run = write_photos(tmp_path / "photos"), tmp_path / "run"
+    assert cluster(photos, run, "--move").returncode == 0
+    home = tmp_path / "home"
+    (home / "autostart").mkdir(parents=True)
+    journal = run / "moves.jsonl"
+    header = journal.read_text().splitlines()[0]
+    planted = run / "clusters" / "cluster_00" / "evil.desktop"
+    planted.write_text("[Desktop Entry]\nExec=harm\n")
+    crafted = {**json.loads(header), "source": str(home)}
+    crafted_move = {"move": 0, "from": str(home / "autostart" / "evil.desktop"), "to": str(planted)}
+    journal.write_text(
+        "\n".join([json.dumps(crafted), json.dumps(crafted_move), '{"done": 0}', '{"finished": 1}']) + "\n"
+    )
+
+    refused(pixclust("restore", run), "does not carry your seal")
+    refused(pixclust("resume-move", run), "does not carry your seal")
+    assert list((home / "autostart").iterdir()) == [] and planted.is_file()
+
+
+def test_your_own_journal_from_another_machine_needs_your_word(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    photos, run = write_photos(tmp_path / "photos"), tmp_path / "run"
+    before = tree_digest(photos)
+    assert cluster(photos, run, "--move").returncode == 0
+    monkeypatch.setenv("PIXCLUST_STATE", str(tmp_path / "another-machine"))
+
+    refused(pixclust("restore", run), "add --trust-journal")
+    assert len(list((run / "clusters").rglob("*.png"))) == N_IMAGES
+    assert pixclust("restore", run, "--trust-journal").returncode == 0
+    assert tree_digest(photos) == before

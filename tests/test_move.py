@@ -25,7 +25,7 @@ from conftest import tree_digest
 from corpus import encode, quadrants
 
 import pixclust
-from pixclust.curation.move import JOURNAL, check_no_moves, resume_moves
+from pixclust.curation.move import JOURNAL, check_no_moves, restore_moves, resume_moves
 from pixclust.errors import UsageError
 from pixclust.runs.folder import RunFolder
 from pixclust.runs.pipeline import RunConfig
@@ -185,7 +185,7 @@ def test_move_puts_each_image_in_its_cluster_folder_and_guards_them(tmp_path: Pa
     twins = {destination.name for _, destination in planned_moves(run_dir)}
     assert {"photo_00.png", "photo_00~2.png"} <= twins
     # A later run into this folder would replace clusters/, where the originals now live.
-    with pytest.raises(UsageError, match="--move put there"):
+    with pytest.raises(UsageError, match="put there"):
         pixclust.run(RunConfig(str(source_root), str(run_dir), model="pixels"), quiet=True)
     with pytest.raises(UsageError, match="copy=True and move=True"):
         RunConfig(str(source_root), str(tmp_path / "other"), copy=True, move=True)
@@ -288,3 +288,87 @@ def test_resume_after_a_kill_tore_the_last_journal_line(tmp_path: Path) -> None:
     assert report.moved == N_IMAGES and report.left == []
     assert_all_moved(root, run_dir, originals)
     assert all(json.loads(line) for line in journal.read_text().splitlines())
+
+
+def test_restore_puts_every_moved_image_back_and_frees_the_run_folder(tmp_path: Path) -> None:
+    root = tmp_path / "photos"
+    write_photos(root)
+    before = tree_digest(root)
+    run_dir = tmp_path / "run"
+    pixclust.run(RunConfig(str(root), str(run_dir), model="pixels", k=3, move=True, report=False), quiet=True)
+    # Someone put a new picture where a moved one was: it is theirs, so that image stays in the run folder.
+    first_source, first_destination = planned_moves(run_dir)[0]
+    first_source.write_bytes(b"a different picture")
+
+    with pytest.raises(UsageError, match="restore"):
+        pixclust.run(RunConfig(str(root), str(run_dir), model="pixels", k=3, move=True), quiet=True)
+    blocked = restore_moves(run_dir)
+    assert blocked.restored and blocked.moved == N_IMAGES - 1 and len(blocked.left) == 1
+    assert "other content" in blocked.left[0][1] and first_destination.is_file()
+    with (
+        pytest.raises(UsageError, match="did not finish; run: pixclust resume-move"),
+        RunFolder.open(run_dir).writing() as folder,
+    ):
+        check_no_moves(folder)
+
+    first_source.unlink()
+    restored = subprocess.run(
+        [sys.executable, "-m", "pixclust", "resume-move", str(run_dir)], capture_output=True, text=True
+    )
+    assert restored.returncode == 0, restored.stderr
+    assert f"{N_IMAGES} images moved back to where they were" in restored.stdout
+    assert tree_digest(root) == before
+    assert not (run_dir / "clusters").exists()
+    assert json.loads((run_dir / JOURNAL).read_text().splitlines()[-1]) == {"restored_all": N_IMAGES}
+    assert restore_moves(run_dir).moved == N_IMAGES and tree_digest(root) == before
+
+    again = pixclust.run(RunConfig(str(root), str(run_dir), model="pixels", k=3, move=True, report=False), quiet=True)
+    assert again.moves is not None and again.moves.moved == N_IMAGES
+
+
+@pytest.mark.slow
+def test_duplicate_copies_move_aside_and_back_through_kills(tmp_path: Path) -> None:
+    """``duplicates --move-copies`` and ``restore``, each killed half way and resumed: no file is ever lost."""
+    from real_data import write_duplicate_set
+
+    root = tmp_path / "photos"
+    write_duplicate_set(root, distractors=0, tiles=("astronaut-r0c0", "coffee-r0c1"))
+    originals = {str(path.relative_to(root)): sha(path) for path in root.rglob("*") if path.is_file()}
+    before = tree_digest(root)
+    run_dir, aside = tmp_path / "run", tmp_path / "aside"
+    # Embedded once here, so that the killed commands spend their time moving.
+    found = pixclust.find_duplicate_images(root, out=run_dir)
+    keepers = {found.embeddings.paths[group.keeper] for group in found.report.groups}
+    copies = {found.embeddings.paths[row] for group in found.report.groups for row in group.rows} - keepers
+    assert len(found.report.groups) == 2 and len(copies) >= 14
+
+    args = ("duplicates", str(root), "--out", str(run_dir), "--move-copies", str(aside))
+    process = cli(*args, env={"KILL_AT": "moved:5"})
+    process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGKILL
+    assert_nothing_lost(root, aside, originals)
+    with pytest.raises(UsageError, match="did not finish; run: pixclust resume-move"):
+        pixclust.find_duplicate_images(root, out=run_dir, move_copies=aside)
+
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pixclust", "resume-move", str(aside)], capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert {str(source) for source, _ in planned_moves(aside)} == copies
+    for source, destination in planned_moves(aside):
+        assert not source.exists() and sha(destination) == originals[str(source.relative_to(root))]
+        assert destination.parent.parent == aside / "duplicate_copies"
+    assert all(os.path.isfile(keeper) for keeper in keepers)
+
+    process = cli("restore", str(aside), env={"KILL_AT": "moved:3"})
+    process.communicate(timeout=300)
+    assert process.returncode == -signal.SIGKILL
+    assert_nothing_lost(root, aside, originals)
+    resumed = subprocess.run(
+        [sys.executable, "-m", "pixclust", "resume-move", str(aside)], capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    assert tree_digest(root) == before and not (aside / "duplicate_copies").exists()
+    # The duplicates run embedded into the run folder's store, so clustering the folder there embeds nothing.
+    clustered = pixclust.run(RunConfig(str(root), str(run_dir), k=2, report=False), quiet=True)
+    assert clustered.embeddings.n_extracted == 0 and len(clustered.embeddings) == len(originals)

@@ -30,7 +30,7 @@ app = typer.Typer(
     rich_markup_mode=None,
 )
 
-# In the order help lists them: a run's commands, then those on its embeddings, then labelling, then the repair.
+# In the order help lists them: a run's commands, then those on its embeddings, then labelling, then the repairs.
 for _name, _command in (
     ("cluster", run_commands.cluster_command),
     ("report", run_commands.report_command),
@@ -43,6 +43,7 @@ for _name, _command in (
     ("evaluate", label_commands.evaluate_command),
     ("predict", label_commands.predict_command),
     ("resume-move", run_commands.resume_move_command),
+    ("restore", run_commands.restore_command),
 ):
     app.command(_name, cls=LibraryDefaultsCommand)(_command)
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from pixclust.cli.options import EMBEDDINGS_HELP, EmbeddingsIn, Ids, chosen, out_option
+from pixclust.cli.options import EmbeddingsIn, Ids, chosen, out_option
 from pixclust.cli.render import render_duplicates, render_similar
 
 
@@ -28,7 +28,9 @@ def similar_command(
 
 
 def duplicates_command(
-    source: Annotated[Path, typer.Argument(help=EMBEDDINGS_HELP)],
+    source: Annotated[
+        Path, typer.Argument(help="A folder of images, a run folder, or an embeddings.npy (with --ids).")
+    ],
     threshold: Annotated[
         float | None,
         typer.Option(
@@ -54,15 +56,34 @@ def duplicates_command(
         bool, typer.Option("--mirror", help="Also find copies flipped left to right (kind 'mirrored').")
     ] = False,
     ids: Ids = None,
-    out: Annotated[Path | None, out_option("Write duplicates.csv here.")] = None,
+    out: Annotated[
+        Path | None,
+        out_option(
+            "Run folder for duplicates.csv; a folder of images is embedded into its store, so a later "
+            "'pixclust cluster FOLDER --out OUT' reuses every vector."
+        ),
+    ] = None,
     export: Annotated[
         bool, typer.Option("--export", help="Also link group N's images into OUT/duplicate_links/clusters/cluster_N/.")
     ] = False,
+    move_copies: Annotated[
+        Path | None,
+        typer.Option(
+            "--move-copies",
+            metavar="DIR",
+            help="Move every copy that is not its group's keeper into DIR/duplicate_copies/group_N/ (journalled; "
+            "'pixclust restore DIR' puts them back).",
+        ),
+    ] = None,
 ) -> None:
     """Group exact, near and partial duplicates (crops), verified on the files, and suggest a keeper (--keep)."""
     from pixclust.curation.lookalikes import find_duplicate_images
 
     result = find_duplicate_images(
-        source, **chosen(threshold=threshold, keep=keep, ids=ids, out=out), colour=colour, mirror=mirror, export=export
+        source,
+        **chosen(threshold=threshold, keep=keep, ids=ids, out=out, move_copies=move_copies),
+        colour=colour,
+        mirror=mirror,
+        export=export,
     )
     render_duplicates(result)

@@ -101,15 +101,22 @@ def render_report(path: Path) -> None:
     console().print(f"report: {shown(path)}")
 
 
+_MOVED_INTO = {"clusters": "into the cluster folders", "duplicate_copies": "aside into duplicate_copies/"}
+
+
 def render_moves(report: MoveReport) -> None:
-    """The moves made; exit code 1 when some images are still at their source."""
+    """The moves made; exit code 1 when some images are not yet where they were going."""
     out = console()
-    out.print(f"{report.moved:,} images moved into the cluster folders; the journal is {shown(report.journal)}")
+    where = "back to where they were" if report.restored else _MOVED_INTO.get(report.into, f"into {report.into}/")
+    out.print(f"{report.moved:,} images moved {where}; the journal is {shown(report.journal)}")
+    for file, why in report.kept:
+        out.print(f"not moved: {shown(file)}: {shown(why)}")
     for move, why in report.left:
-        out.print(f"not moved: {shown(move.source)}: {shown(why)}")
+        out.print(f"not moved: {shown(move.destination if report.restored else move.source)}: {shown(why)}")
     if report.left:
         out.print(
-            f"{len(report.left):,} images are still at their source; fix the cause, then: pixclust resume-move {shown(report.journal.parent)}"
+            f"{len(report.left):,} images are not yet {'back' if report.restored else 'moved'}; fix the cause, then: "
+            f"pixclust resume-move {shown(report.journal.parent)}"
         )
         raise typer.Exit(1)
 
@@ -159,6 +166,8 @@ def render_duplicates(result: DuplicatesResult) -> None:
     )
     if result.csv_path:
         out.print(f"table: {shown(result.csv_path)}" + (f"; links: {shown(result.links)}" if result.links else ""))
+    if result.moves is not None:
+        render_moves(result.moves)
 
 
 def render_labels(run: LabelRun, out_dir: Path) -> None:

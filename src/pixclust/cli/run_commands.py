@@ -205,15 +205,40 @@ def report_command(
     render_report(build_report(run_dir, **chosen(maps=split_maps(maps)), quiet=quiet))
 
 
+TrustJournal = Annotated[
+    bool,
+    typer.Option(
+        "--trust-journal",
+        help="Carry out a journal without your seal: one you wrote on another machine or with an older pixclust.",
+    ),
+]
+
+
 def resume_move_command(
     run_dir: Annotated[
-        Path, typer.Argument(help="The run folder of a 'pixclust cluster --move' that was interrupted.")
+        Path,
+        typer.Argument(
+            help="The run folder of an interrupted 'cluster --move', 'duplicates --move-copies' or 'restore'."
+        ),
     ],
+    trust_journal: TrustJournal = False,
 ) -> None:
-    """Finish moving images into RUN_DIR/clusters/ after an interrupted --move; safe to run any number of times."""
+    """Finish an interrupted move (or restore) from its journal; safe to run any number of times."""
     from pixclust.curation.move import resume_moves
 
-    render_moves(resume_moves(run_dir))
+    render_moves(resume_moves(run_dir, trust_journal=trust_journal))
+
+
+def restore_command(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A folder that 'cluster --move' or 'duplicates --move-copies' moved images into.")
+    ],
+    trust_journal: TrustJournal = False,
+) -> None:
+    """Put every image a move took into RUN_DIR back where it was; safe to run again after an interruption."""
+    from pixclust.curation.move import restore_moves
+
+    render_moves(restore_moves(run_dir, trust_journal=trust_journal))
 
 
 def models_command() -> None:

@@ -144,16 +144,20 @@ def export_cluster_folders(folder: RunFolder, paths: Sequence[str], labels: np.n
 
 
 def cluster_entries(paths: Sequence[str], labels: np.ndarray) -> list[tuple[str, str, str]]:
-    """(file, cluster folder, name inside it) per image, in path order.
-
-    Names are ``safe_file_name`` of the file's own name; two images with the
-    same name in one cluster get distinct names (``photo.jpg``, ``photo~2.jpg``).
-    """
+    """(file, cluster folder, name inside it) per image, in path order, as :func:`folder_entries` names them."""
     names = cluster_names(labels)
-    taken: dict[str, set[str]] = {name: set() for name in names.values()}
+    return folder_entries(paths, [names[int(label)] for label in labels])
+
+
+def folder_entries(paths: Sequence[str], folders: Sequence[str]) -> list[tuple[str, str, str]]:
+    """(file, folder, name inside it) per file, in path order.
+
+    Names are ``safe_file_name`` of the file's own name; two files with the
+    same name in one folder get distinct names (``photo.jpg``, ``photo~2.jpg``).
+    """
+    taken: dict[str, set[str]] = {folder: set() for folder in folders}
     entries = []
-    for file, label in sorted(zip(paths, labels, strict=True)):
-        folder = names[int(label)]
+    for file, folder in sorted(zip(paths, folders, strict=True)):
         entries.append((file, folder, _unique_name(safe_file_name(os.path.basename(file)), taken[folder])))
     return entries
 

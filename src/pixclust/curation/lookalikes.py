@@ -7,23 +7,25 @@ names, atomically.
 
 from __future__ import annotations
 
+import contextlib
 import os
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from pixclust.curation.duplicates import DEFAULT_KEEP, DuplicateReport
-from pixclust.curation.export import safe_file_name
+from pixclust.curation.export import safe_file_name, write_errors_csv
+from pixclust.curation.move import MoveReport, move_copies_aside
 from pixclust.curation.search import DEFAULT_TOP, Match
 from pixclust.embedding.sources import embed_images, extractor_for, open_embeddings
 from pixclust.embeddings import Embeddings
-from pixclust.errors import UsageError
+from pixclust.errors import NoImagesError, UsageError
 from pixclust.names import write_csv
 from pixclust.report.figures import SHEETS_DIR, write_contact_sheet
+from pixclust.runs.folder import DUPLICATES_CSV, ERRORS_CSV, RUN_JSON, RunFolder, is_run_folder
 
-DUPLICATES_CSV = "duplicates.csv"
 SIMILAR_CSV = "similar.csv"
 DUPLICATE_LINKS_DIR = "duplicate_links"
 
@@ -106,6 +108,7 @@ class DuplicatesResult:
     embeddings: Embeddings
     csv_path: Path | None
     links: Path | None
+    moves: MoveReport | None = None
 
 
 def find_duplicate_images(
@@ -118,21 +121,133 @@ def find_duplicate_images(
     ids: str | Path | None = None,
     out: str | Path | None = None,
     export: bool = False,
+    move_copies: str | Path | None = None,
 ) -> DuplicatesResult:
-    """Exact, near and partial duplicate groups (see :mod:`pixclust.curation.duplicates`); with ``out``,
-    ``duplicates.csv`` and (``export``) a folder of links per group. ``threshold`` is the cosine a pair
-    needs to be compared; ``colour=False`` counts recoloured copies as duplicates; ``keep`` picks each
-    group's keeper (``KEEP_RULES`` of :mod:`pixclust.curation.duplicates`); ``mirror`` also finds copies
-    flipped left to right."""
+    """Exact, near and partial duplicate groups (see :mod:`pixclust.curation.duplicates`).
+
+    ``source`` is a run folder, an ``embeddings.npy`` (with ``ids``), or a folder
+    of images, embedded first (into ``out``'s store when given, so a later
+    ``pixclust cluster`` of that folder into ``out`` embeds nothing again). With
+    ``out`` (a run folder), ``duplicates.csv`` and (``export``) a folder of links
+    per group. ``threshold`` is the cosine a pair needs to be compared;
+    ``colour=False`` counts recoloured copies as duplicates; ``keep`` picks each
+    group's keeper (``KEEP_RULES`` of :mod:`pixclust.curation.duplicates`);
+    ``mirror`` also finds copies flipped left to right. ``move_copies`` (a run
+    folder) receives every copy that is not its group's keeper, moved with the
+    journal of :mod:`pixclust.curation.move`; ``pixclust restore`` puts them back.
+    """
     from pixclust.curation.duplicates import find_duplicates
 
-    embeddings = open_embeddings(source, ids=ids)
-    report = find_duplicates(embeddings, threshold=threshold, colour=colour, keep=keep, mirror=mirror)
-    if out is None:
-        if export:
-            raise UsageError("--export needs an output folder; give --out")
-        return DuplicatesResult(report, embeddings, None, None)
-    folder = Path(out)
+    if export and out is None:
+        raise UsageError("--export needs an output folder; give --out")
+    images = _image_folder(source)
+    with contextlib.ExitStack() as held:
+        out_folder = None if out is None else held.enter_context(_writable(images, out))
+        copies_to = None if move_copies is None else held.enter_context(_copies_folder(source, images, move_copies))
+        embeddings = _embeddings_of(source, ids, out_folder)
+        report = find_duplicates(embeddings, threshold=threshold, colour=colour, keep=keep, mirror=mirror)
+        csv_path = links = moves = None
+        if out_folder is not None:
+            csv_path = _write_duplicates_csv(out_folder.path(DUPLICATES_CSV), embeddings, report)
+            if export:
+                links = _link_groups(out_folder.path(DUPLICATE_LINKS_DIR), embeddings, report)
+        if copies_to is not None:
+            copies = [
+                (embeddings.paths[row], number)
+                for number, group in enumerate(report.groups, start=1)
+                for row in group.rows
+                if row != group.keeper
+            ]
+            copies_folder, root = copies_to
+            moves = move_copies_aside(copies_folder, root, [path for path, _ in copies], [n for _, n in copies])
+    return DuplicatesResult(report, embeddings, csv_path, links, moves)
+
+
+def _image_folder(source: str | Path | Embeddings) -> Path | None:
+    """The folder of images ``source`` names, when it is one (not a run folder, not an .npy), else None."""
+    if isinstance(source, Embeddings) or not os.path.isdir(source) or is_run_folder(source):
+        return None
+    return Path(source)
+
+
+@contextlib.contextmanager
+def _writable(images: Path | None, out: str | Path) -> Iterator[RunFolder]:
+    from pixclust.curation.move import check_moves_finished
+
+    folder = RunFolder.open(out) if images is None else RunFolder.open_apart_from(images, out)
+    with folder.writing():
+        check_moves_finished(folder)
+        yield folder
+
+
+@contextlib.contextmanager
+def _copies_folder(
+    source: str | Path | Embeddings, images: Path | None, move_copies: str | Path
+) -> Iterator[tuple[RunFolder, Path]]:
+    """The run folder the copies go to and the folder they must come from, checked and locked before any
+    minute is spent finding them."""
+    from pixclust.curation.move import check_no_moves
+
+    if isinstance(source, Embeddings) or (images is None and not os.path.isdir(source)):
+        raise UsageError(
+            "--move-copies moves image files, and these embeddings name no folder of images; "
+            "give the image folder or a run folder"
+        )
+    root = images or _run_images_root(Path(source))
+    folder = RunFolder.open_apart_from(root, move_copies)
+    with folder.writing():
+        check_no_moves(folder)
+        yield folder, root
+
+
+def _run_images_root(run_dir: Path) -> Path:
+    """The deepest folder holding every image a run folder's store lists: no copy may move from outside it."""
+    paths = [path for path in open_embeddings(run_dir).paths if os.path.isabs(path)]
+    if not paths:
+        raise UsageError(f"{run_dir} lists no image files, so there is nothing to move; give the image folder")
+    root = os.path.commonpath(paths)
+    return Path(root if os.path.isdir(root) else os.path.dirname(root))
+
+
+def _embeddings_of(source: str | Path | Embeddings, ids: str | Path | None, out: RunFolder | None) -> Embeddings:
+    """The embeddings to search: those ``source`` holds, or a folder of images embedded now (into ``out``'s store)."""
+    images = _image_folder(source)
+    if images is None:
+        return open_embeddings(source, ids=ids)
+    if ids is not None:
+        raise UsageError(f"--ids is for an embeddings.npy file, not the image folder {images}; drop --ids")
+    from pixclust.embedding.extraction import embed
+
+    model, weights = _model_of_run(images, out)
+    embeddings = embed(images, model=model, weights=weights, out=None if out is None else out.root)
+    if out is not None:
+        write_errors_csv(out.path(ERRORS_CSV), embeddings.skipped)
+    if len(embeddings) == 0:
+        raise NoImagesError(
+            f"no usable images in {images}: {len(embeddings.skipped)} files skipped; "
+            "point pixclust at a folder of JPEG/PNG/WebP/BMP/TIFF/GIF images"
+        )
+    return embeddings
+
+
+def _model_of_run(images: Path, out: RunFolder | None) -> tuple[str, str | None]:
+    """The model (and weights) of the run ``out`` already holds, so its vectors are reused; else the default."""
+    from pixclust.embedding.models import DEFAULT_MODEL
+    from pixclust.embedding.record import ModelRecord
+    from pixclust.runs.record import RunRecord
+
+    if out is None or not out.path(RUN_JSON).is_file():
+        return DEFAULT_MODEL, None
+    record = RunRecord.read(out.path(RUN_JSON))
+    if record.source is None or os.path.realpath(record.source) != os.path.realpath(images):
+        raise UsageError(
+            f"{out.root} is the run of {record.source}, not of {images}; give that folder, or another --out"
+        )
+    model = ModelRecord.from_dict(record.model)
+    return model.model or DEFAULT_MODEL, model.weights.weights_option()
+
+
+def _write_duplicates_csv(path: Path, embeddings: Embeddings, report: DuplicateReport) -> Path:
     rows = (
         (
             number,
@@ -147,20 +262,20 @@ def find_duplicate_images(
         for row, kind, evidence in zip(group.rows, group.kinds, group.evidence, strict=True)
     )
     header = ("group", "kind", "path", "keep", "width", "height", "evidence", "min_similarity")
-    csv_path = write_csv(folder / DUPLICATES_CSV, header, rows, text=("kind", "path", "keep", "evidence"))
-    links = None
-    if export:
-        from pixclust.curation.export import export_cluster_folders
-        from pixclust.runs.folder import RunFolder
+    return write_csv(path, header, rows, text=("kind", "path", "keep", "evidence"))
 
-        if not embeddings.names_files:
-            raise UsageError("--export links image files, and these embeddings name no files; drop --export")
-        members = [row for group in report.groups for row in group.rows]
-        # Numbered from 1 like the CSV, so group 3 is in clusters/cluster_03/.
-        labels = np.array(
-            [number for number, group in enumerate(report.groups, start=1) for _ in group.rows], dtype=np.int64
-        )
-        # The links get a run folder of their own, so a second --export replaces only what the first one made.
-        with RunFolder.open(folder / DUPLICATE_LINKS_DIR).writing() as links_folder:
-            links = export_cluster_folders(links_folder, [embeddings.paths[row] for row in members], labels)
-    return DuplicatesResult(report, embeddings, csv_path, links)
+
+def _link_groups(links_dir: Path, embeddings: Embeddings, report: DuplicateReport) -> Path:
+    """Group N's images linked into ``links_dir/clusters/cluster_N/``, a run folder of its own."""
+    from pixclust.curation.export import export_cluster_folders
+
+    if not embeddings.names_files:
+        raise UsageError("--export links image files, and these embeddings name no files; drop --export")
+    members = [row for group in report.groups for row in group.rows]
+    # Numbered from 1 like the CSV, so group 3 is in clusters/cluster_03/.
+    labels = np.array(
+        [number for number, group in enumerate(report.groups, start=1) for _ in group.rows], dtype=np.int64
+    )
+    # The links get a run folder of their own, so a second --export replaces only what the first one made.
+    with RunFolder.open(links_dir).writing() as links_folder:
+        return export_cluster_folders(links_folder, [embeddings.paths[row] for row in members], labels)

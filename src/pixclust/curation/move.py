@@ -1,11 +1,17 @@
-"""``--move``: move each image into its cluster folder so that a kill at any moment loses nothing.
+"""Every move pixclust makes, in one journal, so that a kill at any moment loses nothing.
 
-Before the first file moves, the whole plan goes to ``moves.jsonl`` in the run
-folder (written atomically): a header naming the source and the run folder
-(both real paths), then one line per image, ``{"move": i, "from": ...,
-"to": ...}``; the run folder's manifest lists every destination as a moved
-original, so nothing pixclust does later replaces it. After each move a ``{"done": i}`` line is appended and fsynced;
-when every file has moved, a ``{"finished": n}`` line closes the journal.
+``cluster --move`` moves each image into its cluster folder; ``duplicates
+--move-copies`` moves every copy that is not its group's keeper aside; ``restore``
+puts either back. Before the first file moves, the whole plan goes to
+``moves.jsonl`` in the run folder (written atomically): a header naming the
+source, the run folder (both real paths) and the tree the files go into
+(``clusters`` or ``duplicate_copies``), then one line per image, ``{"move": i,
+"from": ..., "to": ...}``; the run folder's manifest lists every destination as
+a moved original, so nothing pixclust does later replaces it. After each move a
+``{"done": i}`` line is appended and fsynced; when every file has moved, a
+``{"finished": n}`` line closes the plan. A restore appends ``{"restore": n}``,
+then ``{"restored": i}`` per file back at its source, then ``{"restored_all":
+n}``; the same checks and the same resume command serve both directions.
 
 A move on one file system is a rename (atomic). Across file systems (the run
 folder is never inside the image folder, so it may be on another disk) it is:
@@ -17,6 +23,7 @@ and :func:`resume_moves` finishes from whatever state a kill left.
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import filecmp
 import json
@@ -31,12 +38,15 @@ from typing import TextIO
 import numpy as np
 
 from pixclust.atomic import write_text_atomic
-from pixclust.curation.export import cluster_entries
+from pixclust.curation.export import cluster_entries, folder_entries
+from pixclust.curation.seal import is_sealed, seal
 from pixclust.errors import OutputNotWritableError, UsageError
-from pixclust.runs.folder import CLUSTERS_DIR, DIR, LINK, MOVED, MOVES_JOURNAL, RunFolder
+from pixclust.runs.folder import CLUSTERS_DIR, DIR, DUPLICATE_COPIES_DIR, LINK, MOVED, MOVES_JOURNAL, RunFolder
 
 JOURNAL = MOVES_JOURNAL
 JOURNAL_FORMAT = 1
+# The trees a journal may move files into; a journal from before the header named one moved into clusters/.
+MOVE_TREES = (CLUSTERS_DIR, DUPLICATE_COPIES_DIR)
 _PARTIAL_SUFFIX = ".pixclust-partial"
 
 
@@ -48,32 +58,53 @@ class Move:
 
 @dataclass
 class MoveReport:
-    """``moved``: files now at their destination; ``left``: (move, why) for files still at their source."""
+    """``moved``: files now where this step put them (back at their source, for a restore); ``left``: (move, why)
+    for files a resume may still bring there; ``kept``: (file, why) for files never planned to move (reached
+    through a link, or gone)."""
 
     journal: Path
+    into: str = CLUSTERS_DIR
+    restored: bool = False
     moved: int = 0
     left: list[tuple[Move, str]] = field(default_factory=list)
+    kept: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass(frozen=True)
 class Journal:
-    """A journal read back and checked: the planned moves, those marked done, and whether it was closed."""
+    """A journal read back and checked: the planned moves, those done, and how far a restore got."""
 
     moves: list[Move]
     done: set[int]
     finished: bool
+    into: str = CLUSTERS_DIR
+    restoring: bool = False
+    restored: set[int] = field(default_factory=set)
+    restored_all: bool = False
+    sealed: bool = False
+
+    @property
+    def unfinished(self) -> bool:
+        return not self.restored_all if self.restoring else not self.finished
+
+
+def check_moves_finished(folder: RunFolder) -> Journal | None:
+    """Refuse any write to a run folder whose last move (or restore) did not finish; its journal, if any."""
+    journal = read_journal(folder) if os.path.lexists(folder.path(JOURNAL)) else None
+    if journal is not None and journal.unfinished:
+        raise UsageError(f"a move into {folder.root} did not finish; run: pixclust resume-move {folder.root}")
+    return journal
 
 
 def check_no_moves(folder: RunFolder) -> None:
-    """Refuse to write into a run folder whose cluster folders hold moved originals (journal or manifest says so)."""
-    journal = folder.path(JOURNAL)
-    if os.path.lexists(journal) and not read_journal(folder).finished:
-        raise UsageError(f"a --move into {folder.root} did not finish; run: pixclust resume-move {folder.root}")
+    """Refuse to write where moved originals are (journal or manifest says so): into a move tree, or a new move."""
+    journal_path = folder.path(JOURNAL)
+    journal = check_moves_finished(folder)
     moved = folder.moved_originals()
-    if os.path.lexists(journal) or moved:
+    if (journal is not None and not journal.restored_all) or moved:
         raise UsageError(
-            f"{folder.root} holds images that --move put there ({moved[0] if moved else journal}); "
-            "choose another --out so they are never replaced"
+            f"{folder.root} holds images that --move or --move-copies put there ({moved[0] if moved else journal_path}); "
+            f"choose another folder so they are never replaced, or put them back first: pixclust restore {folder.root}"
         )
 
 
@@ -84,32 +115,62 @@ def move_into_clusters(folder: RunFolder, source: str | Path, paths: Sequence[st
     a link, or a file reached through a linked folder (it may live outside the
     source), is linked as without ``--move``.
     """
+    return _move_into(folder, CLUSTERS_DIR, source, cluster_entries(paths, labels), link_the_rest=True)
+
+
+def move_copies_aside(
+    folder: RunFolder, source: str | Path, copies: Sequence[str], groups: Sequence[int]
+) -> MoveReport:
+    """Move each duplicate copy (``copies[i]``, of group ``groups[i]``) to ``duplicate_copies/group_N/``.
+
+    As with ``--move``, only a regular file reached from ``source`` without a link
+    moves; any other stays where it is and is listed in the report's ``kept``.
+    """
+    width = max(3, len(str(max(groups, default=0))))
+    entries = folder_entries(copies, [f"group_{group:0{width}d}" for group in groups])
+    return _move_into(folder, DUPLICATE_COPIES_DIR, source, entries, link_the_rest=False)
+
+
+def _move_into(
+    folder: RunFolder, tree: str, source: str | Path, entries: list[tuple[str, str, str]], *, link_the_rest: bool
+) -> MoveReport:
     check_no_moves(folder)
-    folder.remove_tree(CLUSTERS_DIR)
+    folder.remove_tree(tree)
     source_real = os.path.realpath(source)
-    moves, links = [], []
-    entries = cluster_entries(paths, labels)
-    for file, cluster, entry in entries:
-        name = f"{CLUSTERS_DIR}/{cluster}/{entry}"
+    moves, links, kept = [], [], []
+    for file, subfolder, entry in entries:
+        name = f"{tree}/{subfolder}/{entry}"
         real = _real_path_inside(file, source, source_real)
-        if real is None:
+        if real is not None:
+            moves.append(Move(real, str(folder.path(name))))
+        elif link_the_rest:
             links.append((file, name))
         else:
-            moves.append(Move(real, str(folder.path(name))))
-    clusters = sorted({f"{CLUSTERS_DIR}/{cluster}" for _, cluster, _ in entries})
+            kept.append((file, f"it is not a regular file reached from {source} without a link, so it stays"))
     moved_names = [os.path.relpath(move.destination, folder.root) for move in moves]
-    folder.record([(CLUSTERS_DIR, DIR), *((name, DIR) for name in clusters), *((name, MOVED) for name in moved_names)])
-    for name in clusters:
+    # Every cluster gets its folder; a duplicate group only where one of its copies moves.
+    subfolders = sorted({name.rsplit("/", 1)[0] for name in [*moved_names, *(name for _, name in links)]})
+    folder.record([(tree, DIR), *((name, DIR) for name in subfolders), *((name, MOVED) for name in moved_names)])
+    folder.path(tree).mkdir(exist_ok=True)
+    for name in subfolders:
         folder.path(name).mkdir(parents=True, exist_ok=True)
     folder.record((name, LINK) for _, name in links)
     for file, name in links:
         os.symlink(os.path.abspath(file), folder.path(name))
     journal = folder.path(JOURNAL)
-    header = {"journal": JOURNAL_FORMAT, "source": source_real, "run": str(folder.root)}
-    lines = [header, *({"move": i, "from": m.source, "to": m.destination} for i, m in enumerate(moves))]
-    write_text_atomic(journal, "".join(json.dumps(line) + "\n" for line in lines))
+    header: dict[str, object] = {
+        "journal": JOURNAL_FORMAT,
+        "source": source_real,
+        "run": str(folder.root),
+        "into": tree,
+    }
+    lines = [json.dumps({"move": i, "from": m.source, "to": m.destination}) for i, m in enumerate(moves)]
+    header["seal"] = seal(_plan(header, lines))
+    write_text_atomic(journal, "".join(line + "\n" for line in [json.dumps(header), *lines]))
     _fsync_dir(folder.root)
-    return _carry_out(journal, moves, done=set())
+    report = _carry_out(journal, moves, done=set(), into=tree)
+    report.kept = kept
+    return report
 
 
 def _real_path_inside(file: str, source: str | Path, source_real: str) -> str | None:
@@ -129,26 +190,62 @@ def _is_regular(path: str | Path) -> bool:
         return False
 
 
-def resume_moves(run_dir: str | Path) -> MoveReport:
-    """Finish a ``--move`` that was interrupted: every file ends at its destination, or is listed as left."""
+def resume_moves(run_dir: str | Path, *, trust_journal: bool = False) -> MoveReport:
+    """Finish a move (or a restore) that was interrupted: every file ends where it was going, or is listed as left.
+
+    The journal must carry this user's seal (:mod:`pixclust.curation.seal`) unless ``trust_journal``.
+    """
     folder = RunFolder.open(run_dir, create=False)
     with folder.writing():
-        journal_path = folder.path(JOURNAL)
-        if not journal_path.is_file() or journal_path.is_symlink():
-            raise UsageError(f"{run_dir} has no {JOURNAL}; only a run folder made with --move can be resumed")
-        journal = read_journal(folder)
+        journal_path, journal = _journal_of(folder, run_dir, "resumed", trust_journal=trust_journal)
+        if journal.restoring:
+            return _carry_out_restore(folder, journal_path, journal)
         if journal.finished:
-            return MoveReport(journal_path, moved=len(journal.moves))
-        _drop_torn_line(journal_path)
-        return _carry_out(journal_path, journal.moves, journal.done)
+            return MoveReport(journal_path, into=journal.into, moved=len(journal.moves))
+        return _carry_out(journal_path, journal.moves, journal.done, into=journal.into)
+
+
+def restore_moves(run_dir: str | Path, *, trust_journal: bool = False) -> MoveReport:
+    """Put every file a move took into ``run_dir`` back where it was, journalled like the move itself.
+
+    A file whose original place now holds other bytes stays in the run folder
+    and is listed as left; the same bytes there already count as restored (the
+    moved copy is dropped, both being whole). Once every file is back, the
+    emptied tree is removed, unless something pixclust did not make is in it.
+    The journal must carry this user's seal unless ``trust_journal``.
+    """
+    folder = RunFolder.open(run_dir, create=False)
+    with folder.writing():
+        journal_path, journal = _journal_of(folder, run_dir, "restored", trust_journal=trust_journal)
+        if not journal.restoring:
+            with open(journal_path, "a", encoding="utf-8") as log:
+                _append(log, {"restore": len(journal.moves)})
+            journal = Journal(journal.moves, journal.done, journal.finished, journal.into, restoring=True)
+        return _carry_out_restore(folder, journal_path, journal)
+
+
+def _journal_of(folder: RunFolder, run_dir: str | Path, what: str, *, trust_journal: bool) -> tuple[Path, Journal]:
+    journal_path = folder.path(JOURNAL)
+    if not journal_path.is_file() or journal_path.is_symlink():
+        raise UsageError(
+            f"{run_dir} has no {JOURNAL}; only a folder that --move or --move-copies moved images into can be {what}"
+        )
+    journal = read_journal(folder)
+    if not journal.sealed and not trust_journal:
+        raise UsageError(
+            f"{journal_path} does not carry your seal (it was written by someone else, on another machine, or by an "
+            "older pixclust), so its moves are not carried out; if you made them yourself, add --trust-journal"
+        )
+    _drop_torn_line(journal_path)
+    return journal_path, journal
 
 
 def read_journal(folder: RunFolder) -> Journal:
     """The run folder's journal, checked before it is trusted.
 
     A run folder may come from someone else, so each move must go from inside
-    the source the journal records to inside this run folder's ``clusters/``,
-    with no '..' and no destination named twice; anything else is refused.
+    the source the journal records to inside one of this run folder's move
+    trees, with no '..' and no destination named twice; anything else is refused.
     """
     path = folder.path(JOURNAL)
     lines = path.read_text(encoding="utf-8", errors="surrogateescape").splitlines()
@@ -163,39 +260,62 @@ def read_journal(folder: RunFolder) -> Journal:
                 f"{path} line {number} is damaged ({error.msg}); compare it with the files by hand"
             ) from error
     header = entries[0] if entries and isinstance(entries[0], dict) else {}
-    source, run = header.get("source"), header.get("run")
-    if header.get("journal") != JOURNAL_FORMAT or not isinstance(source, str) or not isinstance(run, str):
+    source, run, into = header.get("source"), header.get("run"), header.get("into", CLUSTERS_DIR)
+    if (
+        header.get("journal") != JOURNAL_FORMAT
+        or not isinstance(source, str)
+        or not isinstance(run, str)
+        or into not in MOVE_TREES
+    ):
         raise UsageError(f"{path} has no journal header this pixclust knows; compare it with the files by hand")
     if run != str(folder.root):
         raise UsageError(f"{path} was written for the run folder {run}, not {folder.root}; resume it there")
-    clusters = str(folder.path(CLUSTERS_DIR)) + os.sep
+    tree = str(folder.path(into)) + os.sep
     moves: list[Move] = []
-    done: set[int] = set()
-    finished = False
+    marks: dict[str, set[int]] = {"done": set(), "restored": set()}
+    closed: set[str] = set()
     for number, entry in enumerate(entries[1:], 2):
         if not isinstance(entry, dict):
             raise UsageError(f"{path} line {number} is not a journal entry; compare it with the files by hand")
+        mark = next((key for key in marks if key in entry), None)
         if "move" in entry:
             move = Move(entry.get("from"), entry.get("to"))
             if (
                 entry["move"] != len(moves)
                 or not _is_inside(move.source, source)
-                or not _is_inside(move.destination, clusters)
+                or not _is_inside(move.destination, tree)
             ):
                 raise UsageError(
-                    f"{path} line {number} moves a file from outside the source {source} or to outside {clusters}; "
+                    f"{path} line {number} moves a file from outside the source {source} or to outside {tree}; "
                     "pixclust refuses a journal it did not write, so compare it with the files by hand"
                 )
             moves.append(move)
-        elif isinstance(entry.get("done"), int) and 0 <= entry["done"] < len(moves):
-            done.add(entry["done"])
-        elif "finished" in entry:
-            finished = True
+        elif mark is not None and isinstance(entry[mark], int) and 0 <= entry[mark] < len(moves):
+            marks[mark].add(entry[mark])
+        elif len(entry) == 1 and next(iter(entry)) in ("finished", "restore", "restored_all"):
+            closed.add(next(iter(entry)))
         else:
             raise UsageError(f"{path} line {number} is not a journal entry; compare it with the files by hand")
     if len({move.destination for move in moves}) < len(moves):
         raise UsageError(f"{path} names one destination twice; compare it with the files by hand")
-    return Journal(moves, done, finished)
+    plan = [json.dumps({"move": i, "from": m.source, "to": m.destination}) for i, m in enumerate(moves)]
+    return Journal(
+        moves,
+        marks["done"],
+        "finished" in closed,
+        into,
+        restoring="restore" in closed,
+        restored=marks["restored"],
+        restored_all="restored_all" in closed,
+        sealed=is_sealed(
+            _plan({key: value for key, value in header.items() if key != "seal"}, plan), header.get("seal")
+        ),
+    )
+
+
+def _plan(header: dict[str, object], move_lines: list[str]) -> str:
+    """What a journal's seal covers: its header (without the seal) and every planned move, as written."""
+    return "\n".join([json.dumps(header), *move_lines])
 
 
 def _is_inside(path: object, folder: str) -> bool:
@@ -215,8 +335,8 @@ def _drop_torn_line(journal: Path) -> None:
             os.fsync(stream.fileno())
 
 
-def _carry_out(journal: Path, moves: list[Move], done: set[int]) -> MoveReport:
-    report = MoveReport(journal, moved=len(done))
+def _carry_out(journal: Path, moves: list[Move], done: set[int], *, into: str) -> MoveReport:
+    report = MoveReport(journal, into=into, moved=len(done))
     with open(journal, "a", encoding="utf-8") as log:
         for index, move in enumerate(moves):
             if index in done:
@@ -229,6 +349,30 @@ def _carry_out(journal: Path, moves: list[Move], done: set[int]) -> MoveReport:
             _append(log, {"done": index})
         if not report.left:
             _append(log, {"finished": len(moves)})
+    return report
+
+
+def _carry_out_restore(folder: RunFolder, journal: Path, record: Journal) -> MoveReport:
+    """Bring every planned file back to its source (the reverse of each move), then clear the emptied tree."""
+    report = MoveReport(journal, into=record.into, restored=True, moved=len(record.restored))
+    if not record.restored_all:
+        with open(journal, "a", encoding="utf-8") as log:
+            for index, move in enumerate(record.moves):
+                if index in record.restored:
+                    continue
+                why_left = _complete(Move(move.destination, move.source))
+                if why_left:
+                    report.left.append((move, why_left))
+                    continue
+                report.moved += 1
+                _append(log, {"restored": index})
+            if report.left:
+                return report
+            _append(log, {"restored_all": len(record.moves)})
+    folder.release_moved(record.into)
+    # Something the user put there since is not pixclust's to remove; the tree then stays, and so does it.
+    with contextlib.suppress(UsageError):
+        folder.remove_tree(record.into)
     return report
 
 

@@ -53,6 +53,8 @@ MAPS_FILE = "maps.parquet"
 DUPLICATES_FILE = "duplicates.parquet"
 THUMBNAILS_FILE = "thumbnails.parquet"
 MOVES_JOURNAL = "moves.jsonl"
+DUPLICATES_CSV = "duplicates.csv"
+DUPLICATE_COPIES_DIR = "duplicate_copies"
 
 # Every name pixclust writes at the top of a run folder; none of them may be a link.
 MANAGED_NAMES = (
@@ -72,6 +74,8 @@ MANAGED_NAMES = (
     DUPLICATES_FILE,
     THUMBNAILS_FILE,
     MOVES_JOURNAL,
+    DUPLICATES_CSV,
+    DUPLICATE_COPIES_DIR,
 )
 
 # What a manifest entry is. "moved" is a user's original that --move put here: never replaced or removed.
@@ -113,6 +117,24 @@ class RunFolder:
         self.root = root
         # Relative name -> kind, for what pixclust made in the folder's trees; a name not here is not pixclust's.
         self._entries: dict[str, str] = {}
+
+    @classmethod
+    def open_apart_from(cls, images: str | Path, path: str | Path) -> RunFolder:
+        """The run folder at ``path`` for images under ``images``, once neither lies inside the other (links resolved)."""
+        if not os.path.exists(images):
+            raise UsageError(f"{images} does not exist; give a folder (or file) of images")
+        run_real, images_real = os.path.realpath(path), os.path.realpath(images)
+        if os.path.isdir(images) and _is_within(run_real, images_real):
+            raise UsageError(
+                f"{path} is inside the image folder {images}; pixclust never writes into your image folders, "
+                "so choose a folder outside it"
+            )
+        if _is_within(images_real, run_real):
+            raise UsageError(
+                f"the image folder {images} is inside the run folder {path}, whose files pixclust replaces; "
+                "choose a folder outside it"
+            )
+        return cls.open(path)
 
     @classmethod
     def open(cls, path: str | Path, *, create: bool = True) -> RunFolder:
@@ -273,6 +295,18 @@ class RunFolder:
     def moved_originals(self) -> list[str]:
         return sorted(name for name, kind in self._entries.items() if kind == MOVED)
 
+    def release_moved(self, tree: str) -> None:
+        """Forget the moved originals under ``tree`` that are no longer there (a restore put them back)."""
+        self._require_lock()
+        gone = [
+            name
+            for name in self.moved_originals()
+            if name.startswith(tree + "/") and not os.path.lexists(self.root / name)
+        ]
+        for name in gone:
+            del self._entries[name]
+        self._save_manifest()
+
     def check_replaceable(self, tree: str) -> None:
         """Raise unless every entry under ``tree`` is pixclust's and may go (no user file, no moved original)."""
         top = self.root / tree
@@ -387,6 +421,10 @@ def _refuse_foreign(root: Path) -> None:
             f"{root} is not empty and is not a pixclust run folder; pixclust writes only into a new or empty folder "
             "or one it made, so choose another --out"
         )
+
+
+def _is_within(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
 
 
 def _is_inside_name(name: object) -> bool:

@@ -7,7 +7,6 @@ return plain result objects (arrays and lists) and write files only in
 
 from __future__ import annotations
 
-import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -276,23 +275,5 @@ def _hog_view(config: RunConfig, run_dir: Path) -> Embeddings | None:
 
 
 def _open_run_folder(config: RunConfig) -> RunFolder:
-    """The run folder, once it is clear that neither it nor the image folder lies inside the other (links resolved)."""
-    source = Path(config.source)
-    if not source.exists():
-        raise UsageError(f"{config.source} does not exist; give a folder (or file) of images")
-    run_real, source_real = os.path.realpath(config.out), os.path.realpath(config.source)
-    if source.is_dir() and _is_within(run_real, source_real):
-        raise UsageError(
-            f"--out {config.out} is inside the image folder {config.source}; pixclust never writes into "
-            "your image folders, so choose an --out outside it"
-        )
-    if _is_within(source_real, run_real):
-        raise UsageError(
-            f"the image folder {config.source} is inside the run folder --out {config.out}, whose files pixclust "
-            "replaces; choose an --out outside it"
-        )
-    return RunFolder.open(config.out)
-
-
-def _is_within(path: str, folder: str) -> bool:
-    return path == folder or path.startswith(folder.rstrip(os.sep) + os.sep)
+    """The run folder, once it is clear that neither it nor the image folder lies inside the other."""
+    return RunFolder.open_apart_from(config.source, config.out)

@@ -31,7 +31,7 @@ import numpy as np
 from real_data import DIFFERENT_EDITS, DUPLICATE_EDITS, write_duplicate_set
 
 import pixclust
-from pixclust.curation.duplicates import find_duplicates
+from pixclust.curation.duplicates import DuplicateReport, find_duplicates
 
 HASHES = ("PHash", "DHash", "WHash", "AHash")
 # imagededup's default Hamming distance for every hash.
@@ -74,11 +74,14 @@ def pixclust_pairs(folder: Path, run_dir: Path) -> tuple[set[tuple[str, str]], f
     started = time.perf_counter()
     report = find_duplicates(embeddings)
     searched = time.perf_counter() - started
-    paths = embeddings.paths
-    found = {
+    return grouped_pairs(report, embeddings.paths), embedded, searched
+
+
+def grouped_pairs(report: DuplicateReport, paths: list[str]) -> set[tuple[str, str]]:
+    """Every pair of files that share a duplicate group, each as (smaller path, larger path)."""
+    return {
         tuple(sorted((paths[a], paths[b]))) for group in report.groups for a, b in itertools.combinations(group.rows, 2)
     }
-    return found, embedded, searched
 
 
 def hash_distances(method: str, folder: Path) -> tuple[dict[tuple[str, str], int], float]:

@@ -24,14 +24,13 @@ of its own). The machine is shared: compare times within one run.
 from __future__ import annotations
 
 import argparse
-import itertools
 import os
 import threading
 import time
 from pathlib import Path
 
 import numpy as np
-from duplicates import per_edit, scores, true_pairs
+from duplicates import grouped_pairs, per_edit, scores, true_pairs
 from real_data import FASHION_DIR, colour_at_random, fashion_mnist, write_duplicate_set, write_image_tree
 
 import pixclust
@@ -132,9 +131,7 @@ def main() -> None:
         report = find_duplicates(embeddings)
         searched = time.perf_counter() - started
     paths = embeddings.paths
-    found = {
-        tuple(sorted((paths[a], paths[b]))) for group in report.groups for a, b in itertools.combinations(group.rows, 2)
-    }
+    found = grouped_pairs(report, paths)
     photos = str(folder / "photos") + os.sep
     precision, recall, f1 = scores({pair for pair in found if pair[0].startswith(photos)}, true_pairs(files))
     garments = sum(len(group.rows) for group in report.groups if not paths[group.rows[0]].startswith(photos))

@@ -392,6 +392,9 @@ def test_duplicates_refuses_folders_that_would_put_files_at_risk(tmp_path: Path)
     assert sorted(os.listdir(mine)) == ["notes.txt"]
     assert cluster(photos, run, "--move").returncode == 0
     refused(pixclust("duplicates", run, "--move-copies", run), "put there")
+    # From a run folder, copies may come only from the folder its images were found in.
+    refused(pixclust("duplicates", run, "--move-copies", photos / "aside"), "is inside the image folder")
+    assert not (photos / "aside").exists()
     refused(pixclust("duplicates", write_photos(tmp_path / "other", 4), "--out", run), "is the run of")
     assert not (run / "duplicate_copies").exists() and not (run / "duplicates.csv").exists()
 

@@ -143,8 +143,13 @@ def find_duplicate_images(
     images = _image_folder(source)
     with contextlib.ExitStack() as held:
         out_folder = None if out is None else held.enter_context(_writable(images, out))
-        copies_to = None if move_copies is None else held.enter_context(_copies_folder(source, images, move_copies))
-        embeddings = _embeddings_of(source, ids, out_folder)
+        copies_to = None
+        if move_copies is not None and images is not None:
+            # Checked and locked before the minutes of embedding.
+            copies_to = held.enter_context(_copies_folder(images, move_copies))
+        embeddings = _embeddings_of(source, images, ids, out_folder)
+        if move_copies is not None and copies_to is None:
+            copies_to = held.enter_context(_copies_folder(_stored_images_root(embeddings), move_copies))
         report = find_duplicates(embeddings, threshold=threshold, colour=colour, keep=keep, mirror=mirror)
         csv_path = links = moves = None
         if out_folder is not None:
@@ -152,14 +157,14 @@ def find_duplicate_images(
             if export:
                 links = _link_groups(out_folder.path(DUPLICATE_LINKS_DIR), embeddings, report)
         if copies_to is not None:
+            copies_folder, copies_from = copies_to
             copies = [
                 (embeddings.paths[row], number)
                 for number, group in enumerate(report.groups, start=1)
                 for row in group.rows
                 if row != group.keeper
             ]
-            copies_folder, root = copies_to
-            moves = move_copies_aside(copies_folder, root, [path for path, _ in copies], [n for _, n in copies])
+            moves = move_copies_aside(copies_folder, copies_from, [path for path, _ in copies], [n for _, n in copies])
     return DuplicatesResult(report, embeddings, csv_path, links, moves)
 
 
@@ -181,37 +186,32 @@ def _writable(images: Path | None, out: str | Path) -> Iterator[RunFolder]:
 
 
 @contextlib.contextmanager
-def _copies_folder(
-    source: str | Path | Embeddings, images: Path | None, move_copies: str | Path
-) -> Iterator[tuple[RunFolder, Path]]:
-    """The run folder the copies go to and the folder they must come from, checked and locked before any
-    minute is spent finding them."""
+def _copies_folder(images: Path, move_copies: str | Path) -> Iterator[tuple[RunFolder, Path]]:
+    """The run folder the copies of images under ``images`` go to, checked and locked, and ``images``."""
     from pixclust.curation.move import check_no_moves
 
-    if isinstance(source, Embeddings) or (images is None and not os.path.isdir(source)):
+    folder = RunFolder.open_apart_from(images, move_copies)
+    with folder.writing():
+        check_no_moves(folder)
+        yield folder, images
+
+
+def _stored_images_root(embeddings: Embeddings) -> Path:
+    """The deepest folder holding every image the embeddings name: no copy may move from outside it."""
+    paths = [path for path in embeddings.paths if os.path.isabs(path)] if embeddings.names_files else []
+    if not paths:
         raise UsageError(
             "--move-copies moves image files, and these embeddings name no folder of images; "
             "give the image folder or a run folder"
         )
-    root = images or _run_images_root(Path(source))
-    folder = RunFolder.open_apart_from(root, move_copies)
-    with folder.writing():
-        check_no_moves(folder)
-        yield folder, root
-
-
-def _run_images_root(run_dir: Path) -> Path:
-    """The deepest folder holding every image a run folder's store lists: no copy may move from outside it."""
-    paths = [path for path in open_embeddings(run_dir).paths if os.path.isabs(path)]
-    if not paths:
-        raise UsageError(f"{run_dir} lists no image files, so there is nothing to move; give the image folder")
     root = os.path.commonpath(paths)
     return Path(root if os.path.isdir(root) else os.path.dirname(root))
 
 
-def _embeddings_of(source: str | Path | Embeddings, ids: str | Path | None, out: RunFolder | None) -> Embeddings:
-    """The embeddings to search: those ``source`` holds, or a folder of images embedded now (into ``out``'s store)."""
-    images = _image_folder(source)
+def _embeddings_of(
+    source: str | Path | Embeddings, images: Path | None, ids: str | Path | None, out: RunFolder | None
+) -> Embeddings:
+    """The embeddings to search: those ``source`` holds, or the folder ``images`` embedded now (into ``out``'s store)."""
     if images is None:
         return open_embeddings(source, ids=ids)
     if ids is not None:

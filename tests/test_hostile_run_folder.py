@@ -430,3 +430,20 @@ def test_your_own_journal_from_another_machine_needs_your_word(tmp_path: Path, m
     assert len(list((run / "clusters").rglob("*.png"))) == N_IMAGES
     assert pixclust("restore", run, "--trust-journal").returncode == 0
     assert tree_digest(photos) == before
+
+
+def test_a_copy_changed_since_it_was_embedded_is_not_moved_aside(tmp_path: Path) -> None:
+    """An exact copy is known by its stored content; a file edited since may be a copy no more, so it stays."""
+    photos, run, aside = write_photos(tmp_path / "photos"), tmp_path / "run", tmp_path / "aside"
+    original = photos / "set0" / "photo_00.png"
+    edited = photos / "set0" / "zz_copy.png"
+    edited.write_bytes(original.read_bytes())
+    assert cluster(photos, run).returncode == 0
+    edited.write_bytes(now := (photos / "set1" / "photo_01.png").read_bytes())
+
+    result = pixclust("duplicates", run, "--keep", "first-path", "--move-copies", aside)
+
+    assert result.returncode == 0, result.stderr
+    assert "changed since it was embedded" in result.stdout
+    assert edited.read_bytes() == now and original.is_file()
+    assert not list(aside.rglob("zz_copy.png"))

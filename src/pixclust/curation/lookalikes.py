@@ -159,13 +159,33 @@ def find_duplicate_images(
         if copies_to is not None:
             copies_folder, copies_from = copies_to
             copies = [
-                (embeddings.paths[row], number)
+                (row, number)
                 for number, group in enumerate(report.groups, start=1)
                 for row in group.rows
                 if row != group.keeper
             ]
-            moves = move_copies_aside(copies_folder, copies_from, [path for path, _ in copies], [n for _, n in copies])
+            # An exact copy is known by the content stored with its vector, not read again: one changed since
+            # is no longer known to be a copy, so it stays.
+            unchanged = [_unchanged(embeddings, row) for row, _ in copies]
+            current = [copy for copy, same in zip(copies, unchanged, strict=True) if same]
+            moves = move_copies_aside(
+                copies_folder, copies_from, [embeddings.paths[row] for row, _ in current], [n for _, n in current]
+            )
+            moves.kept += [
+                (embeddings.paths[row], "it changed since it was embedded, so it stays; run the search again")
+                for (row, _), same in zip(copies, unchanged, strict=True)
+                if not same
+            ]
     return DuplicatesResult(report, embeddings, csv_path, links, moves)
+
+
+def _unchanged(embeddings: Embeddings, row: int) -> bool:
+    """Whether the file at ``row``'s path has the size and modification time it had when it was embedded."""
+    try:
+        status = os.stat(embeddings.paths[row])
+    except OSError:
+        return False
+    return status.st_size == embeddings.file_sizes[row] and status.st_mtime_ns == embeddings.mtimes_ns[row]
 
 
 def _image_folder(source: str | Path | Embeddings) -> Path | None:

@@ -83,6 +83,14 @@ def write_errors_csv(*args, **kwargs):
     return real_errors(*args, **kwargs)
 pipeline.write_errors_csv = write_errors_csv
 
+from pixclust.runs import add
+real_placed = add._write_clusters_csv
+def write_clusters_csv(*args, **kwargs):
+    if stage == "placed":
+        strike()
+    return real_placed(*args, **kwargs)
+add._write_clusters_csv = write_clusters_csv
+
 sys.argv = ["pixclust", *sys.argv[1:]]
 main()
 """
@@ -192,6 +200,39 @@ def test_signal_then_resume_gives_the_uninterrupted_result(
     assert saved_rows(run_dir) == saved
     resume_and_check(photos, run_dir, saved, reference)
     assert tree_digest(photos) == before
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize(
+    ("kill_at", "saved"),
+    [
+        # kill -9 before the ninth batch of new images: the two shards flushed after batches 4 and 8 survive.
+        ("batch:9:SIGKILL", 2 * FLUSH_EVERY),
+        # kill -9 while the extended store is half written: every new vector is in a shard by then.
+        ("embeddings:0:SIGKILL", 80),
+        # kill -9 once the store holds the new rows, before clusters.csv lists them.
+        ("placed:0:SIGKILL", 80),
+    ],
+)
+def test_an_add_killed_then_run_again_adds_every_image_once(
+    tmp_path: Path, photos: Path, kill_at: str, saved: int
+) -> None:
+    run_dir = tmp_path / "run"
+    code, _, stderr = finish(driven(cluster_args(photos / "set0", run_dir, "--workers", "0")))
+    assert code == 0, stderr
+    clustered = (run_dir / "clusters.csv").read_bytes()
+    new = [str(photos / "set1"), str(photos / "set2")]
+    code, _, _ = finish(driven(["add", str(run_dir), *new, "--no-report", "--workers", "0", "--quiet"], kill_at))
+
+    assert code == -signal.SIGKILL
+    assert (run_dir / "clusters.csv").read_bytes() == clustered
+    result = pixclust.add(run_dir, new, report=False, num_workers=0, quiet=True)
+    assert result.n_extracted == 80 - saved and len(result.paths) == 80 and result.already == []
+    table = pq.read_table(run_dir / "embeddings.parquet", columns=["path"]).column("path").to_pylist()
+    assert sorted(table) == sorted(str(path) for path in photos.rglob("*.png"))
+    listed = (run_dir / "clusters.csv").read_text().splitlines()[1:]
+    assert sorted(line.split(",")[0] for line in listed) == sorted(table)
+    assert not (run_dir / "embeddings.partial").exists()
 
 
 def processes_in_session(session: int) -> list[int]:

@@ -65,6 +65,36 @@ class Embeddings:
     def dim(self) -> int:
         return int(self.vectors.shape[1])
 
+    def take(self, rows: np.ndarray) -> Embeddings:
+        """The given rows, in that order (the model record with them; no skipped files)."""
+        rows = np.asarray(rows, dtype=np.int64)
+        return Embeddings(
+            paths=[self.paths[row] for row in rows],
+            vectors=self.vectors[rows],
+            content_hashes=[self.content_hashes[row] for row in rows],
+            file_sizes=self.file_sizes[rows],
+            mtimes_ns=self.mtimes_ns[rows],
+            image_sizes=self.image_sizes[rows],
+            model_id=self.model_id,
+            model=self.model,
+        )
+
+    def followed_by(self, other: Embeddings) -> Embeddings:
+        """These rows, then ``other``'s (same model); the skipped files of both."""
+        if other.model_id != self.model_id:
+            raise ValueError(f"cannot join embeddings of {self.model_id} and {other.model_id}")
+        return Embeddings(
+            paths=self.paths + other.paths,
+            vectors=np.concatenate([self.vectors, other.vectors]),
+            content_hashes=self.content_hashes + other.content_hashes,
+            file_sizes=np.concatenate([self.file_sizes, other.file_sizes]),
+            mtimes_ns=np.concatenate([self.mtimes_ns, other.mtimes_ns]),
+            image_sizes=np.concatenate([self.image_sizes, other.image_sizes]),
+            model_id=self.model_id,
+            model=self.model or other.model,
+            skipped=self.skipped + other.skipped,
+        )
+
     def row_table(self) -> pa.Table:
         """Every column but the vectors (:data:`ROW_SCHEMA`)."""
         n = len(self.paths)

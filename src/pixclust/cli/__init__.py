@@ -33,6 +33,7 @@ app = typer.Typer(
 # In the order help lists them: a run's commands, then those on its embeddings, then labelling, then the repairs.
 for _name, _command in (
     ("cluster", run_commands.cluster_command),
+    ("add", run_commands.add_command),
     ("report", run_commands.report_command),
     ("models", run_commands.models_command),
     ("demo", run_commands.demo_command),

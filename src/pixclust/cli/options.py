@@ -65,6 +65,7 @@ def library_defaults() -> dict[str, Any]:
     mistyped option never wait for the library to load.
     """
     from pixclust.clustering.clusterer import DEFAULT_CLUSTER_METHOD
+    from pixclust.clustering.placement import NOVELTY_FALSE_ALARMS
     from pixclust.clustering.reduce import DEFAULT_REDUCE, EMBEDDING_DEFAULT_COMPONENTS, PCA_DEFAULT_COMPONENTS
     from pixclust.curation.duplicates import DEFAULT_CANDIDATE_SIMILARITY, DEFAULT_KEEP, UNVERIFIED_SIMILARITY
     from pixclust.curation.search import DEFAULT_TOP
@@ -102,6 +103,7 @@ def library_defaults() -> dict[str, Any]:
         "heads": " and ".join(HEADS),
         "cv_folds": DEFAULT_CV_FOLDS,
         "epochs": FinetuneSettings.epochs,
+        "novelty_false_alarms": NOVELTY_FALSE_ALARMS,
     }
 
 

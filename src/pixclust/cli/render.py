@@ -19,6 +19,7 @@ if TYPE_CHECKING:
     from pixclust.embedding.weights import ModelStatus
     from pixclust.labelling.classifier import TrainedClassifier
     from pixclust.labelling.workflows import EvaluationRun, LabelRun, PredictionRun
+    from pixclust.runs.add import AddResult
     from pixclust.runs.pipeline import RunResult
 
 
@@ -94,6 +95,33 @@ def render_run(result: RunResult) -> None:
         render_report(result.run_dir / REPORT_FILE)
     if result.moves is not None:
         render_moves(result.moves)
+    out.print(f"run folder: {shown(result.run_dir)}")
+
+
+def render_add(result: AddResult) -> None:
+    """Where the batch went: images per cluster, novel ones, copies and images the run held already."""
+    from pixclust.runs.add import NOVEL_CLUSTER
+
+    out = console()
+    counts = Counter(result.clusters)
+    table = _table(("cluster", "added"), right=("added",), title=f"{result.batch}", title_justify="left")
+    for name in sorted(counts, key=lambda name: (name == NOVEL_CLUSTER, name)):
+        table.add_row(name, f"{counts[name]:,}")
+    out.print(table)
+    out.print(
+        f"{len(result.paths):,} images added ({result.n_extracted:,} embedded), {result.n_novel:,} fit no cluster "
+        f"(in {NOVEL_CLUSTER}), {len(result.already):,} already in the run, {len(result.skipped):,} skipped"
+        + (" (see errors.csv)" if result.skipped else "")
+    )
+    for path, existing in result.already:
+        out.print(f"already in the run: {shown(path)} (as {shown(existing)})")
+    if result.duplicates:
+        out.print(f"{len(result.duplicates):,} added images copy others: see added_duplicates.csv")
+    if result.suggest_reclustering:
+        out.print(
+            f"{result.n_novel:,} of the {len(result.paths):,} new images fit no cluster: clustering again may "
+            "find new groups (pixclust cluster reuses every stored vector)"
+        )
     out.print(f"run folder: {shown(result.run_dir)}")
 
 

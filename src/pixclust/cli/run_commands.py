@@ -11,7 +11,15 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pixclust.cli.options import Maps, Quiet, Seed, chosen, out_option, split_maps
-from pixclust.cli.render import console, render_models, render_moves, render_report, render_run, shown
+from pixclust.cli.render import (
+    console,
+    render_add,
+    render_models,
+    render_moves,
+    render_report,
+    render_run,
+    shown,
+)
 from pixclust.errors import UsageError
 
 if TYPE_CHECKING:
@@ -203,6 +211,32 @@ def report_command(
     from pixclust.report import build_report
 
     render_report(build_report(run_dir, **chosen(maps=split_maps(maps)), quiet=quiet))
+
+
+def add_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by 'pixclust cluster'.")],
+    images: Annotated[list[Path], typer.Argument(help="New image files, or folders of them.")],
+    report: Annotated[
+        bool | None, typer.Option("--report/--no-report", help="Rebuild report.html (default: if the run has one).")
+    ] = None,
+    false_alarms: Annotated[
+        float | None,
+        typer.Option(
+            "--false-alarms",
+            help="Share of images like a cluster's own to call novel anyway: higher catches more of what is new "
+            "[default: {novelty_false_alarms}].",
+            show_default=False,
+        ),
+    ] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Decode processes (default: one per core).")] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Place new images in a run's clusters without clustering again; those that fit none go to clusters/_new."""
+    from pixclust.runs.add import add
+
+    render_add(
+        add(run_dir, images, **chosen(report=report, false_alarms=false_alarms), num_workers=workers, quiet=quiet)
+    )
 
 
 TrustJournal = Annotated[

@@ -44,12 +44,13 @@ from sklearn.metrics import adjusted_rand_score
 from pixclust.clustering.clusterer import centres_and_distances, kmeans_starts, relabel_by_size
 from pixclust.clustering.k_selection import GRAPH_NEIGHBOURS, KScan, check_k_settings, graph_modularity, scan_k
 from pixclust.clustering.metrics import mean_silhouette, silhouette_values
-from pixclust.clustering.reduce import Reduction, l2_normalize, reduce_features
+from pixclust.clustering.placement import ClusterModel, FeatureSpace
+from pixclust.clustering.reduce import Reduction, reduce_features
 from pixclust.clustering.refine import DEFAULT_NEIGHBOURS, anchor_neighbours, nearest_neighbours, refine_best
 from pixclust.clustering.stability import STABILITY_SAMPLE, choose_representation, clustering_stability
+from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW, view_features
 from pixclust.errors import UsageError
 
-EMBEDDING_VIEW = "embedding"
 # PCA components k-means and the refinement work in. With --k 10 over six seeds: Fashion-MNIST's
 # test set ACC 0.769-0.772 / NMI 0.712-0.715 with 128 against 0.763-0.766 / 0.702-0.706 with 50
 # (200 added 0.001-0.002 more); the digits 0.958-0.960 / 0.930-0.933 against 0.957-0.958 / 0.925-0.927.
@@ -58,7 +59,6 @@ PCA_COMPONENTS = 128
 # and the stability runs cheaper, and with all 128 (before the six-seed stability) --k auto
 # moved further from 10 on both data sets.
 SELECTION_COMPONENTS = 50
-HOG_VIEW = "hog"
 # Rows used to choose the representation and k; the final clustering uses every row.
 SELECTION_SAMPLE = 10_000
 # k-means starts per k in the scan. With 3, Fashion-MNIST's embedding proposed 10, 11 or 13 by
@@ -85,36 +85,36 @@ MAX_RIVAL_STARTS = 3
 def iter_candidates(views: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
     """The representations to choose from, one at a time: the embedding, then the embedding joined with HOG.
 
-    Each view is L2-normalised (HOG after centring, since its raw vectors all
-    point into the positive orthant) before joining, so both count equally.
-    One at a time because the joined matrix is the largest thing pixclust
-    holds (70,000 x 3,044 floats is 0.85 GB): callers reduce each candidate
-    and let it go, so no two joined matrices ever coexist. Each candidate is
-    a new array that the caller may overwrite.
+    Each view is L2-normalised (HOG after centring) before joining, so both
+    count equally (``views.join_normalized``). One at a time because the
+    joined matrix is the largest thing pixclust holds (70,000 x 3,044 floats
+    is 0.85 GB): callers reduce each candidate and let it go, so no two joined
+    matrices ever coexist. Each candidate is a new array that the caller may
+    overwrite.
     """
     if EMBEDDING_VIEW not in views:
         raise UsageError("the adaptive pipeline needs the image embeddings (view 'embedding')")
     hog = views.get(HOG_VIEW)
     if hog is not None and len(hog) != len(views[EMBEDDING_VIEW]):
         raise UsageError(f"{len(hog)} HOG vectors cannot pair with {len(views[EMBEDDING_VIEW])} embeddings")
-    yield EMBEDDING_VIEW, l2_normalize(views[EMBEDDING_VIEW])
-    if hog is not None:
-        yield f"{EMBEDDING_VIEW}+{HOG_VIEW}", _join_normalized(views[EMBEDDING_VIEW], hog)
+    mean = hog_mean(views)
+    for names in candidate_views(views):
+        yield _candidate_name(names), view_features(views, names, mean)
 
 
-def _join_normalized(embedding: np.ndarray, hog: np.ndarray) -> np.ndarray:
-    """Unit embedding beside unit centred HOG, the whole row then made unit: built in place in one float32 array.
+def candidate_views(views: dict[str, np.ndarray]) -> list[tuple[str, ...]]:
+    """The views each candidate joins, in the order they are tried."""
+    return [(EMBEDDING_VIEW,)] + ([(EMBEDDING_VIEW, HOG_VIEW)] if HOG_VIEW in views else [])
 
-    In place because every intermediate of the plain expression would be another matrix of this size.
-    """
-    joined = np.empty((len(embedding), embedding.shape[1] + hog.shape[1]), dtype=np.float32)
-    left, right = joined[:, : embedding.shape[1]], joined[:, embedding.shape[1] :]
-    left[...] = embedding
-    l2_normalize(left, in_place=True)
-    right[...] = hog
-    right -= hog.mean(axis=0)
-    l2_normalize(right, in_place=True)
-    return l2_normalize(joined, in_place=True)
+
+def _candidate_name(names: tuple[str, ...]) -> str:
+    return "+".join(names)
+
+
+def hog_mean(views: dict[str, np.ndarray]) -> np.ndarray | None:
+    """The mean HOG vector HOG is centred on before joining (None without HOG)."""
+    hog = views.get(HOG_VIEW)
+    return None if hog is None else hog.mean(axis=0)
 
 
 def candidate_representations(views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -210,7 +210,9 @@ class AdaptiveClusterer:
     run.json keeps it); and this pipeline's own: ``reduction_`` (the chosen
     features' PCA), ``representation_``, ``candidates_`` (each candidate's k and
     stability), ``refined_on_``, ``refined_share_`` (share of images the
-    refinement moved), ``view_agreement_``.
+    refinement moved), ``view_agreement_``, ``model_`` (a
+    :class:`~pixclust.clustering.placement.ClusterModel` that places new rows as
+    this clustering would).
     """
 
     def __init__(
@@ -269,6 +271,15 @@ class AdaptiveClusterer:
         agreement = view_agreement(labels[rows], samples[chosen], hog_sample, random_state=self.random_state)
         return (richest if agreement >= VIEW_AGREEMENT else chosen), agreement
 
+    @staticmethod
+    def _space(views: dict[str, np.ndarray], reductions: dict[str, Reduction], name: str) -> FeatureSpace:
+        """How new rows reach the candidate ``name``'s PCA space."""
+        names = tuple(name.split("+"))
+        reduction = reductions[name]
+        return FeatureSpace(
+            names, reduction.pca_mean, reduction.pca_components, hog_mean(views) if HOG_VIEW in names else None
+        )
+
     def fit(self, views: dict[str, np.ndarray]) -> AdaptiveClusterer:
         if EMBEDDING_VIEW in views:
             check_k_settings(self.k, self.k_range, self.random_state, len(views[EMBEDDING_VIEW]))
@@ -297,6 +308,8 @@ class AdaptiveClusterer:
         solutions = kmeans_starts(coords, k, random_state=self.random_state)
         labels, _ = relabel_by_size(solutions[0][1])
         refined_share, refined_on, agreement, rivals, chosen_start = None, None, None, 1, 0
+        chosen_space = self._space(views, reductions, chosen)
+        head: tuple[FeatureSpace, np.ndarray, np.ndarray] | None = None
         if self.refine and k >= 2:
             # k-means starts from the most stable candidate, but the refinement sees every view (the
             # last candidate joins them all) where the views agree. On Fashion-MNIST's test set, where
@@ -311,8 +324,15 @@ class AdaptiveClusterer:
             refinement, chosen_start = refine_best(
                 space, starts, neighbours, anchors=anchors, random_state=self.random_state
             )
-            labels, _ = relabel_by_size(refinement.labels)
+            labels, old_by_size = relabel_by_size(refinement.labels)
             refined_share, rivals = refinement.changed, len(starts)
+            if refinement.weight is not None:
+                head = (
+                    chosen_space if refined_on == chosen else self._space(views, reductions, refined_on),
+                    refinement.weight[:, old_by_size],
+                    refinement.bias[old_by_size],
+                )
+        self.model_ = ClusterModel.fit(chosen_space, coords, labels, head=head, random_state=self.random_state)
         _, self.distances_ = centres_and_distances(coords, labels)
         self.labels_ = labels
         self.n_clusters_ = int(labels.max()) + 1

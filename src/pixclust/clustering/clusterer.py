@@ -16,6 +16,8 @@ from pixclust.errors import UsageError
 if TYPE_CHECKING:
     from sklearn.mixture import GaussianMixture
 
+    from pixclust.clustering.placement import ClusterModel
+
 CLUSTER_METHODS = ("kmeans", "agglomerative", "gmm", "hdbscan")
 DEFAULT_CLUSTER_METHOD = "kmeans"
 
@@ -36,7 +38,8 @@ class ClusterResult:
     ``distances`` are to the cluster centre in the clustering space;
     ``silhouettes`` are per image in that space (NaN outside the scored sample
     and for noise); ``coords_2d`` is a 2-D map (the first two principal components of the features clustered); ``choice``
-    records what the adaptive pipeline chose (None for the fixed pipeline).
+    records what the adaptive pipeline chose (None for the fixed pipeline);
+    ``model`` places new images as this clustering would (None when every image is noise).
     """
 
     labels: np.ndarray
@@ -49,6 +52,7 @@ class ClusterResult:
     silhouette: float
     method: str
     choice: dict[str, object] | None = None
+    model: ClusterModel | None = None
 
 
 def kmeans_starts(X: np.ndarray, k: int, *, random_state: int = 0) -> list[tuple[float, np.ndarray]]:

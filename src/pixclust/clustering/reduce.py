@@ -12,10 +12,14 @@ import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
 from numbers import Integral
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from pixclust.errors import UsageError
+
+if TYPE_CHECKING:
+    from sklearn.decomposition import PCA
 
 REDUCE_METHODS = ("pca", "umap", "lle", "spectral", "none")
 DEFAULT_REDUCE = "pca"
@@ -36,12 +40,16 @@ class Reduction:
     ``coords`` is the N x m float32 space clustering runs in; ``method`` is the
     method that produced it (``"pca"`` when the requested non-linear method
     needs more images than there are); ``pca_explained_variance_ratio`` belongs
-    to the PCA step that always runs, one entry per PCA component kept.
+    to the PCA step that always runs, one entry per PCA component kept, and
+    ``pca_mean`` and ``pca_components`` (m x D) are that step's fitted PCA, so
+    new rows can be placed in a ``"pca"`` space (L2, subtract the mean, project).
     """
 
     coords: np.ndarray
     method: str
     pca_explained_variance_ratio: np.ndarray
+    pca_mean: np.ndarray | None = None
+    pca_components: np.ndarray | None = None
 
 
 def check_features(X: np.ndarray) -> np.ndarray:
@@ -83,8 +91,8 @@ def l2_normalize(X: np.ndarray, *, in_place: bool = False) -> np.ndarray:
 
 def _fit_pca(
     normalized: np.ndarray, n_components: int, random_state: int, *, overwrite: bool
-) -> tuple[np.ndarray, np.ndarray]:
-    """PCA coordinates (float32) and explained-variance ratios of already normalised rows.
+) -> tuple[np.ndarray, np.ndarray, PCA]:
+    """PCA coordinates (float32), explained-variance ratios and the fitted PCA of already normalised rows.
 
     ``overwrite=True`` lets PCA centre (and then square) ``normalized`` in
     place rather than work on a copy of it.
@@ -97,7 +105,7 @@ def _fit_pca(
     with np.errstate(divide="ignore", invalid="ignore"):
         coords = pca.fit_transform(normalized)
         ratio = np.nan_to_num(pca.explained_variance_ratio_, nan=0.0)
-    return coords.astype(np.float32), ratio
+    return coords.astype(np.float32), ratio, pca
 
 
 def _check_method(method: str) -> None:
@@ -204,16 +212,22 @@ def reduce_features(
     kept = n_components if method == "pca" and n_components is not None else PCA_DEFAULT_COMPONENTS
     pca_components = min(kept, n_samples, n_features)
     # "none" returns the normalised rows, so only then must PCA leave them as they are.
-    pca_coords, variance_ratio = _fit_pca(normalized, pca_components, random_state, overwrite=method != "none")
-
+    pca_coords, variance_ratio, pca = _fit_pca(normalized, pca_components, random_state, overwrite=method != "none")
+    as_pca = Reduction(
+        pca_coords,
+        "pca",
+        variance_ratio,
+        pca_mean=pca.mean_.astype(np.float32),
+        pca_components=pca.components_.astype(np.float32),
+    )
     if method == "pca":
-        return Reduction(pca_coords, "pca", variance_ratio)
+        return as_pca
     if method == "none":
         return Reduction(normalized, "none", variance_ratio)
 
     max_components = _max_embedding_components(method, n_samples)
     if max_components < 1:
-        return Reduction(pca_coords, "pca", variance_ratio)
+        return as_pca
     embedding_components = min(n_components or EMBEDDING_DEFAULT_COMPONENTS, max_components)
     coords = _embed(pca_coords, method, embedding_components, random_state)
     return Reduction(coords, method, variance_ratio)
@@ -223,5 +237,5 @@ def project_2d(X: np.ndarray, *, random_state: int = 0) -> np.ndarray:
     """N x 2 float32 PCA map of the L2-normalised features, zero-padded when fewer than 2 components exist."""
     normalized = l2_normalize(check_features(X))
     n_samples, n_features = normalized.shape
-    coords, _ = _fit_pca(normalized, min(2, n_samples, n_features), random_state, overwrite=True)
+    coords, _, _ = _fit_pca(normalized, min(2, n_samples, n_features), random_state, overwrite=True)
     return np.pad(coords, ((0, 0), (0, 2 - coords.shape[1])))

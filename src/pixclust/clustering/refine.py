@@ -76,12 +76,16 @@ def nearest_neighbours(X: np.ndarray, n_neighbors: int, *, random_state: int = 0
 class Refinement:
     """Refined labels, the head's probability for each image's own cluster, the share of images that
     moved, and the trained head's objective (consistency loss minus the weighted balance entropy, on a
-    fixed sample of neighbour pairs; lower is better)."""
+    fixed sample of neighbour pairs; lower is better). ``weight`` (d x k) and ``bias`` (k) are the head
+    itself: ``argmax(X @ weight + bias)`` gives ``labels``, and places new rows of the same space
+    (None where no head was trained)."""
 
     labels: np.ndarray
     confidence: np.ndarray
     changed: float
     objective: float
+    weight: np.ndarray | None = None
+    bias: np.ndarray | None = None
 
 
 def refine_clusters(
@@ -170,7 +174,8 @@ def refine_best(
     chosen = int(np.argmin(np.where(np.isfinite(objectives), objectives, np.inf)))
     refined, confidence = heads.assign(features, chosen)
     changed = float(np.mean(refined != starts[chosen]))
-    return Refinement(refined, confidence, changed, float(objectives[chosen])), chosen
+    weight, bias = heads.head(chosen)
+    return Refinement(refined, confidence, changed, float(objectives[chosen]), weight, bias), chosen
 
 
 class _SoftmaxHeads:
@@ -265,10 +270,14 @@ class _SoftmaxHeads:
         entropy = -(mean_p * np.log(np.maximum(mean_p, 1e-12))).sum(axis=1)
         return -log_agreement / len(anchor_rows) - BALANCE_WEIGHT * entropy
 
+    def head(self, head: int) -> tuple[np.ndarray, np.ndarray]:
+        """Head ``head``'s weight (d x k) and bias (k), copies."""
+        columns = slice(head * self.k, (head + 1) * self.k)
+        return self.weight[:, columns].copy(), self.bias[columns].copy()
+
     def assign(self, features: np.ndarray, head: int) -> tuple[np.ndarray, np.ndarray]:
         """Head ``head``'s cluster for every row, and its probability."""
-        columns = slice(head * self.k, (head + 1) * self.k)
-        single = _SoftmaxHeads(self.weight[:, columns], self.bias[columns], 1)
+        single = _SoftmaxHeads(*self.head(head), 1)
         labels = np.empty(len(features), dtype=np.int64)
         confidence = np.empty(len(features), dtype=np.float32)
         # In chunks: all N x k probabilities at once would be 4 GB for a million images and k = 1000.

@@ -23,7 +23,7 @@ import numpy as np
 from pixclust.atomic import write_text_atomic
 from pixclust.clustering.metrics import NOISE_LABEL
 from pixclust.embedding.files import SkippedFile
-from pixclust.names import text_cells
+from pixclust.names import from_cell, text_cells
 from pixclust.runs.folder import CLUSTERS_DIR, COPY, DIR, LINK, RunFolder
 
 if TYPE_CHECKING:
@@ -65,7 +65,7 @@ def cluster_summary(labels: np.ndarray) -> list[ClusterRow]:
     return rows
 
 
-def _csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]], *, text: Collection[str]) -> str:
+def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]], *, text: Collection[str]) -> str:
     """The table as CSV; cells of the ``text`` columns are written by :func:`pixclust.names.to_cell` (any name, never a formula)."""
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
@@ -84,7 +84,7 @@ def write_clusters_csv(path: Path, paths: Sequence[str], clustering: ClusterResu
         )
     )
     header = ("path", "cluster", "cluster_id", "distance", "silhouette", "x", "y")
-    write_text_atomic(path, _csv_text(header, rows, text=("path",)))
+    write_text_atomic(path, csv_text(header, rows, text=("path",)))
 
 
 def _number(value: float) -> str:
@@ -92,11 +92,21 @@ def _number(value: float) -> str:
     return "" if np.isnan(value) else f"{value:.6f}"
 
 
+_ERROR_COLUMNS = ("path", "reason", "detail")
+
+
 def write_errors_csv(path: Path, skipped: Sequence[SkippedFile]) -> None:
     """Every file that could not be used, with a short reason and the full detail."""
     rows = ((item.path, item.reason, item.detail) for item in skipped)
-    header = ("path", "reason", "detail")
-    write_text_atomic(path, _csv_text(header, rows, text=header))
+    write_text_atomic(path, csv_text(_ERROR_COLUMNS, rows, text=_ERROR_COLUMNS))
+
+
+def read_errors_csv(path: Path) -> list[SkippedFile]:
+    """The files ``write_errors_csv`` listed (none when there is no such file)."""
+    if not path.is_file():
+        return []
+    with open(path, newline="", encoding="utf-8") as stream:
+        return [SkippedFile(*(from_cell(row[name]) for name in _ERROR_COLUMNS)) for row in csv.DictReader(stream)]
 
 
 _UNSAFE_NAME_CHARS = re.compile(r"[^\w.\- ]+")
@@ -121,13 +131,19 @@ def safe_file_name(name: str) -> str:
 
 
 def export_cluster_folders(folder: RunFolder, paths: Sequence[str], labels: np.ndarray, *, copy: bool = False) -> Path:
-    """Build ``clusters/<name>/`` with a link (or copy) of each image, named as ``cluster_entries`` says.
+    """Build ``clusters/<name>/`` with a link (or copy) of each image, named as ``cluster_entries`` says."""
+    names = cluster_names(labels)
+    return export_folders(folder, paths, [names[int(label)] for label in labels], copy=copy)
+
+
+def export_folders(folder: RunFolder, paths: Sequence[str], clusters: Sequence[str], *, copy: bool = False) -> Path:
+    """Build ``clusters/<cluster>/`` with a link (or copy) of each image in the folder ``clusters`` names for it.
 
     The folders are built in a staging folder and swapped in whole; the previous
     ``clusters/`` goes only if everything in it is pixclust's (the run folder checks).
     """
     folder.check_replaceable(CLUSTERS_DIR)
-    entries = cluster_entries(paths, labels)
+    entries = folder_entries(paths, clusters)
     with folder.staging() as staging:
         for cluster in sorted({cluster for _, cluster, _ in entries}):
             (staging / cluster).mkdir()

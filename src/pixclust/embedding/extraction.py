@@ -23,7 +23,7 @@ from types import FrameType
 import numpy as np
 
 from pixclust.embedding.decode import DEFAULT_MAX_PIXELS
-from pixclust.embedding.discover import discover_images
+from pixclust.embedding.discover import Discovery, discover_images
 from pixclust.embedding.embedder import DEFAULT_BATCH_SIZE, Embedder
 from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S, check_engine
 from pixclust.embedding.extractor import load_extractor
@@ -39,7 +39,7 @@ _HASH_THREADS = 4
 
 
 def embed(
-    source: str | Path,
+    source: str | Path | Sequence[str | Path],
     *,
     model: str = DEFAULT_MODEL,
     weights: str | Path | None = None,
@@ -55,8 +55,9 @@ def embed(
     address: str | None = None,
     actor_cpus: int | None = None,
     ray_wait: float | None = None,
+    save: bool = True,
 ) -> Embeddings:
-    """Embed every usable image under ``source``.
+    """Embed every usable image under ``source`` (a folder or an image file, or several of them).
 
     With ``out`` (a run folder), vectors already stored there for the same
     bytes and the same model are reused, new ones are saved as they are made
@@ -66,11 +67,12 @@ def embed(
     ``engine="ray"`` has the images not found in the store embedded by Ray
     actors (on the cluster at ``address``, each of ``actor_cpus`` CPUs, giving
     up after ``ray_wait`` seconds without one; see ``engines.ray.RaySettings``).
+    ``save=False`` keeps ``embeddings.parquet`` as it is (new vectors stay in
+    their shards): for a caller that saves these rows together with others.
     """
     with quietly(quiet):
         check_engine(engine, address, num_workers, actor_cpus=actor_cpus, ray_wait=ray_wait)
-        root = os.path.abspath(source)
-        discovery = discover_images(root, include_hidden=include_hidden)
+        discovery = _discover(source, include_hidden)
         extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision, lazy=True)
         store = EmbeddingStore(out) if out is not None else None
         known = store.known(extractor.model_id, extractor.dim) if store else KnownEmbeddings()
@@ -121,9 +123,20 @@ def embed(
         embeddings.skipped = sorted(skipped, key=lambda item: item.path)
         embeddings.n_extracted = len(fresh)
         embeddings.n_reused = sum(1 for digest in digests if digest not in fresh)
-        if store and not store.holds(embeddings):
+        if store and save and not store.holds(embeddings):
             store.save(embeddings)
         return embeddings
+
+
+def _discover(source: str | Path | Sequence[str | Path], include_hidden: bool) -> Discovery:
+    """The images under one root, or under several (each path once, in the order the roots are given)."""
+    roots = [source] if isinstance(source, (str, Path)) else list(source)
+    found = [discover_images(os.path.abspath(root), include_hidden=include_hidden) for root in roots]
+    if len(found) == 1:
+        return found[0]
+    files = list(dict.fromkeys(path for discovery in found for path in discovery.files))
+    skipped = list({item.path: item for discovery in found for item in discovery.skipped}.values())
+    return Discovery(files, skipped)
 
 
 def _extract(

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import csv
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pixclust.curation.export import cluster_names
+from pixclust.curation.export import cluster_names, read_errors_csv
 from pixclust.embedding.files import SkippedFile
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.embeddings import Embeddings
@@ -34,6 +34,8 @@ class RunView:
     distances: np.ndarray
     silhouettes: np.ndarray
     errors: list[SkippedFile]
+    # The name clusters.csv gives each cluster id (images placed by `pixclust add` as novel: -1, "_new").
+    cluster_of_label: dict[int, str] = field(default_factory=dict)
 
     @property
     def paths(self) -> list[str]:
@@ -49,7 +51,7 @@ class RunView:
 
     @property
     def names(self) -> dict[int, str]:
-        return cluster_names(self.labels)
+        return cluster_names(self.labels) | self.cluster_of_label
 
     def members(self, label: int) -> np.ndarray:
         """Rows of one cluster, most typical (closest to the centre) first."""
@@ -73,13 +75,7 @@ def load_run(run_dir: str | Path, record: RunRecord | None = None, embeddings: E
             f"{run_dir / CLUSTERS_CSV} does not list {missing[0]}; re-run pixclust cluster for this folder"
         )
     ordered = [rows[path] for path in embeddings.paths]
-    errors: list[SkippedFile] = []
-    if (run_dir / ERRORS_CSV).is_file():
-        with open(run_dir / ERRORS_CSV, newline="", encoding="utf-8") as stream:
-            errors = [
-                SkippedFile(*(from_cell(row[name]) for name in ("path", "reason", "detail")))
-                for row in csv.DictReader(stream)
-            ]
+    errors = read_errors_csv(run_dir / ERRORS_CSV)
     if record is None:
         # A run that stopped before run.json was written still has its vectors and clusters to show.
         record = RunRecord.read(run_dir / RUN_JSON) if (run_dir / RUN_JSON).is_file() else RunRecord(model={})
@@ -91,6 +87,7 @@ def load_run(run_dir: str | Path, record: RunRecord | None = None, embeddings: E
         distances=np.array([_float(row["distance"]) for row in ordered]),
         silhouettes=np.array([_float(row.get("silhouette", "")) for row in ordered]),
         errors=errors,
+        cluster_of_label={int(row["cluster_id"]): row["cluster"] for row in ordered},
     )
 
 

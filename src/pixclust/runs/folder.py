@@ -55,6 +55,8 @@ THUMBNAILS_FILE = "thumbnails.parquet"
 MOVES_JOURNAL = "moves.jsonl"
 DUPLICATES_CSV = "duplicates.csv"
 DUPLICATE_COPIES_DIR = "duplicate_copies"
+CLUSTER_MODEL_FILE = "cluster_model.npz"
+ADDED_DUPLICATES_CSV = "added_duplicates.csv"
 
 # Every name pixclust writes at the top of a run folder; none of them may be a link.
 MANAGED_NAMES = (
@@ -76,6 +78,8 @@ MANAGED_NAMES = (
     MOVES_JOURNAL,
     DUPLICATES_CSV,
     DUPLICATE_COPIES_DIR,
+    CLUSTER_MODEL_FILE,
+    ADDED_DUPLICATES_CSV,
 )
 
 # What a manifest entry is. "moved" is a user's original that --move put here: never replaced or removed.

@@ -7,6 +7,7 @@ return plain result objects (arrays and lists) and write files only in
 
 from __future__ import annotations
 
+import os
 import time
 import warnings
 from dataclasses import dataclass, field
@@ -17,6 +18,7 @@ import numpy as np
 from pixclust.clustering.adaptive import EMBEDDING_VIEW, HOG_VIEW, AdaptiveClusterer
 from pixclust.clustering.clusterer import DEFAULT_CLUSTER_METHOD, ClusterResult, ImageClusterer
 from pixclust.clustering.metrics import clustering_scores
+from pixclust.clustering.placement import ClusterModel, FeatureSpace
 from pixclust.clustering.reduce import DEFAULT_REDUCE, Reduction, is_whole_number, project_2d, reduce_features
 from pixclust.curation.export import (
     ClusterRow,
@@ -29,10 +31,18 @@ from pixclust.curation.move import MoveReport, check_no_moves, move_into_cluster
 from pixclust.embedding.extraction import embed
 from pixclust.embeddings import Embeddings
 from pixclust.errors import NoImagesError, UsageError
-from pixclust.progress import quietly
+from pixclust.progress import quietly, warn
 from pixclust.report import build_report
 from pixclust.runs.config import RunConfig, resolve_pipeline
-from pixclust.runs.folder import CLUSTERS_CSV, CLUSTERS_DIR, ERRORS_CSV, RUN_JSON, VIEWS_DIR, RunFolder
+from pixclust.runs.folder import (
+    CLUSTER_MODEL_FILE,
+    CLUSTERS_CSV,
+    CLUSTERS_DIR,
+    ERRORS_CSV,
+    RUN_JSON,
+    VIEWS_DIR,
+    RunFolder,
+)
 from pixclust.runs.record import RunRecord
 from pixclust.runs.truth import load_truth
 
@@ -81,12 +91,14 @@ def cluster(
         ).fit(views)
         reduction = clusterer.reduction_
         method = "kmeans+refine" if clusterer.refined_share_ is not None else "kmeans"
+        model = clusterer.model_
     else:
         method = method or DEFAULT_CLUSTER_METHOD
         reduction = reduce_features(
             vectors, reduce or DEFAULT_REDUCE, n_components=n_components, random_state=random_state
         )
         clusterer = ImageClusterer(method=method, k=k, k_range=k_range, random_state=random_state).fit(reduction.coords)
+        model = _nearest_centre_model(vectors, reduction, clusterer.labels_, random_state)
     return ClusterResult(
         labels=clusterer.labels_,
         n_clusters=clusterer.n_clusters_,
@@ -98,7 +110,21 @@ def cluster(
         silhouette=clusterer.silhouette_,
         method=method,
         choice=clusterer.choice_,
+        model=model,
     )
+
+
+def _nearest_centre_model(
+    vectors: np.ndarray, reduction: Reduction, labels: np.ndarray, random_state: int
+) -> ClusterModel | None:
+    """The fixed pipeline's clusters as a nearest-centre model: in its PCA space, or, after a reduction that
+    cannot place new points (UMAP, LLE, spectral, none), in an L2 + PCA space of the embeddings made for it."""
+    if labels.max() < 0:
+        return None
+    if reduction.pca_mean is None or reduction.method != "pca":
+        reduction = reduce_features(vectors, "pca", random_state=random_state)
+    space = FeatureSpace((EMBEDDING_VIEW,), reduction.pca_mean, reduction.pca_components)
+    return ClusterModel.fit(space, reduction.coords, labels, random_state=random_state)
 
 
 def _map_2d(vectors: np.ndarray, reduction: Reduction, random_state: int) -> np.ndarray:
@@ -151,6 +177,8 @@ class RunResult:
     n_scored: int
     timings: dict[str, float] = field(default_factory=dict)
     moves: MoveReport | None = None
+    # The batches `pixclust add` put in the run folder before; their images are clustered with the source's.
+    batches: list[dict[str, object]] = field(default_factory=list)
 
 
 def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
@@ -168,8 +196,11 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
     run_dir = folder.root
     timings: dict[str, float] = {}
     started = time.perf_counter()
+    batches = _added_batches(run_dir, config)
+    sources = [config.source, *_batch_sources(batches)]
     embeddings = _embed_source(
         config,
+        sources,
         out=run_dir,
         model=config.model,
         weights=config.weights,
@@ -185,7 +216,7 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
         )
 
     started = time.perf_counter()
-    hog = _hog_view(config, run_dir) if config.pipeline == "auto" else None
+    hog = _hog_view(config, sources, run_dir) if config.pipeline == "auto" else None
     timings["hog_s"] = time.perf_counter() - started
     started = time.perf_counter()
     clustering = cluster(
@@ -214,11 +245,21 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
 
     started = time.perf_counter()
     write_clusters_csv(run_dir / CLUSTERS_CSV, embeddings.paths, clustering)
+    if clustering.model is not None:
+        clustering.model.save(run_dir / CLUSTER_MODEL_FILE)
     if not config.move:
         export_cluster_folders(folder, embeddings.paths, clustering.labels, copy=config.copy)
     timings["export_s"] = time.perf_counter() - started
     result = RunResult(
-        config, run_dir, embeddings, clustering, cluster_summary(clustering.labels), scores, n_scored, timings
+        config,
+        run_dir,
+        embeddings,
+        clustering,
+        cluster_summary(clustering.labels),
+        scores,
+        n_scored,
+        timings,
+        batches=batches,
     )
     if config.report:
         started = time.perf_counter()
@@ -237,8 +278,30 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
     return result
 
 
+def _added_batches(run_dir: Path, config: RunConfig) -> list[dict[str, object]]:
+    """The batches an earlier ``pixclust add`` put into this run of the same source (none for a new run)."""
+    if not (run_dir / RUN_JSON).is_file():
+        return []
+    try:
+        record = RunRecord.read(run_dir / RUN_JSON)
+    except UsageError:
+        return []
+    same_source = record.source is not None and os.path.realpath(record.source) == os.path.realpath(config.source)
+    return record.batches if same_source else []
+
+
+def _batch_sources(batches: list[dict[str, object]]) -> list[str]:
+    """The files and folders the batches came from that are still there, each once."""
+    sources = [str(source) for batch in batches for source in batch.get("sources") or []]
+    gone = [source for source in sources if not os.path.exists(source)]
+    for source in dict.fromkeys(gone):
+        warn(f"{source}, added to this run by 'pixclust add', is gone; its images are left out")
+    return [source for source in dict.fromkeys(sources) if source not in gone]
+
+
 def _embed_source(
     config: RunConfig,
+    sources: list[str | Path],
     *,
     out: Path,
     model: str,
@@ -246,9 +309,9 @@ def _embed_source(
     runtime: str = "auto",
     precision: str = "auto",
 ) -> Embeddings:
-    """``embed`` of the run's source into ``out`` with ``model``, reading files as the config says."""
+    """``embed`` of the run's sources into ``out`` with ``model``, reading files as the config says."""
     return embed(
-        config.source,
+        sources,
         model=model,
         weights=weights,
         runtime=runtime,
@@ -267,11 +330,11 @@ def _embed_source(
     )
 
 
-def _hog_view(config: RunConfig, run_dir: Path) -> Embeddings | None:
+def _hog_view(config: RunConfig, sources: list[str | Path], run_dir: Path) -> Embeddings | None:
     """HOG vectors of the run's images, stored (and reused) in its views/hog/ folder; None when the model is HOG."""
     if config.model == HOG_MODEL:
         return None
-    return _embed_source(config, out=run_dir / VIEWS_DIR / HOG_VIEW, model=HOG_MODEL)
+    return _embed_source(config, sources, out=run_dir / VIEWS_DIR / HOG_VIEW, model=HOG_MODEL)
 
 
 def _open_run_folder(config: RunConfig) -> RunFolder:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import platform
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field, fields, replace
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -42,6 +42,7 @@ _SECTION_TYPES: dict[str, tuple[type, ...]] = {
     "n_scored": (int,),
     "timings_s": (dict,),
     "versions": (dict,),
+    "batches": (list,),
 }
 
 
@@ -57,6 +58,8 @@ class RunRecord:
     n_scored: int = 0
     timings_s: dict[str, float] = field(default_factory=dict)
     versions: dict[str, str | None] = field(default_factory=dict)
+    # What `pixclust add` put in the run since it was clustered, one entry per batch, oldest first.
+    batches: list[dict[str, Any]] = field(default_factory=list)
     pixclust_version: str | None = None
     created: str | None = None
     record_version: int = RUN_RECORD_VERSION
@@ -100,7 +103,12 @@ class RunRecord:
             n_scored=result.n_scored,
             timings_s={name: round(value, 3) for name, value in result.timings.items()},
             versions={"python": platform.python_version(), **{name: _version(name) for name in _LIBRARIES}},
+            batches=_plain(result.batches),
         )
+
+    def with_batch(self, batch: dict[str, Any]) -> RunRecord:
+        """This record with one more added batch."""
+        return replace(self, batches=[*self.batches, _plain(batch)])
 
     def to_dict(self) -> dict[str, Any]:
         # run.json opens with what identifies it, then the settings, as people read it.

@@ -201,3 +201,22 @@ def test_add_refuses_what_it_cannot_do_safely(known_run: tuple[Path, Path], run_
         add(run_copy, [tmp_path / "missing"], quiet=True)
     with pytest.raises(UsageError, match="give the new images"):
         add(run_copy, [], quiet=True)
+
+
+def test_heic_photos_from_a_phone_are_added_like_any_other(
+    known_run: tuple[Path, Path], run_copy: Path, tmp_path: Path
+) -> None:
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    pngs = write_digits(tmp_path / "png", (0,), slice(1, 11, 2))
+    phone = tmp_path / "phone"
+    phone.mkdir()
+    for png in sorted(pngs.rglob("*.png")):
+        with Image.open(png) as image:
+            image.save(phone / f"IMG_{png.stem}.HEIC", quality=90)
+    result = add(run_copy, [phone], quiet=True)
+    assert sorted(Path(path).name for path in result.paths) == sorted(path.name for path in phone.iterdir())
+    majority = majority_of_clusters(rows_of(run_copy)[:400])
+    placed = [cluster for cluster in result.clusters if cluster != NOVEL_CLUSTER]
+    assert len(placed) >= 4 and all(majority[cluster] == 0 for cluster in placed)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+from pixclust.embedding import files
 from pixclust.embedding.decode import DEFAULT_MAX_PIXELS, decode_image, full_size, load_rgb
 from pixclust.embedding.discover import discover_images
 from pixclust.embedding.files import (
@@ -201,7 +202,10 @@ def test_empty_image_file_is_reported(tmp_path: Path) -> None:
     assert skipped.detail == "file is 0 bytes"
 
 
-def test_heif_and_avif_are_reported_as_unsupported(tmp_path: Path) -> None:
+def test_heif_and_avif_without_their_decoders_are_reported_with_the_install(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(files, "decoder_available", lambda image_format: False)
     write(tmp_path / "iphone.heic", HEIC_HEADER)
     write(tmp_path / "exported_heic.jpg", HEIC_HEADER)
     write(tmp_path / "modern.avif", AVIF_HEADER)
@@ -211,9 +215,40 @@ def test_heif_and_avif_are_reported_as_unsupported(tmp_path: Path) -> None:
     assert discovery.files == []
     by_name = skipped_by_name(discovery.skipped)
     assert {item.reason for item in by_name.values()} == {REASON_UNSUPPORTED}
-    assert "pillow-heif" in by_name["iphone.heic"].detail
+    assert "pip install 'pixclust[heif]'" in by_name["iphone.heic"].detail
     assert "pillow-heif" in by_name["exported_heic.jpg"].detail
     assert "avif" in by_name["modern.avif"].detail.lower()
+    with pytest.raises(DecodeError, match="pillow-heif"):
+        load_rgb(tmp_path / "iphone.heic")
+
+
+def photo_turned_by_exif(image_format: str) -> tuple[Image.Image, bytes]:
+    """A real photo (scikit-image's astronaut, 400 wide and 512 high) and its file, EXIF saying 'turn 90 degrees'."""
+    from skimage import data
+
+    photo = Image.fromarray(np.ascontiguousarray(data.astronaut()[:, :400]))
+    exif = Image.Exif()
+    exif[0x0112] = 6  # orientation: the picture is shown turned 90 degrees clockwise
+    return photo, encode(photo, image_format, exif=exif.tobytes(), quality=92)
+
+
+@pytest.mark.parametrize("image_format", ["HEIF", "AVIF"])
+def test_phone_formats_decode_upright(tmp_path: Path, image_format: str) -> None:
+    """HEIC (pillow-heif) and AVIF (Pillow) photos are found, decoded and turned as their EXIF says, like a JPEG."""
+    import pillow_heif
+
+    pillow_heif.register_heif_opener()
+    photo, data = photo_turned_by_exif(image_format)
+    path = write(tmp_path / f"phone.{'heic' if image_format == 'HEIF' else 'avif'}", data)
+    # Named like a JPEG, a HEIC is still found by its content.
+    write(tmp_path / "named_like.jpg", data)
+
+    assert sorted(p.name for p in discover_images(tmp_path).files) == sorted(["named_like.jpg", path.name])
+    decoded = load_rgb(path)
+    upright = photo.transpose(Image.Transpose.ROTATE_270)
+    assert decoded.size == upright.size == (512, 400)
+    difference = np.abs(np.asarray(decoded, dtype=np.int16) - np.asarray(upright, dtype=np.int16))
+    assert difference.mean() < 6
 
 
 def test_camera_raw_files_are_reported_not_decoded(tmp_path: Path) -> None:
@@ -382,10 +417,11 @@ def test_empty_bytes_are_an_empty_file() -> None:
     assert raised.value.reason == REASON_EMPTY
 
 
-def test_heif_bytes_are_unsupported() -> None:
+def test_heif_bytes_with_no_picture_are_corrupt() -> None:
+    """A HEIF header with nothing after it: unsupported without pillow-heif, corrupt with it (it is both)."""
     with pytest.raises(DecodeError) as raised:
         decode_image(HEIC_HEADER)
-    assert raised.value.reason == REASON_UNSUPPORTED
+    assert raised.value.reason == REASON_CORRUPT
 
 
 def test_truncated_jpeg_is_corrupt(tmp_path: Path) -> None:

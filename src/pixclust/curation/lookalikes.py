@@ -237,6 +237,7 @@ def _embeddings_of(
     if ids is not None:
         raise UsageError(f"--ids is for an embeddings.npy file, not the image folder {images}; drop --ids")
     from pixclust.embedding.extraction import embed
+    from pixclust.embedding.files import READABLE_FORMATS
 
     model, weights = _model_of_run(images, out)
     embeddings = embed(images, model=model, weights=weights, out=None if out is None else out.root)
@@ -245,7 +246,7 @@ def _embeddings_of(
     if len(embeddings) == 0:
         raise NoImagesError(
             f"no usable images in {images}: {len(embeddings.skipped)} files skipped; "
-            "point pixclust at a folder of JPEG/PNG/WebP/BMP/TIFF/GIF images"
+            f"point pixclust at a folder of {READABLE_FORMATS} images"
         )
     return embeddings
 

@@ -7,6 +7,7 @@ an upright 8-bit RGB image, so the rest of pixclust only sees usable pictures.
 
 from __future__ import annotations
 
+import functools
 import io
 import math
 import os
@@ -28,11 +29,12 @@ from pixclust.embedding.files import (
     REASON_TOO_LARGE,
     REASON_UNREADABLE,
     REASON_UNSUPPORTED,
-    UNSUPPORTED_FORMAT_DETAILS,
+    decoder_available,
     not_an_image_detail,
     open_regular,
     os_reason,
     sniff_format,
+    unsupported_detail,
 )
 from pixclust.errors import DecodeError, UsageError
 
@@ -62,7 +64,8 @@ _PNG_ANCILLARY_ALLOWANCE = 16 << 20
 _PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}
 
 
-# Pillow can open far more formats; these are the ones we test and trust.
+# Pillow can open far more formats; these are the ones we test and trust, and, where their decoder is
+# installed, HEIF (pillow-heif) and AVIF (decodable_formats).
 _DECODABLE_FORMATS = ("JPEG", "PNG", "GIF", "BMP", "TIFF", "WEBP")
 
 
@@ -124,8 +127,9 @@ def _decode_file(
     if not size:
         raise DecodeError(REASON_EMPTY, "file is 0 bytes")
     image_format = sniff_format(header)
-    if image_format in UNSUPPORTED_FORMAT_DETAILS:
-        raise DecodeError(REASON_UNSUPPORTED, UNSUPPORTED_FORMAT_DETAILS[image_format])
+    detail = unsupported_detail(image_format)
+    if detail:
+        raise DecodeError(REASON_UNSUPPORTED, detail)
     _check_file_size(size, max_pixels)
     try:
         if image_format == "PNG":
@@ -195,6 +199,21 @@ def _unidentified_error(header: bytes, image_format: str | None) -> DecodeError:
     return DecodeError(REASON_CORRUPT, f"starts like a {image_format} file but its header is unreadable")
 
 
+@functools.cache
+def decodable_formats() -> tuple[str, ...]:
+    """The formats decoded here: the trusted ones, and HEIF and AVIF where their decoders are installed.
+
+    pillow-heif registers its opener with Pillow on first use (it then also reads the
+    HEIC's EXIF, so its orientation is honoured like a JPEG's).
+    """
+    optional = tuple(name for name in ("HEIF", "AVIF") if decoder_available(name))
+    if "HEIF" in optional:
+        import pillow_heif
+
+        pillow_heif.register_heif_opener()
+    return _DECODABLE_FORMATS + optional
+
+
 def full_size(image: Image.Image) -> tuple[int, int]:
     """The upright width and height of the file's picture, also when ``draft_size`` decoded it smaller."""
     width, height = image.info.get(_FULL_SIZE_KEY, image.size)
@@ -202,7 +221,7 @@ def full_size(image: Image.Image) -> tuple[int, int]:
 
 
 def _decode(file: io.BufferedIOBase, max_pixels: int, draft_size: int | None) -> Image.Image:
-    with Image.open(file, formats=_DECODABLE_FORMATS) as image:
+    with Image.open(file, formats=decodable_formats()) as image:
         _check_declared_size(image, max_pixels)
         if image.format == "TIFF":
             _check_tiff_blocks(image, max_pixels)

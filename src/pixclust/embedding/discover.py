@@ -21,13 +21,13 @@ from pixclust.embedding.files import (
     REASON_NOT_REGULAR,
     REASON_UNREADABLE,
     REASON_UNSUPPORTED,
-    UNSUPPORTED_FORMAT_DETAILS,
     SkippedFile,
     not_an_image_detail,
     not_regular_detail,
     open_regular,
     os_reason,
     sniff_format,
+    unsupported_detail,
 )
 from pixclust.errors import DecodeError, UsageError
 from pixclust.runs.folder import is_run_folder
@@ -235,8 +235,9 @@ def _classify_by_content(path: str) -> Path | SkippedFile:
     if not header:
         return SkippedFile(path, REASON_EMPTY, "file is 0 bytes")
     image_format = sniff_format(header)
-    if image_format in UNSUPPORTED_FORMAT_DETAILS:
-        return SkippedFile(path, REASON_UNSUPPORTED, UNSUPPORTED_FORMAT_DETAILS[image_format])
+    detail = unsupported_detail(image_format)
+    if detail:
+        return SkippedFile(path, REASON_UNSUPPORTED, detail)
     if image_format is None:
         return SkippedFile(path, REASON_NOT_IMAGE, not_an_image_detail(header))
     return Path(path)

@@ -6,6 +6,7 @@ with one of these reasons, so ``errors.csv`` speaks one vocabulary.
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import os
 import stat
@@ -50,11 +51,35 @@ IMAGE_EXTENSIONS: frozenset[str] = frozenset(
 
 HEADER_BYTES = 32
 
+# What "no usable images" asks for, in every command that says it.
+READABLE_FORMATS = "JPEG, PNG, WebP, BMP, TIFF, GIF, HEIC or AVIF"
 
-UNSUPPORTED_FORMAT_DETAILS = {
-    "HEIF": "HEIF/HEIC needs the pillow-heif plugin, which pixclust does not load; convert to JPEG or PNG",
-    "AVIF": "AVIF needs the pillow-avif-plugin, which pixclust does not load; convert to JPEG or PNG",
+
+# Formats that need a decoder Pillow may lack: the module that brings it, and what to do without it.
+# HEIF/HEIC (what phones write) comes from pillow-heif, an optional extra; AVIF is built into Pillow's
+# wheels since 11.3 (PIL._avif), but a Pillow built from source may lack it.
+_OPTIONAL_DECODERS = {
+    "HEIF": ("pillow_heif", "HEIF/HEIC photos need pillow-heif: pip install 'pixclust[heif]' (or pillow-heif)"),
+    "AVIF": ("PIL._avif", "this Pillow was built without AVIF: pip install -U 'pillow>=11.3'"),
 }
+
+
+def decoder_available(image_format: str) -> bool:
+    """Whether the format's optional decoder is installed (found, not imported: discovery stays fast)."""
+    module = _OPTIONAL_DECODERS.get(image_format, (None,))[0]
+    if module is None:
+        return True
+    try:
+        return importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        return False
+
+
+def unsupported_detail(image_format: str | None) -> str | None:
+    """Why a file of this format cannot be decoded here (with the install that fixes it), or None if it can."""
+    if image_format in _OPTIONAL_DECODERS and not decoder_available(image_format):
+        return _OPTIONAL_DECODERS[image_format][1]
+    return None
 
 
 _SIGNATURES = (

@@ -29,6 +29,7 @@ from pixclust.curation.export import (
 )
 from pixclust.curation.move import MoveReport, check_no_moves, move_into_clusters
 from pixclust.embedding.extraction import embed
+from pixclust.embedding.files import READABLE_FORMATS
 from pixclust.embeddings import Embeddings
 from pixclust.errors import NoImagesError, UsageError
 from pixclust.progress import quietly, warn
@@ -212,7 +213,7 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
     if len(embeddings) == 0:
         raise NoImagesError(
             f"no usable images in {config.source}: {len(embeddings.skipped)} files skipped "
-            f"(reasons in {run_dir / ERRORS_CSV}); point pixclust at a folder of JPEG/PNG/WebP/BMP/TIFF/GIF images"
+            f"(reasons in {run_dir / ERRORS_CSV}); point pixclust at a folder of {READABLE_FORMATS} images"
         )
 
     started = time.perf_counter()

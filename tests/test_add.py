@@ -103,7 +103,7 @@ def test_new_images_of_known_digits_join_their_clusters_and_unseen_digits_are_no
     before = rows_of(run_copy)
     new = write_digits(tmp_path / "new", KNOWN, slice(1, 21, 2))
     unseen = write_digits(tmp_path / "unseen", UNSEEN, slice(0, 30))
-    result = add(run_copy, [new, unseen], quiet=True)
+    result = add(run_copy, [new, unseen], report=True, quiet=True)
 
     rows = rows_of(run_copy)
     assert rows[: len(before)] == [{**row, "novel": "false", "added": ""} for row in before]
@@ -123,6 +123,8 @@ def test_new_images_of_known_digits_join_their_clusters_and_unseen_digits_are_no
         folder = run_copy / "clusters" / row["cluster"]
         assert os.path.realpath(folder / Path(row["path"]).name) == row["path"]
     assert result.n_novel == sum(row["novel"] == "true" for row in added)
+    report = (run_copy / "report.html").read_text(encoding="utf-8")
+    assert f"140 images in 1 batch (pixclust add), {result.n_novel:,} fitting no cluster (in _new)" in report
     batch = json.loads((run_copy / "run.json").read_text())["batches"][0]
     assert batch["added"] == 140 and batch["sources"] == [str(new), str(unseen)]
     # What add stored is what cluster reuses: clustering the run again embeds nothing and keeps every image.
@@ -220,3 +222,45 @@ def test_heic_photos_from_a_phone_are_added_like_any_other(
     majority = majority_of_clusters(rows_of(run_copy)[:400])
     placed = [cluster for cluster in result.clusters if cluster != NOVEL_CLUSTER]
     assert len(placed) >= 4 and all(majority[cluster] == 0 for cluster in placed)
+
+
+def test_a_run_whose_images_were_moved_in_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    source = write_digits(tmp_path / "source", (0, 1), slice(0, 10))
+    run(RunConfig(source=source, out=tmp_path / "run", model="pixels", k=2, move=True, report=False), quiet=True)
+    new = write_digits(tmp_path / "new", (0,), slice(10, 12))
+    clustered = (tmp_path / "run" / "clusters.csv").read_bytes()
+    with pytest.raises(UsageError, match=r"were moved into .*pixclust restore"):
+        add(tmp_path / "run", [new], quiet=True)
+    assert (tmp_path / "run" / "clusters.csv").read_bytes() == clustered
+    assert not (tmp_path / "run" / "embeddings.partial").exists()
+
+
+def test_the_report_after_an_add_keeps_its_maps_and_places_the_new_images(
+    known_run: tuple[Path, Path], run_copy: Path, tmp_path: Path
+) -> None:
+    import pyarrow.parquet as pq
+
+    pixclust.build_report(run_copy, maps=("pca", "tsne"), quiet=True)
+    before = pq.read_table(run_copy / "maps.parquet").to_pydict()
+    originals = sorted(known_run[0].rglob("*.png"))[::67]
+    new = tmp_path / "new"
+    new.mkdir()
+    for original in originals:
+        with Image.open(original) as image:
+            image.convert("RGB").save(new / f"{original.stem}.jpg", quality=95)
+    add(run_copy, [new], report=True, quiet=True)
+
+    after = pq.read_table(run_copy / "maps.parquet").to_pydict()
+    row_of = {row["path"]: number for number, row in enumerate(rows_of(run_copy))}
+    assert set(after) == set(before)
+    for name, coords in before.items():
+        assert after[name][:400] == coords and len(after[name]) == 400 + len(originals)
+        # A re-saved image lands on its original: the map is kept, and the new rows are placed in it.
+        earlier, placed = np.array(coords), np.array(after[name][400:])
+        extent = np.ptp(earlier, axis=0).max()
+        ordered = sorted(new.iterdir())
+        for path, point in zip(ordered, placed, strict=True):
+            original = next(o for o in originals if o.stem == path.stem)
+            assert np.linalg.norm(point - earlier[row_of[str(original)]]) < 0.05 * extent
+    report = (run_copy / "report.html").read_text(encoding="utf-8")
+    assert f"{len(originals)} images in 1 batch" in report

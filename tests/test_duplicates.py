@@ -24,7 +24,7 @@ from real_data import (
     write_image_tree,
 )
 
-from pixclust.curation.duplicates import DuplicateReport, candidate_pairs, find_duplicates
+from pixclust.curation.duplicates import DuplicateReport, candidate_pairs, extend_duplicates, find_duplicates
 from pixclust.curation.verify import signature, verify_pairs
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
@@ -231,3 +231,28 @@ def test_a_panorama_strip_gets_no_keypoints_rather_than_failing(tmp_path: Path) 
     Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 20_000, 3), dtype=np.uint8)).save(strip)
     points, descriptors, size = keypoints(strip)
     assert len(points) == 0 and descriptors is None and size[0] == 256
+
+
+def test_groups_extended_with_added_images_match_a_search_of_all(
+    photo_set: tuple[list, Embeddings, DuplicateReport],
+) -> None:
+    """What `pixclust add` does to the report's groups: the edits of two tiles arrive after the rest."""
+    _, embeddings, _ = photo_set
+    later = [
+        row
+        for row, path in enumerate(embeddings.paths)
+        if Path(path).parent.name in TILES[:2] and Path(path).name != "original.png"
+    ]
+    assert len(later) >= 10
+    order = np.array([row for row in range(len(embeddings)) if row not in set(later)] + later)
+    arriving = embeddings.take(order)
+    first = len(order) - len(later)
+
+    extended = extend_duplicates(arriving, find_duplicates(arriving.take(np.arange(first))), first)
+
+    def partition(report: DuplicateReport) -> list[list[str]]:
+        return sorted(sorted(arriving.paths[row] for row in group.rows) for group in report.groups)
+
+    assert partition(extended) == partition(find_duplicates(arriving))
+    assert extended.n_images == len(arriving)
+    assert all(group.kinds[group.rows.index(group.keeper)] == "keeper" for group in extended.groups)

@@ -100,7 +100,7 @@ def render_run(result: RunResult) -> None:
 
 def render_add(result: AddResult) -> None:
     """Where the batch went: images per cluster, novel ones, copies and images the run held already."""
-    from pixclust.runs.add import NOVEL_CLUSTER
+    from pixclust.curation.export import NOVEL_CLUSTER
 
     out = console()
     counts = Counter(result.clusters)

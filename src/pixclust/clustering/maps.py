@@ -78,6 +78,27 @@ def map_coordinates(
 
 
 Placer = Callable[[np.ndarray], np.ndarray]
+# Earlier images a new one's map position is drawn from ...
+PLACING_NEIGHBOURS = 5
+# ... each weighted by exp(cosine / this): a copy of an earlier image (cosine 0.99 against 0.9 for the next
+# neighbour) lands on it, an image with several equally close neighbours between them.
+PLACING_TEMPERATURE = 0.02
+
+
+def place_by_neighbours(earlier: np.ndarray, new: np.ndarray) -> Placer:
+    """A placer for any map of the ``earlier`` vectors: each ``new`` vector goes to the weighted mean position
+    of its PLACING_NEIGHBOURS most cosine-similar earlier ones (found once, whichever maps are then placed)."""
+    from pixclust.index import VectorIndex
+
+    similarities, neighbours = VectorIndex(earlier).search(new, min(PLACING_NEIGHBOURS, len(earlier)))
+    found = neighbours >= 0
+    weights = np.where(found, np.exp((similarities - similarities[:, :1]) / PLACING_TEMPERATURE), 0.0)
+    weights /= weights.sum(axis=1, keepdims=True)
+
+    def place(coords: np.ndarray) -> np.ndarray:
+        return np.einsum("nk,nkd->nd", weights, coords[np.where(found, neighbours, 0)]).astype(np.float32)
+
+    return place
 
 
 def _fit_tsne(points: np.ndarray, n_components: int, random_state: int) -> tuple[np.ndarray, Placer]:

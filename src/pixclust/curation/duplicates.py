@@ -19,8 +19,9 @@ picture (never a crop of another), then the one with the most pixels.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -139,6 +140,7 @@ def find_duplicates(
     keep: str = DEFAULT_KEEP,
     mirror: bool = False,
     index: VectorIndex | None = None,
+    involving: np.ndarray | None = None,
 ) -> DuplicateReport:
     """Exact, near and partial duplicate groups.
 
@@ -147,7 +149,8 @@ def find_duplicates(
     ``UNVERIFIED_SIMILARITY`` when not); ``verify_files`` defaults to whether
     the embeddings name image files; ``colour=False`` lets a recoloured copy
     count as a duplicate; ``keep`` is one of ``KEEP_RULES``; ``mirror`` also finds copies flipped
-    left to right (kind ``mirrored``).
+    left to right (kind ``mirrored``). ``involving`` (row ids) compares only pairs with one of those
+    rows in them: groups among the other rows are then left out.
     """
     if keep not in KEEP_RULES:
         raise UsageError(f"--keep {keep!r} is not a rule; choose one of {', '.join(KEEP_RULES)}")
@@ -169,6 +172,8 @@ def find_duplicates(
         links.extend(_Link(rows[0], row, None, "exact", "same content", (0, -1.0), 1.0) for row in rows[1:])
     left, right, sims = candidate_pairs(embeddings.vectors, neighbours=neighbours, threshold=threshold, index=index)
     distinct = content[left] != content[right]
+    if involving is not None:
+        distinct &= np.isin(left, involving) | np.isin(right, involving)
     left, right, sims = left[distinct], right[distinct], sims[distinct]
     report = DuplicateReport([], float(threshold), n, candidates=len(left))
     apart: set[tuple[int, int]] = set()
@@ -197,6 +202,74 @@ def find_duplicates(
         )
     report.groups = _groups(embeddings, links, apart, content, keep)
     return report
+
+
+def extend_duplicates(embeddings: Embeddings, found: DuplicateReport, first_new: int) -> DuplicateReport:
+    """``found`` (the groups among rows below ``first_new``) with the rows from ``first_new`` on joined in.
+
+    The finder runs on the new rows and each one's nearest earlier rows only, so the cost
+    is that of the new rows, not of all. A group the new rows join keeps its keeper (the
+    image that was there first, whatever the new one's size); a new row takes the kind and
+    evidence the finder gave it. Groups of new rows only are added as found.
+    """
+    new_rows = np.arange(first_new, len(embeddings))
+    if not len(new_rows):
+        return found
+    nearby = [new_rows]
+    if first_new:
+        _, ids = VectorIndex(embeddings.vectors[:first_new]).search(embeddings.vectors[first_new:], DEFAULT_CANDIDATES)
+        nearby.append(ids[ids >= 0])
+    rows = np.unique(np.concatenate(nearby))
+    # Pairs of earlier rows were compared when ``found`` was made.
+    among = find_duplicates(embeddings.take(rows), involving=np.flatnonzero(rows >= first_new))
+    group_of = {row: index for index, group in enumerate(found.groups) for row in group.rows}
+    groups = dict(enumerate(found.groups))
+    keys = itertools.count(len(found.groups))
+    for group in among.groups:
+        members = [int(rows[member]) for member in group.rows]
+        if all(member < first_new for member in members):
+            continue
+        joined = sorted({group_of[member] for member in members if member in group_of})
+        if not joined:
+            groups[next(keys)] = replace(group, rows=tuple(members), keeper=int(rows[group.keeper]))
+            continue
+        # Earlier groups bridged by the new rows become one; the first keeps its keeper.
+        base = groups[joined[0]]
+        kinds = dict(zip(base.rows, base.kinds, strict=True))
+        evidence = dict(zip(base.rows, base.evidence, strict=True))
+        for other in joined[1:]:
+            kinds |= dict(zip(groups[other].rows, groups[other].kinds, strict=True))
+            evidence |= dict(zip(groups[other].rows, groups[other].evidence, strict=True))
+        for member, kind, why in zip(members, group.kinds, group.evidence, strict=True):
+            if member not in kinds:
+                kinds[member] = group.kind if kind == "keeper" else kind
+                evidence[member] = f"like the images it was added beside ({group.kind})" if kind == "keeper" else why
+        for other in joined[1:]:
+            kinds[groups[other].keeper] = groups[other].kind
+        ordered = tuple(sorted(kinds))
+        copies = {kinds[row] for row in ordered if row != base.keeper}
+        merged = DuplicateGroup(
+            rows=ordered,
+            keeper=base.keeper,
+            kind="exact" if copies == {"exact"} else next((k for k in ("partial", "mirrored") if k in copies), "near"),
+            min_similarity=min(base.min_similarity, group.min_similarity),
+            kinds=tuple("keeper" if row == base.keeper else kinds[row] for row in ordered),
+            evidence=tuple("keeper" if row == base.keeper else evidence[row] for row in ordered),
+        )
+        groups[joined[0]] = merged
+        for other in joined[1:]:
+            del groups[other]
+        group_of |= {row: joined[0] for row in ordered}
+    kept = sorted(groups.values(), key=lambda group: (-len(group.rows), group.rows[0]))
+    return DuplicateReport(
+        kept,
+        found.threshold,
+        len(embeddings),
+        candidates=found.candidates + among.candidates,
+        verified=found.verified + among.verified,
+        recoloured=found.recoloured + among.recoloured,
+        unreadable=found.unreadable + among.unreadable,
+    )
 
 
 def _verify_pairs(

@@ -30,6 +30,9 @@ if TYPE_CHECKING:
     from pixclust.clustering.clusterer import ClusterResult
 
 NOISE_NAME = "noise"
+# Where `pixclust add` puts an image that fits none of the run's clusters: its cluster name and id.
+NOVEL_CLUSTER = "_new"
+NOVEL_LABEL = -1
 
 
 def cluster_names(labels: np.ndarray) -> dict[int, str]:

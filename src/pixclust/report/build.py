@@ -23,6 +23,7 @@ from PIL import Image
 from pixclust.atomic import atomic_path, write_text_atomic
 from pixclust.clustering.maps import DEFAULT_MAPS, check_map_methods
 from pixclust.curation.duplicates import DuplicateReport
+from pixclust.curation.export import NOVEL_CLUSTER, NOVEL_LABEL
 from pixclust.embeddings import Embeddings
 from pixclust.names import escape_name
 from pixclust.progress import quietly
@@ -256,6 +257,18 @@ def _summary_rows(view: RunView, duplicates: DuplicateReport) -> list[list[str]]
         ["weights", str(model.get("weights", "?"))],
         ["method", f"{clustering.get('reduce', '?')} → {clustering.get('method', '?')}"],
     ]
+    # Batches from before the last clustering are history: their images were clustered with the rest.
+    since = [batch for batch in record.batches if str(batch.get("created", "")) > str(record.created or "")]
+    if since:
+        added = sum(int(batch.get("added", 0)) for batch in since)
+        novel = int(np.sum(view.labels == NOVEL_LABEL)) if view.names.get(NOVEL_LABEL) == NOVEL_CLUSTER else 0
+        rows.append(
+            [
+                "added since clustering",
+                f"{_count(added, 'image')} in {len(since):,} batch{'' if len(since) == 1 else 'es'} (pixclust add), "
+                f"{novel:,} fitting no cluster (in {NOVEL_CLUSTER})",
+            ]
+        )
     silhouette = clustering.get("silhouette")
     if silhouette is not None:
         rows.append(["silhouette", f"{silhouette:.3f}"])

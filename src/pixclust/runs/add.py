@@ -30,19 +30,26 @@ import numpy as np
 from pixclust.atomic import write_text_atomic
 from pixclust.clustering.placement import NOVELTY_FALSE_ALARMS, ClusterModel, Placement
 from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW
-from pixclust.curation.duplicates import DEFAULT_CANDIDATES, find_duplicates
-from pixclust.curation.export import csv_text, export_folders, read_errors_csv, write_errors_csv
-from pixclust.curation.move import check_no_moves
+from pixclust.curation.duplicates import DuplicateReport
+from pixclust.curation.export import (
+    NOVEL_CLUSTER,
+    NOVEL_LABEL,
+    csv_text,
+    export_folders,
+    read_errors_csv,
+    write_errors_csv,
+)
+from pixclust.curation.move import check_moves_finished, check_no_moves
 from pixclust.embedding.extraction import embed
 from pixclust.embedding.files import SkippedFile
 from pixclust.embedding.record import ModelRecord
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
-from pixclust.index import VectorIndex
 from pixclust.names import from_cell
 from pixclust.progress import quietly
 from pixclust.report import build_report
+from pixclust.report.caches import duplicates_with_added
 from pixclust.runs.folder import (
     ADDED_DUPLICATES_CSV,
     CLUSTER_MODEL_FILE,
@@ -56,8 +63,6 @@ from pixclust.runs.folder import (
 )
 from pixclust.runs.record import RunRecord
 
-NOVEL_CLUSTER = "_new"
-NOVEL_LABEL = -1
 # Novel images, as a share of a batch, from which the terminal and the report suggest clustering again.
 RECLUSTER_SHARE = 0.2
 _ADDED_COLUMNS = ("novel", "added")
@@ -113,6 +118,13 @@ def add(
         for path in paths:
             folder = RunFolder.open_apart_from(path, run_dir)
         with folder.writing():
+            check_moves_finished(folder)
+            if any(name.startswith(f"{CLUSTERS_DIR}/") for name in folder.moved_originals()):
+                raise UsageError(
+                    f"the images of {run_dir} were moved into its {CLUSTERS_DIR}/ (--move), and add places new "
+                    f"images by links beside them, which it cannot do there yet; put them back first "
+                    f"(pixclust restore {run_dir}) and cluster without --move"
+                )
             check_no_moves(folder)
             folder.check_replaceable(CLUSTERS_DIR)
             return _add_in(folder, [os.path.abspath(path) for path in paths], report, false_alarms, num_workers)
@@ -193,7 +205,11 @@ def _add_in(
     started = time.perf_counter()
     combined = run.followed_by(fresh)
     combined.model = replace(model_record, model_id=combined.model_id)
-    duplicates = _copies_among_added(combined, len(run)) if len(fresh) else []
+    duplicates = (
+        _copies_among_added(duplicates_with_added(run_dir, run.model_id, combined, len(run)), combined.paths, len(run))
+        if len(fresh)
+        else []
+    )
     timings["duplicates_s"] = time.perf_counter() - started
 
     started = time.perf_counter()
@@ -258,27 +274,15 @@ def _no_placement(model: ClusterModel) -> Placement:
     return Placement(empty.astype(np.int64), empty, empty, empty.astype(bool), np.empty((0, model.centres.shape[1])))
 
 
-def _copies_among_added(combined: Embeddings, first_added: int) -> list[tuple[str, str, str]]:
-    """(added image, the image it copies, kind) for every added image the duplicate finder groups with another.
-
-    The finder runs on the added images and their nearest images of the run
-    only, so a batch costs what its size does, not what the run's does.
-    """
-    added = np.arange(first_added, len(combined))
-    nearby = [added]
-    if first_added:
-        _, rows = VectorIndex(combined.vectors[:first_added]).search(combined.vectors[first_added:], DEFAULT_CANDIDATES)
-        nearby.append(rows[rows >= 0])
-    rows = np.unique(np.concatenate(nearby))
-    report = find_duplicates(combined.take(rows))
+def _copies_among_added(report: DuplicateReport, paths: Sequence[str], first_added: int) -> list[tuple[str, str, str]]:
+    """(added image, the image it copies: its group's keeper, or another member for the keeper, kind) per added
+    image in a duplicate group."""
     copies = []
     for group in report.groups:
-        members = [int(rows[member]) for member in group.rows]
-        keeper = int(rows[group.keeper])
-        for member, kind in zip(members, group.kinds or (group.kind,) * len(members), strict=False):
+        for member, kind in zip(group.rows, group.kinds, strict=True):
             if member >= first_added:
-                other = keeper if member != keeper else next(row for row in members if row != member)
-                copies.append((combined.paths[member], combined.paths[other], group.kind if kind == "keeper" else kind))
+                other = group.keeper if member != group.keeper else next(row for row in group.rows if row != member)
+                copies.append((paths[member], paths[other], group.kind if kind == "keeper" else kind))
     return copies
 
 

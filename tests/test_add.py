@@ -151,6 +151,8 @@ def test_images_the_run_holds_are_not_added_twice_and_copies_are_listed(
     assert listed == [(str(new / "reencoded.jpg"), str(original))]
     assert add(run_copy, [new], quiet=True).paths == []
     assert len(rows_of(run_copy)) == 401
+    # Only the add that added something is a batch.
+    assert [batch["added"] for batch in json.loads((run_copy / "run.json").read_text())["batches"]] == [1]
 
 
 def pixclust_cli(*args: str) -> subprocess.CompletedProcess[str]:

@@ -178,20 +178,10 @@ def _add_in(
             f"model {model_record.model} now gives model id {new.model_id}, not the run's {run.model_id} "
             "(weights or preprocessing changed); cluster the run again before adding to it"
         )
-    timings["embed_s"] = time.perf_counter() - started
     fresh, already = _new_rows(run, new)
-    views = {EMBEDDING_VIEW: fresh.vectors}
-    hog_store = EmbeddingStore(run_dir / VIEWS_DIR / HOG_VIEW)
-    hog: Embeddings | None = None
-    skipped = list(new.skipped)
-    if HOG_VIEW in model.views and len(fresh):
-        hog = embed(fresh.paths, model=HOG_VIEW, out=hog_store.run_dir, save=False, **read_options)
-        row_of = {path: row for row, path in enumerate(hog.paths)}
-        usable = [row for row, path in enumerate(fresh.paths) if path in row_of]
-        skipped += [item for item in hog.skipped if item.path in set(fresh.paths)]
-        fresh = fresh.take(np.asarray(usable, dtype=np.int64))
-        hog = hog.take(np.asarray([row_of[path] for path in fresh.paths], dtype=np.int64))
-        views = {EMBEDDING_VIEW: fresh.vectors, HOG_VIEW: hog.vectors}
+    fresh, hog, skipped = _with_views(fresh, model, new.skipped, run_dir / VIEWS_DIR / HOG_VIEW, read_options)
+    timings["embed_s"] = time.perf_counter() - started
+    views = {EMBEDDING_VIEW: fresh.vectors} | ({} if hog is None else {HOG_VIEW: hog.vectors})
     started = time.perf_counter()
     placement = model.place(views, false_alarms=false_alarms) if len(fresh) else _no_placement(model)
     timings["place_s"] = time.perf_counter() - started
@@ -215,6 +205,7 @@ def _add_in(
     started = time.perf_counter()
     store.save(combined)
     if hog is not None:
+        hog_store = EmbeddingStore(run_dir / VIEWS_DIR / HOG_VIEW)
         hog_store.save(_rows_of(hog_store.load(), run.paths, run_dir).followed_by(hog))
     _write_clusters_csv(run_dir / CLUSTERS_CSV, table, fresh.paths, clusters, placement, batch)
     _write_added_duplicates(run_dir / ADDED_DUPLICATES_CSV, duplicates)
@@ -235,24 +226,48 @@ def _add_in(
         new.n_extracted,
         timings,
     )
-    record = record.with_batch(
-        {
-            "batch": batch,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "sources": sources,
-            "added": len(fresh),
-            "novel": result.n_novel,
-            "already_in_run": len(already),
-            "copies_of_run_images": len(duplicates),
-            "files_skipped": len(skipped),
-        }
-    )
+    if len(fresh):
+        record = record.with_batch(
+            {
+                "batch": batch,
+                "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                "sources": sources,
+                "added": len(fresh),
+                "novel": result.n_novel,
+                "already_in_run": len(already),
+                "copies_of_run_images": len(duplicates),
+                "files_skipped": len(skipped),
+            }
+        )
     if report if report is not None else config.get("report", True):
         started = time.perf_counter()
         build_report(run_dir, maps=config.get("maps"), record=record, embeddings=combined)
         timings["report_s"] = time.perf_counter() - started
     record.write(run_dir / RUN_JSON)
     return result
+
+
+def _with_views(
+    fresh: Embeddings,
+    model: ClusterModel,
+    skipped: list[SkippedFile],
+    hog_dir: Path,
+    read_options: dict[str, object],
+) -> tuple[Embeddings, Embeddings | None, list[SkippedFile]]:
+    """The new rows with every view the model needs: (rows, their HOG vectors or None, files not usable).
+
+    HOG goes into the run's ``views/hog/`` store as shards (saved with the run's rows later); an
+    image whose HOG cannot be made is left out and listed.
+    """
+    skipped = list(skipped)
+    if HOG_VIEW not in model.views or not len(fresh):
+        return fresh, None, skipped
+    hog = embed(fresh.paths, model=HOG_VIEW, out=hog_dir, save=False, **read_options)
+    row_of = {path: row for row, path in enumerate(hog.paths)}
+    wanted = set(fresh.paths)
+    skipped += [item for item in hog.skipped if item.path in wanted]
+    fresh = fresh.take(np.asarray([row for row, path in enumerate(fresh.paths) if path in row_of], dtype=np.int64))
+    return fresh, hog.take(np.asarray([row_of[path] for path in fresh.paths], dtype=np.int64)), skipped
 
 
 def _new_rows(run: Embeddings, new: Embeddings) -> tuple[Embeddings, list[tuple[str, str]]]:

@@ -332,7 +332,9 @@ class AdaptiveClusterer:
                     refinement.weight[:, old_by_size],
                     refinement.bias[old_by_size],
                 )
-        self.model_ = ClusterModel.fit(chosen_space, coords, labels, head=head, random_state=self.random_state)
+        self.model_ = ClusterModel.from_clustering(
+            chosen_space, coords, labels, head=head, random_state=self.random_state
+        )
         _, self.distances_ = centres_and_distances(coords, labels)
         self.labels_ = labels
         self.n_clusters_ = int(labels.max()) + 1

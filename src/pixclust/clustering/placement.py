@@ -90,7 +90,7 @@ class Placement:
 class ClusterModel:
     """A run's clustering, able to place new rows (scikit-learn style: ``predict``).
 
-    Build one with :meth:`fit` from the clustering's parts (``pixclust.cluster``
+    Build one with :meth:`from_clustering` from the clustering's parts (``pixclust.cluster``
     does, as ``ClusterResult.model``), or :meth:`load` it from a run folder.
     """
 
@@ -124,7 +124,7 @@ class ClusterModel:
         return tuple(name for name in (EMBEDDING_VIEW, HOG_VIEW) if name in needed)
 
     @classmethod
-    def fit(
+    def from_clustering(
         cls,
         space: FeatureSpace,
         coords: np.ndarray,

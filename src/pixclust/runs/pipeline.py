@@ -125,7 +125,7 @@ def _nearest_centre_model(
     if reduction.pca_mean is None or reduction.method != "pca":
         reduction = reduce_features(vectors, "pca", random_state=random_state)
     space = FeatureSpace((EMBEDDING_VIEW,), reduction.pca_mean, reduction.pca_components)
-    return ClusterModel.fit(space, reduction.coords, labels, random_state=random_state)
+    return ClusterModel.from_clustering(space, reduction.coords, labels, random_state=random_state)
 
 
 def _map_2d(vectors: np.ndarray, reduction: Reduction, random_state: int) -> np.ndarray:

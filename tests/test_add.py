@@ -166,7 +166,7 @@ def test_a_run_from_an_older_pixclust_is_refused_with_what_to_do(run_copy: Path,
     new = write_digits(tmp_path / "new", (0,), slice(1, 4, 2))
     finished = pixclust_cli("add", str(run_copy), str(new))
     assert finished.returncode == 2
-    assert finished.stderr.count("\n") == 1 and "older pixclust" in finished.stderr
+    assert finished.stderr.count("\n") == 1 and "an older pixclust made it" in finished.stderr
     assert "pixclust cluster" in finished.stderr and "Traceback" not in finished.stderr
 
 
@@ -266,3 +266,17 @@ def test_the_report_after_an_add_keeps_its_maps_and_places_the_new_images(
             assert np.linalg.norm(point - earlier[row_of[str(original)]]) < 0.05 * extent
     report = (run_copy / "report.html").read_text(encoding="utf-8")
     assert f"{len(originals)} images in 1 batch" in report
+
+
+def test_a_clustering_with_no_model_leaves_no_earlier_model_behind(
+    known_run: tuple[Path, Path], run_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Were the earlier model left, add would place images in clusters the new clustering does not have."""
+    from pixclust.runs import pipeline
+
+    assert (run_copy / "cluster_model.npz").is_file()
+    monkeypatch.setattr(pipeline, "_nearest_centre_model", lambda *args: None)
+    run(RunConfig(source=known_run[0], out=run_copy, method="hdbscan", report=False), quiet=True)
+    assert not (run_copy / "cluster_model.npz").exists()
+    with pytest.raises(UsageError, match="keeps no cluster model"):
+        add(run_copy, [known_run[0]], quiet=True)

@@ -137,8 +137,9 @@ def _check_addable(run_dir: Path) -> None:
     if not (run_dir / CLUSTER_MODEL_FILE).is_file():
         source = RunRecord.read(run_dir / RUN_JSON).source or "FOLDER"
         raise UsageError(
-            f"{run_dir} was made by an older pixclust and keeps no cluster model to place new images with; "
-            f"run 'pixclust cluster {source} --out {run_dir}' once (its stored vectors are reused), then add"
+            f"{run_dir} keeps no cluster model to place new images with (an older pixclust made it, or its "
+            f"clustering left every image as noise); run 'pixclust cluster {source} --out {run_dir}' once "
+            "(its stored vectors are reused), then add"
         )
 
 

@@ -280,3 +280,22 @@ def test_a_clustering_with_no_model_leaves_no_earlier_model_behind(
     assert not (run_copy / "cluster_model.npz").exists()
     with pytest.raises(UsageError, match="keeps no cluster model"):
         add(run_copy, [known_run[0]], quiet=True)
+
+
+def test_an_add_to_a_run_of_copies_copies_only_what_is_new_or_changed(tmp_path: Path) -> None:
+    source = write_digits(tmp_path / "source", (0, 1), slice(0, 10))
+    run_dir = tmp_path / "run"
+    run(RunConfig(source=source, out=run_dir, model="pixels", k=2, copy=True, report=False), quiet=True)
+    copies = {path.name: path for path in (run_dir / "clusters").rglob("*.png")}
+    inodes = {name: path.stat().st_ino for name, path in copies.items()}
+    changed = sorted(source.rglob("*.png"))[0]
+    os.utime(changed, ns=(changed.stat().st_atime_ns, changed.stat().st_mtime_ns + 10**9))
+    add(run_dir, [write_digits(tmp_path / "new", (0,), slice(10, 12))], quiet=True)
+
+    after = {path.name: path for path in (run_dir / "clusters").rglob("*.png")}
+    assert len(after) == 22 and not any(path.is_symlink() for path in after.values())
+    for name, inode in inodes.items():
+        assert (after[name].stat().st_ino == inode) == (name != changed.name), name
+    for path in after.values():
+        original = next(source.rglob(path.name), None) or next((tmp_path / "new").rglob(path.name))
+        assert path.read_bytes() == original.read_bytes()

@@ -13,6 +13,7 @@ import io
 import os
 import re
 import shutil
+import stat
 from collections.abc import Collection, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,19 +148,40 @@ def export_folders(folder: RunFolder, paths: Sequence[str], clusters: Sequence[s
     """
     folder.check_replaceable(CLUSTERS_DIR)
     entries = folder_entries(paths, clusters)
+    earlier_copies = set(folder.files_under(CLUSTERS_DIR, COPY)) if copy else set()
     with folder.staging() as staging:
         for cluster in sorted({cluster for _, cluster, _ in entries}):
             (staging / cluster).mkdir()
         for file, cluster, entry in entries:
             target = staging / cluster / entry
             if copy:
-                shutil.copy2(file, target)
+                earlier = f"{CLUSTERS_DIR}/{cluster}/{entry}"
+                _copy_or_reuse(file, target, folder.path(earlier) if earlier in earlier_copies else None)
             else:
                 os.symlink(os.path.abspath(file), target)
         made = [(f"{CLUSTERS_DIR}/{cluster}", DIR) for cluster in sorted({cluster for _, cluster, _ in entries})]
         made += [(f"{CLUSTERS_DIR}/{cluster}/{entry}", COPY if copy else LINK) for _, cluster, entry in entries]
         folder.swap_in(staging, CLUSTERS_DIR, made)
     return folder.path(CLUSTERS_DIR)
+
+
+def _copy_or_reuse(file: str, target: Path, earlier: Path | None) -> None:
+    """Copy ``file`` to ``target``, or hard-link the copy an earlier export made of it (``earlier``).
+
+    An add to a run made with --copy would otherwise copy every image again. The earlier copy
+    is reused only while it is a regular file of the source's size and modification time (a
+    copy keeps both), so a source changed since is copied afresh.
+    """
+    if earlier is not None:
+        try:
+            made, source = os.lstat(earlier), os.stat(file)
+            if stat.S_ISREG(made.st_mode) and (made.st_size, made.st_mtime_ns) == (source.st_size, source.st_mtime_ns):
+                os.link(earlier, target)
+                return
+        except OSError:
+            # Gone, or a file system without hard links: copy.
+            pass
+    shutil.copy2(file, target)
 
 
 def cluster_entries(paths: Sequence[str], labels: np.ndarray) -> list[tuple[str, str, str]]:

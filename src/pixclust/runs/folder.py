@@ -26,6 +26,7 @@ import contextlib
 import json
 import os
 import re
+import stat
 import tempfile
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -292,9 +293,9 @@ class RunFolder:
         parents = {name.rsplit("/", 1)[0] for name in names if "/" in name}
         self.record([*((parent, DIR) for parent in parents), *((name, FILE) for name in names)])
 
-    def files_under(self, tree: str) -> list[str]:
-        """The files the manifest lists under ``tree``, by name relative to the run folder."""
-        return sorted(name for name, kind in self._entries.items() if kind == FILE and name.startswith(tree + "/"))
+    def files_under(self, tree: str, kind: str = FILE) -> list[str]:
+        """The files of ``kind`` the manifest lists under ``tree``, by name relative to the run folder."""
+        return sorted(name for name, listed in self._entries.items() if listed == kind and name.startswith(tree + "/"))
 
     def moved_originals(self) -> list[str]:
         return sorted(name for name, kind in self._entries.items() if kind == MOVED)
@@ -379,6 +380,17 @@ class RunFolder:
             os.unlink(path)
         del self._entries[name]
         self._save_manifest()
+
+    def remove_managed_file(self, name: str) -> None:
+        """Remove one of the files pixclust writes at the top of every run folder (``MANAGED_NAMES``), which
+        it replaces at will like ``clusters.csv``; a link or folder of that name, or any other name, stays."""
+        self._require_lock()
+        if name not in MANAGED_NAMES:
+            return
+        path = self.root / name
+        with contextlib.suppress(FileNotFoundError):
+            if stat.S_ISREG(os.lstat(path).st_mode):
+                os.unlink(path)
 
     def _staging_dir(self) -> Path:
         staging = Path(tempfile.mkdtemp(prefix=_STAGING_PREFIX, dir=self.root))

@@ -247,11 +247,10 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
     started = time.perf_counter()
     write_clusters_csv(run_dir / CLUSTERS_CSV, embeddings.paths, clustering)
     if clustering.model is not None:
-        folder.claim_files([CLUSTER_MODEL_FILE])
         clustering.model.save(run_dir / CLUSTER_MODEL_FILE)
     else:
         # An earlier clustering's model would place new images in clusters this one does not have.
-        folder.remove_file(CLUSTER_MODEL_FILE)
+        folder.remove_managed_file(CLUSTER_MODEL_FILE)
     if not config.move:
         export_cluster_folders(folder, embeddings.paths, clustering.labels, copy=config.copy)
     timings["export_s"] = time.perf_counter() - started

@@ -299,3 +299,15 @@ def test_an_add_to_a_run_of_copies_copies_only_what_is_new_or_changed(tmp_path: 
     for path in after.values():
         original = next(source.rglob(path.name), None) or next((tmp_path / "new").rglob(path.name))
         assert path.read_bytes() == original.read_bytes()
+
+
+def test_a_notebook_places_embeddings_with_the_saved_model(known_run: tuple[Path, Path], tmp_path: Path) -> None:
+    """pixclust.embed of new files, then predict: HOG, which this run joined, is made from the files."""
+    source, run_dir = known_run
+    model = pixclust.ClusterModel.load(run_dir / "cluster_model.npz")
+    assert model.views == ("embedding", "hog")
+    own = pixclust.embed(source, out=run_dir, quiet=True)
+    labels = {row["path"]: int(row["cluster_id"]) for row in rows_of(run_dir) if not row.get("added")}
+    assert model.predict(own).tolist() == [labels[path] for path in own.paths]
+    with pytest.raises(UsageError, match="hog"):
+        model.predict(own.vectors)

@@ -191,10 +191,13 @@ class ClusterModel:
     ) -> Placement:
         """The cluster of each new row, its distance to the centre, and whether it fits the cluster at all.
 
-        ``false_alarms`` is the share of images like the cluster's own that count as novel (see ``radii``).
+        ``views`` maps view names to N x d arrays (``self.views`` says which are needed), or is the
+        ``Embeddings`` of image files (``pixclust.embed`` with the run's model; HOG is then made from
+        the files where the run joined it), or an N x d array of embeddings. ``false_alarms`` is the
+        share of images like the cluster's own that count as novel (see ``radii``).
         """
         radii = self.radii(false_alarms)
-        views = _as_views(views)
+        views = _as_views(views, self.views)
         coords = self.space.transform(views)
         if self.head_space is not None:
             head_coords = coords if self.head_space is self.space else self.head_space.transform(views)
@@ -328,9 +331,22 @@ def _space_from(arrays: dict[str, np.ndarray], prefix: str, views: object) -> Fe
     )
 
 
-def _as_views(data: Mapping[str, np.ndarray] | Embeddings | np.ndarray) -> Mapping[str, np.ndarray]:
-    if isinstance(data, Embeddings):
-        return {EMBEDDING_VIEW: data.vectors}
+def _as_views(
+    data: Mapping[str, np.ndarray] | Embeddings | np.ndarray, needed: tuple[str, ...]
+) -> Mapping[str, np.ndarray]:
+    """The views of the rows in ``data``; for ``Embeddings`` of image files, HOG is made from the files when needed."""
     if isinstance(data, np.ndarray):
         return {EMBEDDING_VIEW: data}
-    return data
+    if not isinstance(data, Embeddings):
+        return data
+    views = {EMBEDDING_VIEW: data.vectors}
+    if HOG_VIEW in needed and data.names_files:
+        from pixclust.embedding.extraction import embed
+
+        hog = embed(data.paths, model=HOG_VIEW)
+        row_of = {path: row for row, path in enumerate(hog.paths)}
+        missing = [path for path in data.paths if path not in row_of]
+        if missing:
+            raise UsageError(f"{missing[0]} gave no HOG vector (see the reason with pixclust.embed); leave it out")
+        views[HOG_VIEW] = hog.vectors[[row_of[path] for path in data.paths]]
+    return views

@@ -91,6 +91,12 @@ def write_clusters_csv(path: Path, paths: Sequence[str], clustering: ClusterResu
     write_text_atomic(path, csv_text(header, rows, text=("path",)))
 
 
+def read_clusters_csv(path: Path) -> dict[str, dict[str, str]]:
+    """clusters.csv's rows by path (the other cells as written), in its order."""
+    with open(path, newline="", encoding="utf-8") as stream:
+        return {from_cell(row["path"]): row for row in csv.DictReader(stream)}
+
+
 def _number(value: float) -> str:
     """Six decimals, or empty where there is no value (noise, unscored)."""
     return "" if np.isnan(value) else f"{value:.6f}"

@@ -2,18 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
-from pixclust.curation.export import cluster_names, read_errors_csv
+from pixclust.curation.export import cluster_names, read_clusters_csv, read_errors_csv
 from pixclust.embedding.files import SkippedFile
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
-from pixclust.names import from_cell
 from pixclust.runs.folder import (
     CLUSTERS_CSV,
     EMBEDDINGS_FILE,
@@ -67,8 +65,7 @@ def load_run(run_dir: str | Path, record: RunRecord | None = None, embeddings: E
             raise UsageError(f"{run_dir} has no {needed}; run 'pixclust cluster FOLDER --out {run_dir}' first")
     if embeddings is None:
         embeddings = EmbeddingStore(run_dir).load()
-    with open(run_dir / CLUSTERS_CSV, newline="", encoding="utf-8") as stream:
-        rows = {from_cell(row["path"]): row for row in csv.DictReader(stream)}
+    rows = read_clusters_csv(run_dir / CLUSTERS_CSV)
     missing = [path for path in embeddings.paths if path not in rows]
     if missing:
         raise UsageError(

@@ -17,7 +17,6 @@ swapped in whole, ``run.json`` with the batch, and the report rebuilt.
 
 from __future__ import annotations
 
-import csv
 import os
 import time
 from collections.abc import Sequence
@@ -36,6 +35,7 @@ from pixclust.curation.export import (
     NOVEL_LABEL,
     csv_text,
     export_folders,
+    read_clusters_csv,
     read_errors_csv,
     write_errors_csv,
 )
@@ -153,7 +153,7 @@ def _add_in(
     model = ClusterModel.load(run_dir / CLUSTER_MODEL_FILE)
     model.radii(false_alarms)  # a share out of range is refused before the embedding, not after
     store = EmbeddingStore(run_dir)
-    table = _read_clusters_csv(run_dir / CLUSTERS_CSV)
+    table = read_clusters_csv(run_dir / CLUSTERS_CSV)
     # The run is what clusters.csv lists: an add killed after extending the store but before clusters.csv
     # left rows there that are not in the run yet, and the next add places them.
     run = _rows_of(store.load(), list(table), run_dir)
@@ -300,12 +300,6 @@ def _copies_among_added(report: DuplicateReport, paths: Sequence[str], first_add
                 other = group.keeper if member != group.keeper else next(row for row in group.rows if row != member)
                 copies.append((paths[member], paths[other], group.kind if kind == "keeper" else kind))
     return copies
-
-
-def _read_clusters_csv(path: Path) -> dict[str, dict[str, str]]:
-    """clusters.csv's rows by path (cells as written), in its order."""
-    with open(path, newline="", encoding="utf-8") as stream:
-        return {from_cell(row["path"]): row for row in csv.DictReader(stream)}
 
 
 def _rows_of(stored: Embeddings, paths: Sequence[str], run_dir: Path) -> Embeddings:

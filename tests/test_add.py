@@ -311,3 +311,24 @@ def test_a_notebook_places_embeddings_with_the_saved_model(known_run: tuple[Path
     assert model.predict(own).tolist() == [labels[path] for path in own.paths]
     with pytest.raises(UsageError, match="hog"):
         model.predict(own.vectors)
+
+
+def test_added_images_are_flagged_against_the_run_and_the_run_keeps_its_own_flags(
+    known_run: tuple[Path, Path], run_copy: Path, tmp_path: Path
+) -> None:
+    before = rows_of(run_copy)
+    new = write_digits(tmp_path / "new", KNOWN, slice(1, 11, 2))
+    first = next(new.rglob("*.png"))
+    Image.open(first).point(lambda value: round(value * 0.15)).save(new / "darkened.png")
+    Image.new("RGB", (64, 64), (90, 90, 90)).save(new / "blank.png")
+    add(run_copy, [new], report=False, quiet=True)
+
+    rows = rows_of(run_copy)
+    assert [(row["flags"], row["flag_score"]) for row in rows[: len(before)]] == [
+        (row["flags"], row["flag_score"]) for row in before
+    ]
+    added = {Path(row["path"]).name: row for row in rows[len(before) :]}
+    assert "dark" in added["darkened.png"]["flags"].split(";")
+    assert "uniform" in added["blank.png"]["flags"].split(";")
+    digits = [row for name, row in added.items() if name.startswith("digit_")]
+    assert sum(1 for row in digits if row["flags"]) <= 0.1 * len(digits)

@@ -133,7 +133,7 @@ def test_augmentation_depends_on_the_seed_and_the_batch_not_on_the_workers(tmp_p
         batches = decoded_batches(
             paths, ImageDecoder(augment, draft_size=64, seed=seed), batch_size=2, num_workers=workers
         )
-        return np.stack([array for batch in batches for _, array, _, _ in batch])
+        return np.stack([item.array for batch in batches for item in batch])
 
     inline = decoded(seed=1, workers=0)
     np.testing.assert_array_equal(decoded(seed=1, workers=2), inline)

@@ -87,8 +87,10 @@ def test_tables_are_plain_csv(tmp_path: Path) -> None:
         silhouette=float("nan"),
         method="hdbscan",
     )
-    write_clusters_csv(tmp_path / "clusters.csv", ["/p/a,b.jpg", "/p/c.jpg"], clustering)
+    flags = [("blurry;dark", "5.25"), ("", "")]
+    write_clusters_csv(tmp_path / "clusters.csv", ["/p/a,b.jpg", "/p/c.jpg"], clustering, flags)
     rows = list(csv.DictReader((tmp_path / "clusters.csv").read_text().splitlines()))
+    assert [(row["flags"], row["flag_score"]) for row in rows] == flags
     assert rows[0]["path"] == "/p/a,b.jpg" and rows[0]["cluster"] == "cluster_00" and rows[0]["distance"] == "0.500000"
     assert rows[0]["silhouette"] == "0.250000"
     assert rows[1]["cluster"] == "noise" and rows[1]["distance"] == "" and rows[1]["silhouette"] == ""

@@ -34,6 +34,7 @@ from PIL import Image
 import pixclust
 from pixclust.embedding.extractor import FeatureExtractor
 from pixclust.embedding.models import MODELS
+from pixclust.embedding.pixel_stats import IMAGE_STATS
 from pixclust.embedding.runtimes import onnx_path, runner_from_export
 from pixclust.embedding.store import EMBEDDINGS_FILE, EmbeddingStore
 from pixclust.embeddings import Embeddings
@@ -41,7 +42,7 @@ from pixclust.errors import UsageError
 
 # The store's version, as the file format says it: a key of the Parquet schema's metadata.
 VERSION_KEY = b"pixclust_store_version"
-VERSION = b"1"
+VERSION = b"2"
 
 
 @pytest.fixture
@@ -151,18 +152,27 @@ def test_the_command_line_shows_a_repair_as_one_warning_line(
     assert str(run_dir) in warning and "made again" in warning
 
 
-def test_a_store_from_before_versions_is_migrated_not_extracted_again(
-    tmp_path: Path, photos: Path, caplog: pytest.LogCaptureFixture
+@pytest.mark.parametrize("version", [b"1", None])
+def test_a_store_from_before_pixel_stats_is_made_again_once_with_one_warning(
+    tmp_path: Path, photos: Path, caplog: pytest.LogCaptureFixture, version: bytes | None
 ) -> None:
     run_dir = tmp_path / "run"
     first = pixclust.embed(photos, out=run_dir, model="pixels", quiet=True)
     store_file = run_dir / EMBEDDINGS_FILE
-    # The file as pixclust wrote it before the store had a version: the same columns, no metadata.
-    pq.write_table(pq.read_table(store_file).replace_schema_metadata(None), store_file)
+    # The file as pixclust wrote it before the store held pixel stats: version 1, or before versions no metadata.
+    older = pq.read_table(store_file).drop_columns(list(IMAGE_STATS))
+    pq.write_table(older.replace_schema_metadata({VERSION_KEY: version} if version else None), store_file)
+    caplog.clear()
+
     again = pixclust.embed(photos, out=run_dir, model="pixels", quiet=True)
-    assert (again.n_extracted, again.n_reused) == (0, len(first))
-    assert warnings_logged(caplog) == []
+    (warning,) = warnings_logged(caplog)
+    assert "pixel stats" in warning and "made again" in warning
+    assert (again.n_extracted, again.n_reused) == (len(first), 0)
+    np.testing.assert_array_equal(again.image_stats, first.image_stats)
+    assert np.isfinite(again.image_stats).all()
     assert pq.read_schema(store_file).metadata[VERSION_KEY] == VERSION
+    third = pixclust.embed(photos, out=run_dir, model="pixels", quiet=True)
+    assert third.n_reused == len(first) and warnings_logged(caplog) == []
 
 
 def test_a_damaged_store_that_nothing_can_rebuild_is_one_line(tmp_path: Path, photos: Path) -> None:

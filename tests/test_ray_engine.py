@@ -81,6 +81,7 @@ def test_ray_engine_gives_the_local_engines_embeddings_and_clusters(
     assert on_ray.n_extracted == len(local) == 180 and on_ray.n_reused == 0
     assert cosines(on_ray.vectors, local.vectors).min() >= 0.999
     np.testing.assert_array_equal(on_ray.image_sizes, local.image_sizes)
+    np.testing.assert_array_equal(on_ray.image_stats, local.image_stats)
     assert pq.read_schema(tmp_path / "run" / "embeddings.parquet") == arrow_schema(local.dim)
     assert not (tmp_path / "run" / "embeddings.partial").exists()
     np.testing.assert_array_equal(pixclust.cluster(on_ray, k=3).labels, pixclust.cluster(local, k=3).labels)

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from conftest import plant_duplicates, write_digit_tree
+from PIL import Image
 
 import pixclust
 from pixclust.runs.pipeline import RunConfig
@@ -35,6 +36,8 @@ def report_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = write_digit_tree(base / "images", per_class=40)
     (root / "notes.png").write_text("not a picture")
     plant_duplicates(root)
+    # A picture of one tone, which the Flags section must show as "uniform".
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(root / "blank.png")
     pixclust.run(RunConfig(source=str(root), out=str(base / "run"), k=4, maps=["pca", "tsne"]), quiet=True)
     return base / "run" / "report.html"
 
@@ -70,12 +73,12 @@ def page(report_file: Path):
 
 def test_one_gallery_per_cluster_and_no_broken_image(page) -> None:
     assert page.locator(".gallery").count() == 4
-    assert page.locator(".gallery img").count() == 123
+    assert page.locator(".gallery img").count() == 124
     broken = page.evaluate("[...document.images].filter(i => !i.complete || i.naturalWidth === 0).length")
     assert broken == 0
     assert page.locator("#errors td").all_inner_texts()[1:] == ["not an image", "content looks like text, not an image"]
     sizes = page.locator(".gallery .size").all_inner_texts()
-    assert sum(int(text.split()[0]) for text in sizes) == 123
+    assert sum(int(text.split()[0]) for text in sizes) == 124
 
 
 def _isolated_point(page, trace: int) -> tuple[float, float, int]:
@@ -155,8 +158,25 @@ def test_duplicate_groups_show_their_images_and_keepers_and_lead_to_clusters(pag
     page.locator("#filters button[data-cluster='all']").click()
 
 
+def test_the_flags_section_shows_flagged_images_worst_first_and_filters_by_flag(page) -> None:
+    card = page.locator("#flags-card")
+    assert card.locator("h2").inner_text() == "Flags"
+    blank = card.locator("figure[data-flags*='uniform'] img[alt='blank.png']")
+    assert blank.count() == 1
+    # Certain whatever the collection: the worst come first.
+    assert card.locator("figure img").first.get_attribute("alt") == "blank.png"
+    assert "flagged" in card.locator("p").first.inner_text()
+    card.locator("#flag-filters button[data-flag='uniform']").click()
+    assert card.locator("figure").count() == card.locator("figure[data-flags*='uniform']").count() >= 1
+    card.locator("#flag-filters button[data-flag='all']").click()
+    blank.click()
+    visible = page.locator(".gallery:visible")
+    assert visible.count() == 1 and visible.locator("img[alt='blank.png']").count() == 1
+    page.locator("#filters button[data-cluster='all']").click()
+
+
 def test_map_switches_to_tsne_and_the_3d_view_draws(page) -> None:
     page.locator("#map-buttons button[data-map='tsne']").click()
     page.wait_for_function("document.querySelector('#map-buttons button.active').dataset.map === 'tsne'")
-    assert page.locator("#map2d .scatterlayer .point").count() == 123
+    assert page.locator("#map2d .scatterlayer .point").count() == 124
     assert page.evaluate("document.getElementById('map3d')._fullData[0].type") == "scatter3d"

@@ -31,6 +31,8 @@ _EXPORTS = {
     "Embedder": "pixclust.embedding.embedder",
     "load_extractor": "pixclust.embedding.extractor",
     "open_embeddings": "pixclust.embedding.sources",
+    "flag_images": "pixclust.curation.flags",
+    "QualityFlags": "pixclust.curation.flags",
     "PixclustError": "pixclust.errors",
     "find_similar": "pixclust.curation.lookalikes",
     "find_duplicate_images": "pixclust.curation.lookalikes",

@@ -8,6 +8,7 @@ import numpy as np
 import pyarrow as pa
 
 from pixclust.embedding.files import SkippedFile
+from pixclust.embedding.pixel_stats import IMAGE_STATS, unmeasured
 from pixclust.embedding.record import ModelRecord
 from pixclust.names import escape_name, unescape_name
 
@@ -22,6 +23,8 @@ ROW_SCHEMA = pa.schema(
         ("mtime_ns", pa.int64()),
         ("width", pa.int32()),
         ("height", pa.int32()),
+        # What the decoded pixels measured (pixel_stats); NaN for vectors pixclust did not make from a file.
+        *((name, pa.float32()) for name in IMAGE_STATS),
     ]
 )
 
@@ -39,6 +42,8 @@ class Embeddings:
     made them (name, weights source and hash, preprocessing; None when a run
     folder's run.json is gone); ``skipped`` lists the files that could not be used and why.
     ``n_extracted``/``n_reused`` say how much work this run did versus the cache.
+    ``image_stats`` holds each image's :data:`~pixclust.embedding.pixel_stats.IMAGE_STATS`
+    (NaN where unmeasured, the default).
     """
 
     paths: list[str]
@@ -52,6 +57,11 @@ class Embeddings:
     skipped: list[SkippedFile] = field(default_factory=list)
     n_extracted: int = 0
     n_reused: int = 0
+    image_stats: np.ndarray = None  # type: ignore[assignment]  # filled in __post_init__
+
+    def __post_init__(self) -> None:
+        if self.image_stats is None:
+            self.image_stats = unmeasured(len(self.paths))
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -77,6 +87,7 @@ class Embeddings:
             image_sizes=self.image_sizes[rows],
             model_id=self.model_id,
             model=self.model,
+            image_stats=self.image_stats[rows],
         )
 
     def followed_by(self, other: Embeddings) -> Embeddings:
@@ -93,6 +104,7 @@ class Embeddings:
             model_id=self.model_id,
             model=self.model or other.model,
             skipped=self.skipped + other.skipped,
+            image_stats=np.concatenate([self.image_stats, other.image_stats]),
         )
 
     def row_table(self) -> pa.Table:
@@ -108,6 +120,7 @@ class Embeddings:
                 pa.array(self.mtimes_ns, pa.int64()),
                 pa.array(self.image_sizes[:, 0], pa.int32()),
                 pa.array(self.image_sizes[:, 1], pa.int32()),
+                *(pa.array(self.image_stats[:, column], pa.float32()) for column in range(len(IMAGE_STATS))),
             ],
             schema=ROW_SCHEMA,
         )
@@ -133,4 +146,10 @@ class Embeddings:
             mtimes_ns=rows.column("mtime_ns").to_numpy(),
             image_sizes=np.column_stack([rows.column("width").to_numpy(), rows.column("height").to_numpy()]),
             model_id=model_ids.pop() if model_ids else "",
+            image_stats=stats_columns(rows),
         )
+
+
+def stats_columns(rows: pa.Table) -> np.ndarray:
+    """The :data:`IMAGE_STATS` columns of a :data:`ROW_SCHEMA` table as one N x len(IMAGE_STATS) float32 array."""
+    return np.column_stack([rows.column(name).to_numpy() for name in IMAGE_STATS]).astype(np.float32, copy=False)

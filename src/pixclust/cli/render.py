@@ -91,11 +91,23 @@ def render_run(result: RunResult) -> None:
         + (" (see errors.csv)" if embeddings.skipped else "")
         + f"; {embeddings.n_extracted:,} embedded, {embeddings.n_reused:,} reused from the store"
     )
+    if result.flags is not None:
+        render_flags(result.flags.counts(), result.flags.n_flagged, result.config.report)
     if result.config.report:
         render_report(result.run_dir / REPORT_FILE)
     if result.moves is not None:
         render_moves(result.moves)
     out.print(f"run folder: {shown(result.run_dir)}")
+
+
+def render_flags(counts: dict[str, int], n_flagged: int, in_report: bool) -> None:
+    """One line: how many images have quality flags, and how many of each."""
+    if not n_flagged:
+        console().print("quality flags: none")
+        return
+    each = ", ".join(f"{name} {count:,}" for name, count in counts.items())
+    where = "the report's Flags section and " if in_report else ""
+    console().print(f"quality flags: {n_flagged:,} images ({each}); see {where}clusters.csv's flags column")
 
 
 def render_add(result: AddResult) -> None:

@@ -134,6 +134,13 @@ def cluster_command(
             help="Seconds --engine ray waits with no actor on a node (none placed yet, or all lost) before it stops [default: {ray_wait}]."
         ),
     ] = None,
+    flag_threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="How unusual an image must be, against its cluster and the collection (robust z), to get a "
+            "quality flag (blurry, dark, ...): higher raises fewer [default: {flag_threshold}]."
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="Repeat a run from its run.json; other options override it.")
     ] = None,

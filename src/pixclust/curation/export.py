@@ -31,6 +31,8 @@ if TYPE_CHECKING:
     from pixclust.clustering.clusterer import ClusterResult
 
 NOISE_NAME = "noise"
+# clusters.csv's columns as `pixclust cluster` writes them (`pixclust add` appends its own after these).
+CLUSTERS_COLUMNS = ("path", "cluster", "cluster_id", "distance", "silhouette", "x", "y", "flags", "flag_score")
 # Where `pixclust add` puts an image that fits none of the run's clusters: its cluster name and id.
 NOVEL_CLUSTER = "_new"
 NOVEL_LABEL = -1
@@ -78,17 +80,25 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]], *, text: Coll
     return buffer.getvalue()
 
 
-def write_clusters_csv(path: Path, paths: Sequence[str], clustering: ClusterResult) -> None:
-    """One row per image: path, cluster name and id, distance to its centre, silhouette, 2-D map position."""
+def write_clusters_csv(
+    path: Path, paths: Sequence[str], clustering: ClusterResult, flags: Sequence[tuple[str, str]]
+) -> None:
+    """One row per image: path, cluster name and id, distance to its centre, silhouette, 2-D map position,
+    quality flags and their severity (``QualityFlags.cells``)."""
     names = cluster_names(clustering.labels)
     rows = (
-        (file, names[int(label)], int(label), _number(distance), _number(silhouette), f"{x:.6f}", f"{y:.6f}")
-        for file, label, distance, silhouette, (x, y) in zip(
-            paths, clustering.labels, clustering.distances, clustering.silhouettes, clustering.coords_2d, strict=True
+        (file, names[int(label)], int(label), _number(distance), _number(silhouette), f"{x:.6f}", f"{y:.6f}", *cells)
+        for file, label, distance, silhouette, (x, y), cells in zip(
+            paths,
+            clustering.labels,
+            clustering.distances,
+            clustering.silhouettes,
+            clustering.coords_2d,
+            flags,
+            strict=True,
         )
     )
-    header = ("path", "cluster", "cluster_id", "distance", "silhouette", "x", "y")
-    write_text_atomic(path, csv_text(header, rows, text=("path",)))
+    write_text_atomic(path, csv_text(CLUSTERS_COLUMNS, rows, text=("path",)))
 
 
 def read_clusters_csv(path: Path) -> dict[str, dict[str, str]]:

@@ -24,6 +24,7 @@ import numpy as np
 from pixclust.embedding.decode import DEFAULT_MAX_PIXELS, full_size, load_rgb
 from pixclust.embedding.extractor import FeatureExtractor
 from pixclust.embedding.files import REASON_DECODE_FAILED
+from pixclust.embedding.pixel_stats import IMAGE_STATS, measure
 from pixclust.errors import DecodeError, PixclustError, UsageError
 from pixclust.workers import exit_with_parent, worker_context
 
@@ -33,22 +34,34 @@ MAX_DEFAULT_WORKERS = 8
 
 @dataclass
 class ExtractedBatch:
-    """Vectors for some of the input paths; ``indices`` are positions in that input list."""
+    """Vectors for some of the input paths; ``indices`` are positions in that input list.
+
+    ``image_stats`` are each image's :data:`~pixclust.embedding.pixel_stats.IMAGE_STATS`.
+    """
 
     indices: np.ndarray
     vectors: np.ndarray
     image_sizes: np.ndarray
+    image_stats: np.ndarray
     failures: list[tuple[int, DecodeError]]
 
 
-# (index in the input, transformed array or None, the image's full (width, height), error or None)
-DecodedItem = tuple[int, np.ndarray | None, tuple[int, int], DecodeError | None]
+@dataclass(frozen=True)
+class DecodedItem:
+    """One file from a decode worker: its network input, full (width, height) and pixel stats, or why it failed."""
+
+    index: int
+    array: np.ndarray | None
+    size: tuple[int, int] = (0, 0)
+    stats: np.ndarray | None = None
+    error: DecodeError | None = None
 
 
 @dataclass(frozen=True)
 class ImageDecoder:
     """How a file becomes network input; all that a decode worker holds, the file names coming with each task.
 
+    ``measure_pixels``: also measure each picture's pixel stats (``pixel_stats.measure``).
     ``seed``: for a transform that draws random numbers (training augmentation),
     which must then have ``reseed(seed_sequence)``. Each batch reseeds it from
     ``seed`` and the batch's first index, so what a batch gets depends on
@@ -59,15 +72,18 @@ class ImageDecoder:
     draft_size: int
     max_pixels: int = DEFAULT_MAX_PIXELS
     seed: int | None = None
+    measure_pixels: bool = False
 
     def decode(self, index: int, path: str) -> DecodedItem:
         try:
             image = load_rgb(path, max_pixels=self.max_pixels, draft_size=self.draft_size)
-            return index, self.transform(image), full_size(image), None
+            return DecodedItem(
+                index, self.transform(image), full_size(image), measure(image) if self.measure_pixels else None
+            )
         except DecodeError as error:
-            return index, None, (0, 0), error
+            return DecodedItem(index, None, error=error)
         except Exception as error:  # a transform failing on one odd image must not end the run
-            return index, None, (0, 0), DecodeError(REASON_DECODE_FAILED, f"{type(error).__name__}: {error}")
+            return DecodedItem(index, None, error=DecodeError(REASON_DECODE_FAILED, f"{type(error).__name__}: {error}"))
 
     def decode_batch(self, start: int, paths: Sequence[str]) -> list[DecodedItem]:
         """Items for ``paths``, which sit at ``start``, ``start`` + 1, ... in the input."""
@@ -165,7 +181,9 @@ class Embedder:
 
     def iter_batches(self, paths: Sequence[str]) -> Iterator[ExtractedBatch]:
         """Yield results batch by batch, in input order."""
-        decoder = ImageDecoder(self.extractor.transform, self.extractor.draft_size, self.max_pixels)
+        decoder = ImageDecoder(
+            self.extractor.transform, self.extractor.draft_size, self.max_pixels, measure_pixels=True
+        )
         # closing(): when our caller closes us midway, the workers stop now, not at garbage collection.
         batches = decoded_batches(paths, decoder, batch_size=self.batch_size, num_workers=self.num_workers)
         with contextlib.closing(batches):
@@ -173,15 +191,17 @@ class Embedder:
                 yield self._embed_items(items)
 
     def _embed_items(self, items: list[DecodedItem]) -> ExtractedBatch:
-        decoded = [(index, array, size) for index, array, size, error in items if error is None]
-        failures = [(index, error) for index, _, _, error in items if error is not None]
-        if decoded:
-            vectors = self.extractor.embed_batch(np.stack([array for _, array, _ in decoded]))
-        else:
-            vectors = np.empty((0, self.extractor.dim), np.float32)
+        decoded = [item for item in items if item.error is None]
+        failures = [(item.index, item.error) for item in items if item.error is not None]
+        vectors = (
+            self.extractor.embed_batch(np.stack([item.array for item in decoded]))
+            if decoded
+            else np.empty((0, self.extractor.dim), np.float32)
+        )
         return ExtractedBatch(
-            indices=np.array([index for index, _, _ in decoded], dtype=np.int64),
+            indices=np.array([item.index for item in decoded], dtype=np.int64),
             vectors=vectors,
-            image_sizes=np.array([size for _, _, size in decoded], dtype=np.int32).reshape(-1, 2),
+            image_sizes=np.array([item.size for item in decoded], dtype=np.int32).reshape(-1, 2),
+            image_stats=np.array([item.stats for item in decoded], dtype=np.float32).reshape(-1, len(IMAGE_STATS)),
             failures=failures,
         )

@@ -29,6 +29,7 @@ from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S, check_engine
 from pixclust.embedding.extractor import load_extractor
 from pixclust.embedding.files import REASON_UNREADABLE, SkippedFile
 from pixclust.embedding.models import DEFAULT_MODEL
+from pixclust.embedding.pixel_stats import unmeasured
 from pixclust.embedding.store import EmbeddingStore, KnownEmbeddings, StoredVector, content_hash
 from pixclust.embeddings import Embeddings
 from pixclust.errors import DecodeError
@@ -113,12 +114,12 @@ def embed(
         digests = [digest for _, digest in kept]
         if digests and digests == known.content_hashes:
             # Nothing new and nothing gone (the usual re-run): the store's own array is the answer, not a copy of it.
-            vectors, image_sizes = known.vectors, known.image_sizes
+            vectors, image_sizes, image_stats = known.vectors, known.image_sizes, known.image_stats
         else:
-            vectors, image_sizes = _gather(
+            vectors, image_sizes, image_stats = _gather(
                 digests, lambda digest: fresh.get(digest) or known.vector_of(digest), extractor.dim
             )
-        embeddings = _assemble(kept, stat_of, extractor.model_id, vectors, image_sizes)
+        embeddings = _assemble(kept, stat_of, extractor.model_id, vectors, image_sizes, image_stats)
         embeddings.model = replace(extractor.record, model_id=extractor.model_id)
         embeddings.skipped = sorted(skipped, key=lambda item: item.path)
         embeddings.n_extracted = len(fresh)
@@ -154,8 +155,8 @@ def _extract(
 
     def flush() -> None:
         if store and pending:
-            shard_vectors, shard_sizes = _gather([digest for _, digest in pending], fresh.__getitem__, dim)
-            store.save_partial(_assemble(pending, stat_of, model_id, shard_vectors, shard_sizes).to_table())
+            shard = _gather([digest for _, digest in pending], fresh.__getitem__, dim)
+            store.save_partial(_assemble(pending, stat_of, model_id, *shard).to_table())
         pending.clear()
 
     try:
@@ -169,7 +170,7 @@ def _extract(
                 for row, index in enumerate(batch.indices):
                     digest, path = to_extract[index]
                     width, height = (int(v) for v in batch.image_sizes[row])
-                    fresh[digest] = StoredVector(batch.vectors[row], width, height)
+                    fresh[digest] = StoredVector(batch.vectors[row], width, height, batch.image_stats[row])
                     pending.append((path, digest))
                 for index, error in batch.failures:
                     digest, path = to_extract[index]
@@ -252,15 +253,17 @@ def _hash_files(
 
 def _gather(
     digests: Sequence[str], vector_of: Callable[[str], StoredVector], dim: int
-) -> tuple[np.ndarray, np.ndarray]:
-    """Vectors (N x dim float32) and (width, height) of ``digests``, in order, filled into arrays made once."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Vectors (N x dim float32), (width, height) and pixel stats of ``digests``, in order, filled into arrays made once."""
     vectors = np.empty((len(digests), dim), dtype=np.float32)
     image_sizes = np.empty((len(digests), 2), dtype=np.int32)
+    image_stats = unmeasured(len(digests))
     for row, digest in enumerate(digests):
         stored = vector_of(digest)
         vectors[row] = stored.vector
         image_sizes[row] = stored.width, stored.height
-    return vectors, image_sizes
+        image_stats[row] = stored.stats
+    return vectors, image_sizes, image_stats
 
 
 def _assemble(
@@ -269,8 +272,9 @@ def _assemble(
     model_id: str,
     vectors: np.ndarray,
     image_sizes: np.ndarray,
+    image_stats: np.ndarray,
 ) -> Embeddings:
-    """Embeddings of the ``(path, hash)`` rows, whose vectors and image sizes are given in the same order."""
+    """Embeddings of the ``(path, hash)`` rows, whose vectors, image sizes and pixel stats are given in the same order."""
     return Embeddings(
         paths=[path for path, _ in rows],
         vectors=vectors,
@@ -279,4 +283,5 @@ def _assemble(
         mtimes_ns=np.array([stat_of[path][1] for path, _ in rows], dtype=np.int64),
         image_sizes=image_sizes,
         model_id=model_id,
+        image_stats=image_stats,
     )

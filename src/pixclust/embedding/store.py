@@ -7,12 +7,13 @@ is read and hashed. While extracting, finished batches go to uniquely named
 shards in ``embeddings.partial/`` so that an interrupted run resumes from them;
 the final ``embeddings.parquet`` replaces them atomically.
 
-Every file carries :data:`STORE_VERSION` in its Parquet schema metadata. A
-file without it (pixclust before versions wrote the same columns) is read as
-it is and rewritten with the version at the next save. A file that cannot be
-used (unreadable, other columns, vectors that are not finite float32s of the
-model's dimension, a version this pixclust does not know) is passed over with
-one warning: its vectors are made again and the save replaces it.
+Every file carries :data:`STORE_VERSION` in its Parquet schema metadata.
+Version 2 added each image's pixel stats (:mod:`pixclust.embedding.pixel_stats`),
+which only a decode can give: a file of version 1, or without a version
+(pixclust before versions), is made again once, like a file that cannot be used
+(unreadable, other columns, vectors that are not finite float32s of the
+model's dimension, a version this pixclust does not know): passed over with
+one warning, its vectors made again and the save replacing it.
 """
 
 from __future__ import annotations
@@ -30,7 +31,8 @@ import pyarrow.parquet as pq
 
 from pixclust.atomic import atomic_path
 from pixclust.embedding.files import open_regular
-from pixclust.embeddings import ROW_SCHEMA, VECTOR_COLUMN, Embeddings
+from pixclust.embedding.pixel_stats import IMAGE_STATS, unmeasured
+from pixclust.embeddings import ROW_SCHEMA, VECTOR_COLUMN, Embeddings, stats_columns
 from pixclust.errors import UsageError
 from pixclust.names import unescape_name
 from pixclust.progress import warn
@@ -40,8 +42,10 @@ _HASH_CHUNK = 1 << 20
 # Rows per Parquet row group when writing and per batch when reading: about 5 MB of 1,280-float
 # vectors. Measured on 70,000 of them, reading took 0.17 GB beside the result at 4,096 rows, 0.09 at 1,024.
 BATCH_ROWS = 1024
-STORE_VERSION = 1
+STORE_VERSION = 2
 VERSION_KEY = b"pixclust_store_version"
+# What a row is; the rest of a row (vector, pixel stats) follows from its content hash and model id.
+_IDENTITY_COLUMNS = [name for name in ROW_SCHEMA.names if name not in IMAGE_STATS]
 
 
 def content_hash(path: str | Path) -> str:
@@ -59,6 +63,7 @@ class StoredVector:
     vector: np.ndarray
     width: int
     height: int
+    stats: np.ndarray
 
 
 @dataclass
@@ -70,6 +75,7 @@ class KnownEmbeddings:
     row_of_hash: dict[str, int] = field(default_factory=dict)
     vectors: np.ndarray = field(default_factory=lambda: np.empty((0, 0), np.float32))
     image_sizes: np.ndarray = field(default_factory=lambda: np.empty((0, 2), np.int32))
+    image_stats: np.ndarray = field(default_factory=lambda: unmeasured(0))
 
     @classmethod
     def from_columns(cls, rows: pa.Table, vectors: np.ndarray) -> KnownEmbeddings:
@@ -88,12 +94,13 @@ class KnownEmbeddings:
             row_of_hash={digest: row for row, digest in enumerate(hashes)},
             vectors=vectors,
             image_sizes=np.column_stack([rows.column("width").to_numpy(), rows.column("height").to_numpy()]),
+            image_stats=stats_columns(rows),
         )
 
     def vector_of(self, digest: str) -> StoredVector:
         row = self.row_of_hash[digest]
         width, height = (int(v) for v in self.image_sizes[row])
-        return StoredVector(self.vectors[row], width, height)
+        return StoredVector(self.vectors[row], width, height, self.image_stats[row])
 
 
 class EmbeddingStore:
@@ -159,7 +166,7 @@ class EmbeddingStore:
     def holds(self, embeddings: Embeddings) -> bool:
         """Whether ``embeddings.parquet`` already has exactly these rows, in this order, and no shards are left.
 
-        Vectors are not compared: the store has one vector per model id and
+        Vectors and pixel stats are not compared: the store has one of each per model id and
         content hash, and :func:`pixclust.embedding.extraction.embed` takes every vector
         it did not extract from here, so equal rows mean equal vectors. A file
         of an older version, or with vectors of another kind, is not held: the
@@ -173,10 +180,10 @@ class EmbeddingStore:
                 _check_schema(schema, embeddings.dim)
                 if (schema.metadata or {}).get(VERSION_KEY) != str(STORE_VERSION).encode():
                     return False
-                saved = parquet.read(columns=ROW_SCHEMA.names)
+                saved = parquet.read(columns=_IDENTITY_COLUMNS)
         except (UnusableStoreError, OSError, pa.ArrowException):
             return False
-        return saved.equals(embeddings.row_table())
+        return saved.equals(embeddings.row_table().select(_IDENTITY_COLUMNS))
 
     def load(self) -> Embeddings:
         """The run's embeddings as saved by :meth:`save`; a file that cannot be used is a one-line error."""
@@ -216,10 +223,12 @@ def _open_parquet(file: Path) -> pq.ParquetFile:
 
 def _check_schema(schema: pa.Schema, dim: int | None = None) -> None:
     """Raise :class:`UnusableStoreError` unless ``schema`` is the store's (any version this pixclust reads), with ``dim``-d vectors."""
-    version = (schema.metadata or {}).get(VERSION_KEY)
-    if version is not None and version != str(STORE_VERSION).encode():
+    version = (schema.metadata or {}).get(VERSION_KEY, b"1")
+    if version != str(STORE_VERSION).encode():
+        older = version.isdigit() and int(version) < STORE_VERSION
         raise UnusableStoreError(
             f"store version {version.decode(errors='replace')!r}; this pixclust writes {STORE_VERSION}"
+            + (", which adds the pixel stats that quality flags read" if older else "")
         )
     for expected in ROW_SCHEMA:
         if (kind := _column_type(schema, expected.name)) != expected.type:

@@ -139,13 +139,13 @@ def _image_batches(
     offset = 0
     with contextlib.closing(decoded_batches(paths, decoder, batch_size=batch_size)) as batches:
         for items in batches:
-            for index, _, _, error in items:
-                if error is not None:
+            for item in items:
+                if item.error is not None:
                     raise UsageError(
-                        f"labelled image {paths[index]} cannot be used now ({error.reason}: {error.detail}); "
-                        "fix it or drop it from the labels"
+                        f"labelled image {paths[item.index]} cannot be used now ({item.error.reason}: "
+                        f"{item.error.detail}); fix it or drop it from the labels"
                     )
-            pixels = torch.from_numpy(np.stack([array for _, array, _, _ in items]))
+            pixels = torch.from_numpy(np.stack([item.array for item in items]))
             yield offset, normalise(pixels).contiguous(memory_format=torch.channels_last)
             offset += len(items)
 

@@ -13,6 +13,7 @@ import base64
 import io
 import json
 import re
+from collections import Counter
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -24,6 +25,7 @@ from pixclust.atomic import atomic_path, write_text_atomic
 from pixclust.clustering.maps import DEFAULT_MAPS, check_map_methods
 from pixclust.curation.duplicates import DuplicateReport
 from pixclust.curation.export import NOVEL_CLUSTER, NOVEL_LABEL
+from pixclust.curation.flags import FLAG_NAMES
 from pixclust.embeddings import Embeddings
 from pixclust.names import escape_name
 from pixclust.progress import quietly
@@ -207,6 +209,7 @@ def _report_data(
         },
         "plots": {stem: _data_uri("image/png", png) for stem, png in pngs.items() if not stem.startswith("map_")},
         "duplicates": _duplicates_data(view, duplicates),
+        "flags": _flags_data(view),
         "errors": [[escape_name(text) for text in (item.path, item.reason, item.detail)] for item in view.errors],
     }
 
@@ -241,6 +244,29 @@ def _duplicates_data(view: RunView, duplicates: DuplicateReport) -> dict[str, An
     return {"threshold": duplicates.threshold, "headline": headline, "groups": groups}
 
 
+def _flags_data(view: RunView) -> dict[str, Any]:
+    """Flagged images, worst first (rows index ``points``), and how many carry each flag."""
+    rows = [row for row, flags in enumerate(view.flags) if flags]
+    rows.sort(key=lambda row: -np.nan_to_num(view.flag_scores[row], nan=0.0))
+    counted = Counter(flag for row in rows for flag in view.flags[row])
+    known = {flag: index for index, flag in enumerate(FLAG_NAMES)}
+    counts = dict(sorted(counted.items(), key=lambda item: (known.get(item[0], len(known)), item[0])))
+    if rows:
+        each = ", ".join(f"{flag} {count:,}" for flag, count in counts.items())
+        headline = (
+            f"{_count(len(rows), 'image')} flagged ({each}): unusual against both their cluster and the whole "
+            "collection, worst first. clusters.csv has the flags and their score; --flag-threshold tunes them."
+        )
+    else:
+        headline = "No image is flagged as blurry, dark, overexposed, blank, tiny, oddly shaped or out of place."
+    return {
+        "headline": headline,
+        "counts": [[flag, count] for flag, count in counts.items()],
+        "rows": rows,
+        "flags": [";".join(view.flags[row]) for row in rows],
+    }
+
+
 def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
@@ -253,6 +279,7 @@ def _summary_rows(view: RunView, duplicates: DuplicateReport) -> list[list[str]]
         ["clusters", str(len([label for label in view.names if label >= 0]))],
         ["files not used", f"{len(view.errors):,}"],
         ["duplicate groups", f"{len(duplicates.groups):,} ({_count(duplicates.n_redundant, 'redundant image')})"],
+        ["quality flags", _count(sum(1 for flags in view.flags if flags), "image")],
         ["model", str(model.get("model", "?"))],
         ["weights", str(model.get("weights", "?"))],
         ["method", f"{clustering.get('reduce', '?')} → {clustering.get('method', '?')}"],

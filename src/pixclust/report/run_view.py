@@ -34,6 +34,9 @@ class RunView:
     errors: list[SkippedFile]
     # The name clusters.csv gives each cluster id (images placed by `pixclust add` as novel: -1, "_new").
     cluster_of_label: dict[int, str] = field(default_factory=dict)
+    # Each image's quality flags (clusters.csv's flags, split) and their severity (NaN when clean or unknown).
+    flags: list[tuple[str, ...]] = field(default_factory=list)
+    flag_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
 
     @property
     def paths(self) -> list[str]:
@@ -85,6 +88,9 @@ def load_run(run_dir: str | Path, record: RunRecord | None = None, embeddings: E
         silhouettes=np.array([_float(row.get("silhouette", "")) for row in ordered]),
         errors=errors,
         cluster_of_label={int(row["cluster_id"]): row["cluster"] for row in ordered},
+        # A run from before quality flags has no such columns: no flags to show.
+        flags=[tuple(filter(None, (row.get("flags") or "").split(";"))) for row in ordered],
+        flag_scores=np.array([_float(row.get("flag_score") or "") for row in ordered]),
     )
 
 

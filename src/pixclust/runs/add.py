@@ -39,6 +39,7 @@ from pixclust.curation.export import (
     read_errors_csv,
     write_errors_csv,
 )
+from pixclust.curation.flags import DEFAULT_FLAG_THRESHOLD, flag_images
 from pixclust.curation.move import check_moves_finished, check_no_moves
 from pixclust.embedding.extraction import embed
 from pixclust.embedding.files import SkippedFile
@@ -208,7 +209,8 @@ def _add_in(
     if hog is not None:
         hog_store = EmbeddingStore(run_dir / VIEWS_DIR / HOG_VIEW)
         hog_store.save(_rows_of(hog_store.load(), run.paths, run_dir).followed_by(hog))
-    _write_clusters_csv(run_dir / CLUSTERS_CSV, table, fresh.paths, clusters, placement, batch)
+    flags = _flags_of_added(combined, table, placement, config.get("flag_threshold", DEFAULT_FLAG_THRESHOLD))
+    _write_clusters_csv(run_dir / CLUSTERS_CSV, table, fresh.paths, clusters, placement, batch, flags)
     _write_added_duplicates(run_dir / ADDED_DUPLICATES_CSV, duplicates)
     if skipped:
         write_errors_csv(run_dir / ERRORS_CSV, read_errors_csv(run_dir / ERRORS_CSV) + skipped)
@@ -316,6 +318,21 @@ def _rows_of(stored: Embeddings, paths: Sequence[str], run_dir: Path) -> Embeddi
     return stored.take(np.asarray([row_of[path] for path in paths], dtype=np.int64))
 
 
+def _flags_of_added(
+    combined: Embeddings, table: dict[str, dict[str, str]], placement: Placement, threshold: float
+) -> list[tuple[str, str]]:
+    """The added images' quality flags, judged against the whole run and the clusters they joined.
+
+    Not "outlier": a novel image is what an added outlier is, and the placement's
+    distances are not measured like the clustering's.
+    """
+    run_labels = [int(row["cluster_id"]) for row in table.values()]
+    added_labels = np.where(placement.novel, NOVEL_LABEL, placement.labels)
+    labels = np.concatenate([np.array(run_labels, dtype=np.int64), added_labels.astype(np.int64)])
+    flags = flag_images(combined.image_stats, combined.image_sizes, labels, threshold=threshold)
+    return flags.cells()[len(table) :]
+
+
 def _names_by_label(table: dict[str, dict[str, str]]) -> dict[int, str]:
     return {int(row["cluster_id"]): row["cluster"] for row in table.values() if row["cluster"] != NOVEL_CLUSTER}
 
@@ -327,10 +344,14 @@ def _write_clusters_csv(
     clusters: Sequence[str],
     placement: Placement,
     batch: str,
+    flags: Sequence[tuple[str, str]],
 ) -> None:
-    """clusters.csv with the run's rows as they were and one row per added image; ``novel`` and ``added`` columns."""
+    """clusters.csv with the run's rows as they were and one row per added image; ``novel`` and ``added`` columns.
+
+    A run from before quality flags gains the ``flags`` and ``flag_score`` columns, empty for its own rows.
+    """
     header = list(next(iter(table.values())).keys()) if table else []
-    header += [column for column in _ADDED_COLUMNS if column not in header]
+    header += [column for column in ("flags", "flag_score", *_ADDED_COLUMNS) if column not in header]
     old_rows = [
         [from_cell(row.get(column) or "") if column == "path" else (row.get(column) or "") for column in header]
         for row in table.values()
@@ -339,13 +360,14 @@ def _write_clusters_csv(
         if row[header.index("novel")] == "":
             row[header.index("novel")] = "false"
     new_rows = []
-    for file, cluster, label, novel, distance, (x, y) in zip(
+    for file, cluster, label, novel, distance, (x, y), (flagged, severity) in zip(
         paths,
         clusters,
         placement.labels,
         placement.novel,
         placement.distances,
         placement.coords[:, :2],
+        flags,
         strict=True,
     ):
         values = {
@@ -356,6 +378,8 @@ def _write_clusters_csv(
             "silhouette": "",
             "x": f"{x:.6f}",
             "y": f"{y:.6f}",
+            "flags": flagged,
+            "flag_score": severity,
             "novel": "true" if novel else "false",
             "added": batch,
         }

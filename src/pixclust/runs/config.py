@@ -11,6 +11,7 @@ from typing import Any
 from pixclust.clustering.clusterer import CLUSTER_METHODS
 from pixclust.clustering.maps import DEFAULT_MAPS, MAP_METHODS
 from pixclust.clustering.reduce import REDUCE_METHODS, is_whole_number
+from pixclust.curation.flags import DEFAULT_FLAG_THRESHOLD, checked_flag_threshold
 from pixclust.embedding.decode import DEFAULT_MAX_PIXELS
 from pixclust.embedding.embedder import DEFAULT_BATCH_SIZE
 from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S, ENGINES, check_engine
@@ -73,6 +74,7 @@ class RunConfig:
     address: str | None = None
     actor_cpus: int | None = None
     ray_wait: int = DEFAULT_RAY_WAIT_S
+    flag_threshold: float = DEFAULT_FLAG_THRESHOLD
     _: KW_ONLY
     given: InitVar[Collection[str] | None] = None
     from_cli: InitVar[bool] = False
@@ -109,6 +111,9 @@ class RunConfig:
                 raise UsageError(f"{words.said(name, value)} must be a whole number {limits}")
             setattr(self, name, int(value))
         self.k = _checked_k(words, self.k)
+        self.flag_threshold = checked_flag_threshold(
+            self.flag_threshold, words.said("flag_threshold", self.flag_threshold)
+        )
         if not isinstance(self.maps, (list, tuple)) or not all(isinstance(name, str) for name in self.maps):
             raise UsageError(f"{words.said('maps', self.maps)} must be a list of map names: {', '.join(MAP_METHODS)}")
         unknown = [name for name in self.maps if name not in MAP_METHODS]

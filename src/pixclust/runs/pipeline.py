@@ -27,6 +27,7 @@ from pixclust.curation.export import (
     write_clusters_csv,
     write_errors_csv,
 )
+from pixclust.curation.flags import QualityFlags, flag_images
 from pixclust.curation.move import MoveReport, check_no_moves, move_into_clusters
 from pixclust.embedding.extraction import embed
 from pixclust.embedding.files import READABLE_FORMATS
@@ -180,6 +181,8 @@ class RunResult:
     moves: MoveReport | None = None
     # The batches `pixclust add` put in the run folder before; their images are clustered with the source's.
     batches: list[dict[str, object]] = field(default_factory=list)
+    # Each image's quality flags, judged against the collection and its cluster.
+    flags: QualityFlags | None = None
 
 
 def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
@@ -245,7 +248,16 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
             scores = clustering_scores([truth[i] for i in scored], clustering.labels[scored])
 
     started = time.perf_counter()
-    write_clusters_csv(run_dir / CLUSTERS_CSV, embeddings.paths, clustering)
+    flags = flag_images(
+        embeddings.image_stats,
+        embeddings.image_sizes,
+        clustering.labels,
+        clustering.distances,
+        threshold=config.flag_threshold,
+    )
+    timings["flags_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    write_clusters_csv(run_dir / CLUSTERS_CSV, embeddings.paths, clustering, flags.cells())
     if clustering.model is not None:
         clustering.model.save(run_dir / CLUSTER_MODEL_FILE)
     else:
@@ -264,6 +276,7 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
         n_scored,
         timings,
         batches=batches,
+        flags=flags,
     )
     if config.report:
         started = time.perf_counter()

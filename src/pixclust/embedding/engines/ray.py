@@ -37,6 +37,7 @@ import numpy as np
 from pixclust.embedding.embedder import Embedder, ExtractedBatch
 from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S
 from pixclust.embedding.extractor import FeatureExtractor, load_extractor
+from pixclust.embedding.pixel_stats import IMAGE_STATS
 from pixclust.embedding.record import RANDOM_WEIGHTS
 from pixclust.errors import ClusterUnavailableError, DecodeError, ModelUnavailableError, PixclustError, UsageError
 
@@ -441,16 +442,19 @@ class _EmbeddingActor:
         n = len(paths)
         vectors = np.zeros((n, self.embedder.extractor.dim), dtype=np.float32)
         sizes = np.zeros((n, 2), dtype=np.int32)
+        stats = np.zeros((n, len(IMAGE_STATS)), dtype=np.float32)
         reasons, details = [""] * n, [""] * n
         for extracted in self.embedder.iter_batches(paths):
             vectors[extracted.indices] = extracted.vectors
             sizes[extracted.indices] = extracted.image_sizes
+            stats[extracted.indices] = extracted.image_stats
             for row, error in extracted.failures:
                 reasons[row], details[row] = error.reason, error.detail
         return {
             "index": indices,
             "vector": vectors,
             "size": sizes,
+            "stats": stats,
             # An empty reason marks a vector; anything else is why the file could not be used.
             "reason": np.array(reasons, dtype=object),
             "detail": np.array(details, dtype=object),
@@ -464,6 +468,7 @@ def _extracted_batch(result: dict[str, np.ndarray]) -> ExtractedBatch:
         indices=result["index"][ok].astype(np.int64),
         vectors=np.asarray(result["vector"][ok], dtype=np.float32),
         image_sizes=result["size"][ok].astype(np.int32),
+        image_stats=result["stats"][ok].astype(np.float32),
         failures=[
             (int(index), DecodeError(str(reason), str(detail)))
             for index, reason, detail in zip(result["index"][~ok], reasons[~ok], result["detail"][~ok], strict=True)

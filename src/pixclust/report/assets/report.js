@@ -1,11 +1,12 @@
 "use strict";
-// The report's behaviour: maps (Plotly), hover thumbnails, cluster filters, galleries, duplicate groups.
+// The report's behaviour: maps (Plotly), hover thumbnails, cluster filters, galleries, duplicate groups, flags.
 // Every string from the data is set with textContent or as an attribute, never as HTML.
 (function () {
   const data = JSON.parse(document.getElementById("report-data").textContent);
   const SHOWN_TYPICAL = 48;
   const SHOWN_OUTLIERS = 12;
   const SHOWN_GROUPS = 60;
+  const SHOWN_FLAGGED = 120;
   const WEBGL_ABOVE = 5000;
 
   function el(tag, attrs, text) {
@@ -144,6 +145,52 @@
     }
   }
 
+  // ---- quality flags ----
+  function renderFlags() {
+    const flags = data.flags;
+    const box = document.getElementById("flags");
+    box.append(el("p", { class: "muted" }, flags.headline));
+    if (!flags.rows.length) return;
+    const grid = el("div", { class: "grid flagged" });
+    const filters = document.getElementById("flag-filters");
+    let shown = SHOWN_FLAGGED;
+    let only = null;
+    const fill = () => {
+      grid.textContent = "";
+      const picked = flags.rows.map((point, index) => [point, flags.flags[index]])
+        .filter(([, words]) => only === null || words.split(";").includes(only));
+      for (const [point, words] of picked.slice(0, shown)) {
+        const figure = el("figure", { "data-flags": words });
+        const img = image(point);
+        img.addEventListener("click", () => {
+          filterGalleries(data.points.cluster[point]);
+          document.getElementById("gallery-card").scrollIntoView();
+        });
+        figure.append(img, el("figcaption", { title: data.points.path[point] }, words.replaceAll(";", ", ")));
+        grid.append(figure);
+      }
+      more.style.display = picked.length > shown ? "" : "none";
+      more.textContent = `show all ${picked.length.toLocaleString()}`;
+    };
+    const choose = (flag, button) => {
+      only = flag;
+      for (const other of filters.querySelectorAll("button")) other.classList.toggle("active", other === button);
+      fill();
+    };
+    const all = el("button", { class: "active", "data-flag": "all" }, "all flags");
+    all.addEventListener("click", () => choose(null, all));
+    filters.append(all);
+    for (const [flag, count] of flags.counts) {
+      const button = el("button", { "data-flag": flag }, `${flag} (${count.toLocaleString()})`);
+      button.addEventListener("click", () => choose(flag, button));
+      filters.append(button);
+    }
+    const more = el("button", {}, "");
+    more.addEventListener("click", () => { shown = Infinity; fill(); });
+    box.append(grid, more);
+    fill();
+  }
+
   // ---- maps ----
   const tip = document.getElementById("tip");
 
@@ -237,6 +284,7 @@
   renderSummary();
   renderGalleries();
   renderDuplicates();
+  renderFlags();
   renderPlots();
   renderErrors();
   if (typeof Plotly === "undefined") {

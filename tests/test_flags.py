@@ -161,3 +161,44 @@ def test_precomputed_vectors_carry_no_pixel_stats_and_raise_no_flags(tmp_path: P
     labels = pixclust.cluster(embeddings, k=2).labels
     flags = flag_images(embeddings.image_stats, embeddings.image_sizes, labels)
     assert flags.n_flagged == 0
+
+
+def test_a_run_from_before_pixel_stats_still_reports_and_adds_and_is_measured_at_its_next_clustering(
+    tmp_path: Path,
+) -> None:
+    import pyarrow.parquet as pq
+
+    from pixclust.report import build_report
+    from pixclust.runs.add import add
+    from pixclust.runs.pipeline import run
+
+    source, new = tmp_path / "photos", tmp_path / "new"
+    source.mkdir()
+    new.mkdir()
+    for index, image in enumerate(crops("chelsea", 12) + crops("coffee", 12)):
+        image.save(source / f"{index:02d}.png")
+    Image.new("RGB", (96, 96), (100, 100, 100)).save(new / "blank.png")
+    run_dir = tmp_path / "run"
+    run(RunConfig(source=str(source), out=str(run_dir), model="pixels", k=2, report=False), quiet=True)
+    # The run as an earlier pixclust left it: a version-1 store and clusters.csv without flags.
+    store_file = run_dir / "embeddings.parquet"
+    older = pq.read_table(store_file).drop_columns(list(IMAGE_STATS))
+    pq.write_table(older.replace_schema_metadata({b"pixclust_store_version": b"1"}), store_file)
+    with open(run_dir / "clusters.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    columns = [name for name in rows[0] if name not in ("flags", "flag_score")]
+    with open(run_dir / "clusters.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, columns, extrasaction="ignore")
+        writer.writeheader()
+        writer.writerows(rows)
+
+    assert "No image is flagged" in build_report(run_dir, maps=["pca"], quiet=True).read_text()
+    add(run_dir, [new], report=False, quiet=True)
+    with open(run_dir / "clusters.csv", newline="") as stream:
+        flags = {Path(row["path"]).name: row["flags"] for row in csv.DictReader(stream)}
+    assert flags["blank.png"] == "uniform" and set(flags.values()) <= {"", "uniform"}
+
+    again = pixclust.embed([source, new], model="pixels", out=run_dir, quiet=True)
+    # The rows stored without stats are measured now; the added image's are reused.
+    assert (again.n_extracted, again.n_reused) == (24, 1)
+    assert np.isfinite(again.image_stats[:, STAT["luminance_mean"]]).all()

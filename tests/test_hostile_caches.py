@@ -192,6 +192,7 @@ def shard(offset: int) -> pa.Table:
         mtimes_ns=np.zeros(2, np.int64),
         image_sizes=np.ones((2, 2), np.int32),
         model_id="m:1",
+        image_stats=np.ones((2, len(IMAGE_STATS)), np.float32),
     ).to_table()
 
 

@@ -9,6 +9,7 @@ import pytest
 
 from pixclust.atomic import atomic_path
 from pixclust.embedding import store as store_module
+from pixclust.embedding.pixel_stats import IMAGE_STATS
 from pixclust.embedding.store import EMBEDDINGS_FILE, EmbeddingStore, content_hash
 from pixclust.embeddings import Embeddings
 
@@ -23,6 +24,7 @@ def _embeddings(n: int, model_id: str = "m:1", offset: int = 0) -> Embeddings:
         mtimes_ns=np.arange(n, dtype=np.int64) + 10**18,
         image_sizes=np.tile([[64, 48]], (n, 1)).astype(np.int32),
         model_id=model_id,
+        image_stats=rng.uniform(size=(n, len(IMAGE_STATS))).astype(np.float32),
     )
 
 
@@ -115,3 +117,15 @@ def test_holds_only_exactly_the_saved_rows_with_no_shards_left(tmp_path: Path) -
     assert not store.holds(reordered)
     store.save_partial(_embeddings(1, offset=10).to_table())
     assert not store.holds(saved)
+
+
+def test_rows_stored_without_pixel_stats_are_not_reused(tmp_path: Path) -> None:
+    """Rows `pixclust add` kept from a store of before pixel stats: their vectors are fine, but made again to measure them."""
+    store = EmbeddingStore(tmp_path)
+    measured, unmeasured = _embeddings(3), _embeddings(2, offset=10)
+    unmeasured.image_stats[:] = np.nan
+    store.save(measured.followed_by(unmeasured))
+    known = store.known("m:1")
+    assert known.content_hashes == measured.content_hashes
+    np.testing.assert_array_equal(known.image_stats, measured.image_stats)
+    assert np.isnan(store.load().image_stats[3:]).all()

@@ -46,6 +46,8 @@ STORE_VERSION = 2
 VERSION_KEY = b"pixclust_store_version"
 # What a row is; the rest of a row (vector, pixel stats) follows from its content hash and model id.
 _IDENTITY_COLUMNS = [name for name in ROW_SCHEMA.names if name not in IMAGE_STATS]
+# What a file without a version says it is: pixclust before versions wrote version 1's columns.
+_BEFORE_STATS = b"1"
 
 
 def content_hash(path: str | Path) -> str:
@@ -186,11 +188,19 @@ class EmbeddingStore:
         return saved.equals(embeddings.row_table().select(_IDENTITY_COLUMNS))
 
     def load(self) -> Embeddings:
-        """The run's embeddings as saved by :meth:`save`; a file that cannot be used is a one-line error."""
+        """The run's embeddings as saved by :meth:`save`; a file that cannot be used is a one-line error.
+
+        A file from before pixel stats is read with NaN stats (no flags for its
+        rows), so an older run's report, look-alikes and labels still work.
+        """
         try:
             with _open_parquet(self.path) as parquet:
-                _check_schema(parquet.schema_arrow)
-                rows = parquet.read(columns=ROW_SCHEMA.names)
+                has_stats = _check_schema(parquet.schema_arrow, before_stats_ok=True)
+                rows = parquet.read(columns=ROW_SCHEMA.names if has_stats else _IDENTITY_COLUMNS)
+                if not has_stats:
+                    unmeasured = pa.array(np.full(rows.num_rows, np.nan, np.float32))
+                    for name in IMAGE_STATS:
+                        rows = rows.append_column(name, unmeasured)
                 _check_rows(rows)
                 if len(set(rows.column("model_id").to_pylist())) > 1:
                     raise UnusableStoreError("rows of several models")
@@ -221,16 +231,21 @@ def _open_parquet(file: Path) -> pq.ParquetFile:
     return pq.ParquetFile(file, pre_buffer=False, buffer_size=1 << 20)
 
 
-def _check_schema(schema: pa.Schema, dim: int | None = None) -> None:
-    """Raise :class:`UnusableStoreError` unless ``schema`` is the store's (any version this pixclust reads), with ``dim``-d vectors."""
-    version = (schema.metadata or {}).get(VERSION_KEY, b"1")
-    if version != str(STORE_VERSION).encode():
+def _check_schema(schema: pa.Schema, dim: int | None = None, *, before_stats_ok: bool = False) -> bool:
+    """Raise :class:`UnusableStoreError` unless ``schema`` is the store's, with ``dim``-d vectors; whether it holds pixel stats.
+
+    ``before_stats_ok`` also takes a file of version 1 (or of no version), whose
+    rows are the same but for the pixel stats: fine to read, not to reuse.
+    """
+    version = (schema.metadata or {}).get(VERSION_KEY, _BEFORE_STATS)
+    has_stats = version == str(STORE_VERSION).encode()
+    if not has_stats and not (before_stats_ok and version == _BEFORE_STATS):
         older = version.isdigit() and int(version) < STORE_VERSION
         raise UnusableStoreError(
             f"store version {version.decode(errors='replace')!r}; this pixclust writes {STORE_VERSION}"
             + (", which adds the pixel stats that quality flags read" if older else "")
         )
-    for expected in ROW_SCHEMA:
+    for expected in ROW_SCHEMA if has_stats else [ROW_SCHEMA.field(name) for name in _IDENTITY_COLUMNS]:
         if (kind := _column_type(schema, expected.name)) != expected.type:
             raise UnusableStoreError(f"{expected.name} column of {kind}, not {expected.type}")
     kind = _column_type(schema, VECTOR_COLUMN)
@@ -238,6 +253,7 @@ def _check_schema(schema: pa.Schema, dim: int | None = None) -> None:
         raise UnusableStoreError(f"{VECTOR_COLUMN} column of {kind}, not fixed-size lists of float")
     if dim is not None and kind.list_size != dim:
         raise UnusableStoreError(f"vectors of {kind.list_size} dimensions where the model makes {dim}")
+    return has_stats
 
 
 def _column_type(schema: pa.Schema, name: str) -> pa.DataType:
@@ -256,7 +272,8 @@ def _check_rows(rows: pa.Table) -> None:
 def _read_model_rows(file: Path, model_id: str, dim: int | None) -> tuple[pa.Table, np.ndarray] | None:
     """The rows of ``model_id`` in ``file`` and their ``dim``-d vectors; None when there are none or the file is absent.
 
-    Raises :class:`UnusableStoreError` when the file cannot be read or its columns are not the store's;
+    Rows without pixel stats are left out. Raises :class:`UnusableStoreError` when the file cannot be read
+    or its columns are not the store's;
     the vectors of a file without rows of ``model_id`` are not checked, since it may well be another model's.
     """
     if not file.is_file():
@@ -266,7 +283,9 @@ def _read_model_rows(file: Path, model_id: str, dim: int | None) -> tuple[pa.Tab
             _check_schema(parquet.schema_arrow)
             rows = parquet.read(columns=ROW_SCHEMA.names)
             _check_rows(rows)
-            mine = pc.equal(rows.column("model_id"), model_id).to_numpy()
+            # A row without pixel stats (`pixclust add` extended a run from before them) is made again, to measure it.
+            measured = ~np.isnan(rows.column(IMAGE_STATS[0]).to_numpy())
+            mine = pc.equal(rows.column("model_id"), model_id).to_numpy() & measured
             if not mine.any():
                 return None
             _check_schema(parquet.schema_arrow, dim)

@@ -1,6 +1,6 @@
-"""Image-quality flags against cleanvision, on real pictures with planted degraded copies, and what flags cost.
+"""Image-quality flags against cleanvision, cluster names on real photos, and what flags cost.
 
-Run: .venv/bin/python bench/curate.py [WORK_DIR] [--cleanvision-python PYTHON] [--only flags|cost]
+Run: .venv/bin/python bench/curate.py [WORK_DIR] [--cleanvision-python PYTHON] [--only flags|names|cost]
 
 flags  Three collections of real pictures: 400 crops of scikit-image's colour photos (128 px),
        400 Fashion-MNIST test images (28 px) and 400 of scikit-learn's digits (8 px). Into each,
@@ -12,9 +12,14 @@ flags  Three collections of real pictures: 400 crops of scikit-image's colour ph
        are the planted kinds (blurry: blur and the scaled-up crop; low information: uniform
        fills, read from pixclust's `uniform` and `low-information`), and the share of originals
        each tool flags at all.
+names  30 crops (40-80% of the shorter side, anywhere) of each of six scikit-image photos whose
+       subject ImageNet has classes for, each with the classes a person accepts written down
+       below (e.g. the cat: tabby, tiger cat, Egyptian cat...). `pixclust cluster` (defaults,
+       k chosen by itself) names the clusters; printed per cluster: the photo most of its
+       crops come from, that share, the name, and whether the name holds an accepted class.
 cost   Seconds of `pixel_stats.measure` on 1,000 decoded 640x480 JPEG photos (Fashion-MNIST
-       upsampled) against the embedding of the same files in one process (`--workers 0`):
-       what the flags add to the embedding stage.
+       upsampled), and of naming their 10 classes' clusters, against the embedding of the same
+       files in one process (`--workers 0`): what flags and names add to the embedding stage.
 cleanvision is not a pixclust dependency: install it into any Python (`python -m venv cv &&
 cv/bin/pip install cleanvision`) and pass that Python; without it only pixclust's rows print.
 The machine is shared: compare times within one run.
@@ -36,7 +41,9 @@ import numpy as np
 from PIL import Image, ImageFilter
 from real_data import fashion_mnist, write_image_tree, write_photo_crops
 
+from pixclust.curation.naming import name_clusters
 from pixclust.demo import write_digits
+from pixclust.embedding.class_head import class_head
 from pixclust.embedding.decode import load_rgb
 from pixclust.embedding.pixel_stats import measure
 from pixclust.runs.pipeline import RunConfig, run
@@ -100,6 +107,17 @@ FLAGS: dict[str, tuple[tuple[str, ...], tuple[str, ...], tuple[str, ...]]] = {
     "odd aspect": (("strip",), ("odd-aspect",), ("odd_aspect_ratio",)),
     "grayscale": (("grey",), ("grayscale",), ("grayscale",)),
 }
+
+# The ImageNet classes a person accepts for each photo's subject (grey photos are read as RGB).
+ACCEPTED: dict[str, set[str]] = {
+    "chelsea": {"tabby", "tiger cat", "Egyptian cat", "Persian cat", "Siamese cat", "lynx"},
+    "coffee": {"espresso", "cup", "coffee mug", "coffeepot", "eggnog"},
+    "stereo_motorcycle": {"moped", "motor scooter", "disk brake", "crash helmet"},
+    "rocket": {"missile", "projectile", "space shuttle"},
+    "camera": {"tripod", "reflex camera", "Polaroid camera"},
+    "clock": {"wall clock", "analog clock"},
+}
+NAMED_CROPS = 30
 
 CLEANVISION_SCRIPT = """
 import json, sys
@@ -197,6 +215,48 @@ def _share(predicted: dict[str, set[str]], originals: list[str]) -> str:
     return f"{flagged / len(originals):.3f} ({flagged}/{len(originals)})"
 
 
+def build_named_photos(root: Path) -> Path:
+    import skimage.data
+
+    rng = np.random.default_rng(SEED)
+    for name in ACCEPTED:
+        pixels = getattr(skimage.data, name)()
+        pixels = pixels[0] if isinstance(pixels, tuple) else pixels
+        picture = Image.fromarray(pixels).convert("RGB")
+        folder = root / name
+        folder.mkdir(parents=True, exist_ok=True)
+        for index in range(NAMED_CROPS):
+            side = int(min(picture.size) * rng.uniform(0.4, 0.8))
+            left, top = rng.integers(0, picture.width - side + 1), rng.integers(0, picture.height - side + 1)
+            target = folder / f"{index:02d}.png"
+            if not target.exists():
+                picture.crop((left, top, left + side, top + side)).resize((224, 224)).save(target)
+    return root
+
+
+def names_bench(work: Path) -> None:
+    from collections import Counter
+
+    folder = build_named_photos(work / "named-photos")
+    result = run(RunConfig(source=str(folder), out=str(work / "named-run"), report=False), quiet=True)
+    if result.names is None:
+        print("the model has no classifier: no names")
+        return
+    photos = [Path(path).parent.name for path in result.embeddings.paths]
+    hits = 0
+    print(f"{'cluster':<8} {'photo (share)':<28} {'name':<36} accepted")
+    for label, name in sorted(result.names.items()):
+        members = Counter(
+            photo for photo, row_label in zip(photos, result.clustering.labels, strict=True) if row_label == label
+        )
+        photo, count = members.most_common(1)[0]
+        hit = bool(set(name.classes) & ACCEPTED[photo])
+        hits += hit
+        share = f"{photo} ({count / sum(members.values()):.2f})"
+        print(f"{label:<8} {share:<28} {name.name:<36} {'yes' if hit else 'no'}", flush=True)
+    print(f"names holding an accepted class: {hits}/{len(result.names)} ({hits / len(result.names):.0%})")
+
+
 def cost_bench(work: Path) -> None:
     from pixclust.embedding.extraction import embed
 
@@ -205,8 +265,13 @@ def cost_bench(work: Path) -> None:
     files = sorted(folder.rglob("*.jpg"))
     embed(folder, num_workers=0, quiet=True)  # warm: the network exported and loaded once
     started = time.perf_counter()
-    embed(folder, num_workers=0, quiet=True)
+    embeddings = embed(folder, num_workers=0, quiet=True)
     embedding_s = time.perf_counter() - started
+    head = class_head(embeddings.model)
+    assert head is not None
+    started = time.perf_counter()
+    name_clusters(head, embeddings.vectors, labels[:1000])
+    naming_s = time.perf_counter() - started
     decoded = [load_rgb(path, draft_size=201) for path in files]
     started = time.perf_counter()
     for image in decoded:
@@ -214,13 +279,14 @@ def cost_bench(work: Path) -> None:
     measuring_s = time.perf_counter() - started
     print(f"embedding 1,000 640x480 JPEGs in one process: {embedding_s:.1f} s")
     print(f"pixel stats of the same decoded pictures:      {measuring_s:.2f} s ({measuring_s / embedding_s:.1%})")
+    print(f"naming 10 clusters of them (cached head):      {naming_s:.2f} s ({naming_s / embedding_s:.1%})")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("work", nargs="?", default=str(Path(tempfile.gettempdir()) / "pixclust-bench-curate"))
     parser.add_argument("--cleanvision-python", default=None, help="a Python with cleanvision installed")
-    parser.add_argument("--only", choices=("flags", "cost"))
+    parser.add_argument("--only", choices=("flags", "names", "cost"))
     args = parser.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -229,6 +295,8 @@ def main() -> None:
         python = sys.executable
     if args.only in (None, "flags"):
         flags_bench(work, python)
+    if args.only in (None, "names"):
+        names_bench(work)
     if args.only in (None, "cost"):
         cost_bench(work)
 

@@ -313,7 +313,7 @@ def test_a_notebook_places_embeddings_with_the_saved_model(known_run: tuple[Path
         model.predict(own.vectors)
 
 
-def test_added_images_are_flagged_against_the_run_and_the_run_keeps_its_own_flags(
+def test_added_images_are_flagged_against_the_run_and_named_like_their_cluster(
     known_run: tuple[Path, Path], run_copy: Path, tmp_path: Path
 ) -> None:
     before = rows_of(run_copy)
@@ -332,3 +332,7 @@ def test_added_images_are_flagged_against_the_run_and_the_run_keeps_its_own_flag
     assert "uniform" in added["blank.png"]["flags"].split(";")
     digits = [row for name, row in added.items() if name.startswith("digit_")]
     assert sum(1 for row in digits if row["flags"]) <= 0.1 * len(digits)
+    # An added image shows what the cluster it joined shows.
+    shows = {row["cluster"]: row["name"] for row in before}
+    assert all(shows.values())
+    assert all(row["name"] == shows[row["cluster"]] for row in digits if row["novel"] == "false")

@@ -12,8 +12,8 @@ from PIL import Image
 from pixclust.embedding.extractor import load_extractor
 from pixclust.embedding.models import DEFAULT_MODEL, MODELS, resolve_model
 from pixclust.embedding.weights import (
-    _load_state_dict,
     load_network,
+    load_state_dict,
     model_statuses,
     packaged_weights_path,
     state_dict_sha256,
@@ -42,7 +42,7 @@ def test_default_model_loads_packaged_imagenet_weights(default_extractor) -> Non
     spec = MODELS[DEFAULT_MODEL]
     file_state = torch.load(packaged_weights_path(spec), map_location="cpu", weights_only=True)
     network = timm.create_model(spec.timm_name, pretrained=False)
-    _load_state_dict(network, file_state, spec, "package")
+    load_state_dict(network, file_state, spec, "package")
     network_state = network.state_dict()
     # The file's tensors land, in order, on timm's tensors: the stem and the last BN are the file's own.
     assert torch.equal(network_state["conv_stem.weight"], file_state["_conv_stem.weight"])

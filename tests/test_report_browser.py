@@ -175,6 +175,18 @@ def test_the_flags_section_shows_flagged_images_worst_first_and_filters_by_flag(
     page.locator("#filters button[data-cluster='all']").click()
 
 
+def test_gallery_headings_and_the_map_legend_say_what_each_cluster_shows(page, report_file: Path) -> None:
+    import csv
+
+    with open(report_file.parent / "clusters.csv", newline="") as stream:
+        shows = {row["cluster"]: row["name"] for row in csv.DictReader(stream)}
+    assert all(shows.values()), shows
+    headings = page.locator(".gallery h3").all_inner_texts()
+    assert sorted(heading.split("\n")[0] for heading in headings) == sorted(f"{c}: {n}" for c, n in shows.items())
+    legend = page.locator("#map2d .legendtext").all_text_contents()
+    assert sorted(legend) == sorted(f"{c}: {n}" for c, n in shows.items())
+
+
 def test_map_switches_to_tsne_and_the_3d_view_draws(page) -> None:
     page.locator("#map-buttons button[data-map='tsne']").click()
     page.wait_for_function("document.querySelector('#map-buttons button.active').dataset.map === 'tsne'")

@@ -55,19 +55,23 @@ def _table(columns: Sequence[str], right: Sequence[str] = (), **title: Any) -> A
 
 def render_run(result: RunResult) -> None:
     out = console()
+    named = result.names is not None
     table = _table(
-        ("cluster", "images", "share", "duplication"),
+        ("cluster", *(("shows",) if named else ()), "images", "share", "duplication"),
         right=("images", "share", "duplication"),
         title=f"{result.clustering.n_clusters} clusters",
         title_justify="left",
     )
     for row in result.summary:
-        table.add_row(row.name, f"{row.images:,}", f"{row.share:.1%}", f"{row.duplication:.1%}")
+        shows = (shown(row.description),) if named else ()
+        table.add_row(shown(row.name), *shows, f"{row.images:,}", f"{row.share:.1%}", f"{row.duplication:.1%}")
     total = len(result.embeddings)
     redundant = sum(row.duplication for row in result.summary)
     table.add_section()
-    table.add_row("total", f"{total:,}", "100.0%", f"{redundant:.1%}")
+    table.add_row("total", *(("",) if named else ()), f"{total:,}", "100.0%", f"{redundant:.1%}")
     out.print(table)
+    if not named:
+        out.print(f"cluster names: none (model {result.config.model} has no ImageNet classifier pixclust can read)")
 
     clustering = result.clustering
     scan = clustering.k_scan

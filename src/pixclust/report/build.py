@@ -179,6 +179,8 @@ def _report_data(
     names = view.names
     ids = [label for label in names if label >= 0] + ([-1] if -1 in names else [])
     colours = dict(zip([label for label in ids if label >= 0], plots.cluster_colours(len(ids)), strict=False))
+    # A run whose folders are named by what they show (--name-folders) says it once, in the folder name.
+    shows = {} if view.record.config.get("name_folders") else view.descriptions
     unique_thumbs = {
         digest: index for index, digest in enumerate(dict.fromkeys(h for h in view.hashes if h in thumbnails))
     }
@@ -189,6 +191,7 @@ def _report_data(
             {
                 "id": label,
                 "name": names[label],
+                "shows": shows.get(label, ""),
                 "size": int(np.sum(view.labels == label)),
                 "colour": colours.get(label, "#999999"),
                 "members": view.members(label).tolist(),

@@ -12,6 +12,7 @@ from pixclust.embedding.files import SkippedFile
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
+from pixclust.names import from_cell
 from pixclust.runs.folder import (
     CLUSTERS_CSV,
     EMBEDDINGS_FILE,
@@ -37,6 +38,8 @@ class RunView:
     # Each image's quality flags (clusters.csv's flags, split) and their severity (NaN when clean or unknown).
     flags: list[tuple[str, ...]] = field(default_factory=list)
     flag_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
+    # What each cluster shows (clusters.csv's name column), by cluster id; none for a run without names.
+    descriptions: dict[int, str] = field(default_factory=dict)
 
     @property
     def paths(self) -> list[str]:
@@ -91,6 +94,7 @@ def load_run(run_dir: str | Path, record: RunRecord | None = None, embeddings: E
         # A run from before quality flags has no such columns: no flags to show.
         flags=[tuple(filter(None, (row.get("flags") or "").split(";"))) for row in ordered],
         flag_scores=np.array([_float(row.get("flag_score") or "") for row in ordered]),
+        descriptions={int(row["cluster_id"]): from_cell(row["name"]) for row in ordered if row.get("name")},
     )
 
 

@@ -67,6 +67,8 @@ from pixclust.runs.record import RunRecord
 # Novel images, as a share of a batch, from which the terminal and the report suggest clustering again.
 RECLUSTER_SHARE = 0.2
 _ADDED_COLUMNS = ("novel", "added")
+# clusters.csv's cells of free text, written by names.to_cell.
+_TEXT_COLUMNS = ("path", "name")
 
 
 @dataclass
@@ -348,12 +350,15 @@ def _write_clusters_csv(
 ) -> None:
     """clusters.csv with the run's rows as they were and one row per added image; ``novel`` and ``added`` columns.
 
-    A run from before quality flags gains the ``flags`` and ``flag_score`` columns, empty for its own rows.
+    A run from before quality flags and names gains the ``flags``, ``flag_score`` and ``name`` columns,
+    empty for its own rows.
     """
     header = list(next(iter(table.values())).keys()) if table else []
-    header += [column for column in ("flags", "flag_score", *_ADDED_COLUMNS) if column not in header]
+    header += [column for column in ("flags", "flag_score", "name", *_ADDED_COLUMNS) if column not in header]
+    # An added image shows what the cluster it joined shows.
+    shows = {row["cluster"]: from_cell(row.get("name") or "") for row in table.values()}
     old_rows = [
-        [from_cell(row.get(column) or "") if column == "path" else (row.get(column) or "") for column in header]
+        [from_cell(row.get(column) or "") if column in _TEXT_COLUMNS else (row.get(column) or "") for column in header]
         for row in table.values()
     ]
     for row in old_rows:
@@ -378,13 +383,14 @@ def _write_clusters_csv(
             "silhouette": "",
             "x": f"{x:.6f}",
             "y": f"{y:.6f}",
+            "name": "" if novel else shows.get(cluster, ""),
             "flags": flagged,
             "flag_score": severity,
             "novel": "true" if novel else "false",
             "added": batch,
         }
         new_rows.append([values.get(column, "") for column in header])
-    write_text_atomic(path, csv_text(header, old_rows + new_rows, text=("path",)))
+    write_text_atomic(path, csv_text(header, old_rows + new_rows, text=_TEXT_COLUMNS))
 
 
 def _write_added_duplicates(path: Path, duplicates: Sequence[tuple[str, str, str]]) -> None:

@@ -75,6 +75,7 @@ class RunConfig:
     actor_cpus: int | None = None
     ray_wait: int = DEFAULT_RAY_WAIT_S
     flag_threshold: float = DEFAULT_FLAG_THRESHOLD
+    name_folders: bool = False
     _: KW_ONLY
     given: InitVar[Collection[str] | None] = None
     from_cli: InitVar[bool] = False
@@ -194,7 +195,7 @@ class RunConfig:
         return cls(**({"source": None, "out": None} | values), given=given, from_cli=from_cli)
 
 
-_BOOLS = ("refine", "copy", "move", "include_hidden", "report")
+_BOOLS = ("refine", "copy", "move", "include_hidden", "report", "name_folders")
 _CHOICES = {
     "pipeline": PIPELINES,
     "method": CLUSTER_METHODS,

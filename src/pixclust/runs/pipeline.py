@@ -22,6 +22,7 @@ from pixclust.clustering.placement import ClusterModel, FeatureSpace
 from pixclust.clustering.reduce import DEFAULT_REDUCE, Reduction, is_whole_number, project_2d, reduce_features
 from pixclust.curation.export import (
     ClusterRow,
+    cluster_names,
     cluster_summary,
     export_cluster_folders,
     write_clusters_csv,
@@ -29,6 +30,8 @@ from pixclust.curation.export import (
 )
 from pixclust.curation.flags import QualityFlags, flag_images
 from pixclust.curation.move import MoveReport, check_no_moves, move_into_clusters
+from pixclust.curation.naming import ClusterName, name_clusters
+from pixclust.embedding.class_head import class_head
 from pixclust.embedding.extraction import embed
 from pixclust.embedding.files import READABLE_FORMATS
 from pixclust.embeddings import Embeddings
@@ -183,6 +186,8 @@ class RunResult:
     batches: list[dict[str, object]] = field(default_factory=list)
     # Each image's quality flags, judged against the collection and its cluster.
     flags: QualityFlags | None = None
+    # What each cluster shows, by cluster id (None: the model has no classifier to read names from).
+    names: dict[int, ClusterName] | None = None
 
 
 def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
@@ -257,26 +262,35 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
     )
     timings["flags_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    write_clusters_csv(run_dir / CLUSTERS_CSV, embeddings.paths, clustering, flags.cells())
+    head = class_head(embeddings.model)
+    names = name_clusters(head, embeddings.vectors, clustering.labels) if head is not None else None
+    descriptions = {label: name.name for label, name in (names or {}).items()}
+    if config.name_folders and names is None:
+        warn(f"model {config.model} has no ImageNet classifier to name clusters by; folders keep their numbers")
+    folders = cluster_names(clustering.labels, descriptions if config.name_folders else None)
+    timings["names_s"] = time.perf_counter() - started
+    started = time.perf_counter()
+    write_clusters_csv(run_dir / CLUSTERS_CSV, embeddings.paths, clustering, flags.cells(), folders, descriptions)
     if clustering.model is not None:
         clustering.model.save(run_dir / CLUSTER_MODEL_FILE)
     else:
         # An earlier clustering's model would place new images in clusters this one does not have.
         folder.remove_managed_file(CLUSTER_MODEL_FILE)
     if not config.move:
-        export_cluster_folders(folder, embeddings.paths, clustering.labels, copy=config.copy)
+        export_cluster_folders(folder, embeddings.paths, clustering.labels, copy=config.copy, names=folders)
     timings["export_s"] = time.perf_counter() - started
     result = RunResult(
         config,
         run_dir,
         embeddings,
         clustering,
-        cluster_summary(clustering.labels),
+        cluster_summary(clustering.labels, folders, descriptions),
         scores,
         n_scored,
         timings,
         batches=batches,
         flags=flags,
+        names=names,
     )
     if config.report:
         started = time.perf_counter()
@@ -291,7 +305,7 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
     RunRecord.of_run(result).write(run_dir / RUN_JSON)
     if config.move:
         # Last, once the report has read every image where it was.
-        result.moves = move_into_clusters(folder, config.source, embeddings.paths, clustering.labels)
+        result.moves = move_into_clusters(folder, config.source, embeddings.paths, clustering.labels, folders)
     return result
 
 

@@ -16,6 +16,11 @@
     return node;
   }
 
+  // A cluster's name, and what it shows where the model could name it ("cluster_03: tabby / tiger cat").
+  function titleOf(cluster) {
+    return cluster.shows ? `${cluster.name}: ${cluster.shows}` : cluster.name;
+  }
+
   function thumbOf(point) {
     const index = data.points.thumb[point];
     return index >= 0 ? data.thumbs[index] : null;
@@ -75,7 +80,7 @@
     const box = document.getElementById("galleries");
     for (const cluster of data.clusters) {
       const chip = el("button", { "data-cluster": String(cluster.id), class: "chip" });
-      chip.append(el("span", { class: "swatch", style: `background:${cluster.colour}` }), document.createTextNode(cluster.name));
+      chip.append(el("span", { class: "swatch", style: `background:${cluster.colour}` }), document.createTextNode(titleOf(cluster)));
       chip.addEventListener("click", () => filterGalleries(cluster.id));
       filters.append(chip);
 
@@ -83,7 +88,7 @@
       const heading = el("h3");
       heading.append(
         el("span", { class: "swatch", style: `background:${cluster.colour}` }),
-        el("span", {}, cluster.name),
+        el("span", {}, titleOf(cluster)),
         el("span", { class: "muted size" }, `${cluster.size.toLocaleString()} images, most typical first`)
       );
       const grid = el("div", { class: "grid" });
@@ -212,7 +217,7 @@
     return data.clusters.map((cluster) => {
       const pick = (axis) => cluster.members.map((p) => coords[axis][p]);
       const trace = {
-        type, mode: "markers", name: cluster.name, customdata: cluster.members,
+        type, mode: "markers", name: titleOf(cluster), customdata: cluster.members,
         x: pick(0), y: pick(1), marker: { color: cluster.colour, size },
         hoverinfo: "none", meta: cluster.id,
       };

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -102,3 +103,36 @@ def test_a_model_without_a_classifier_names_nothing_and_says_so(
     assert folders == ["cluster_00", "cluster_01", "cluster_02", "cluster_03"]
     with open(tmp_path / "run" / "clusters.csv", newline="") as stream:
         assert {row["name"] for row in csv.DictReader(stream)} == {""}
+
+
+def _not_a_zip(path: Path) -> None:
+    path.write_bytes(b"PK\x03\x04 not a zip")
+
+
+def _another_shape(path: Path) -> None:
+    with open(path, "wb") as stream:
+        np.savez(
+            stream,
+            weight=np.ones((1000, 7), np.float32),
+            bias=np.ones(1000, np.float32),
+            class_names=np.array(["x"] * 1000),
+        )
+
+
+def _cut_short(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[:100])
+
+
+@pytest.mark.parametrize("damage", [_not_a_zip, _another_shape, _cut_short])
+def test_a_damaged_cached_head_is_read_again_from_the_weights(
+    default_extractor: FeatureExtractor, damage: Callable[[Path], None]
+) -> None:
+    from pixclust.embedding.runtimes import cache_dir
+
+    head = class_head(default_extractor.record)
+    assert head is not None
+    (cached,) = (cache_dir() / "heads").glob(f"{default_extractor.record.model}-*.npz")
+    damage(cached)
+    again = class_head(default_extractor.record)
+    assert again is not None and again.class_names == head.class_names
+    np.testing.assert_array_equal(again.weight, head.weight)

@@ -18,6 +18,7 @@ its clusters no names.
 from __future__ import annotations
 
 import contextlib
+import zipfile
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -56,13 +57,34 @@ def class_head(record: ModelRecord | None) -> ClassHead | None:
     if record is None or not record.weights_sha256 or record.weights.kind not in ("package", "file"):
         return None
     cached = cache_dir() / "heads" / f"{record.model}-{record.weights_sha256[:24]}.npz"
-    with contextlib.suppress(OSError, ValueError, KeyError), np.load(cached, allow_pickle=False) as arrays:
-        return ClassHead(arrays["weight"], arrays["bias"], tuple(str(name) for name in arrays["class_names"]))
+    head = _cached_head(cached, record.dim)
+    if head is not None:
+        return head
     head = _read_head(record)
     if head is not None:
         with contextlib.suppress(OSError), atomic_path(cached) as tmp, open(tmp, "wb") as stream:
             np.savez(stream, weight=head.weight, bias=head.bias, class_names=np.array(head.class_names))
     return head
+
+
+def _cached_head(path: Path, dim: int | None) -> ClassHead | None:
+    """The head cached at ``path``; None when there is none, or it is damaged or not over ``dim`` inputs (read again)."""
+    try:
+        with np.load(path, allow_pickle=False) as arrays:
+            weight, bias, names = arrays["weight"], arrays["bias"], arrays["class_names"]
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
+    usable = (
+        weight.dtype == np.float32
+        and weight.ndim == 2
+        and weight.shape[1] == dim
+        and bias.dtype == np.float32
+        and bias.shape == weight.shape[:1]
+        and names.shape == weight.shape[:1]
+        and bool(np.isfinite(weight).all())
+        and bool(np.isfinite(bias).all())
+    )
+    return ClassHead(weight, bias, tuple(str(name) for name in names)) if usable else None
 
 
 def _read_head(record: ModelRecord) -> ClassHead | None:

@@ -98,6 +98,9 @@ class RunRecord:
                 "k_scan": None if k_scan is None else k_scan.record(),
                 "pipeline": _plain(clustering.choice),
                 "sizes": {row.name: row.images for row in result.summary},
+                # What each cluster shows, and the share of its images with that class in their top five.
+                "names": None if result.names is None else _names_by_cluster(result),
+                "quality_flags": None if result.flags is None else result.flags.counts(),
             },
             scores=_plain(result.scores),
             n_scored=result.n_scored,
@@ -165,6 +168,17 @@ def _plain(value: Any) -> Any:
     if isinstance(value, Path):
         return str(value)
     return value
+
+
+def _names_by_cluster(result: RunResult) -> dict[str, dict[str, Any]]:
+    """Each named cluster's name and confidence, keyed as the summary names the cluster (its rows are in id order)."""
+    assert result.names is not None
+    ids = sorted({int(label) for label in result.clustering.labels})
+    return {
+        row.name: {"name": result.names[label].name, "confidence": round(result.names[label].confidence, 3)}
+        for row, label in zip(result.summary, ids, strict=True)
+        if label in result.names
+    }
 
 
 def _version(distribution: str) -> str | None:

@@ -202,3 +202,18 @@ def test_a_run_from_before_pixel_stats_still_reports_and_adds_and_is_measured_at
     # The rows stored without stats are measured now; the added image's are reused.
     assert (again.n_extracted, again.n_reused) == (24, 1)
     assert np.isfinite(again.image_stats[:, STAT["luminance_mean"]]).all()
+
+
+def test_infinite_or_missing_measures_never_print_an_infinite_score() -> None:
+    """What a hand-edited store could hold: the flags stay words, the scores numbers a CSV can hold."""
+    rng = np.random.default_rng(0)
+    stats = rng.uniform(size=(40, len(IMAGE_STATS))).astype(np.float32)
+    stats[0], stats[1], stats[2] = np.inf, -np.inf, np.nan
+    sizes = np.tile([[100, 80]], (40, 1))
+    sizes[3] = 0
+    distances = rng.uniform(size=40)
+    distances[4] = np.inf
+    flags = flag_images(stats, sizes, np.repeat([0, 1], 20), distances)
+    assert np.isfinite(flags.severity).all() and flags.severity.max() <= 1000
+    assert all(score == "" or len(score) <= 8 for _, score in flags.cells())
+    assert flags.flags[2] == () and "outlier" in flags.flags[4]

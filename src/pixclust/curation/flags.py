@@ -66,6 +66,7 @@ _GREY_CHROMA = 0.03
 _COLOUR_CHROMA = 0.12
 
 _CERTAIN = 10.0
+_MOST_UNUSUAL = 1000.0
 
 _IMPLIED_BY_UNIFORM = ("blurry", "low-information")
 
@@ -162,7 +163,7 @@ class QualityFlags:
         raised = np.array([[name in image for name in FLAG_NAMES] for image in self.flags], dtype=bool).reshape(
             -1, len(FLAG_NAMES)
         )
-        return np.where(raised, np.nan_to_num(self.scores, nan=np.inf), 0.0).max(axis=1, initial=0.0)
+        return np.where(raised, np.nan_to_num(self.scores, nan=0.0), 0.0).max(axis=1, initial=0.0)
 
     def counts(self) -> dict[str, int]:
         """How many images carry each flag (flags no image carries left out)."""
@@ -216,6 +217,8 @@ def flag_images(
         badness = measure.badness(stats, sizes, far)
         floor = measure.matters / DEFAULT_FLAG_THRESHOLD if measure.matters else _scale_floor(badness)
         scores[:, FLAG_NAMES.index(name)] = _robust_scores(badness, labels, floor, threshold, measure.defect_only)
+    # An infinite measure (a store crafted or broken by hand) is as unusual as anything gets, not a number to print.
+    np.clip(scores, -_MOST_UNUSUAL, _MOST_UNUSUAL, out=scores)
     raised = scores >= threshold
     column = {name: index for index, name in enumerate(FLAG_NAMES)}
     raised[:, column["dark"]] &= _high(stats) <= _DARK_AT_MOST

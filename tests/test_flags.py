@@ -217,3 +217,27 @@ def test_infinite_or_missing_measures_never_print_an_infinite_score() -> None:
     assert np.isfinite(flags.severity).all() and flags.severity.max() <= 1000
     assert all(score == "" or len(score) <= 8 for _, score in flags.cells())
     assert flags.flags[2] == () and "outlier" in flags.flags[4]
+
+
+def test_a_hand_edited_flag_score_that_is_not_a_number_still_builds_the_report(
+    planted_run: tuple[Path, dict[str, str], Path], tmp_path: Path
+) -> None:
+    import shutil
+
+    from pixclust.report import build_report
+
+    root, _, run_dir = planted_run
+    if not (run_dir / "clusters.csv").is_file():  # run on its own, without the test above
+        pixclust.run(RunConfig(source=str(root), out=str(run_dir), maps=["pca"]), quiet=True)
+    copy = tmp_path / "run"
+    shutil.copytree(run_dir, copy, symlinks=True)
+    with open(copy / "clusters.csv", newline="") as stream:
+        rows = list(csv.DictReader(stream))
+    flagged = next(row for row in rows if row["flags"])
+    flagged["flag_score"], flagged["distance"] = "very bad", "far"
+    with open(copy / "clusters.csv", "w", newline="") as stream:
+        writer = csv.DictWriter(stream, list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+    html = build_report(copy, maps=["pca"], quiet=True).read_text()
+    assert Path(flagged["path"]).name in html

@@ -99,4 +99,8 @@ def load_run(run_dir: str | Path, record: RunRecord | None = None, embeddings: E
 
 
 def _float(text: str) -> float:
-    return float(text) if text else float("nan")
+    """A number clusters.csv holds; NaN where it holds none, or text that is not one (a hand-edited cell)."""
+    try:
+        return float(text) if text else float("nan")
+    except ValueError:
+        return float("nan")

@@ -38,11 +38,21 @@ def label_command(
     method: Annotated[
         str | None,
         typer.Option(
-            help="propagate (prototypes, label propagation, estimated none) or nearest "
-            "(the nearest-example rule at the first --threshold) [default: {label_method}]."
+            help="clusters (the run's clusters the examples claim; the rest is none), propagate "
+            "(label propagation, per-class none cuts) or nearest (the nearest-example rule at the "
+            "first --threshold) [default: {label_method}]."
         ),
     ] = None,
-    suggest: Annotated[int, typer.Option(help="Also list N images worth labelling next.")] = 0,
+    suggest: Annotated[
+        int, typer.Option(help="Also list N images worth labelling next, in suggested.csv with an 'answer' column.")
+    ] = 0,
+    feedback: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="A suggested.csv with its answer column filled in (yes, no, none or a class name); "
+            "the answers join the examples. Repeat for several rounds."
+        ),
+    ] = None,
     none: Annotated[
         bool,
         typer.Option(
@@ -57,7 +67,9 @@ def label_command(
     from pixclust.labelling.workflows import label
 
     typed = chosen(method=method, thresholds=threshold, ids=ids, random_state=seed)
-    render_labels(label(source, refs, out=out, suggest=suggest, estimate_none=none, **typed), out)
+    render_labels(
+        label(source, refs, out=out, suggest=suggest, estimate_none=none, feedback=feedback or (), **typed), out
+    )
 
 
 def train_command(

@@ -233,9 +233,30 @@ def render_labels(run: LabelRun, out_dir: Path) -> None:
     out = console()
     out.print(table)
     out.print("examples: " + ", ".join(f"{shown(name)} {n}" for name, n in run.references.counts().items()))
+    if result.none_found is False:
+        out.print("every cluster holds examples as far as chance allows, so no image is 'none'")
+    if result.estimates:
+        estimates = _table(
+            ("class", "images", "expected precision", "expected recall"),
+            right=("images", "expected precision", "expected recall"),
+            title="estimated from the data alone (no labels): how far to trust each class",
+            title_justify="left",
+        )
+        for row in result.estimates:
+            recall = "n/a" if math.isnan(row.recall) else f"{row.recall:.2f}"
+            estimates.add_row(shown(row.name), f"{row.n_labelled:,}", f"{row.precision:.2f}", recall)
+        out.print(estimates)
+    if run.answers:
+        changed = "" if run.changed is None else f"; {run.changed:,} images changed label since the last labels.csv"
+        out.print(f"answers used: {run.answers:,} (kept in {shown(out_dir / 'answers.csv')}){changed}")
     for row in result.suggestions:
         out.print(
             f"label next: {shown(result.paths[row])} (now {shown(result.label_name(row))}, confidence {result.confidence[row]:.2f})"
+        )
+    if result.suggestions:
+        out.print(
+            f"answer them in {shown(out_dir / 'suggested.csv')} (yes, no, none or a class name), then run "
+            "label again with --feedback on that file"
         )
     out.print(f"labels: {shown(run.labels_csv)}; {len(run.sheets)} contact sheets in {shown(out_dir / SHEETS_DIR)}")
 

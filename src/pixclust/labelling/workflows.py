@@ -7,7 +7,9 @@ into the folder the caller names, atomically.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -32,6 +34,8 @@ if TYPE_CHECKING:
 
 LABELS_CSV = "labels.csv"
 SUGGEST_CSV = "suggested.csv"
+CLASSES_CSV = "classes.csv"
+ANSWERS_CSV = "answers.csv"
 ROC_PNG = "roc.png"
 SHEET_LIMIT = 64
 
@@ -51,10 +55,14 @@ def load_references(refs: str | Path, embeddings: Embeddings) -> References:
 
 @dataclass
 class LabelRun:
+    """What ``label`` wrote; ``changed`` counts images whose label differs from the labels.csv it replaced (None: none there)."""
+
     result: LabelResult
     references: References
     labels_csv: Path
     sheets: list[Path]
+    answers: int = 0
+    changed: int | None = None
 
 
 def label(
@@ -66,14 +74,53 @@ def label(
     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
     suggest: int = 0,
     estimate_none: bool = True,
+    feedback: Sequence[str | Path] = (),
     ids: str | Path | None = None,
     random_state: int = 0,
 ) -> LabelRun:
-    """Label every image in ``source`` from the examples in ``refs``; writes labels.csv and contact sheets into ``out``."""
-    from pixclust.labelling.label import label_images
+    """Label every image in ``source`` from the examples in ``refs``; writes labels.csv, classes.csv and contact sheets into ``out``.
 
+    ``feedback`` names suggestions CSVs with their ``answer`` column filled in (``feedback.py``): the
+    answered images join the examples as positives, or count against a class as negatives.
+    """
+    from pixclust.labelling.label import check_label_options
+
+    check_label_options(method, thresholds, suggest, with_feedback=bool(feedback))
+    folder = Path(out)
     embeddings = open_embeddings(source, ids=ids)
     references = load_references(refs, embeddings)
+    with _writer_lock(folder):
+        return _label_into(
+            folder, source, embeddings, references, method, thresholds, suggest, estimate_none, feedback, random_state
+        )
+
+
+def _label_into(
+    folder: Path,
+    source: str | Path | Embeddings,
+    embeddings: Embeddings,
+    references: References,
+    method: str,
+    thresholds: Sequence[float],
+    suggest: int,
+    estimate_none: bool,
+    feedback: Sequence[str | Path],
+    random_state: int,
+) -> LabelRun:
+    """``label``'s work once its inputs are read, under ``folder``'s lock (answers.csv is read, then rewritten)."""
+    from pixclust.labelling.feedback import feedback_from, read_answers, write_answers
+    from pixclust.labelling.label import label_images
+    from pixclust.labelling.structure import run_structure
+
+    _refuse_unread_answers(folder, feedback, suggest)
+    earlier = read_answers(folder / ANSWERS_CSV) if (folder / ANSWERS_CSV).is_file() else []
+    given = [answer for path in feedback for answer in read_answers(path)]
+    answers = feedback_from(
+        [*earlier, *given], embeddings, references.class_names, source=", ".join(map(str, feedback)) or ANSWERS_CSV
+    )
+    structure = None
+    if method == "clusters" and not isinstance(source, Embeddings) and Path(source).is_dir():
+        structure = run_structure(Path(source), embeddings)
     result = label_images(
         embeddings,
         references,
@@ -81,9 +128,13 @@ def label(
         thresholds=thresholds,
         suggest=suggest,
         estimate_none=estimate_none,
+        structure=structure,
+        feedback=answers,
         random_state=random_state,
     )
-    folder = Path(out)
+    changed = _changed_labels(folder / LABELS_CSV, result)
+    if given:
+        write_answers(folder / ANSWERS_CSV, [*earlier, *given])
     rows = (
         (path, result.label_name(row), f"{result.confidence[row]:.4f}", f"{result.similarity[row]:.4f}")
         for row, path in enumerate(result.paths)
@@ -91,6 +142,17 @@ def label(
     labels_csv = write_csv(
         folder / LABELS_CSV, ("path", "label", "confidence", "similarity"), rows, text=("path", "label")
     )
+    if result.estimates:
+        estimated = (
+            (row.name, row.n_labelled, f"{row.precision:.3f}", "" if np.isnan(row.recall) else f"{row.recall:.3f}")
+            for row in result.estimates
+        )
+        write_csv(
+            folder / CLASSES_CSV,
+            ("class", "images", "expected_precision", "expected_recall"),
+            estimated,
+            text=("class",),
+        )
     sheets = []
     if embeddings.names_files:
         for name in [*result.class_names, NONE]:
@@ -108,20 +170,74 @@ def label(
                 )
     if result.suggestions:
         suggested = [
-            (result.paths[row], result.label_name(row), f"{result.confidence[row]:.4f}") for row in result.suggestions
+            (result.paths[row], result.label_name(row), f"{result.confidence[row]:.4f}", "")
+            for row in result.suggestions
         ]
         write_csv(
-            folder / SUGGEST_CSV, ("path", "current_label", "confidence"), suggested, text=("path", "current_label")
+            folder / SUGGEST_CSV,
+            ("path", "current_label", "confidence", "answer"),
+            suggested,
+            text=("path", "current_label", "answer"),
         )
         if embeddings.names_files:
             sheets.append(
                 write_contact_sheet(
                     folder / SHEETS_DIR / "suggested.png",
-                    [p for p, _, _ in suggested],
-                    [lab for _, lab, _ in suggested],
+                    [row[0] for row in suggested],
+                    [row[1] for row in suggested],
                 )
             )
-    return LabelRun(result, references, labels_csv, sheets)
+    return LabelRun(result, references, labels_csv, sheets, answers=len(answers), changed=changed)
+
+
+@contextmanager
+def _writer_lock(folder: Path) -> Iterator[None]:
+    """One ``label`` at a time writes ``folder`` (the run folders' lock file and its one-line refusal)."""
+    from pixclust.runs.folder import LOCK_FILE
+    from pixclust.runs.lock import hold_lock
+
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise UsageError(f"cannot make --out {folder} ({error.strerror}); choose another --out") from error
+    descriptor = hold_lock(folder / LOCK_FILE)
+    try:
+        yield
+    finally:
+        os.close(descriptor)
+
+
+def _refuse_unread_answers(folder: Path, feedback: Sequence[str | Path], suggest: int) -> None:
+    """New suggestions must not overwrite a suggested.csv whose answers were never read."""
+    from pixclust.labelling.feedback import read_answers
+
+    previous = folder / SUGGEST_CSV
+    if not suggest or not previous.is_file():
+        return
+    if any(Path(path).resolve() == previous.resolve() for path in feedback):
+        return
+    try:
+        unread = read_answers(previous)
+    except UsageError:
+        return
+    if unread:
+        raise UsageError(
+            f"{previous} holds {len(unread)} answers not read yet and --suggest would overwrite it; "
+            f"add --feedback {previous} (or move the file away)"
+        )
+
+
+def _changed_labels(previous_csv: Path, result: LabelResult) -> int | None:
+    """Images whose label differs from the labels.csv about to be replaced (a new one counts); None if there is none."""
+    from pixclust.labelling.label import read_labelled_list
+
+    if not previous_csv.is_file():
+        return None
+    try:
+        before = dict(read_labelled_list(previous_csv))
+    except UsageError:
+        return None
+    return sum(before.get(path) != result.label_name(row) for row, path in enumerate(result.paths))
 
 
 def train(

@@ -187,7 +187,11 @@ def test_label_tables_neutralise_formulas_and_read_back(tmp_path: Path) -> None:
         with open(out / table, newline="", encoding="utf-8") as stream:
             header, *rows = list(csv.reader(stream))
         assert rows
-        text = [column for column, name in enumerate(header) if name in ("path", "label", "current_label", "query")]
+        text = [
+            column
+            for column, name in enumerate(header)
+            if name in ("path", "label", "current_label", "answer", "query")
+        ]
         numbers = [column for column in range(len(header)) if column not in text]
         for row in rows:
             assert not any(row[column].startswith(FORMULA_START) for column in text), row

@@ -14,6 +14,7 @@ from pixclust.names import printable
 from pixclust.runs.folder import REPORT_FILE
 
 if TYPE_CHECKING:
+    from pixclust.curation.interchange import ExportRun
     from pixclust.curation.lookalikes import DuplicatesResult, SimilarResult
     from pixclust.curation.move import MoveReport
     from pixclust.embedding.weights import ModelStatus
@@ -212,6 +213,17 @@ def render_duplicates(result: DuplicatesResult) -> None:
         out.print(f"table: {shown(result.csv_path)}" + (f"; links: {shown(result.links)}" if result.links else ""))
     if result.moves is not None:
         render_moves(result.moves)
+
+
+def render_export(run: ExportRun) -> None:
+    duplicates = (
+        "no duplicate groups known (build the report once to find them)"
+        if run.n_duplicates is None
+        else f"{run.n_duplicates:,} images in duplicate groups"
+    )
+    console().print(f"exported {run.n_images:,} images in {run.n_clusters:,} clusters; {duplicates}")
+    for path in run.files:
+        console().print(f"wrote {shown(path)}")
 
 
 def render_labels(run: LabelRun, out_dir: Path) -> None:

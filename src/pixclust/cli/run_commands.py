@@ -14,6 +14,7 @@ from pixclust.cli.options import Maps, Quiet, Seed, chosen, out_option, split_ma
 from pixclust.cli.render import (
     console,
     render_add,
+    render_export,
     render_models,
     render_moves,
     render_report,
@@ -226,6 +227,24 @@ def report_command(
     from pixclust.report import build_report
 
     render_report(build_report(run_dir, **chosen(maps=split_maps(maps)), quiet=quiet))
+
+
+def export_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by 'pixclust cluster'.")],
+    format: Annotated[
+        str,
+        typer.Option(
+            "--format",
+            help="fiftyone (labels.json + data.json, FiftyOne's image classification dataset), "
+            "coco (annotations.json) or csv (export.csv).",
+        ),
+    ],
+    out: Annotated[Path, typer.Option("--out", "-o", help="Folder to write the export into (not a run folder).")],
+) -> None:
+    """Write a run's clusters, names, quality flags and duplicate groups in a format annotation tools import."""
+    from pixclust.curation.interchange import export_run
+
+    render_export(export_run(run_dir, format=format, out=out))
 
 
 def add_command(

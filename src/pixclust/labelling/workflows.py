@@ -7,9 +7,7 @@ into the folder the caller names, atomically.
 
 from __future__ import annotations
 
-import os
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -89,7 +87,9 @@ def label(
     folder = Path(out)
     embeddings = open_embeddings(source, ids=ids)
     references = load_references(refs, embeddings)
-    with _writer_lock(folder):
+    from pixclust.runs.lock import holding
+
+    with holding(folder):
         return _label_into(
             folder, source, embeddings, references, method, thresholds, suggest, estimate_none, feedback, random_state
         )
@@ -188,23 +188,6 @@ def _label_into(
                 )
             )
     return LabelRun(result, references, labels_csv, sheets, answers=len(answers), changed=changed)
-
-
-@contextmanager
-def _writer_lock(folder: Path) -> Iterator[None]:
-    """One ``label`` at a time writes ``folder`` (the run folders' lock file and its one-line refusal)."""
-    from pixclust.runs.folder import LOCK_FILE
-    from pixclust.runs.lock import hold_lock
-
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        raise UsageError(f"cannot make --out {folder} ({error.strerror}); choose another --out") from error
-    descriptor = hold_lock(folder / LOCK_FILE)
-    try:
-        yield
-    finally:
-        os.close(descriptor)
 
 
 def _refuse_unread_answers(folder: Path, feedback: Sequence[str | Path], suggest: int) -> None:

@@ -141,6 +141,12 @@ def duplicates_of(run_dir: Path, model_id: str, embeddings: Embeddings) -> Dupli
     return found
 
 
+def cached_duplicates(run_dir: Path, model_id: str, embeddings: Embeddings) -> DuplicateReport | None:
+    """The run's duplicate groups as its report cached them, for every image; None when there is no such cache."""
+    cached = _read_duplicates(run_dir / DUPLICATES_FILE, model_id, embeddings.content_hashes)
+    return cached if cached is not None and cached.n_images == len(embeddings) else None
+
+
 def duplicates_with_added(run_dir: Path, model_id: str, embeddings: Embeddings, first_new: int) -> DuplicateReport:
     """Groups right for every row from ``first_new`` on (those ``pixclust add`` brought).
 

@@ -33,12 +33,11 @@ from pathlib import Path
 
 from pixclust.atomic import DISK_FULL_ERRNOS, permissions_for_new, write_text_atomic
 from pixclust.errors import OutputNotWritableError, UsageError
-from pixclust.runs.lock import hold_lock
+from pixclust.runs.lock import LOCK_FILE, hold_lock
 from pixclust.runs.tree import remove_without_following, walk_without_following
 
 MARKER_FILE = ".pixclust-run"
 MANIFEST_FILE = ".pixclust-manifest.json"
-LOCK_FILE = ".pixclust.lock"
 FORMAT_VERSION = 1
 
 EMBEDDINGS_FILE = "embeddings.parquet"

@@ -11,10 +11,15 @@ from __future__ import annotations
 import errno
 import fcntl
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from pixclust.atomic import DISK_FULL_ERRNOS
 from pixclust.errors import OutputNotWritableError, RunFolderBusyError, UsageError
+
+# The lock file of a run folder, or of any folder a command writes into.
+LOCK_FILE = ".pixclust.lock"
 
 
 def hold_lock(lock_file: Path) -> int:
@@ -28,9 +33,34 @@ def hold_lock(lock_file: Path) -> int:
         raise RunFolderBusyError(
             f"{lock_file.parent} is being written by {holder}; wait for it to finish, or choose another --out"
         ) from None
-    os.ftruncate(descriptor, 0)
-    os.pwrite(descriptor, f"pixclust (pid {os.getpid()})\n".encode(), 0)
+    try:
+        os.ftruncate(descriptor, 0)
+        os.pwrite(descriptor, f"pixclust (pid {os.getpid()})\n".encode(), 0)
+    except OSError as error:
+        # The pid only names the holder in a second writer's message; the lock holds without it, and on a full
+        # disk the command's first real write says which file could not be written.
+        if error.errno not in DISK_FULL_ERRNOS:
+            os.close(descriptor)
+            raise
     return descriptor
+
+
+@contextmanager
+def holding(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s writer lock (made if new) for the block: for output folders that are not run folders."""
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if error.errno in DISK_FULL_ERRNOS:
+            raise
+        raise OutputNotWritableError(
+            f"cannot make --out {folder} ({error.strerror or error}); choose another --out"
+        ) from error
+    descriptor = hold_lock(folder / LOCK_FILE)
+    try:
+        yield
+    finally:
+        os.close(descriptor)
 
 
 def _open_lock_file(lock_file: Path) -> int:

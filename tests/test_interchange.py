@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import shutil
 import subprocess
 import sys
@@ -134,3 +135,18 @@ def test_export_refuses_what_it_cannot_do(reported_run: Path, digit_run: Path, t
     with pytest.raises(UsageError, match=r"clusters\.csv"):
         export_run(digit_run, format="csv", out=tmp_path / "y")
     assert not (tmp_path / "y").exists()
+
+
+@pytest.mark.slow
+def test_export_names_files_whose_names_are_not_utf8(digit_tree: Path, tmp_path: Path) -> None:
+    images = tmp_path / "images"
+    images.mkdir()
+    for number, source in enumerate(sorted(digit_tree.rglob("*.png"))[:8]):
+        name = os.fsdecode(b"\xff\xfe-%d.png" % number) if number % 2 else f"=cmd{number}.png"
+        shutil.copy(source, images / name)
+    assert pixclust("cluster", images, "--out", tmp_path / "run", "--no-report").returncode == 0
+    export_run(tmp_path / "run", format="fiftyone", out=tmp_path / "fo")
+    data = json.loads((tmp_path / "fo" / FIFTYONE_DATA).read_text())
+    assert len(data) == 8 and all(Path(path).is_file() for path in data.values())
+    export_run(tmp_path / "run", format="csv", out=tmp_path / "csv")
+    assert sorted(image.path for image in read_export_csv(tmp_path / "csv" / EXPORT_CSV)) == sorted(data.values())

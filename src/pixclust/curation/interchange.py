@@ -109,7 +109,7 @@ def write_fiftyone(folder: Path, images: Sequence[ExportedImage]) -> list[Path]:
     }
     written = []
     for name, content in ((FIFTYONE_LABELS, labels), (FIFTYONE_DATA, data), (FIFTYONE_EXTRA, extra)):
-        write_text_atomic(folder / name, json.dumps(content, indent=1, ensure_ascii=False))
+        write_text_atomic(folder / name, json.dumps(content, indent=1))
         written.append(folder / name)
     return written
 
@@ -143,7 +143,7 @@ def write_coco(folder: Path, images: Sequence[ExportedImage]) -> Path:
         "annotations": annotations,
     }
     target = folder / COCO_JSON
-    write_text_atomic(target, json.dumps(document, indent=1, ensure_ascii=False))
+    write_text_atomic(target, json.dumps(document, indent=1))
     return target
 
 

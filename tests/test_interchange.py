@@ -82,6 +82,9 @@ def test_csv_export_reads_back_as_written(reported_run: Path, tmp_path: Path) ->
 def test_coco_export_loads_in_pycocotools(reported_run: Path, tmp_path: Path) -> None:
     from pycocotools.coco import COCO
 
+    import pixclust
+
+    assert pixclust.export_run is export_run
     result = export_run(reported_run, format="coco", out=tmp_path / "coco")
     coco = COCO(str(tmp_path / "coco" / COCO_JSON))
     expected = _expected(reported_run)

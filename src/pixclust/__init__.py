@@ -44,6 +44,7 @@ _EXPORTS = {
     "evaluate": "pixclust.labelling.workflows",
     "predict_images": "pixclust.labelling.workflows",
     "build_report": "pixclust.report",
+    "export_run": "pixclust.curation.interchange",
 }
 # The stage subpackages; none is named like an export (the run stage is ``runs``, since ``run`` is a function).
 _SUBPACKAGES = {"embedding", "clustering", "curation", "labelling", "runs", "report"}

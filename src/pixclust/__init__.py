@@ -21,6 +21,8 @@ _EXPORTS = {
     "run": "pixclust.runs.pipeline",
     "add": "pixclust.runs.add",
     "AddResult": "pixclust.runs.add",
+    "apply": "pixclust.runs.apply",
+    "ApplyResult": "pixclust.runs.apply",
     "ClusterModel": "pixclust.clustering.placement",
     "RunConfig": "pixclust.runs.config",
     "RunResult": "pixclust.runs.pipeline",

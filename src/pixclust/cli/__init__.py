@@ -35,6 +35,7 @@ for _name, _command in (
     ("cluster", run_commands.cluster_command),
     ("add", run_commands.add_command),
     ("report", run_commands.report_command),
+    ("apply", run_commands.apply_command),
     ("export", run_commands.export_command),
     ("models", run_commands.models_command),
     ("demo", run_commands.demo_command),

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
     from pixclust.labelling.classifier import TrainedClassifier
     from pixclust.labelling.workflows import EvaluationRun, LabelRun, PredictionRun
     from pixclust.runs.add import AddResult
+    from pixclust.runs.apply import ApplyResult
     from pixclust.runs.pipeline import RunResult
 
 
@@ -224,6 +225,23 @@ def render_export(run: ExportRun) -> None:
     console().print(f"exported {run.n_images:,} images in {run.n_clusters:,} clusters; {duplicates}")
     for path in run.files:
         console().print(f"wrote {shown(path)}")
+
+
+def render_apply(result: ApplyResult) -> None:
+    if result.already_applied:
+        console().print(f"{shown(result.edits_file)} is already applied to {shown(result.run_dir)}; nothing changed")
+        return
+    console().print(
+        f"applied {shown(result.edits_file)}: {result.images_moved:,} images moved, "
+        f"{result.renamed:,} clusters renamed, {result.merged:,} merged away"
+    )
+    table = _table(("cluster", "images"), right=("images",))
+    for name, size in sorted(result.clusters.items()):
+        table.add_row(shown(name), f"{size:,}")
+    console().print(table)
+    console().print(
+        f"the corrections are kept: 'pixclust cluster' and 'pixclust add' of {shown(result.run_dir)} keep them"
+    )
 
 
 def render_labels(run: LabelRun, out_dir: Path) -> None:

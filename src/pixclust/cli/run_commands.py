@@ -14,6 +14,7 @@ from pixclust.cli.options import Maps, Quiet, Seed, chosen, out_option, split_ma
 from pixclust.cli.render import (
     console,
     render_add,
+    render_apply,
     render_export,
     render_models,
     render_moves,
@@ -271,6 +272,22 @@ def add_command(
     render_add(
         add(run_dir, images, **chosen(report=report, false_alarms=false_alarms), num_workers=workers, quiet=quiet)
     )
+
+
+def apply_command(
+    run_dir: Annotated[Path, typer.Argument(help="A run folder made by 'pixclust cluster'.")],
+    edits: Annotated[
+        Path, typer.Argument(help="An edits.json: saved from the run's report.html, or written by a script.")
+    ],
+    report: Annotated[
+        bool | None, typer.Option("--report/--no-report", help="Rebuild report.html (default: if the run has one).")
+    ] = None,
+    quiet: Quiet = False,
+) -> None:
+    """Carry out corrections (renames, merges, moves, outliers, exclusions, pins) on a run, and keep them."""
+    from pixclust.runs.apply import apply
+
+    render_apply(apply(run_dir, edits, report=report, quiet=quiet))
 
 
 TrustJournal = Annotated[

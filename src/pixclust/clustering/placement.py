@@ -156,6 +156,15 @@ class ClusterModel:
         model.reference_distances = model._member_distances(references, labels[rows], exclude_self=True)
         return model
 
+    def refitted(self, views: Mapping[str, np.ndarray], labels: np.ndarray, *, random_state: int = 0) -> ClusterModel:
+        """A model of other clusters of the same rows, ``labels`` (0..k-1, negative for none), in this model's space.
+
+        It places by nearest centre: a person's corrections leave the refinement's head, trained on the
+        clusters as they were, without a column for a cluster made or merged.
+        """
+        coords = self.space.transform(_as_views(views, self.space.views))
+        return ClusterModel.from_clustering(self.space, coords, labels, random_state=random_state)
+
     def radii(self, false_alarms: float = NOVELTY_FALSE_ALARMS) -> np.ndarray:
         """Each cluster's novelty radius: all but ``false_alarms`` of its members are within it of their neighbours."""
         if not 0 < false_alarms < 1:

@@ -23,6 +23,7 @@ import numpy as np
 
 from pixclust.atomic import write_text_atomic
 from pixclust.clustering.metrics import NOISE_LABEL
+from pixclust.curation.edits import EXCLUDED_CLUSTER
 from pixclust.embedding.files import SkippedFile
 from pixclust.names import from_cell, text_cells
 from pixclust.runs.folder import CLUSTERS_DIR, COPY, DIR, LINK, RunFolder
@@ -203,13 +204,16 @@ def export_cluster_folders(
 
 
 def export_folders(folder: RunFolder, paths: Sequence[str], clusters: Sequence[str], *, copy: bool = False) -> Path:
-    """Build ``clusters/<cluster>/`` with a link (or copy) of each image in the folder ``clusters`` names for it.
+    """Build ``clusters/<cluster>/`` with a link (or copy) of each image in the folder ``clusters`` names for it
+    (none for ``_excluded``).
 
     The folders are built in a staging folder and swapped in whole; the previous
     ``clusters/`` goes only if everything in it is pixclust's (the run folder checks).
     """
     folder.check_replaceable(CLUSTERS_DIR)
-    entries = folder_entries(paths, clusters)
+    # An image a person excluded (pixclust apply) belongs in no folder.
+    kept = [(path, cluster) for path, cluster in zip(paths, clusters, strict=True) if cluster != EXCLUDED_CLUSTER]
+    entries = folder_entries([path for path, _ in kept], [cluster for _, cluster in kept])
     earlier_copies = set(folder.files_under(CLUSTERS_DIR, COPY)) if copy else set()
     with folder.staging() as staging:
         for cluster in sorted({cluster for _, cluster, _ in entries}):

@@ -24,6 +24,7 @@ from PIL import Image
 from pixclust.atomic import atomic_path, write_text_atomic
 from pixclust.clustering.maps import DEFAULT_MAPS, check_map_methods
 from pixclust.curation.duplicates import DuplicateReport
+from pixclust.curation.edits import run_identity
 from pixclust.curation.export import NOVEL_CLUSTER, NOVEL_LABEL
 from pixclust.curation.flags import FLAG_NAMES
 from pixclust.embeddings import Embeddings
@@ -35,6 +36,7 @@ from pixclust.report.figures import contact_sheet
 from pixclust.report.run_view import RunView, load_run
 from pixclust.report.thumbnails import THUMB_SIDE, load_thumbnails
 from pixclust.runs.folder import (
+    CLUSTERS_CSV,
     PLOTS_DIR,
     REPORT_FILE,
     RunFolder,
@@ -177,7 +179,8 @@ def _report_data(
     duplicates: DuplicateReport,
 ) -> dict[str, Any]:
     names = view.names
-    ids = [label for label in names if label >= 0] + ([-1] if -1 in names else [])
+    # Clusters first, then the groups that are none: noise or _new (-1), _outliers (-2), _excluded (-3).
+    ids = [label for label in names if label >= 0] + sorted((label for label in names if label < 0), reverse=True)
     colours = dict(zip([label for label in ids if label >= 0], plots.cluster_colours(len(ids)), strict=False))
     # A run whose folders are named by what they show (--name-folders) says it once, in the folder name.
     shows = {} if view.record.config.get("name_folders") else view.descriptions
@@ -186,6 +189,8 @@ def _report_data(
     }
     return {
         "title": _title(view),
+        # What an edits file saved from this page names as its run (pixclust apply checks it).
+        "run": run_identity(view.record.run_id, view.run_dir / CLUSTERS_CSV),
         "summary": _summary_rows(view, duplicates),
         "clusters": [
             {

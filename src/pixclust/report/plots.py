@@ -110,9 +110,12 @@ def map_figure(coords: np.ndarray, labels: np.ndarray, names: dict[int, str], ti
     axis = figure.subplots()
     ids = [label for label in names if label >= 0]
     size = max(2.0, min(20.0, 4000 / max(1, len(labels))))
-    if -1 in names:
-        noise = labels == -1
-        axis.scatter(coords[noise, 0], coords[noise, 1], s=size, c="#bbbbbb", label="noise", linewidths=0)
+    outside = [label for label in names if label < 0]
+    if outside:
+        # Noise, images added that fit no cluster, and those a person marked as outliers or excluded.
+        noise = np.isin(labels, outside)
+        label = names[-1] if outside == [-1] else "in no cluster"
+        axis.scatter(coords[noise, 0], coords[noise, 1], s=size, c="#bbbbbb", label=label, linewidths=0)
     for colour, label in zip(cluster_colours(len(ids)), ids, strict=True):
         members = labels == label
         axis.scatter(coords[members, 0], coords[members, 1], s=size, c=colour, label=names[label], linewidths=0)

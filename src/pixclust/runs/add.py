@@ -159,7 +159,7 @@ def _add_in(
     table = read_clusters_csv(run_dir / CLUSTERS_CSV)
     # The run is what clusters.csv lists: an add killed after extending the store but before clusters.csv
     # left rows there that are not in the run yet, and the next add places them.
-    run = _rows_of(store.load(), list(table), run_dir)
+    run = stored_rows(store.load(), list(table), run_dir)
     model_record = ModelRecord.from_dict(record.model)
     config = record.config
     read_options = {
@@ -210,7 +210,7 @@ def _add_in(
     store.save(combined)
     if hog is not None:
         hog_store = EmbeddingStore(run_dir / VIEWS_DIR / HOG_VIEW)
-        hog_store.save(_rows_of(hog_store.load(), run.paths, run_dir).followed_by(hog))
+        hog_store.save(stored_rows(hog_store.load(), run.paths, run_dir).followed_by(hog))
     flags = _flags_of_added(combined, table, placement, config.get("flag_threshold", DEFAULT_FLAG_THRESHOLD))
     _write_clusters_csv(run_dir / CLUSTERS_CSV, table, fresh.paths, clusters, placement, batch, flags)
     _write_added_duplicates(run_dir / ADDED_DUPLICATES_CSV, duplicates)
@@ -306,7 +306,7 @@ def _copies_among_added(report: DuplicateReport, paths: Sequence[str], first_add
     return copies
 
 
-def _rows_of(stored: Embeddings, paths: Sequence[str], run_dir: Path) -> Embeddings:
+def stored_rows(stored: Embeddings, paths: Sequence[str], run_dir: Path) -> Embeddings:
     """The stored rows of ``paths``, in that order; one line when the store lacks one."""
     if list(paths) == stored.paths:
         return stored

@@ -57,6 +57,7 @@ DUPLICATES_CSV = "duplicates.csv"
 DUPLICATE_COPIES_DIR = "duplicate_copies"
 CLUSTER_MODEL_FILE = "cluster_model.npz"
 ADDED_DUPLICATES_CSV = "added_duplicates.csv"
+CORRECTIONS_FILE = "corrections.json"
 
 # Every name pixclust writes at the top of a run folder; none of them may be a link.
 MANAGED_NAMES = (
@@ -80,6 +81,7 @@ MANAGED_NAMES = (
     DUPLICATE_COPIES_DIR,
     CLUSTER_MODEL_FILE,
     ADDED_DUPLICATES_CSV,
+    CORRECTIONS_FILE,
 )
 
 # What a manifest entry is. "moved" is a user's original that --move put here: never replaced or removed.

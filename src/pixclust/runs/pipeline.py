@@ -20,6 +20,8 @@ from pixclust.clustering.clusterer import DEFAULT_CLUSTER_METHOD, ClusterResult,
 from pixclust.clustering.metrics import clustering_scores
 from pixclust.clustering.placement import ClusterModel, FeatureSpace
 from pixclust.clustering.reduce import DEFAULT_REDUCE, Reduction, is_whole_number, project_2d, reduce_features
+from pixclust.curation.corrections import Corrections
+from pixclust.curation.edits import EXCLUDED_LABEL, new_run_id
 from pixclust.curation.export import (
     ClusterRow,
     cluster_names,
@@ -31,18 +33,20 @@ from pixclust.curation.export import (
 from pixclust.curation.flags import QualityFlags, flag_images
 from pixclust.curation.move import MoveReport, check_no_moves, move_into_clusters
 from pixclust.curation.naming import ClusterName, name_clusters
-from pixclust.embedding.class_head import class_head
+from pixclust.embedding.class_head import ClassHead, class_head
 from pixclust.embedding.extraction import embed
 from pixclust.embedding.files import READABLE_FORMATS
 from pixclust.embeddings import Embeddings
 from pixclust.errors import NoImagesError, UsageError
 from pixclust.progress import quietly, warn
 from pixclust.report import build_report
+from pixclust.runs.apply import keep_corrections
 from pixclust.runs.config import RunConfig, resolve_pipeline
 from pixclust.runs.folder import (
     CLUSTER_MODEL_FILE,
     CLUSTERS_CSV,
     CLUSTERS_DIR,
+    CORRECTIONS_FILE,
     ERRORS_CSV,
     RUN_JSON,
     VIEWS_DIR,
@@ -188,6 +192,9 @@ class RunResult:
     flags: QualityFlags | None = None
     # What each cluster shows, by cluster id (None: the model has no classifier to read names from).
     names: dict[int, ClusterName] | None = None
+    # Which run this is (kept when its folder is clustered again), and the edits applied to it (pixclust apply).
+    run_id: str | None = None
+    edits: list[dict[str, object]] = field(default_factory=list)
 
 
 def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
@@ -241,6 +248,22 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
         random_state=config.seed,
     )
     timings["cluster_s"] = time.perf_counter() - started
+    head = class_head(embeddings.model)
+    previous = _previous_record(run_dir, config)
+    corrections = Corrections.read(run_dir / CORRECTIONS_FILE) if previous is not None else Corrections()
+    corrected_names = None
+    if not corrections.is_empty:
+        # What a person corrected in this run before (pixclust apply) holds in the new clustering too.
+        started = time.perf_counter()
+        automatic = cluster_names(clustering.labels, _descriptions(head, embeddings, clustering.labels, config))
+        views = {EMBEDDING_VIEW: embeddings.vectors}
+        hog_rows = _paired_rows(embeddings, hog)
+        if hog_rows is not None:
+            views[HOG_VIEW] = hog_rows
+        clustering, corrected_names = keep_corrections(
+            clustering, corrections, embeddings.paths, views, automatic, random_state=config.seed
+        )
+        timings["corrections_s"] = time.perf_counter() - started
     # The HOG matrix (0.5 GB at 70,000 images) is not needed past clustering; the report holds its own arrays.
     del hog
 
@@ -262,12 +285,11 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
     )
     timings["flags_s"] = time.perf_counter() - started
     started = time.perf_counter()
-    head = class_head(embeddings.model)
     names = name_clusters(head, embeddings.vectors, clustering.labels) if head is not None else None
     descriptions = {label: name.name for label, name in (names or {}).items()}
     if config.name_folders and names is None:
         warn(f"model {config.model} has no ImageNet classifier to name clusters by; folders keep their numbers")
-    folders = cluster_names(clustering.labels, descriptions if config.name_folders else None)
+    folders = corrected_names or cluster_names(clustering.labels, descriptions if config.name_folders else None)
     timings["names_s"] = time.perf_counter() - started
     started = time.perf_counter()
     write_clusters_csv(run_dir / CLUSTERS_CSV, embeddings.paths, clustering, flags.cells(), folders, descriptions)
@@ -291,6 +313,8 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
         batches=batches,
         flags=flags,
         names=names,
+        run_id=previous.run_id if previous is not None and previous.run_id else new_run_id(),
+        edits=previous.edits if previous is not None else [],
     )
     if config.report:
         started = time.perf_counter()
@@ -305,20 +329,39 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
     RunRecord.of_run(result).write(run_dir / RUN_JSON)
     if config.move:
         # Last, once the report has read every image where it was.
-        result.moves = move_into_clusters(folder, config.source, embeddings.paths, clustering.labels, folders)
+        # An image a person excluded stays where it is.
+        kept = clustering.labels != EXCLUDED_LABEL
+        result.moves = move_into_clusters(
+            folder, config.source, list(np.asarray(embeddings.paths)[kept]), clustering.labels[kept], folders
+        )
     return result
+
+
+def _previous_record(run_dir: Path, config: RunConfig) -> RunRecord | None:
+    """The record of this run folder's earlier clustering of the same source (None for a new run)."""
+    if not (run_dir / RUN_JSON).is_file():
+        return None
+    try:
+        record = RunRecord.read(run_dir / RUN_JSON)
+    except UsageError:
+        return None
+    same_source = record.source is not None and os.path.realpath(record.source) == os.path.realpath(config.source)
+    return record if same_source else None
 
 
 def _added_batches(run_dir: Path, config: RunConfig) -> list[dict[str, object]]:
     """The batches an earlier ``pixclust add`` put into this run of the same source (none for a new run)."""
-    if not (run_dir / RUN_JSON).is_file():
-        return []
-    try:
-        record = RunRecord.read(run_dir / RUN_JSON)
-    except UsageError:
-        return []
-    same_source = record.source is not None and os.path.realpath(record.source) == os.path.realpath(config.source)
-    return record.batches if same_source else []
+    previous = _previous_record(run_dir, config)
+    return previous.batches if previous is not None else []
+
+
+def _descriptions(
+    head: ClassHead | None, embeddings: Embeddings, labels: np.ndarray, config: RunConfig
+) -> dict[int, str] | None:
+    """What each cluster shows, where the folders are to be named by it (--name-folders) and the model can say."""
+    if head is None or not config.name_folders:
+        return None
+    return {label: name.name for label, name in name_clusters(head, embeddings.vectors, labels).items()}
 
 
 def _batch_sources(batches: list[dict[str, object]]) -> list[str]:

@@ -43,6 +43,8 @@ _SECTION_TYPES: dict[str, tuple[type, ...]] = {
     "timings_s": (dict,),
     "versions": (dict,),
     "batches": (list,),
+    "run_id": (str, type(None)),
+    "edits": (list,),
 }
 
 
@@ -60,6 +62,10 @@ class RunRecord:
     versions: dict[str, str | None] = field(default_factory=dict)
     # What `pixclust add` put in the run since it was clustered, one entry per batch, oldest first.
     batches: list[dict[str, Any]] = field(default_factory=list)
+    # Which run this is, kept when the folder is clustered again: an edits file names it (pixclust apply).
+    run_id: str | None = None
+    # Every edits file `pixclust apply` carried out on the run, oldest first.
+    edits: list[dict[str, Any]] = field(default_factory=list)
     pixclust_version: str | None = None
     created: str | None = None
     record_version: int = RUN_RECORD_VERSION
@@ -107,15 +113,21 @@ class RunRecord:
             timings_s={name: round(value, 3) for name, value in result.timings.items()},
             versions={"python": platform.python_version(), **{name: _version(name) for name in _LIBRARIES}},
             batches=_plain(result.batches),
+            run_id=result.run_id,
+            edits=_plain(result.edits),
         )
 
     def with_batch(self, batch: dict[str, Any]) -> RunRecord:
         """This record with one more added batch."""
         return replace(self, batches=[*self.batches, _plain(batch)])
 
+    def with_edit(self, edit: dict[str, Any]) -> RunRecord:
+        """This record with one more applied edits file in its history."""
+        return replace(self, edits=[*self.edits, _plain(edit)])
+
     def to_dict(self) -> dict[str, Any]:
         # run.json opens with what identifies it, then the settings, as people read it.
-        order = ("record_version", "pixclust_version", "created", "config", "model", "counts", "clustering")
+        order = ("record_version", "pixclust_version", "run_id", "created", "config", "model", "counts", "clustering")
         values = {spec.name: getattr(self, spec.name) for spec in fields(self)}
         return {name: values.pop(name) for name in order} | values
 

@@ -170,6 +170,7 @@ BAD_EDITS = {
     "two clusters left with one name": ({"rename": {"cluster_00": "cluster_01"}}, "merge them instead"),
     "pixclust's own group as a name": ({"rename": {"cluster_00": "_excluded"}}, "cannot name a cluster"),
     "a name that is a path": ({"move": [{"path": "x", "to": "../up"}]}, "cannot name a cluster"),
+    "names told apart only by case": ({"rename": {"cluster_00": "Fruit", "cluster_01": "fruit"}}, "only in case"),
     "a merge of one cluster": ({"merge": [["cluster_00"]]}, "two clusters or more"),
     "a move without a target": ({"move": [{"path": "x"}]}, '"move" entry'),
     "another run": ({"run": "0123456789ab@0000000000000000"}, "another run"),
@@ -204,6 +205,49 @@ def test_a_file_that_is_not_an_edits_file_is_one_line(
     (tmp_path / "edits.json").write_bytes(content)
     with pytest.raises(UsageError, match=message):
         apply(run_copy, tmp_path / "edits.json", quiet=True)
+
+
+def test_an_apply_cut_short_is_finished_by_running_it_again(
+    run_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pixclust.runs.apply as applying
+
+    record = json.loads((run_copy / "run.json").read_text())
+    identity = run_identity(record["run_id"], run_copy / "clusters.csv")
+    edits_file = write_edits(tmp_path / "edits.json", {"run": identity, "rename": {"cluster_00": "first"}})
+    written = applying.write_text_atomic
+
+    def killed_at_clusters_csv(path: Path, text: str) -> None:
+        if path.name == "clusters.csv":
+            raise KeyboardInterrupt
+        written(path, text)
+
+    monkeypatch.setattr(applying, "write_text_atomic", killed_at_clusters_csv)
+    with pytest.raises(KeyboardInterrupt):
+        apply(run_copy, edits_file, quiet=True)
+    monkeypatch.setattr(applying, "write_text_atomic", written)
+    assert "first" not in cluster_of(run_copy).values()
+
+    def killed_at_report(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(applying, "build_report", killed_at_report)
+    with pytest.raises(KeyboardInterrupt):
+        apply(run_copy, edits_file, quiet=True)
+    monkeypatch.undo()
+    assert "first" in cluster_of(run_copy).values()
+    assert "first" not in [cluster["name"] for cluster in report_data(run_copy)["clusters"]]
+
+    assert apply(run_copy, edits_file, quiet=True).already_applied
+    assert "first" in [cluster["name"] for cluster in report_data(run_copy)["clusters"]]
+    assert len(json.loads((run_copy / "run.json").read_text())["edits"]) == 1
+
+
+def test_an_empty_edits_file_changes_nothing(run_copy: Path, tmp_path: Path) -> None:
+    state = folder_state(run_copy)
+    result = apply(run_copy, write_edits(tmp_path / "edits.json", {}), quiet=True)
+    assert result.images_moved == 0 and not result.already_applied
+    assert folder_state(run_copy) == state
 
 
 def test_edits_made_on_an_earlier_state_of_the_run_are_refused(run_copy: Path, tmp_path: Path) -> None:

@@ -286,6 +286,7 @@ def apply_edits(
     corrections.together, corrections.apart = together, apart
     for name in corrections.names:
         corrections.names[name] = [grouping.paths[row] for row in grouping.rows_of(name)]
+    _check_folder_names(grouping.names())
     left = [now != before for now, before in zip(grouping.clusters, carried, strict=True)]
     return grouping.clusters, left, corrections
 
@@ -301,6 +302,18 @@ def _check_renames(rename: Mapping[str, str], existing: Sequence[str]) -> dict[s
     if clash is not None:
         raise UsageError(f'the renames leave two clusters named {clash!r}; to join them, merge them instead ("merge")')
     return changed
+
+
+def _check_folder_names(names: Sequence[str]) -> None:
+    """Refuse two cluster names that differ only in case: on macOS and Windows they would be one folder."""
+    seen: dict[str, str] = {}
+    for name in names:
+        other = seen.setdefault(name.casefold(), name)
+        if other != name:
+            raise UsageError(
+                f"the clusters {other!r} and {name!r} differ only in case, which some file systems cannot tell "
+                "apart as folders; choose another name, or merge them"
+            )
 
 
 def _path_resolver(row_of: Mapping[str, int], source: str | None):

@@ -191,10 +191,10 @@ def new_run_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-def run_identity(run_id: str | None, clusters_csv: Path) -> str:
-    """``<run>@<state>``: the run's id and a digest of its clusters.csv as it is now."""
-    digest = hashlib.sha256(clusters_csv.read_bytes()).hexdigest()[:_STATE_DIGITS]
-    return f"{run_id or 'run'}@{digest}"
+def run_identity(run_id: str | None, clusters_csv: Path | bytes) -> str:
+    """``<run>@<state>``: the run's id and a digest of its clusters.csv (the file, or its bytes)."""
+    content = clusters_csv if isinstance(clusters_csv, bytes) else clusters_csv.read_bytes()
+    return f"{run_id or 'run'}@{hashlib.sha256(content).hexdigest()[:_STATE_DIGITS]}"
 
 
 def check_run(edits: Edits, identity: str, where: str) -> None:

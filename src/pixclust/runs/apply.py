@@ -41,6 +41,7 @@ from pixclust.runs.folder import (
     CLUSTERS_CSV,
     CLUSTERS_DIR,
     CORRECTIONS_FILE,
+    REPORT_FILE,
     RUN_JSON,
     VIEWS_DIR,
     RunFolder,
@@ -87,25 +88,27 @@ def _apply_in(folder: RunFolder, edits_file: Path, report: bool | None) -> Apply
     run_dir = folder.root
     record = RunRecord.read(run_dir / RUN_JSON)
     edits, digest = read_edits(edits_file)
-    identity = run_identity(record.run_id, run_dir / CLUSTERS_CSV)
+    csv_bytes = (run_dir / CLUSTERS_CSV).read_bytes()
+    identity = run_identity(record.run_id, csv_bytes)
     table = read_clusters_csv(run_dir / CLUSTERS_CSV)
     paths = list(table)
     before = [row["cluster"] for row in table.values()]
-    if any(entry.get("digest") == digest and entry.get("after") == identity for entry in record.edits):
-        return ApplyResult(run_dir, edits_file, 0, 0, 0, dict(Counter(before)), already_applied=True)
+    rebuild = report if report is not None else record.config.get("report", True)
+    if edits.is_empty or any(
+        entry.get("digest") == digest and entry.get("after") == identity for entry in record.edits
+    ):
+        if rebuild and not _report_shows(run_dir, identity):
+            # An apply cut short after clusters.csv: the report is all it left to do.
+            build_report(run_dir, maps=record.config.get("maps"), record=record)
+        return ApplyResult(run_dir, edits_file, 0, 0, 0, dict(Counter(before)), already_applied=not edits.is_empty)
     check_run(edits, identity, str(edits_file))
     embeddings = stored_rows(EmbeddingStore(run_dir).load(), paths, run_dir)
     distances = np.array([_number(row["distance"]) for row in table.values()])
     after, left, corrections = apply_edits(
         paths, before, distances, edits, vectors=embeddings.vectors, source=record.source
     )
-    old_ids = [int(row["cluster_id"]) for row in table.values()]
-    labels, _ = cluster_ids(after, old_ids)
-
-    Corrections.read(run_dir / CORRECTIONS_FILE).followed_by(corrections).write(run_dir / CORRECTIONS_FILE)
-    _write_clusters_csv(run_dir / CLUSTERS_CSV, table, after, labels, left)
-    _refit_model(folder, embeddings.vectors, paths, labels, record.config.get("seed", 0))
-    export_folders(folder, paths, after, copy=bool(record.config.get("copy")))
+    labels, _ = cluster_ids(after, [int(row["cluster_id"]) for row in table.values()])
+    new_csv = _clusters_csv_text(table, after, labels, left)
     result = ApplyResult(
         run_dir,
         edits_file,
@@ -114,22 +117,39 @@ def _apply_in(folder: RunFolder, edits_file: Path, report: bool | None) -> Apply
         merged=sum(len(set(group)) - 1 for group in edits.merge),
         clusters=dict(Counter(after)),
     )
-    record = record.with_edit(
+    # An apply killed between run.json and clusters.csv left this edit in the history once already.
+    earlier = [entry for entry in record.edits if (entry.get("digest"), entry.get("before")) != (digest, identity)]
+    record = replace(record, edits=earlier).with_edit(
         {
             "applied": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "file": os.path.abspath(edits_file),
             "digest": digest,
             "before": identity,
-            "after": run_identity(record.run_id, run_dir / CLUSTERS_CSV),
+            "after": run_identity(record.run_id, new_csv.encode("utf-8")),
             "images_moved": result.images_moved,
             "renamed": result.renamed,
             "merged": result.merged,
         }
     )
-    if report if report is not None else record.config.get("report", True):
-        build_report(run_dir, maps=record.config.get("maps"), record=record, embeddings=embeddings)
+    # clusters.csv is the run's state, so it is written after everything derived from the edits and before the
+    # report, which reads it: an apply killed before it is redone in full by the same command, one killed after
+    # it finds its edit in run.json and rebuilds only the report.
+    Corrections.read(run_dir / CORRECTIONS_FILE).followed_by(corrections).write(run_dir / CORRECTIONS_FILE)
+    _refit_model(folder, embeddings.vectors, paths, labels, record.config.get("seed", 0))
+    export_folders(folder, paths, after, copy=bool(record.config.get("copy")))
     record.write(run_dir / RUN_JSON)
+    write_text_atomic(run_dir / CLUSTERS_CSV, new_csv)
+    if rebuild:
+        build_report(run_dir, maps=record.config.get("maps"), record=record, embeddings=embeddings)
     return result
+
+
+def _report_shows(run_dir: Path, identity: str) -> bool:
+    """Whether the run's report was built from clusters.csv as it is (it names the run's id)."""
+    try:
+        return f'"run":"{identity}"'.encode() in (run_dir / REPORT_FILE).read_bytes()
+    except OSError:
+        return False
 
 
 def _number(text: str) -> float:
@@ -139,9 +159,9 @@ def _number(text: str) -> float:
         return float("nan")
 
 
-def _write_clusters_csv(
-    path: Path, table: dict[str, dict[str, str]], clusters: Sequence[str], labels: np.ndarray, left: Sequence[bool]
-) -> None:
+def _clusters_csv_text(
+    table: dict[str, dict[str, str]], clusters: Sequence[str], labels: np.ndarray, left: Sequence[bool]
+) -> str:
     """clusters.csv with each image's corrected cluster and id; an image that left its cluster has no distance to
     its new cluster's centre or silhouette measured, and shows what most of its new cluster shows."""
     header = list(next(iter(table.values())).keys())
@@ -161,7 +181,7 @@ def _write_clusters_csv(
         if "name" in values:
             values["name"] = shows[cluster].most_common(1)[0][0] if cluster in shows and label >= 0 else ""
         lines.append([values[column] for column in header])
-    write_text_atomic(path, csv_text(header, lines, text=_TEXT_COLUMNS))
+    return csv_text(header, lines, text=_TEXT_COLUMNS)
 
 
 def _refit_model(folder: RunFolder, vectors: np.ndarray, paths: Sequence[str], labels: np.ndarray, seed: int) -> None:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import write_digit_tree
+from conftest import tree_digest, write_digit_tree
 from test_cli import assert_one_line_error
 
 import pixclust
@@ -309,12 +309,30 @@ def test_added_images_join_the_corrected_clusters(run_copy: Path, tmp_path: Path
     assert named["merged_away"] not in set(result.clusters)
 
 
-def test_a_run_whose_images_were_moved_in_is_refused(tmp_path: Path) -> None:
+def test_the_images_of_a_move_run_move_to_their_corrected_folders_and_restore_puts_them_back(tmp_path: Path) -> None:
+    from pixclust.curation.move import restore_moves
+
     source = write_digit_tree(tmp_path / "images", per_class=8)
-    run(RunConfig(source=str(source), out=str(tmp_path / "run"), k=2, move=True, report=False), quiet=True)
-    edits_file = write_edits(tmp_path / "edits.json", {"rename": {"cluster_00": "a"}})
-    with pytest.raises(UsageError, match="pixclust restore"):
-        apply(tmp_path / "run", edits_file, quiet=True)
+    original = tree_digest(source)
+    run_dir = tmp_path / "run"
+    run(RunConfig(source=str(source), out=str(run_dir), k=2, move=True, report=False), quiet=True)
+    groups = members(run_dir)
+    moved, excluded = groups["cluster_01"][:2]
+    edits = {"rename": {"cluster_00": "first"}, "move": [{"path": moved, "to": "first"}], "exclude": [excluded]}
+
+    apply(run_dir, write_edits(tmp_path / "edits.json", edits), quiet=True)
+
+    after = members(run_dir)
+    for cluster in ("first", "cluster_01"):
+        folder = run_dir / "clusters" / cluster
+        files = sorted(entry.name for entry in folder.iterdir())
+        assert all((folder / name).is_file() and not (folder / name).is_symlink() for name in files)
+        assert files == sorted(Path(path).name for path in after[cluster])
+    assert Path(excluded).is_file() and not (run_dir / "clusters" / "_excluded").exists()
+    assert not Path(moved).exists() and (run_dir / "clusters" / "first" / Path(moved).name).is_file()
+
+    restore_moves(run_dir)
+    assert tree_digest(source) == original
 
 
 def test_a_second_writer_waits_its_turn(run_copy: Path, tmp_path: Path) -> None:

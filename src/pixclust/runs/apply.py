@@ -27,9 +27,9 @@ from pixclust.clustering.clusterer import ClusterResult
 from pixclust.clustering.placement import ClusterModel
 from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW
 from pixclust.curation.corrections import Corrections, apply_edits, cluster_ids, correct
-from pixclust.curation.edits import check_run, read_edits, run_identity
+from pixclust.curation.edits import EXCLUDED_CLUSTER, check_run, read_edits, run_identity
 from pixclust.curation.export import csv_text, export_folders, read_clusters_csv
-from pixclust.curation.move import check_no_moves
+from pixclust.curation.move import check_moves_finished, check_no_moves, move_into_clusters, restore_moves
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.errors import UsageError
 from pixclust.names import from_cell
@@ -78,13 +78,23 @@ def apply(
             )
         folder = RunFolder.open(run_dir, create=False)
         with folder.writing():
-            # Images moved into clusters/ (--move) would have to move again between folders; links and copies only.
-            check_no_moves(folder)
-            folder.check_replaceable(CLUSTERS_DIR)
-            return _apply_in(folder, edits_file, report)
+            journal = check_moves_finished(folder)
+            moved_in = any(name.startswith(f"{CLUSTERS_DIR}/") for name in folder.moved_originals())
+            if moved_in:
+                # Checked before anything is written: the images go back and move again under this journal.
+                assert journal is not None
+                if not journal.sealed:
+                    raise UsageError(
+                        f"the images of {run_dir} were moved in by a journal without your seal (another user, machine "
+                        f"or an older pixclust); put them back first (pixclust restore {run_dir} --trust-journal)"
+                    )
+            else:
+                check_no_moves(folder)
+                folder.check_replaceable(CLUSTERS_DIR)
+            return _apply_in(folder, edits_file, report, moved_in=moved_in)
 
 
-def _apply_in(folder: RunFolder, edits_file: Path, report: bool | None) -> ApplyResult:
+def _apply_in(folder: RunFolder, edits_file: Path, report: bool | None, *, moved_in: bool) -> ApplyResult:
     run_dir = folder.root
     record = RunRecord.read(run_dir / RUN_JSON)
     edits, digest = read_edits(edits_file)
@@ -136,12 +146,37 @@ def _apply_in(folder: RunFolder, edits_file: Path, report: bool | None) -> Apply
     # it finds its edit in run.json and rebuilds only the report.
     Corrections.read(run_dir / CORRECTIONS_FILE).followed_by(corrections).write(run_dir / CORRECTIONS_FILE)
     _refit_model(folder, embeddings.vectors, paths, labels, record.config.get("seed", 0))
-    export_folders(folder, paths, after, copy=bool(record.config.get("copy")))
+    if not moved_in:
+        export_folders(folder, paths, after, copy=bool(record.config.get("copy")))
     record.write(run_dir / RUN_JSON)
     write_text_atomic(run_dir / CLUSTERS_CSV, new_csv)
     if rebuild:
         build_report(run_dir, maps=record.config.get("maps"), record=record, embeddings=embeddings)
+    if moved_in:
+        # Last, as `cluster --move` moves last: every image back where it was, journalled, then into its new folder.
+        restored = restore_moves(run_dir)
+        if restored.left:
+            move, why = restored.left[0]
+            raise UsageError(
+                f"{move.destination} could not go back to {move.source} ({why}); clusters.csv has the corrections, "
+                f"and the images still in {CLUSTERS_DIR}/ stay there: sort that file out, then run: pixclust restore "
+                f"{run_dir}, and apply again"
+            )
+        _move_in(folder, record, paths, after)
     return result
+
+
+def _move_in(folder: RunFolder, record: RunRecord, paths: Sequence[str], clusters: Sequence[str]) -> None:
+    """Move the images of a ``--move`` run into their clusters' folders again (an excluded one stays put)."""
+    kept = [(path, cluster) for path, cluster in zip(paths, clusters, strict=True) if cluster != EXCLUDED_CLUSTER]
+    labels, names = cluster_ids([cluster for _, cluster in kept], [0] * len(kept))
+    move_into_clusters(
+        folder,
+        str(record.source),
+        [path for path, _ in kept],
+        labels,
+        {label: name for name, label in names.items()},
+    )
 
 
 def _report_shows(run_dir: Path, identity: str) -> bool:

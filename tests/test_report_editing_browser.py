@@ -444,11 +444,20 @@ def test_saved_edits_json_is_the_difference_from_the_run(page, browser_tab, data
     # pixclust reads it, and applied to (a copy of) the run it gives the grouping the page showed.
     run_copy = tmp_path / "run"
     shutil.copytree(report_file.parent, run_copy, symlinks=True)
-    result = pixclust.apply(run_copy, saved, report=False, quiet=True)
+    result = pixclust.apply(run_copy, saved, quiet=True)
     shown = {name: int(size.split()[0]) for _, name, size, _ in snapshot(page)["galleries"] if int(size.split()[0])}
     assert {name: count for name, count in result.clusters.items() if count} == {
         name.split(": ")[0]: count for name, count in shown.items()
     }
+    # The folders hold the grouping, the excluded images in none of them.
+    folders = {entry.name: len(list(entry.iterdir())) for entry in (run_copy / "clusters").iterdir()}
+    assert folders == {name: count for name, count in result.clusters.items() if name != "_excluded"}
+    # The rebuilt report shows it as the run's own, with nothing left to edit.
+    page.goto((run_copy / "report.html").as_uri())
+    page.wait_for_selector("#map2d .scatterlayer .point")
+    headings = {heading.split(": ")[0] for heading in page.locator(".gallery h3 .name").all_inner_texts()}
+    assert {"zero", "odd2", "_outliers", "_excluded"} <= headings and names[3] not in headings
+    assert page.locator("#edit-count").inner_text() == "0 edits"
 
 
 def test_per_action_timings_are_recorded(page, browser_tab, data) -> None:

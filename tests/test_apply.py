@@ -376,3 +376,22 @@ def test_a_name_follows_most_of_its_images_when_clusters_are_renumbered() -> Non
     assert corrected[2:5] == ["cats"] * 3 and corrected[5] == "c0"
     assert corrected[11] == "_excluded"
     assert corrected[0] != corrected[1]
+
+
+def test_damaged_kept_corrections_stop_clustering_again_before_any_embedding(
+    run_copy: Path, clustered: tuple[Path, Path], tmp_path: Path
+) -> None:
+    from PIL import Image
+
+    # The run's images and one it has never embedded, as its source.
+    source = tmp_path / "images"
+    shutil.copytree(clustered[0], source)
+    Image.radial_gradient("L").convert("RGB").save(source / "new.png")
+    record = json.loads((run_copy / "run.json").read_text())
+    record["config"]["source"] = str(source)
+    (run_copy / "run.json").write_text(json.dumps(record))
+    (run_copy / "corrections.json").write_text('{"version": 1, "names": 5}')
+    state = folder_state(run_copy)
+    with pytest.raises(UsageError, match=r"corrections\.json is damaged"):
+        run(RunConfig(source=str(source), out=str(run_copy), k=4), quiet=True)
+    assert folder_state(run_copy) == state

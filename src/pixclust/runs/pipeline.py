@@ -212,7 +212,10 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
     run_dir = folder.root
     timings: dict[str, float] = {}
     started = time.perf_counter()
-    batches = _added_batches(run_dir, config)
+    previous = _previous_record(run_dir, config)
+    batches = previous.batches if previous is not None else []
+    # Read before the minutes of embedding: a damaged file is one line now, not after them.
+    corrections = Corrections.read(run_dir / CORRECTIONS_FILE) if previous is not None else Corrections()
     sources = [config.source, *_batch_sources(batches)]
     embeddings = _embed_source(
         config,
@@ -249,8 +252,6 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
     )
     timings["cluster_s"] = time.perf_counter() - started
     head = class_head(embeddings.model)
-    previous = _previous_record(run_dir, config)
-    corrections = Corrections.read(run_dir / CORRECTIONS_FILE) if previous is not None else Corrections()
     corrected_names = None
     if not corrections.is_empty:
         # What a person corrected in this run before (pixclust apply) holds in the new clustering too.
@@ -347,12 +348,6 @@ def _previous_record(run_dir: Path, config: RunConfig) -> RunRecord | None:
         return None
     same_source = record.source is not None and os.path.realpath(record.source) == os.path.realpath(config.source)
     return record if same_source else None
-
-
-def _added_batches(run_dir: Path, config: RunConfig) -> list[dict[str, object]]:
-    """The batches an earlier ``pixclust add`` put into this run of the same source (none for a new run)."""
-    previous = _previous_record(run_dir, config)
-    return previous.batches if previous is not None else []
 
 
 def _descriptions(

@@ -25,6 +25,7 @@ from pixclust.labelling.label import DEFAULT_LABEL_METHOD, DEFAULT_THRESHOLDS, N
 from pixclust.names import write_csv
 from pixclust.progress import quietly
 from pixclust.report.figures import SHEETS_DIR, write_contact_sheet, write_roc_plot
+from pixclust.runs.lock import holding
 
 if TYPE_CHECKING:
     from pixclust.embedding.extractor import FeatureExtractor
@@ -87,8 +88,6 @@ def label(
     folder = Path(out)
     embeddings = open_embeddings(source, ids=ids)
     references = load_references(refs, embeddings)
-    from pixclust.runs.lock import holding
-
     with holding(folder):
         return _label_into(
             folder, source, embeddings, references, method, thresholds, suggest, estimate_none, feedback, random_state

@@ -7,29 +7,17 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 from pathlib import Path
 
 import pytest
+from browser import ARTIFACTS, offline_tab, skip_without_chromium
 from conftest import write_digit_tree
 
 import pixclust
 from pixclust.runs.pipeline import RunConfig
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARTIFACTS = Path(__file__).resolve().parent.parent / "test-artifacts"
-CHROMIUM_FLAGS = [
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-    "--no-first-run",
-]
-
-if not Path(CHROMIUM).exists() and not os.environ.get("CI"):
-    pytest.skip("Chromium is not installed here (CI installs Debian's chromium)", allow_module_level=True)
+skip_without_chromium()
 
 pytestmark = pytest.mark.slow
 
@@ -71,33 +59,9 @@ class Dialogs:
 
 @pytest.fixture(scope="module")
 def browser_tab(report_file: Path):
-    from playwright.sync_api import sync_playwright
-
-    outside: list[str] = []
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_FLAGS)
-        context = browser.new_context(viewport={"width": 1300, "height": 1000}, accept_downloads=True)
-
-        def block_network(route) -> None:
-            url = route.request.url
-            if url.startswith(("file:", "data:", "blob:")):
-                route.continue_()
-            else:
-                outside.append(url)
-                route.abort()
-
-        context.route("**/*", block_network)
-        tab = context.new_page()
-        errors: list[str] = []
-        tab.on("pageerror", lambda error: errors.append(str(error)))
-        dialogs = Dialogs()
-        tab.on("dialog", dialogs)
-        tab.goto(report_file.as_uri())
-        tab.wait_for_selector("#map2d .scatterlayer .point")
+    dialogs = Dialogs()
+    with offline_tab(report_file, on_dialog=dialogs) as tab:
         yield tab, dialogs
-        assert outside == [], f"the report tried to reach the network: {outside[:3]}"
-        assert errors == [], errors
-        browser.close()
 
 
 @pytest.fixture

@@ -147,6 +147,14 @@ def read_clusters_csv(path: Path) -> dict[str, dict[str, str]]:
         return {from_cell(row["path"]): row for row in csv.DictReader(stream)}
 
 
+def number_cell(text: str) -> float:
+    """A number clusters.csv holds; NaN where it holds none, or text that is not one (a hand-edited cell)."""
+    try:
+        return float(text) if text else float("nan")
+    except ValueError:
+        return float("nan")
+
+
 def _number(value: float) -> str:
     """Six decimals, or empty where there is no value (noise, unscored)."""
     return "" if np.isnan(value) else f"{value:.6f}"

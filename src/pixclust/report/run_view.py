@@ -7,7 +7,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixclust.curation.export import cluster_names, read_clusters_csv, read_errors_csv
+from pixclust.curation.export import cluster_names, number_cell, read_clusters_csv, read_errors_csv
 from pixclust.embedding.files import SkippedFile
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.embeddings import Embeddings
@@ -87,20 +87,12 @@ def load_run(run_dir: str | Path, record: RunRecord | None = None, embeddings: E
         record=record,
         embeddings=embeddings,
         labels=np.array([int(row["cluster_id"]) for row in ordered], dtype=np.int64),
-        distances=np.array([_float(row["distance"]) for row in ordered]),
-        silhouettes=np.array([_float(row.get("silhouette", "")) for row in ordered]),
+        distances=np.array([number_cell(row["distance"]) for row in ordered]),
+        silhouettes=np.array([number_cell(row.get("silhouette", "")) for row in ordered]),
         errors=errors,
         cluster_of_label={int(row["cluster_id"]): row["cluster"] for row in ordered},
         # A run from before quality flags has no such columns: no flags to show.
         flags=[tuple(filter(None, (row.get("flags") or "").split(";"))) for row in ordered],
-        flag_scores=np.array([_float(row.get("flag_score") or "") for row in ordered]),
+        flag_scores=np.array([number_cell(row.get("flag_score") or "") for row in ordered]),
         descriptions={int(row["cluster_id"]): from_cell(row["name"]) for row in ordered if row.get("name")},
     )
-
-
-def _float(text: str) -> float:
-    """A number clusters.csv holds; NaN where it holds none, or text that is not one (a hand-edited cell)."""
-    try:
-        return float(text) if text else float("nan")
-    except ValueError:
-        return float("nan")

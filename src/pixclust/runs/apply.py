@@ -28,7 +28,7 @@ from pixclust.clustering.placement import ClusterModel
 from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW
 from pixclust.curation.corrections import Corrections, apply_edits, cluster_ids, correct
 from pixclust.curation.edits import EXCLUDED_CLUSTER, check_run, read_edits, run_identity
-from pixclust.curation.export import csv_text, export_folders, read_clusters_csv
+from pixclust.curation.export import csv_text, export_folders, number_cell, read_clusters_csv
 from pixclust.curation.move import check_moves_finished, check_no_moves, move_into_clusters, restore_moves
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.errors import UsageError
@@ -82,11 +82,11 @@ def apply(
             moved_in = any(name.startswith(f"{CLUSTERS_DIR}/") for name in folder.moved_originals())
             if moved_in:
                 # Checked before anything is written: the images go back and move again under this journal.
-                assert journal is not None
-                if not journal.sealed:
+                if journal is None or not journal.sealed:
                     raise UsageError(
-                        f"the images of {run_dir} were moved in by a journal without your seal (another user, machine "
-                        f"or an older pixclust); put them back first (pixclust restore {run_dir} --trust-journal)"
+                        f"the images of {run_dir} were moved in by a journal that is gone or without your seal (another "
+                        f"user, machine or an older pixclust); put them back first: pixclust restore {run_dir} "
+                        "--trust-journal"
                     )
             else:
                 check_no_moves(folder)
@@ -113,7 +113,7 @@ def _apply_in(folder: RunFolder, edits_file: Path, report: bool | None, *, moved
         return ApplyResult(run_dir, edits_file, 0, 0, 0, dict(Counter(before)), already_applied=not edits.is_empty)
     check_run(edits, identity, str(edits_file))
     embeddings = stored_rows(EmbeddingStore(run_dir).load(), paths, run_dir)
-    distances = np.array([_number(row["distance"]) for row in table.values()])
+    distances = np.array([number_cell(row["distance"]) for row in table.values()])
     after, left, corrections = apply_edits(
         paths, before, distances, edits, vectors=embeddings.vectors, source=record.source
     )
@@ -185,13 +185,6 @@ def _report_shows(run_dir: Path, identity: str) -> bool:
         return f'"run":"{identity}"'.encode() in (run_dir / REPORT_FILE).read_bytes()
     except OSError:
         return False
-
-
-def _number(text: str) -> float:
-    try:
-        return float(text) if text else float("nan")
-    except ValueError:
-        return float("nan")
 
 
 def _clusters_csv_text(

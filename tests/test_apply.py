@@ -335,6 +335,18 @@ def test_the_images_of_a_move_run_move_to_their_corrected_folders_and_restore_pu
     assert tree_digest(source) == original
 
 
+def test_a_copy_run_gets_copies_in_its_corrected_folders(tmp_path: Path) -> None:
+    source = write_digit_tree(tmp_path / "images", per_class=8)
+    run_dir = tmp_path / "run"
+    run(RunConfig(source=str(source), out=str(run_dir), k=2, copy=True, report=False), quiet=True)
+    moved = members(run_dir)["cluster_01"][0]
+    apply(run_dir, write_edits(tmp_path / "edits.json", {"move": [{"path": moved, "to": "mine"}]}), quiet=True)
+    copy = run_dir / "clusters" / "mine" / Path(moved).name
+    assert copy.is_file() and not copy.is_symlink() and copy.read_bytes() == Path(moved).read_bytes()
+    assert not (run_dir / "clusters" / "cluster_01" / Path(moved).name).exists()
+    assert Path(moved).is_file()
+
+
 def test_a_second_writer_waits_its_turn(run_copy: Path, tmp_path: Path) -> None:
     from pixclust.runs.folder import LOCK_FILE
     from pixclust.runs.lock import hold_lock

@@ -18,7 +18,7 @@ from conftest import tree_digest, write_digit_tree
 from test_cli import assert_one_line_error
 
 import pixclust
-from pixclust.curation.corrections import Corrections, correct
+from pixclust.curation.corrections import Corrections, apply_edits, correct
 from pixclust.curation.edits import run_identity
 from pixclust.errors import RunFolderBusyError, UsageError
 from pixclust.runs.add import add
@@ -407,3 +407,25 @@ def test_damaged_kept_corrections_stop_clustering_again_before_any_embedding(
     with pytest.raises(UsageError, match=r"corrections\.json is damaged"):
         run(RunConfig(source=str(source), out=str(run_copy), k=4), quiet=True)
     assert folder_state(run_copy) == state
+
+
+def test_corrections_applied_one_after_another_are_kept_as_the_last_left_them() -> None:
+    from pixclust.curation.edits import parse_edits
+
+    paths = [f"/p/{index}.png" for index in range(12)]
+    clusters = ["a"] * 6 + ["b"] * 6
+    distances = np.arange(12, dtype=float)
+
+    def applied(clusters: list[str], edits: dict) -> tuple[list[str], Corrections]:
+        after, _, corrections = apply_edits(paths, clusters, distances, parse_edits({"version": 1, **edits}))
+        return after, corrections
+
+    first, kept = applied(clusters, {"rename": {"a": "fruit"}, "move": [{"path": paths[6], "to": "mine"}]})
+    second, later = applied(first, {"rename": {"fruit": "apples", "mine": "ours"}})
+    third, last = applied(second, {"move": [{"path": paths[7], "to": "ours"}]})
+    kept = kept.followed_by(later).followed_by(last)
+    assert set(kept.names) == {"apples"} and set(kept.made) == {"ours"}
+    # A new clustering that knows nothing of them, numbered the other way round.
+    again = correct(paths, ["x"] * 6 + ["y"] * 6, distances, kept)
+    assert third == ["apples"] * 6 + ["ours"] * 2 + ["b"] * 4
+    assert again == ["apples"] * 6 + ["ours"] * 2 + ["y"] * 4

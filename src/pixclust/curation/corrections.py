@@ -61,6 +61,10 @@ class Corrections:
     exclude: list[str] = field(default_factory=list)
     together: list[list[str]] = field(default_factory=list)
     apart: list[list[str]] = field(default_factory=list)
+    # What one apply did to names (old -> new) and to merged clusters (merged away -> kept): followed_by updates
+    # the corrections kept before it by them; not kept themselves.
+    renamed: dict[str, str] = field(default_factory=dict)
+    merged_away: dict[str, str] = field(default_factory=dict)
 
     @property
     def is_empty(self) -> bool:
@@ -73,10 +77,19 @@ class Corrections:
         is given to its latest images."""
         moved = set(later.placed) | {path for paths in later.made.values() for path in paths}
         moved |= set(later.outlier) | set(later.exclude)
-        made = {name: [path for path in paths if path not in moved] for name, paths in self.made.items()}
-        made = {name: paths for name, paths in made.items() if paths} | later.made
+        made: dict[str, list[str]] = {}
+        for name, paths in self.made.items():
+            name = later.renamed.get(name, name)
+            # A made cluster merged into one of the run's is that cluster's now: its images follow the clustering.
+            name = later.merged_away.get(name, name)
+            if name in self.made or name in later.made or name in later.renamed.values():
+                made.setdefault(name, []).extend(path for path in paths if path not in moved)
+        for name, paths in later.made.items():
+            made.setdefault(name, []).extend(paths)
+        gone = set(later.renamed) | set(later.merged_away)
+        names = {name: paths for name, paths in self.names.items() if name not in gone} | later.names
         return Corrections(
-            names=self.names | later.names,
+            names={name: paths for name, paths in names.items() if name not in made},
             merged=_unique([*self.merged, *later.merged]),
             placed={path: anchors for path, anchors in self.placed.items() if path not in moved} | later.placed,
             made=made,
@@ -258,9 +271,10 @@ def apply_edits(
     apart = [[grouping.paths[resolve_path(path)] for path in group] for group in edits.apart]
 
     grouping.clusters = [renamed.get(name, name) for name in clusters]
-    corrections = Corrections(names={new: [] for new in renamed.values()})
+    corrections = Corrections(names={new: [] for new in renamed.values()}, renamed=dict(renamed))
     for group in merges:
         kept, *others = dict.fromkeys(group)
+        corrections.merged_away |= {other: kept for other in others}
         corrections.merged.append([grouping.anchors(name) for name in (kept, *others)])
         grouping.move([row for name in others for row in grouping.rows_of(name)], kept)
         if any(name in corrections.names for name in others):
@@ -351,12 +365,13 @@ def correct(
         if len(found) > 1:
             grouping.move([row for name in found[1:] for row in grouping.rows_of(name)], found[0])
     _rename_by_majority(grouping, corrections.names)
+    # Made clusters first: an image moved into one later is placed by its images, which must be there by then.
+    for name, members in corrections.made.items():
+        grouping.move((grouping.row_of[path] for path in members if path in grouping.row_of), name)
     targets = {path: grouping.holding_most(anchors) for path, anchors in corrections.placed.items()}
     for path, target in targets.items():
         if target is not None and path in grouping.row_of:
             grouping.clusters[grouping.row_of[path]] = target
-    for name, members in corrections.made.items():
-        grouping.move((grouping.row_of[path] for path in members if path in grouping.row_of), name)
     for name, members in ((OUTLIERS_CLUSTER, corrections.outlier), (EXCLUDED_CLUSTER, corrections.exclude)):
         grouping.move((grouping.row_of[path] for path in members if path in grouping.row_of), name)
     grouping.pin(corrections.together, corrections.apart)

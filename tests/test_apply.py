@@ -171,6 +171,8 @@ BAD_EDITS = {
     "pixclust's own group as a name": ({"rename": {"cluster_00": "_excluded"}}, "cannot name a cluster"),
     "a name that is a path": ({"move": [{"path": "x", "to": "../up"}]}, "cannot name a cluster"),
     "names told apart only by case": ({"rename": {"cluster_00": "Fruit", "cluster_01": "fruit"}}, "only in case"),
+    "a name a spreadsheet would run": ({"rename": {"cluster_00": "=HYPERLINK(1)"}}, "formula"),
+    "a name with a broken escape": ({"rename": {"cluster_00": "bad\udcff"}}, "broken escape"),
     "a merge of one cluster": ({"merge": [["cluster_00"]]}, "two clusters or more"),
     "a move without a target": ({"move": [{"path": "x"}]}, '"move" entry'),
     "another run": ({"run": "0123456789ab@0000000000000000"}, "another run"),

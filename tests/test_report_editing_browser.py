@@ -157,9 +157,23 @@ def test_rename_a_cluster_and_refuse_names_that_cannot_be(page, browser_tab) -> 
     assert page.evaluate("document.getElementById('map2d')._fullData[0].name") == "zeros"
     assert gallery(page, 1).locator("select.merge-into option[value='0']").inner_text() == "zeros"
     assert page.locator("#edit-count").inner_text() == "1 edit"
-    for name in ["", "a/b", "a\\b", "_outliers", "_excluded", "_new", "noise", "cluster_00", "zeros", "cluster_02"]:
+    refused = [
+        "",
+        "a/b",
+        "a\\b",
+        "_outliers",
+        "_excluded",
+        "_new",
+        "noise",
+        "=SUM(1)",
+        "cluster_00",
+        "zeros",
+        "cluster_02",
+    ]
+    for name in refused:
         rename(page, dialogs, 1, name, refused=True)
-    assert len(dialogs.alerts) == 10, dialogs.alerts
+    assert len(dialogs.alerts) == len(refused), dialogs.alerts
+    assert "formula" in dialogs.alerts[7]
     assert "already names another cluster" in dialogs.alerts[-1]
     assert gallery(page, 1).locator("h3 .name").inner_text().startswith("cluster_01")
     assert page.locator("#edit-count").inner_text() == "1 edit"

@@ -30,7 +30,7 @@ from pixclust.atomic import atomic_path
 
 _ESCAPED = re.compile(r"\\(?=[\\\udc80-\udcff]|x[0-9a-fA-F]{2})|[\udc80-\udcff]")
 _UNESCAPE = re.compile(r"\\(\\|x[89a-fA-F][0-9a-fA-F])")
-_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 _CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f-\x9f]")
 _QUOTE = "'"
 
@@ -61,7 +61,7 @@ def printable(text: str) -> str:
 
 
 def _is_formula_like(text: str) -> bool:
-    return text.lstrip(_QUOTE)[:1] in _FORMULA_START
+    return text.lstrip(_QUOTE)[:1] in FORMULA_START
 
 
 def to_cell(text: str) -> str:

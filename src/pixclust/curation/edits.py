@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from pixclust.errors import UsageError
+from pixclust.names import FORMULA_START
 
 EDITS_VERSION = 1
 OUTLIERS_CLUSTER = "_outliers"
@@ -183,8 +184,15 @@ def _check_name(name: str, what: str) -> None:
             f"{what}: {name!r} cannot name a cluster (empty, a path, or one of pixclust's own: "
             f"{', '.join(sorted(RESERVED_NAMES))}); choose another name"
         )
-    if any(ord(character) < 0x20 for character in name) or len(name.encode("utf-8", "surrogateescape")) > 200:
-        raise UsageError(f"{what}: {name!r} cannot name a folder (control characters, or over 200 bytes)")
+    if any(ord(character) < 0x20 or 0xD800 <= ord(character) < 0xE000 for character in name):
+        raise UsageError(f"{what}: {name!r} cannot name a folder (control characters, or a broken escape)")
+    if len(name.encode("utf-8")) > 200:
+        raise UsageError(f"{what}: {name!r} cannot name a folder (over 200 bytes)")
+    if name.startswith(FORMULA_START):
+        # clusters.csv holds the name as it is: a spreadsheet would run it.
+        raise UsageError(
+            f"{what}: {name!r} starts with {name[0]!r}, which spreadsheets read as a formula; choose another"
+        )
 
 
 def new_run_id() -> str:

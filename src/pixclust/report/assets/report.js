@@ -333,6 +333,8 @@
     // eslint-disable-next-line no-control-regex
     else if (/[\u0000-\u001f\u007f]/.test(name)) why = "A cluster's name cannot hold control characters.";
     else if (new TextEncoder().encode(name).length > 200) why = "A cluster's name must be 200 bytes or shorter.";
+    // clusters.csv holds the name as it is, and a spreadsheet would run one that starts like a formula.
+    else if (/^[=+\-@]/.test(name)) why = `"${name}" starts like a spreadsheet formula (= + - @); choose another name.`;
     else {
       const ids = [...data.clusters.map((c) => c.id), ...state.made.map((made) => made.id)];
       if (ids.some((id) => id !== self && (displayName(id) === name || originalName(id) === name))) {

@@ -336,6 +336,13 @@ def test_the_images_of_a_move_run_move_to_their_corrected_folders_and_restore_pu
     restore_moves(run_dir)
     assert tree_digest(source) == original
 
+    # Moved in again by clustering again: the corrections hold, and the excluded image stays at its source.
+    run(RunConfig(source=str(source), out=str(run_dir), k=2, move=True, report=False), quiet=True)
+    assert Path(excluded).is_file() and not Path(moved).exists()
+    assert cluster_of(run_dir)[excluded] == "_excluded" and cluster_of(run_dir)[moved] == "first"
+    restore_moves(run_dir)
+    assert tree_digest(source) == original
+
 
 def test_a_copy_run_gets_copies_in_its_corrected_folders(tmp_path: Path) -> None:
     source = write_digit_tree(tmp_path / "images", per_class=8)

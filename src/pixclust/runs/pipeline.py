@@ -332,9 +332,8 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
         # Last, once the report has read every image where it was.
         # An image a person excluded stays where it is.
         kept = clustering.labels != EXCLUDED_LABEL
-        result.moves = move_into_clusters(
-            folder, config.source, list(np.asarray(embeddings.paths)[kept]), clustering.labels[kept], folders
-        )
+        paths = [path for path, keep in zip(embeddings.paths, kept, strict=True) if keep]
+        result.moves = move_into_clusters(folder, config.source, paths, clustering.labels[kept], folders)
     return result
 
 

@@ -344,6 +344,18 @@ def test_the_images_of_a_move_run_move_to_their_corrected_folders_and_restore_pu
     assert tree_digest(source) == original
 
 
+def test_a_move_run_whose_journal_is_gone_is_refused_before_anything_is_written(tmp_path: Path) -> None:
+    source = write_digit_tree(tmp_path / "images", per_class=6)
+    run_dir = tmp_path / "run"
+    run(RunConfig(source=str(source), out=str(run_dir), k=2, move=True, report=False), quiet=True)
+    (run_dir / "moves.jsonl").unlink()
+    state = folder_state(run_dir)
+    edits_file = write_edits(tmp_path / "edits.json", {"rename": {"cluster_00": "first"}})
+    with pytest.raises(UsageError, match="journal that is gone"):
+        apply(run_dir, edits_file, quiet=True)
+    assert folder_state(run_dir) == state
+
+
 def test_a_copy_run_gets_copies_in_its_corrected_folders(tmp_path: Path) -> None:
     source = write_digit_tree(tmp_path / "images", per_class=8)
     run_dir = tmp_path / "run"

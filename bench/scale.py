@@ -23,6 +23,7 @@ import resource
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 
 import numpy as np
 
@@ -34,16 +35,24 @@ NOISE = 0.5
 _CHUNK = 100_000
 
 
-def synthetic_embeddings(n: int, dim: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
-    """(L2-normalised N x DIM float32 vectors, blob of each), made chunk by chunk to keep the peak at one copy."""
+def blob_chunks(n: int, dim: int, *, seed: int = 0, chunk: int = _CHUNK) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """(L2-normalised rows x DIM float32 vectors, blob of each), CHUNK rows at a time, N rows in all."""
     rng = np.random.default_rng(seed)
     centres = rng.standard_normal((N_CENTRES, dim), dtype=np.float32)
-    truth = rng.integers(0, N_CENTRES, n)
+    for start in range(0, n, chunk):
+        truth = rng.integers(0, N_CENTRES, min(chunk, n - start))
+        rows = centres[truth] + NOISE * rng.standard_normal((len(truth), dim), dtype=np.float32)
+        yield rows / np.linalg.norm(rows, axis=1, keepdims=True), truth
+
+
+def synthetic_embeddings(n: int, dim: int, *, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
+    """(L2-normalised N x DIM float32 vectors, blob of each), made chunk by chunk to keep the peak at one copy."""
     vectors = np.empty((n, dim), dtype=np.float32)
-    for start in range(0, n, _CHUNK):
-        stop = min(start + _CHUNK, n)
-        chunk = centres[truth[start:stop]] + NOISE * rng.standard_normal((stop - start, dim), dtype=np.float32)
-        vectors[start:stop] = chunk / np.linalg.norm(chunk, axis=1, keepdims=True)
+    truth = np.empty(n, dtype=np.int64)
+    start = 0
+    for rows, blobs in blob_chunks(n, dim, seed=seed):
+        vectors[start : start + len(rows)], truth[start : start + len(rows)] = rows, blobs
+        start += len(rows)
     return vectors, truth
 
 

@@ -23,6 +23,8 @@ _EXPORTS = {
     "AddResult": "pixclust.runs.add",
     "apply": "pixclust.runs.apply",
     "ApplyResult": "pixclust.runs.apply",
+    "cluster_shards": "pixclust.runs.sharded",
+    "ShardedRun": "pixclust.runs.sharded",
     "ClusterModel": "pixclust.clustering.placement",
     "RunConfig": "pixclust.runs.config",
     "RunResult": "pixclust.runs.pipeline",
@@ -49,7 +51,7 @@ _EXPORTS = {
     "export_run": "pixclust.curation.interchange",
 }
 # The stage subpackages; none is named like an export (the run stage is ``runs``, since ``run`` is a function).
-_SUBPACKAGES = {"embedding", "clustering", "curation", "labelling", "runs", "report"}
+_SUBPACKAGES = {"embedding", "clustering", "curation", "labelling", "runs", "report", "distributed"}
 
 __all__ = sorted(_EXPORTS)
 

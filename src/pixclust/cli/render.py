@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 import typer
 
 from pixclust.names import printable
-from pixclust.runs.folder import REPORT_FILE
+from pixclust.runs.folder import CLUSTERS_CSV, REPORT_FILE
 
 if TYPE_CHECKING:
     from pixclust.curation.interchange import ExportRun
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from pixclust.runs.add import AddResult
     from pixclust.runs.apply import ApplyResult
     from pixclust.runs.pipeline import RunResult
+    from pixclust.runs.sharded import ShardedRun
 
 
 def console(stderr: bool = False) -> Any:
@@ -242,6 +243,28 @@ def render_apply(result: ApplyResult) -> None:
     console().print(
         f"the corrections are kept: 'pixclust cluster' and 'pixclust add' of {shown(result.run_dir)} keep them"
     )
+
+
+# Clusters listed after a sharded run; a run of 1,000 clusters is read from its table, not the terminal.
+SHOWN_CLUSTERS = 20
+
+
+def render_sharded(run: ShardedRun) -> None:
+    summary = run.summary
+    console().print(
+        f"{summary['rows']:,} embeddings in {run.n_clusters:,} clusters (fitted on {summary['sample_rows']:,}, "
+        f"{summary['novel']:,} outside every cluster) in {summary['seconds']} s"
+    )
+    sizes = summary["sizes"]
+    table = _table(("cluster_id", "images", "share"), right=("cluster_id", "images", "share"))
+    largest = sorted(range(len(sizes)), key=lambda cluster_id: (-sizes[cluster_id], cluster_id))
+    for cluster_id in largest[:SHOWN_CLUSTERS]:
+        table.add_row(str(cluster_id), f"{sizes[cluster_id]:,}", f"{sizes[cluster_id] / summary['rows']:.1%}")
+    console().print(table)
+    if len(sizes) > SHOWN_CLUSTERS:
+        console().print(f"... and {len(sizes) - SHOWN_CLUSTERS:,} smaller clusters")
+    written = "clusters.csv and " if (run.run_dir / CLUSTERS_CSV).is_file() else ""
+    console().print(f"wrote {written}cluster_table/ to {shown(run.run_dir)}")
 
 
 def render_labels(run: LabelRun, out_dir: Path) -> None:

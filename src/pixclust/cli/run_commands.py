@@ -20,6 +20,7 @@ from pixclust.cli.render import (
     render_moves,
     render_report,
     render_run,
+    render_sharded,
     shown,
 )
 from pixclust.errors import UsageError
@@ -288,6 +289,48 @@ def apply_command(
     from pixclust.runs.apply import apply
 
     render_apply(apply(run_dir, edits, report=report, quiet=quiet))
+
+
+def cluster_shards_command(
+    vectors: Annotated[
+        list[Path],
+        typer.Argument(
+            help="Parquet files of embeddings (path and vector columns), or folders of them: a run's "
+            "embeddings.parquet, or shards written elsewhere."
+        ),
+    ],
+    out: Annotated[Path, out_option("Run folder for the cluster table.")],
+    k: Annotated[str, typer.Option(help="Number of clusters, or 'auto' to choose it on the sample.")] = "auto",
+    k_min: Annotated[int, typer.Option(help="Smallest k scanned by --k auto.")] = 2,
+    k_max: Annotated[int, typer.Option(help="Largest k scanned by --k auto.")] = 20,
+    pipeline: Annotated[
+        str, typer.Option(help="auto: the default pipeline on the embedding alone; fixed: L2, PCA-50, k-means.")
+    ] = "auto",
+    sample_size: Annotated[
+        int | None, typer.Option(help="Rows the clustering is fitted on [default: max(100 k, 100,000)].")
+    ] = None,
+    address: Annotated[
+        str | None, typer.Option(help="Ray cluster address (HEAD_IP:6379) [default: this machine's, or a local one].")
+    ] = None,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")] = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Cluster embeddings too many for one machine's memory on Ray: fitted on a sample, every row placed in parallel."""
+    from pixclust.runs.sharded import cluster_shards
+
+    k_value: int | str = int(k) if k.isascii() and k.isdigit() and len(k) <= 18 else k
+    run = cluster_shards(
+        vectors,
+        out,
+        k=k_value,
+        pipeline=pipeline,
+        k_range=(k_min, k_max),
+        sample_size=sample_size,
+        random_state=seed,
+        address=address,
+        quiet=quiet,
+    )
+    render_sharded(run)
 
 
 TrustJournal = Annotated[

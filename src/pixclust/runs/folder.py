@@ -58,6 +58,7 @@ DUPLICATE_COPIES_DIR = "duplicate_copies"
 CLUSTER_MODEL_FILE = "cluster_model.npz"
 ADDED_DUPLICATES_CSV = "added_duplicates.csv"
 CORRECTIONS_FILE = "corrections.json"
+CLUSTER_TABLE_DIR = "cluster_table"
 
 # Every name pixclust writes at the top of a run folder; none of them may be a link.
 MANAGED_NAMES = (
@@ -82,6 +83,7 @@ MANAGED_NAMES = (
     CLUSTER_MODEL_FILE,
     ADDED_DUPLICATES_CSV,
     CORRECTIONS_FILE,
+    CLUSTER_TABLE_DIR,
 )
 
 # What a manifest entry is. "moved" is a user's original that --move put here: never replaced or removed.

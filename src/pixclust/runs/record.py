@@ -86,7 +86,7 @@ class RunRecord:
         return cls(
             pixclust_version=_version("pixclust"),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            config=_plain(result.config.settings()),
+            config=json_plain(result.config.settings()),
             model={} if embeddings.model is None else embeddings.model.to_dict(),
             counts={
                 "images_used": len(embeddings),
@@ -102,28 +102,28 @@ class RunRecord:
                 "silhouette": float(clustering.silhouette) if np.isfinite(clustering.silhouette) else None,
                 "pca_explained_variance_ratio": clustering.reduction.pca_explained_variance_ratio.tolist(),
                 "k_scan": None if k_scan is None else k_scan.record(),
-                "pipeline": _plain(clustering.choice),
+                "pipeline": json_plain(clustering.choice),
                 "sizes": {row.name: row.images for row in result.summary},
                 # What each cluster shows, and the share of its images with that class in their top five.
                 "names": None if result.names is None else _names_by_cluster(result),
                 "quality_flags": None if result.flags is None else result.flags.counts(),
             },
-            scores=_plain(result.scores),
+            scores=json_plain(result.scores),
             n_scored=result.n_scored,
             timings_s={name: round(value, 3) for name, value in result.timings.items()},
             versions={"python": platform.python_version(), **{name: _version(name) for name in _LIBRARIES}},
-            batches=_plain(result.batches),
+            batches=json_plain(result.batches),
             run_id=result.run_id,
-            edits=_plain(result.edits),
+            edits=json_plain(result.edits),
         )
 
     def with_batch(self, batch: dict[str, Any]) -> RunRecord:
         """This record with one more added batch."""
-        return replace(self, batches=[*self.batches, _plain(batch)])
+        return replace(self, batches=[*self.batches, json_plain(batch)])
 
     def with_edit(self, edit: dict[str, Any]) -> RunRecord:
         """This record with one more applied edits file in its history."""
-        return replace(self, edits=[*self.edits, _plain(edit)])
+        return replace(self, edits=[*self.edits, json_plain(edit)])
 
     def to_dict(self) -> dict[str, Any]:
         # run.json opens with what identifies it, then the settings, as people read it.
@@ -167,14 +167,14 @@ class RunRecord:
         write_text_atomic(Path(path), json.dumps(self.to_dict(), indent=2) + "\n")
 
 
-def _plain(value: Any) -> Any:
+def json_plain(value: Any) -> Any:
     """``value`` with numpy scalars and arrays, paths and tuples made JSON's own types."""
     if isinstance(value, Mapping):
-        return {str(key): _plain(item) for key, item in value.items()}
+        return {str(key): json_plain(item) for key, item in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_plain(item) for item in value]
+        return [json_plain(item) for item in value]
     if isinstance(value, np.ndarray):
-        return _plain(value.tolist())
+        return json_plain(value.tolist())
     if isinstance(value, np.generic):
         return value.item()
     if isinstance(value, Path):

@@ -184,7 +184,7 @@ class RayEmbedder(Embedder):
         """Yield results batch by batch as actors finish them (not in input order; ``indices`` say where)."""
         if not paths:
             return
-        started_here = _connect(self.ray, self.settings.address)
+        started_here = connect(self.ray, self.settings.address)
         try:
             plan = plan_actors(_live_nodes(self.ray), self.settings.actor_cpus)
             batches = [
@@ -202,7 +202,7 @@ class RayEmbedder(Embedder):
                 self.ray.shutdown()
 
 
-def _connect(ray: ModuleType, address: str | None) -> bool:
+def connect(ray: ModuleType, address: str | None) -> bool:
     """Join or start Ray; True when this call started it (so it is this call's to shut down)."""
     if ray.is_initialized():
         return False

@@ -1,0 +1,222 @@
+"""Clustering embeddings no process holds whole: fitted on a sample on the driver, every row placed by Ray tasks.
+
+1. Sample. The driver draws ``sample_size`` rows uniformly (``max(100 k,
+   100,000)`` by default, as ``LargeKMeans`` samples, with k the largest asked
+   for) and Ray tasks read them from their parts, which is the only pass
+   over the data before the last.
+2. Fit. ``pixclust.cluster`` runs on the sample in the driver, unchanged:
+   the fixed pipeline (L2, PCA-50, k-means) or the default one (PCA-128,
+   k by modularity, k-means and the neighbour refinement), with every
+   adaptive choice made on the sample. Its :class:`ClusterModel` (the PCA,
+   the centres or the refinement's head, novelty references) is what a run
+   keeps to place images later (``cluster_model.npz``).
+3. Place. One Ray task per part reads its rows, projects them with the
+   model's PCA and places each (cluster, distance to its centre, novelty, x
+   and y on the map), and hands back a small table that the driver passes to
+   a sink (the run folder's writer) as it comes. At most two tasks per CPU
+   are in flight, so finished tables never pile up in the driver.
+
+Where the data fit the sample, the fit is the local pipeline's own on every
+row, and its placement gives each row the cluster the local run gives it.
+Cluster ids are ordered by size in the sample (0 = largest there), which
+is the order of the whole data up to sampling noise.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator, Sequence
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from pixclust.clustering.clusterer import ClusterResult
+from pixclust.clustering.large_kmeans import MIN_SAMPLE, POINTS_PER_CENTRE
+from pixclust.clustering.placement import ClusterModel
+from pixclust.clustering.reduce import is_whole_number
+from pixclust.clustering.views import EMBEDDING_VIEW
+from pixclust.distributed.parts import PATH_COLUMN, Part, VectorParts, part_vectors, read_part
+from pixclust.errors import PixclustError, UsageError
+
+PIPELINES = ("fixed", "auto")
+# Tasks in flight per CPU of the cluster: one running, one queued, so no CPU waits for the driver.
+_TASKS_PER_CPU = 2
+# Rows placed at once inside a task: the placement's temporaries stay a few hundred MB.
+_PLACE_CHUNK = 16_384
+
+PLACED_SCHEMA = pa.schema(
+    [
+        (PATH_COLUMN, pa.string()),
+        ("cluster_id", pa.int32()),
+        ("distance", pa.float32()),
+        ("novel", pa.bool_()),
+        ("x", pa.float32()),
+        ("y", pa.float32()),
+    ]
+)
+
+Sink = Callable[[int, pa.Table], None]
+
+
+class ShardedClusterer:
+    """Cluster the rows of a :class:`VectorParts` on Ray (see the module docstring).
+
+    ``pipeline`` is ``"fixed"`` (k-means on L2 + PCA-50) or ``"auto"`` (the
+    default pipeline on the embedding alone: HOG needs the images, which a
+    store of vectors does not have). ``k`` is a number or ``"auto"`` (scanned
+    over ``k_range`` on the sample). Fitted attributes: ``model_`` (the
+    :class:`ClusterModel`), ``sample_result_`` (the sample's
+    :class:`ClusterResult`: k scan, silhouette, what was chosen),
+    ``sample_size_``, ``n_rows_``, ``n_clusters_``, ``counts_`` (rows per
+    cluster id), ``novel_`` (rows placed outside every cluster's radius) and
+    ``inertia_`` (sum of squared distances to the centres).
+    """
+
+    def __init__(
+        self,
+        *,
+        k: int | str = "auto",
+        pipeline: str = "auto",
+        k_range: tuple[int, int] = (2, 20),
+        sample_size: int | None = None,
+        random_state: int = 0,
+    ) -> None:
+        self.k = k
+        self.pipeline = pipeline
+        self.k_range = k_range
+        self.sample_size = sample_size
+        self.random_state = random_state
+
+    def _check_params(self) -> None:
+        if self.pipeline not in PIPELINES:
+            raise UsageError(f"pipeline {self.pipeline!r} is not known for sharded clustering; choose fixed or auto")
+        if self.sample_size is not None and (not is_whole_number(self.sample_size) or self.sample_size < 3):
+            raise UsageError(f"sample_size {self.sample_size!r} is not allowed; use a whole number >= 3")
+
+    def sample_rows(self, n_rows: int) -> int:
+        """How many rows the fit sees: all of them up to the default sample size."""
+        largest_k = int(self.k) if is_whole_number(self.k) else int(self.k_range[1])
+        return min(n_rows, self.sample_size or max(POINTS_PER_CENTRE * largest_k, MIN_SAMPLE))
+
+    def fit(self, data: VectorParts, sink: Sink | None = None, *, ray: Any) -> ShardedClusterer:
+        """Fit on a sample of ``data`` and place every row; ``sink(part index, table)`` gets each part's
+        :data:`PLACED_SCHEMA` table as its task finishes (in no set order). ``ray`` is the initialised module."""
+        from pixclust.runs.pipeline import cluster
+
+        self._check_params()
+        rng = np.random.default_rng(self.random_state)
+        size = self.sample_rows(data.n_rows)
+        chosen = (
+            np.arange(data.n_rows) if size == data.n_rows else np.sort(rng.choice(data.n_rows, size, replace=False))
+        )
+        sample = self._gather_sample(data, chosen, ray)
+        result = cluster(sample, k=self.k, pipeline=self.pipeline, k_range=self.k_range, random_state=self.random_state)
+        if result.model is None:
+            raise UsageError("the sample formed no cluster; give more embeddings or a smaller k")
+        del sample
+        self.model_: ClusterModel = result.model
+        # The sample's own arrays go: what is kept is the model and the figures.
+        self.sample_result_: ClusterResult = result
+        self.sample_size_ = size
+        self.n_rows_ = data.n_rows
+        self.n_clusters_ = self.model_.n_clusters
+        self.counts_ = np.zeros(self.n_clusters_, dtype=np.int64)
+        self.novel_ = 0
+        self.inertia_ = 0.0
+        model_ref = ray.put(self.model_)
+        place = ray.remote(num_cpus=1)(place_part)
+        calls = [(lambda part=part: place.remote(part, data.dim, model_ref)) for part in data.parts]
+        for index, (table, counts, squared) in _run_tasks(ray, calls):
+            self.counts_ += counts
+            self.inertia_ += squared
+            self.novel_ += int(np.count_nonzero(table.column("novel").to_numpy(zero_copy_only=False)))
+            if sink is not None:
+                sink(index, table)
+        return self
+
+    def _gather_sample(self, data: VectorParts, chosen: np.ndarray, ray: Any) -> np.ndarray:
+        """The chosen rows' vectors, in row order, read by one task per part that holds any."""
+        starts = np.array([part.offset for part in data.parts])
+        owner = np.searchsorted(starts, chosen, side="right") - 1
+        sample = np.empty((len(chosen), data.dim), dtype=np.float32)
+        take = ray.remote(num_cpus=1)(sample_part)
+        wanted = [(index, np.flatnonzero(owner == index)) for index in range(len(data.parts))]
+        wanted = [(index, rows) for index, rows in wanted if len(rows)]
+        calls = [
+            (lambda part=data.parts[index], rows=rows: take.remote(part, data.dim, chosen[rows] - part.offset))
+            for index, rows in wanted
+        ]
+        for done, vectors in _run_tasks(ray, calls):
+            sample[wanted[done][1]] = vectors
+        return sample
+
+
+def sample_part(part: Part, dim: int, rows: np.ndarray) -> np.ndarray:
+    """Ray task: the vectors of ``rows`` (indices within the part, ascending) of one part."""
+    table = read_part(part).take(pa.array(rows))
+    return part_vectors(table, dim, file=part.file)
+
+
+def place_part(part: Part, dim: int, model: ClusterModel) -> tuple[pa.Table, np.ndarray, float]:
+    """Ray task: one part placed by ``model``: its table, rows per cluster, and the sum of squared distances."""
+    table = read_part(part)
+    vectors = part_vectors(table, dim, file=part.file)
+    labels = np.empty(len(vectors), dtype=np.int32)
+    distances = np.empty(len(vectors), dtype=np.float32)
+    novel = np.empty(len(vectors), dtype=bool)
+    map_xy = np.zeros((len(vectors), 2), dtype=np.float32)
+    for start in range(0, len(vectors), _PLACE_CHUNK):
+        rows = slice(start, start + _PLACE_CHUNK)
+        placement = model.place({EMBEDDING_VIEW: vectors[rows]})
+        labels[rows] = placement.labels
+        distances[rows] = placement.distances
+        novel[rows] = placement.novel
+        width = min(2, placement.coords.shape[1])
+        map_xy[rows, :width] = placement.coords[:, :width]
+    placed = pa.Table.from_arrays(
+        [
+            table.column(PATH_COLUMN).cast(pa.string()),
+            pa.array(labels),
+            pa.array(distances),
+            pa.array(novel),
+            pa.array(map_xy[:, 0]),
+            pa.array(map_xy[:, 1]),
+        ],
+        schema=PLACED_SCHEMA,
+    )
+    counts = np.bincount(labels, minlength=model.n_clusters).astype(np.int64)
+    return placed, counts, float(np.sum(distances.astype(np.float64) ** 2))
+
+
+def _run_tasks(ray: Any, calls: Sequence[Callable[[], Any]]) -> Iterator[tuple[int, Any]]:
+    """(index, result) of each task as it finishes, with at most ``_TASKS_PER_CPU`` per CPU of the cluster in flight.
+
+    ``calls`` submit one task each when called, so that a task is submitted only when there is room.
+    A task's pixclust error (an unreadable file, say) is raised here as itself: one line for the user.
+    """
+    limit = max(1, _TASKS_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
+    pending: dict[Any, int] = {}
+    waiting = iter(enumerate(calls))
+    try:
+        while True:
+            while len(pending) < limit and (next_call := next(waiting, None)) is not None:
+                index, call = next_call
+                pending[call()] = index
+            if not pending:
+                return
+            (ready,), _ = ray.wait(list(pending), num_returns=1)
+            index = pending.pop(ready)
+            yield index, _get(ray, ready)
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
+
+
+def _get(ray: Any, ref: Any) -> Any:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as error:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, PixclustError):
+            raise type(cause)(str(cause)) from None
+        raise

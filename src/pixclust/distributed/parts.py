@@ -1,0 +1,167 @@
+"""Embeddings too many for one process's memory: Parquet files cut into parts that a task reads on its own.
+
+The input is any set of Parquet files with a ``path`` column (text) and a
+``vector`` column (fixed-size lists of float32, one length in every file):
+a run folder's ``embeddings.parquet``, the shards ``--engine ray`` saves, or
+files a user wrote. The driver reads only the files' footers; a part is a run
+of whole row groups (about ``PART_ROWS`` rows), so a task reads its part
+without reading anything before it, and no process ever holds every vector.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from pixclust.embeddings import VECTOR_COLUMN
+from pixclust.errors import UsageError
+
+PATH_COLUMN = "path"
+# Rows per part: 65,536 vectors of 1,280 floats are 0.34 GB in a task, of 256 floats 67 MB; enough work per
+# task that Ray's per-task cost (milliseconds) stays small beside it.
+PART_ROWS = 65_536
+
+
+@dataclass(frozen=True)
+class Part:
+    """Row groups ``first_group`` .. ``first_group + n_groups - 1`` of ``file``: ``rows`` rows, the first being
+    row ``offset`` of the whole input."""
+
+    file: str
+    first_group: int
+    n_groups: int
+    rows: int
+    offset: int
+
+    @property
+    def row_groups(self) -> list[int]:
+        return list(range(self.first_group, self.first_group + self.n_groups))
+
+
+@dataclass(frozen=True)
+class VectorParts:
+    """The input cut into parts, in file order, with its size: ``n_rows`` vectors of ``dim`` floats."""
+
+    parts: tuple[Part, ...]
+    n_rows: int
+    dim: int
+    files: tuple[str, ...]
+
+    @classmethod
+    def plan(cls, source: str | Path | Sequence[str | Path], *, part_rows: int = PART_ROWS) -> VectorParts:
+        """Cut ``source`` (a Parquet file, a folder of them, or a list of files) into parts of about ``part_rows`` rows.
+
+        Files are checked by their footers only: every one must hold ``path`` and
+        ``vector`` columns, the vectors of one length in all. A mistake is one
+        :class:`UsageError` naming the file.
+        """
+        files = _input_files(source)
+        parts: list[Part] = []
+        dim = None
+        offset = 0
+        for file in files:
+            metadata = _footer(file)
+            file_dim = _vector_dim(file, metadata.schema.to_arrow_schema())
+            if dim is not None and file_dim != dim:
+                raise UsageError(
+                    f"{file} holds vectors of {file_dim} numbers where {files[0]} holds {dim}; "
+                    "give files of one model's embeddings"
+                )
+            dim = file_dim
+            group, n_groups = 0, metadata.num_row_groups
+            while group < n_groups:
+                first, rows = group, 0
+                while group < n_groups and (rows == 0 or rows + metadata.row_group(group).num_rows <= part_rows):
+                    rows += metadata.row_group(group).num_rows
+                    group += 1
+                if rows:
+                    parts.append(Part(file, first, group - first, rows, offset))
+                    offset += rows
+        if offset == 0 or dim is None:
+            raise UsageError(f"{_described(source)} holds no embeddings; give Parquet files of path and vector rows")
+        return cls(tuple(parts), offset, dim, tuple(files))
+
+
+def read_part(part: Part, *, columns: Sequence[str] = (PATH_COLUMN, VECTOR_COLUMN)) -> pa.Table:
+    """The part's rows (those ``columns``), read from its file; an unreadable file is a one-line :class:`UsageError`."""
+    try:
+        with pq.ParquetFile(part.file, pre_buffer=False, buffer_size=1 << 20) as parquet:
+            table = parquet.read_row_groups(part.row_groups, columns=list(columns))
+    except (OSError, pa.ArrowException) as error:
+        raise UsageError(f"{part.file} cannot be read ({_first_line(error)}); check the file and run again") from None
+    if table.num_rows != part.rows:
+        raise UsageError(f"{part.file} changed while it was being read; run again once nothing writes it")
+    return table
+
+
+def part_vectors(table: pa.Table, dim: int, *, file: str) -> np.ndarray:
+    """The vector column of a part's table as a C-contiguous rows x ``dim`` float32 array, checked finite."""
+    column = table.column(VECTOR_COLUMN).combine_chunks()
+    values = column.flatten()
+    if column.null_count or values.null_count:
+        raise UsageError(f"{file} has empty vectors; make its embeddings again")
+    vectors = values.to_numpy(zero_copy_only=False).reshape(-1, dim)
+    if not np.isfinite(vectors).all():
+        raise UsageError(f"{file} has vectors holding NaN or infinity; make its embeddings again")
+    return np.ascontiguousarray(vectors, dtype=np.float32)
+
+
+def _input_files(source: str | Path | Sequence[str | Path]) -> list[str]:
+    named = [source] if isinstance(source, (str, Path)) else list(source)
+    files: list[str] = []
+    for item in named:
+        path = os.path.abspath(item)
+        if os.path.isdir(path):
+            # Sorted, so that the row order, and with it a run's sample, is the same on every run.
+            found = sorted(
+                entry.path
+                for entry in os.scandir(path)
+                if entry.name.endswith(".parquet") and not entry.name.startswith(".") and entry.is_file()
+            )
+            if not found:
+                raise UsageError(f"{item} holds no .parquet files; give a folder of embedding shards or a file")
+            files.extend(found)
+        elif os.path.isfile(path):
+            files.append(path)
+        else:
+            raise UsageError(f"{item} is not a file or folder; give Parquet files of embeddings")
+    if not files:
+        raise UsageError("no embedding files given; give a Parquet file or a folder of them")
+    return files
+
+
+def _footer(file: str) -> pq.FileMetaData:
+    try:
+        return pq.read_metadata(file)
+    except (OSError, pa.ArrowException) as error:
+        raise UsageError(f"{file} is not a readable Parquet file ({_first_line(error)}); remove it or fix it") from None
+
+
+def _vector_dim(file: str, schema: pa.Schema) -> int:
+    for name in (PATH_COLUMN, VECTOR_COLUMN):
+        if schema.get_field_index(name) < 0:
+            raise UsageError(f"{file} has no {name!r} column; give Parquet files of path and vector rows")
+    path_type = schema.field(PATH_COLUMN).type
+    if not (pa.types.is_string(path_type) or pa.types.is_large_string(path_type)):
+        raise UsageError(f"{file}'s path column holds {path_type}, not text")
+    vector_type = schema.field(VECTOR_COLUMN).type
+    if not pa.types.is_fixed_size_list(vector_type) or vector_type.value_type != pa.float32():
+        raise UsageError(f"{file}'s vector column holds {vector_type}, not fixed-size lists of float")
+    if vector_type.list_size < 1:
+        raise UsageError(f"{file}'s vectors are empty")
+    return int(vector_type.list_size)
+
+
+def _described(source: str | Path | Sequence[str | Path]) -> str:
+    return str(source) if isinstance(source, (str, Path)) else f"the {len(source)} files given"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error)
+    return text.splitlines()[0] if text else type(error).__name__

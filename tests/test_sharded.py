@@ -1,0 +1,283 @@
+"""pixclust cluster-shards: embeddings read part by part and placed by Ray tasks on a local Ray instance.
+
+The agreement with the local pipelines on real images (the digits and
+Fashion-MNIST, embedded by the default model) is in the slow tests at the end;
+the rest uses the digits' 64 pixels as vectors, which cluster in seconds.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.parquet as pq
+import pytest
+from real_data import FASHION_DIR, fashion_mnist, write_image_tree
+from sklearn.datasets import load_digits
+from sklearn.metrics import adjusted_rand_score
+from typer.testing import CliRunner
+
+import pixclust
+from pixclust.cli import app
+from pixclust.clustering.metrics import cluster_accuracy
+from pixclust.clustering.placement import ClusterModel
+from pixclust.demo import write_digits
+from pixclust.distributed.parts import VectorParts
+from pixclust.errors import UsageError
+from pixclust.names import from_cell
+from pixclust.runs import sharded
+from pixclust.runs.pipeline import RunConfig, run
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[Any]:
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()
+
+
+def write_shards(folder: Path, paths: list[str], vectors: np.ndarray, *, files: int = 3, group_rows: int = 100) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    for index, rows in enumerate(np.array_split(np.arange(len(paths)), files)):
+        table = pa.table(
+            {
+                "path": [paths[row] for row in rows],
+                "vector": pa.FixedSizeListArray.from_arrays(pa.array(vectors[rows].ravel()), vectors.shape[1]),
+            }
+        )
+        pq.write_table(table, folder / f"shard-{index}.parquet", row_group_size=group_rows)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def digit_pixels() -> tuple[list[str], np.ndarray, np.ndarray]:
+    digits = load_digits()
+    # Names a spreadsheet would take for formulas, and a byte that is not UTF-8, as store paths escape it.
+    paths = [f"=digits/{index:04d}.png" if index % 7 else f"digits/\\xff{index:04d}.png" for index in range(1797)]
+    return paths, digits.data.astype(np.float32), digits.target
+
+
+@pytest.fixture(scope="module")
+def pixel_shards(
+    tmp_path_factory: pytest.TempPathFactory, digit_pixels: tuple[list[str], np.ndarray, np.ndarray]
+) -> Path:
+    paths, vectors, _ = digit_pixels
+    return write_shards(tmp_path_factory.mktemp("shards"), paths, vectors)
+
+
+def table_labels(run_dir: Path) -> np.ndarray:
+    parts = sorted(str(part) for part in (run_dir / "cluster_table").glob("part-*.parquet"))
+    return pq.read_table(parts, columns=["cluster_id"]).column("cluster_id").to_numpy()
+
+
+def test_parts_are_whole_row_groups_in_file_order(pixel_shards: Path) -> None:
+    data = VectorParts.plan(pixel_shards, part_rows=250)
+    assert (data.n_rows, data.dim, len(data.files)) == (1797, 64, 3)
+    # 599 rows a file in groups of 100: two parts of 200 and one of 199 (a group never split, never over 250).
+    assert [part.rows for part in data.parts] == [200, 200, 199] * 3
+    assert [part.offset for part in data.parts] == list(np.cumsum([0] + [200, 200, 199] * 3)[:-1])
+    assert sum(part.n_groups for part in data.parts) == 18
+
+
+def test_inputs_that_cannot_be_clustered_are_one_line_each(tmp_path: Path, pixel_shards: Path) -> None:
+    other = tmp_path / "other"
+    write_shards(other, ["a", "b"], np.ones((2, 8), np.float32), files=1)
+    pq.write_table(pa.table({"path": ["a"], "embedding": [1.0]}), tmp_path / "columns.parquet")
+    (tmp_path / "text.parquet").write_text("not parquet")
+    (tmp_path / "empty").mkdir()
+    cases = {
+        "holds vectors of 8 numbers": [pixel_shards, other],
+        "no 'vector' column": [tmp_path / "columns.parquet"],
+        "not a readable Parquet file": [tmp_path / "text.parquet"],
+        "holds no .parquet files": [tmp_path / "empty"],
+        "is not a file or folder": [tmp_path / "missing"],
+    }
+    for message, source in cases.items():
+        with pytest.raises(UsageError, match=message) as raised:
+            VectorParts.plan(source)
+        assert "\n" not in str(raised.value)
+
+
+def test_fixed_pipeline_on_every_row_is_the_local_one(
+    ray_instance: Any, pixel_shards: Path, digit_pixels: tuple[list[str], np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    paths, vectors, _ = digit_pixels
+    result = pixclust.cluster_shards(pixel_shards, tmp_path / "run", k=10, pipeline="fixed", quiet=True)
+    local = pixclust.cluster(vectors, k=10, pipeline="fixed")
+    np.testing.assert_array_equal(table_labels(tmp_path / "run"), local.labels)
+    summary = json.loads((tmp_path / "run" / "cluster_table" / "summary.json").read_text())
+    assert summary == result.summary
+    assert (summary["rows"], summary["sample_rows"], summary["clusters"]) == (1797, 1797, 10)
+    assert summary["sizes"] == np.bincount(local.labels).tolist()
+    assert summary["inertia"] == pytest.approx(float(np.sum(local.distances**2)), rel=1e-4)
+
+    with open(tmp_path / "run" / "clusters.csv", newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    assert [from_cell(row["path"]) for row in rows] == [pixclust_name(path) for path in paths]
+    assert rows[1]["path"].startswith("'=")
+    assert [int(row["cluster_id"]) for row in rows] == local.labels.tolist()
+    assert {row["cluster"] for row in rows} == {f"cluster_{n:02d}" for n in range(10)}
+    np.testing.assert_allclose([float(row["distance"]) for row in rows], local.distances, atol=1e-4)
+    np.testing.assert_allclose(
+        np.abs([[float(row["x"]), float(row["y"])] for row in rows]), np.abs(local.coords_2d), atol=1e-4
+    )
+    # The saved model places the embeddings as the table does.
+    model = ClusterModel.load(tmp_path / "run" / "cluster_model.npz")
+    np.testing.assert_array_equal(model.predict(vectors), local.labels)
+
+
+def pixclust_name(stored: str) -> str:
+    """The file name a store's escaped path stands for (a byte that is not UTF-8 is written \\xNN)."""
+    from pixclust.names import unescape_name
+
+    return unescape_name(stored)
+
+
+def test_fit_on_a_sample_places_every_row(ray_instance: Any, pixel_shards: Path, tmp_path: Path) -> None:
+    digits = load_digits()
+    result = pixclust.cluster_shards(
+        pixel_shards, tmp_path / "run", k=10, pipeline="fixed", sample_size=600, quiet=True
+    )
+    labels = table_labels(tmp_path / "run")
+    assert result.summary["sample_rows"] == 600 and len(labels) == 1797
+    assert np.bincount(labels).tolist() == result.summary["sizes"]
+    # Fitted on a third of the rows, the clusters still agree with the local fit on all of them.
+    local = pixclust.cluster(digits.data.astype(np.float32), k=10, pipeline="fixed")
+    assert adjusted_rand_score(local.labels, labels) >= 0.75
+
+
+def test_a_second_run_replaces_only_its_own_files(ray_instance: Any, pixel_shards: Path, tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    pixclust.cluster_shards(pixel_shards, out, k=4, pipeline="fixed", quiet=True)
+    (out / "cluster_table" / "notes.txt").write_text("mine")
+    with pytest.raises(UsageError, match=r"notes\.txt was not made by pixclust"):
+        pixclust.cluster_shards(pixel_shards, out, k=6, pipeline="fixed", quiet=True)
+    assert (out / "cluster_table" / "notes.txt").read_text() == "mine"
+    assert json.loads((out / "cluster_table" / "summary.json").read_text())["clusters"] == 4
+    os.unlink(out / "cluster_table" / "notes.txt")
+    pixclust.cluster_shards(pixel_shards, out, k=6, pipeline="fixed", quiet=True)
+    assert json.loads((out / "cluster_table" / "summary.json").read_text())["clusters"] == 6
+    assert sorted(os.listdir(out / "cluster_table")) == [*(f"part-{n:05d}.parquet" for n in range(3)), "summary.json"]
+
+
+def test_a_large_table_drops_the_csv_a_smaller_run_wrote(
+    ray_instance: Any, pixel_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    out = tmp_path / "run"
+    pixclust.cluster_shards(pixel_shards, out, k=3, pipeline="fixed", quiet=True)
+    assert (out / "clusters.csv").is_file()
+    monkeypatch.setattr(sharded, "CSV_MAX_ROWS", 1000)
+    pixclust.cluster_shards(pixel_shards, out, k=3, pipeline="fixed", quiet=True)
+    assert not (out / "clusters.csv").exists()
+    assert len(table_labels(out)) == 1797
+
+
+def test_run_folders_it_must_not_write_are_refused(
+    ray_instance: Any, pixel_shards: Path, digit_run: Path, tmp_path: Path
+) -> None:
+    before = sorted(os.listdir(digit_run))
+    with pytest.raises(UsageError, match=r"holds a run of 'pixclust cluster' \(run.json\)"):
+        pixclust.cluster_shards(pixel_shards, digit_run, k=3, quiet=True)
+    assert sorted(os.listdir(digit_run)) == before
+    inside = tmp_path / "run"
+    pixclust.cluster_shards(pixel_shards, inside, k=3, pipeline="fixed", quiet=True)
+    shutil.copytree(pixel_shards, inside / "vectors")
+    with pytest.raises(UsageError, match="are inside the run folder"):
+        pixclust.cluster_shards(inside / "vectors", inside, k=3, quiet=True)
+    user_folder = tmp_path / "user"
+    user_folder.mkdir()
+    (user_folder / "photo.jpg").write_bytes(b"x")
+    with pytest.raises(UsageError, match=r"not a pixclust run folder|is not empty"):
+        pixclust.cluster_shards(pixel_shards, user_folder, k=3, quiet=True)
+    assert os.listdir(user_folder) == ["photo.jpg"]
+
+
+def test_a_part_that_cannot_be_read_stops_the_run_and_keeps_the_last_table(
+    ray_instance: Any, digit_pixels: tuple[list[str], np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    paths, vectors, _ = digit_pixels
+    shards = write_shards(tmp_path / "shards", paths, vectors)
+    out = tmp_path / "run"
+    pixclust.cluster_shards(shards, out, k=3, pipeline="fixed", quiet=True)
+    table_before = {name: (out / "cluster_table" / name).read_bytes() for name in os.listdir(out / "cluster_table")}
+    # Footers fine when the parts are planned; a task then finds vectors holding NaN.
+    broken = vectors.copy()
+    broken[-1, 0] = np.nan
+    write_shards(shards, paths, broken)
+    with pytest.raises(UsageError, match=r"shard-2\.parquet has vectors holding NaN") as raised:
+        pixclust.cluster_shards(shards, out, k=4, pipeline="fixed", quiet=True)
+    assert "\n" not in str(raised.value)
+    assert {
+        name: (out / "cluster_table" / name).read_bytes() for name in os.listdir(out / "cluster_table")
+    } == table_before
+    assert not [name for name in os.listdir(out) if name.startswith(".pixclust-staging")]
+
+
+def test_cli_clusters_and_says_mistakes_in_one_line(ray_instance: Any, pixel_shards: Path, tmp_path: Path) -> None:
+    runner = CliRunner()
+    address = ray_instance.get_runtime_context().gcs_address
+    done = runner.invoke(
+        app,
+        [
+            "cluster-shards",
+            str(pixel_shards),
+            "--out",
+            str(tmp_path / "run"),
+            "--k",
+            "5",
+            "--pipeline",
+            "fixed",
+            "--address",
+            address,
+            "--quiet",
+        ],
+    )
+    assert done.exit_code == 0, done.output
+    assert "1,797 embeddings in 5 clusters" in done.output
+    wrong = runner.invoke(app, ["cluster-shards", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run2")])
+    assert wrong.exit_code != 0
+    assert isinstance(wrong.exception, UsageError) and "is not a file or folder" in str(wrong.exception)
+
+
+def embedded_run(folder: Path, out: Path, k: int) -> tuple[Any, np.ndarray]:
+    """The default command's run of ``folder`` (class = sub-folder) and the truth of each of its rows."""
+    result = run(RunConfig(source=str(folder), out=str(out), k=k, truth="folders", report=False), quiet=True)
+    truth = np.array([Path(path).parent.name for path in result.embeddings.paths])
+    return result, truth
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("data_set", ["digits", "fashion"])
+def test_on_real_images_it_agrees_with_the_local_pipelines(ray_instance: Any, data_set: str, tmp_path: Path) -> None:
+    if data_set == "digits":
+        folder = write_digits(tmp_path / "images")
+    else:
+        if not FASHION_DIR.exists():
+            pytest.skip("needs Debian's dataset-fashion-mnist")
+        images, labels = fashion_mnist("test")
+        rows = np.concatenate([np.flatnonzero(labels == c)[:300] for c in range(10)])
+        folder = write_image_tree(tmp_path / "images", images[rows], labels[rows])
+    local, truth = embedded_run(folder, tmp_path / "local", k=10)
+    embeddings = local.embeddings
+    store = tmp_path / "local" / "embeddings.parquet"
+
+    fixed = pixclust.cluster_shards(store, tmp_path / "fixed", k=10, pipeline="fixed", quiet=True)
+    local_fixed = pixclust.cluster(embeddings, k=10, pipeline="fixed")
+    assert fixed.summary["sample_rows"] == len(embeddings)
+    assert adjusted_rand_score(local_fixed.labels, table_labels(tmp_path / "fixed")) >= 0.95
+
+    pixclust.cluster_shards(store, tmp_path / "auto", k=10, quiet=True)
+    local_default = pixclust.cluster(embeddings, k=10)
+    assert adjusted_rand_score(local_default.labels, table_labels(tmp_path / "auto")) >= 0.95
+    assert (
+        cluster_accuracy(truth, table_labels(tmp_path / "auto")) >= cluster_accuracy(truth, local_default.labels) - 0.02
+    )

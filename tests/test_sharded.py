@@ -29,7 +29,7 @@ from pixclust.cli import app
 from pixclust.clustering.metrics import cluster_accuracy
 from pixclust.clustering.placement import ClusterModel
 from pixclust.demo import write_digits
-from pixclust.distributed.parts import VectorParts
+from pixclust.distributed.parts import Segment, VectorParts
 from pixclust.errors import UsageError
 from pixclust.names import from_cell
 from pixclust.runs import sharded
@@ -105,6 +105,35 @@ def test_inputs_that_cannot_be_clustered_are_one_line_each(tmp_path: Path, pixel
         with pytest.raises(UsageError, match=message) as raised:
             VectorParts.plan(source)
         assert "\n" not in str(raised.value)
+
+
+def test_segments_find_any_run_of_rows_across_files() -> None:
+    data = VectorParts((), 900, 4, ("a", "b", "c"), ((100, 100, 100), (250, 50), (300,)))
+    assert data.segments(150, 250) == (Segment("a", (1, 2), 50, 100),)
+    assert data.segments(250, 700) == (
+        Segment("a", (2,), 50, 50),
+        Segment("b", (0, 1), 0, 300),
+        Segment("c", (0,), 0, 100),
+    )
+    assert data.segments(899, 900) == (Segment("c", (0,), 299, 1),)
+
+
+def test_hog_rows_must_be_the_same_images_in_the_same_order(
+    ray_instance: Any, pixel_shards: Path, digit_pixels: tuple[list[str], np.ndarray, np.ndarray], tmp_path: Path
+) -> None:
+    paths, vectors, _ = digit_pixels
+    shuffled = np.random.default_rng(0).permutation(len(paths))
+    other_order = write_shards(tmp_path / "shuffled", [paths[row] for row in shuffled], vectors[shuffled], files=2)
+    with pytest.raises(UsageError, match="name other images than its embeddings") as raised:
+        pixclust.cluster_shards(pixel_shards, tmp_path / "run", k=3, hog=other_order, quiet=True)
+    assert "\n" not in str(raised.value)
+    fewer = write_shards(tmp_path / "fewer", paths[:100], vectors[:100], files=1)
+    with pytest.raises(UsageError, match="the HOG files hold 100 rows and the embeddings 1,797"):
+        pixclust.cluster_shards(pixel_shards, tmp_path / "run", k=3, hog=fewer, quiet=True)
+    # The same rows in other files and row groups pair; the fixed pipeline does not read them at all.
+    regrouped = write_shards(tmp_path / "regrouped", paths, vectors, files=4, group_rows=77)
+    pixclust.cluster_shards(pixel_shards, tmp_path / "run", k=3, hog=regrouped, quiet=True)
+    pixclust.cluster_shards(pixel_shards, tmp_path / "fixed", k=3, hog=other_order, pipeline="fixed", quiet=True)
 
 
 def test_fixed_pipeline_on_every_row_is_the_local_one(

@@ -309,6 +309,12 @@ def cluster_shards_command(
     sample_size: Annotated[
         int | None, typer.Option(help="Rows the clustering is fitted on [default: max(100 k, 100,000)].")
     ] = None,
+    hog: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="HOG vectors of the same images in the same order (a run's views/hog/), for --pipeline auto; repeatable."
+        ),
+    ] = None,
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (HEAD_IP:6379) [default: this machine's, or a local one].")
     ] = None,
@@ -327,6 +333,7 @@ def cluster_shards_command(
         k_range=(k_min, k_max),
         sample_size=sample_size,
         random_state=seed,
+        hog=hog or None,
         address=address,
         quiet=quiet,
     )

@@ -4,10 +4,11 @@
    100,000)`` by default, as ``LargeKMeans`` samples, with k the largest asked
    for) and Ray tasks read them from their parts, which is the only pass
    over the data before the last.
-2. Fit. ``pixclust.cluster`` runs on the sample in the driver, unchanged:
-   the fixed pipeline (L2, PCA-50, k-means) or the default one (PCA-128,
-   k by modularity, k-means and the neighbour refinement), with every
-   adaptive choice made on the sample. Its :class:`ClusterModel` (the PCA,
+2. Fit. ``pixclust.cluster``'s own code (``cluster_views``) runs on the
+   sample in the driver: the fixed pipeline (L2, PCA-50, k-means) or the
+   default one (PCA-128, k by modularity, k-means and the neighbour
+   refinement; with the images' HOG vectors, the choice of joining them),
+   with every adaptive choice made on the sample. Its :class:`ClusterModel` (the PCA,
    the centres or the refinement's head, novelty references) is what a run
    keeps to place images later (``cluster_model.npz``).
 3. Place. One Ray task per part reads its rows, projects them with the
@@ -24,7 +25,9 @@ is the order of the whole data up to sampling noise.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -34,8 +37,8 @@ from pixclust.clustering.clusterer import ClusterResult
 from pixclust.clustering.large_kmeans import MIN_SAMPLE, POINTS_PER_CENTRE
 from pixclust.clustering.placement import ClusterModel
 from pixclust.clustering.reduce import is_whole_number
-from pixclust.clustering.views import EMBEDDING_VIEW
-from pixclust.distributed.parts import PATH_COLUMN, Part, VectorParts, part_vectors, read_part
+from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW
+from pixclust.distributed.parts import PATH_COLUMN, Part, Segment, VectorParts, part_vectors, read_part, read_segments
 from pixclust.errors import PixclustError, UsageError
 
 PIPELINES = ("fixed", "auto")
@@ -62,14 +65,14 @@ class ShardedClusterer:
     """Cluster the rows of a :class:`VectorParts` on Ray (see the module docstring).
 
     ``pipeline`` is ``"fixed"`` (k-means on L2 + PCA-50) or ``"auto"`` (the
-    default pipeline on the embedding alone: HOG needs the images, which a
-    store of vectors does not have). ``k`` is a number or ``"auto"`` (scanned
-    over ``k_range`` on the sample). Fitted attributes: ``model_`` (the
-    :class:`ClusterModel`), ``sample_result_`` (the sample's
-    :class:`ClusterResult`: k scan, silhouette, what was chosen),
-    ``sample_size_``, ``n_rows_``, ``n_clusters_``, ``counts_`` (rows per
-    cluster id), ``novel_`` (rows placed outside every cluster's radius) and
-    ``inertia_`` (sum of squared distances to the centres).
+    default pipeline, with HOG when :meth:`fit` is given the images' HOG
+    vectors). ``k`` is a number or ``"auto"`` (scanned over ``k_range`` on the
+    sample). Fitted attributes: ``model_`` (the :class:`ClusterModel`),
+    ``sample_result_`` (the sample's :class:`ClusterResult`: k scan,
+    silhouette, what was chosen), ``sample_size_``, ``n_rows_``,
+    ``n_clusters_``, ``counts_`` (rows per cluster id), ``novel_`` (rows placed
+    outside every cluster's radius), ``inertia_`` (sum of squared distances to
+    the centres) and ``timings_`` (seconds gathering the sample, fitting, placing).
     """
 
     def __init__(
@@ -98,22 +101,41 @@ class ShardedClusterer:
         largest_k = int(self.k) if is_whole_number(self.k) else int(self.k_range[1])
         return min(n_rows, self.sample_size or max(POINTS_PER_CENTRE * largest_k, MIN_SAMPLE))
 
-    def fit(self, data: VectorParts, sink: Sink | None = None, *, ray: Any) -> ShardedClusterer:
+    def fit(
+        self, data: VectorParts, sink: Sink | None = None, *, ray: Any, hog: VectorParts | None = None
+    ) -> ShardedClusterer:
         """Fit on a sample of ``data`` and place every row; ``sink(part index, table)`` gets each part's
-        :data:`PLACED_SCHEMA` table as its task finishes (in no set order). ``ray`` is the initialised module."""
-        from pixclust.runs.pipeline import cluster
+        :data:`PLACED_SCHEMA` table as its task finishes (in no set order). ``ray`` is the initialised module.
+
+        ``hog`` is the same images' HOG vectors in the same row order (a run's ``views/hog/``), which the
+        default pipeline may join to the embedding as a local run does; the fixed pipeline does not read it.
+        """
+        from pixclust.runs.pipeline import cluster_views
 
         self._check_params()
+        hog = hog if self.pipeline == "auto" else None
+        if hog is not None and hog.n_rows != data.n_rows:
+            raise UsageError(
+                f"the HOG files hold {hog.n_rows:,} rows and the embeddings {data.n_rows:,}; "
+                "give the HOG vectors of the same images (a run's views/hog/), in the same order"
+            )
+        started = time.perf_counter()
         rng = np.random.default_rng(self.random_state)
         size = self.sample_rows(data.n_rows)
         chosen = (
             np.arange(data.n_rows) if size == data.n_rows else np.sort(rng.choice(data.n_rows, size, replace=False))
         )
-        sample = self._gather_sample(data, chosen, ray)
-        result = cluster(sample, k=self.k, pipeline=self.pipeline, k_range=self.k_range, random_state=self.random_state)
+        views = self._gather_sample(data, hog, chosen, ray)
+        self.timings_ = {"sample_s": time.perf_counter() - started}
+        started = time.perf_counter()
+        result = cluster_views(
+            views, k=self.k, pipeline=self.pipeline, k_range=self.k_range, random_state=self.random_state
+        )
         if result.model is None:
             raise UsageError("the sample formed no cluster; give more embeddings or a smaller k")
-        del sample
+        del views
+        self.timings_["fit_s"] = time.perf_counter() - started
+        started = time.perf_counter()
         self.model_: ClusterModel = result.model
         # The sample's own arrays go: what is kept is the model and the figures.
         self.sample_result_: ClusterResult = result
@@ -125,49 +147,91 @@ class ShardedClusterer:
         self.inertia_ = 0.0
         model_ref = ray.put(self.model_)
         place = ray.remote(num_cpus=1)(place_part)
-        calls = [(lambda part=part: place.remote(part, data.dim, model_ref)) for part in data.parts]
+        # HOG is read again only where the fitted model places by it.
+        placing_hog = hog if hog is not None and HOG_VIEW in self.model_.views else None
+        calls = [
+            (lambda part=part: place.remote(part, data.dim, model_ref, _hog_rows(placing_hog, part)))
+            for part in data.parts
+        ]
         for index, (table, counts, squared) in _run_tasks(ray, calls):
             self.counts_ += counts
             self.inertia_ += squared
             self.novel_ += int(np.count_nonzero(table.column("novel").to_numpy(zero_copy_only=False)))
             if sink is not None:
                 sink(index, table)
+        self.timings_["place_s"] = time.perf_counter() - started
         return self
 
-    def _gather_sample(self, data: VectorParts, chosen: np.ndarray, ray: Any) -> np.ndarray:
-        """The chosen rows' vectors, in row order, read by one task per part that holds any."""
+    def _gather_sample(
+        self, data: VectorParts, hog: VectorParts | None, chosen: np.ndarray, ray: Any
+    ) -> dict[str, np.ndarray]:
+        """The chosen rows' views (the embedding, and HOG when given), in row order, read by one task per part."""
         starts = np.array([part.offset for part in data.parts])
         owner = np.searchsorted(starts, chosen, side="right") - 1
-        sample = np.empty((len(chosen), data.dim), dtype=np.float32)
+        views = {EMBEDDING_VIEW: np.empty((len(chosen), data.dim), dtype=np.float32)}
+        if hog is not None:
+            views[HOG_VIEW] = np.empty((len(chosen), hog.dim), dtype=np.float32)
         take = ray.remote(num_cpus=1)(sample_part)
         wanted = [(index, np.flatnonzero(owner == index)) for index in range(len(data.parts))]
         wanted = [(index, rows) for index, rows in wanted if len(rows)]
         calls = [
-            (lambda part=data.parts[index], rows=rows: take.remote(part, data.dim, chosen[rows] - part.offset))
+            (
+                lambda part=data.parts[index], rows=rows: take.remote(
+                    part, data.dim, chosen[rows] - part.offset, _hog_rows(hog, part)
+                )
+            )
             for index, rows in wanted
         ]
-        for done, vectors in _run_tasks(ray, calls):
-            sample[wanted[done][1]] = vectors
-        return sample
+        for done, part_views in _run_tasks(ray, calls):
+            for name, vectors in part_views.items():
+                views[name][wanted[done][1]] = vectors
+        return views
 
 
-def sample_part(part: Part, dim: int, rows: np.ndarray) -> np.ndarray:
-    """Ray task: the vectors of ``rows`` (indices within the part, ascending) of one part."""
-    table = read_part(part).take(pa.array(rows))
-    return part_vectors(table, dim, file=part.file)
+@dataclass(frozen=True)
+class HogRows:
+    """Where a part's HOG vectors are: ``segments`` of the HOG files, ``dim`` numbers each."""
+
+    segments: tuple[Segment, ...]
+    dim: int
 
 
-def place_part(part: Part, dim: int, model: ClusterModel) -> tuple[pa.Table, np.ndarray, float]:
-    """Ray task: one part placed by ``model``: its table, rows per cluster, and the sum of squared distances."""
+def _hog_rows(hog: VectorParts | None, part: Part) -> HogRows | None:
+    return None if hog is None else HogRows(hog.segments(part.offset, part.offset + part.rows), hog.dim)
+
+
+def _part_views(part: Part, dim: int, hog: HogRows | None) -> tuple[pa.Table, dict[str, np.ndarray]]:
+    """A part's table and its views, the HOG rows checked to be the same images in the same order."""
     table = read_part(part)
-    vectors = part_vectors(table, dim, file=part.file)
-    labels = np.empty(len(vectors), dtype=np.int32)
-    distances = np.empty(len(vectors), dtype=np.float32)
-    novel = np.empty(len(vectors), dtype=bool)
-    map_xy = np.zeros((len(vectors), 2), dtype=np.float32)
-    for start in range(0, len(vectors), _PLACE_CHUNK):
+    views = {EMBEDDING_VIEW: part_vectors(table, dim, file=part.file)}
+    if hog is not None:
+        hog_table = read_segments(hog.segments)
+        if not hog_table.column(PATH_COLUMN).equals(table.column(PATH_COLUMN)):
+            raise UsageError(
+                f"the HOG rows for {part.file} name other images than its embeddings; give the HOG vectors of the "
+                "same images in the same order (a run's views/hog/), or leave them out"
+            )
+        views[HOG_VIEW] = part_vectors(hog_table, hog.dim, file=hog.segments[0].file)
+    return table, views
+
+
+def sample_part(part: Part, dim: int, rows: np.ndarray, hog: HogRows | None) -> dict[str, np.ndarray]:
+    """Ray task: the views of ``rows`` (indices within the part, ascending) of one part."""
+    _, views = _part_views(part, dim, hog)
+    return {name: np.ascontiguousarray(vectors[rows]) for name, vectors in views.items()}
+
+
+def place_part(part: Part, dim: int, model: ClusterModel, hog: HogRows | None) -> tuple[pa.Table, np.ndarray, float]:
+    """Ray task: one part placed by ``model``: its table, rows per cluster, and the sum of squared distances."""
+    table, views = _part_views(part, dim, hog)
+    n_rows = table.num_rows
+    labels = np.empty(n_rows, dtype=np.int32)
+    distances = np.empty(n_rows, dtype=np.float32)
+    novel = np.empty(n_rows, dtype=bool)
+    map_xy = np.zeros((n_rows, 2), dtype=np.float32)
+    for start in range(0, n_rows, _PLACE_CHUNK):
         rows = slice(start, start + _PLACE_CHUNK)
-        placement = model.place({EMBEDDING_VIEW: vectors[rows]})
+        placement = model.place({name: vectors[rows] for name, vectors in views.items()})
         labels[rows] = placement.labels
         distances[rows] = placement.distances
         novel[rows] = placement.novel

@@ -45,13 +45,42 @@ class Part:
 
 
 @dataclass(frozen=True)
+class Segment:
+    """Rows ``skip`` .. ``skip + take - 1`` of the rows that row groups ``row_groups`` of ``file`` hold together."""
+
+    file: str
+    row_groups: tuple[int, ...]
+    skip: int
+    take: int
+
+
+@dataclass(frozen=True)
 class VectorParts:
-    """The input cut into parts, in file order, with its size: ``n_rows`` vectors of ``dim`` floats."""
+    """The input cut into parts, in file order, with its size: ``n_rows`` vectors of ``dim`` floats.
+
+    ``group_rows`` holds each file's row-group sizes, so that any run of rows
+    can be found (:meth:`segments`) without opening a file.
+    """
 
     parts: tuple[Part, ...]
     n_rows: int
     dim: int
     files: tuple[str, ...]
+    group_rows: tuple[tuple[int, ...], ...]
+
+    def segments(self, start: int, stop: int) -> tuple[Segment, ...]:
+        """Where rows ``start`` .. ``stop - 1`` of the input are: one :class:`Segment` per file they span."""
+        found: list[Segment] = []
+        file_start = 0
+        for file, sizes in zip(self.files, self.group_rows, strict=True):
+            bounds = file_start + np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+            low, high = max(start, file_start), min(stop, int(bounds[-1]))
+            if low < high:
+                first = int(np.searchsorted(bounds, low, side="right")) - 1
+                last = int(np.searchsorted(bounds, high, side="left"))
+                found.append(Segment(file, tuple(range(first, last)), low - int(bounds[first]), high - low))
+            file_start = int(bounds[-1])
+        return tuple(found)
 
     @classmethod
     def plan(cls, source: str | Path | Sequence[str | Path], *, part_rows: int = PART_ROWS) -> VectorParts:
@@ -63,6 +92,7 @@ class VectorParts:
         """
         files = _input_files(source)
         parts: list[Part] = []
+        group_rows: list[tuple[int, ...]] = []
         dim = None
         offset = 0
         for file in files:
@@ -74,6 +104,7 @@ class VectorParts:
                     "give files of one model's embeddings"
                 )
             dim = file_dim
+            group_rows.append(tuple(metadata.row_group(group).num_rows for group in range(metadata.num_row_groups)))
             group, n_groups = 0, metadata.num_row_groups
             while group < n_groups:
                 first, rows = group, 0
@@ -85,19 +116,34 @@ class VectorParts:
                     offset += rows
         if offset == 0 or dim is None:
             raise UsageError(f"{_described(source)} holds no embeddings; give Parquet files of path and vector rows")
-        return cls(tuple(parts), offset, dim, tuple(files))
+        return cls(tuple(parts), offset, dim, tuple(files), tuple(group_rows))
 
 
 def read_part(part: Part, *, columns: Sequence[str] = (PATH_COLUMN, VECTOR_COLUMN)) -> pa.Table:
     """The part's rows (those ``columns``), read from its file; an unreadable file is a one-line :class:`UsageError`."""
-    try:
-        with pq.ParquetFile(part.file, pre_buffer=False, buffer_size=1 << 20) as parquet:
-            table = parquet.read_row_groups(part.row_groups, columns=list(columns))
-    except (OSError, pa.ArrowException) as error:
-        raise UsageError(f"{part.file} cannot be read ({_first_line(error)}); check the file and run again") from None
+    table = _read_row_groups(part.file, part.row_groups, columns)
     if table.num_rows != part.rows:
         raise UsageError(f"{part.file} changed while it was being read; run again once nothing writes it")
     return table
+
+
+def read_segments(segments: Sequence[Segment], *, columns: Sequence[str] = (PATH_COLUMN, VECTOR_COLUMN)) -> pa.Table:
+    """The rows the segments name, in order, as one table."""
+    tables = []
+    for segment in segments:
+        table = _read_row_groups(segment.file, segment.row_groups, columns).slice(segment.skip, segment.take)
+        if table.num_rows != segment.take:
+            raise UsageError(f"{segment.file} changed while it was being read; run again once nothing writes it")
+        tables.append(table)
+    return pa.concat_tables(tables)
+
+
+def _read_row_groups(file: str, row_groups: Sequence[int], columns: Sequence[str]) -> pa.Table:
+    try:
+        with pq.ParquetFile(file, pre_buffer=False, buffer_size=1 << 20) as parquet:
+            return parquet.read_row_groups(list(row_groups), columns=list(columns))
+    except (OSError, pa.ArrowException) as error:
+        raise UsageError(f"{file} cannot be read ({_first_line(error)}); check the file and run again") from None
 
 
 def part_vectors(table: pa.Table, dim: int, *, file: str) -> np.ndarray:

@@ -91,10 +91,38 @@ def cluster(
         raise UsageError(
             f"k {k} is more than the {len(vectors)} images; ask for at most {len(vectors)} clusters, or for 'auto'"
         )
+    hog_rows = _paired_rows(data, hog) if resolve_pipeline(pipeline, method, reduce) == "auto" else None
+    views = {EMBEDDING_VIEW: vectors} | ({HOG_VIEW: hog_rows} if hog_rows is not None else {})
+    return cluster_views(
+        views,
+        k=k,
+        pipeline=pipeline,
+        method=method,
+        reduce=reduce,
+        n_components=n_components,
+        k_range=k_range,
+        refine=refine,
+        random_state=random_state,
+    )
+
+
+def cluster_views(
+    views: dict[str, np.ndarray],
+    *,
+    k: int | str = "auto",
+    pipeline: str = "auto",
+    method: str | None = None,
+    reduce: str | None = None,
+    n_components: int | None = None,
+    k_range: tuple[int, int] = (2, 20),
+    refine: bool = True,
+    random_state: int = 0,
+) -> ClusterResult:
+    """:func:`cluster` on views already paired row by row: the embedding, and HOG where there is one
+    (the default pipeline decides whether to use it; the fixed pipeline clusters the embedding alone)."""
+    vectors = views[EMBEDDING_VIEW]
     pipeline = resolve_pipeline(pipeline, method, reduce)
     if pipeline == "auto":
-        hog_rows = _paired_rows(data, hog)
-        views = {EMBEDDING_VIEW: vectors} | ({HOG_VIEW: hog_rows} if hog_rows is not None else {})
         clusterer: AdaptiveClusterer | ImageClusterer = AdaptiveClusterer(
             k=k, k_range=k_range, refine=refine, random_state=random_state
         ).fit(views)

@@ -62,24 +62,30 @@ def cluster_shards(
     k_range: tuple[int, int] = (2, 20),
     sample_size: int | None = None,
     random_state: int = 0,
+    hog: str | Path | Sequence[str | Path] | None = None,
     address: str | None = None,
     quiet: bool = False,
 ) -> ShardedRun:
     """Cluster the embeddings in ``vectors`` (Parquet files of path and vector rows, or folders of them) on Ray
     into the run folder ``out``; see :class:`~pixclust.distributed.clusterer.ShardedClusterer` for the method.
 
+    ``hog`` is the same images' HOG vectors in the same order (a run's ``views/hog/``), which the
+    default pipeline may join to the embedding as ``pixclust cluster`` does (on the digits it does).
     ``address`` is the Ray cluster's (None: the one ``ray start`` made on this
     machine, ``RAY_ADDRESS``, an instance this program already started, or a
     local one started for the call and stopped after it).
     """
     started_at = time.perf_counter()
     data = VectorParts.plan(vectors)
+    hog_data = None if hog is None else VectorParts.plan(hog)
     clusterer = ShardedClusterer(
         k=k, pipeline=pipeline, k_range=k_range, sample_size=sample_size, random_state=random_state
     )
     clusterer._check_params()
     folder = RunFolder.open(out)
-    _refuse_inputs_inside(data, folder.root)
+    for given in (data, hog_data):
+        if given is not None:
+            _refuse_inputs_inside(given, folder.root)
     ray = require_ray()
     started_here = connect(ray, address)
     _refuse_local_run(folder, out)
@@ -102,8 +108,8 @@ def cluster_shards(
                     written.append(name)
                     advance(1)
 
-                clusterer.fit(data, save_part, ray=ray)
-                summary = _summary(clusterer, data, sorted(written), time.perf_counter() - started_at)
+                clusterer.fit(data, save_part, ray=ray, hog=hog_data)
+                summary = _summary(clusterer, data, hog_data, sorted(written), time.perf_counter() - started_at)
                 write_text_atomic(staging / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
                 entries = [(f"{CLUSTER_TABLE_DIR}/{name}", FILE) for name in [*sorted(written), SUMMARY_FILE]]
                 folder.swap_in(staging, CLUSTER_TABLE_DIR, entries)
@@ -142,12 +148,15 @@ def _refuse_inputs_inside(data: VectorParts, run_dir: Path) -> None:
         )
 
 
-def _summary(clusterer: ShardedClusterer, data: VectorParts, parts: list[str], seconds: float) -> dict[str, Any]:
+def _summary(
+    clusterer: ShardedClusterer, data: VectorParts, hog_data: VectorParts | None, parts: list[str], seconds: float
+) -> dict[str, Any]:
     result = clusterer.sample_result_
     return {
         "format": SUMMARY_FORMAT,
         "version": 1,
         "inputs": list(data.files),
+        "hog_inputs": None if hog_data is None else list(hog_data.files),
         "rows": data.n_rows,
         "dim": data.dim,
         "parts": parts,
@@ -163,6 +172,7 @@ def _summary(clusterer: ShardedClusterer, data: VectorParts, parts: list[str], s
         "choice": json_plain(result.choice),
         "random_state": clusterer.random_state,
         "seconds": round(seconds, 1),
+        "timings": {name: round(value, 1) for name, value in clusterer.timings_.items()},
     }
 
 

@@ -251,6 +251,50 @@ def test_a_part_that_cannot_be_read_stops_the_run_and_keeps_the_last_table(
     assert not [name for name in os.listdir(out) if name.startswith(".pixclust-staging")]
 
 
+def test_settings_and_rows_it_cannot_use_are_one_line(
+    ray_instance: Any, pixel_shards: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import ray
+
+    # Settings are refused before any task reads a row.
+    monkeypatch.setattr(ray, "remote", lambda **_: pytest.fail("a task was started"))
+    for settings, message in (
+        ({"k": 5000}, "k=5000 is more than the 1797 images"),
+        ({"k": 50, "sample_size": 40}, "k=50 is more than the 40 rows of the sample"),
+        ({"k": 0}, "k=0 is not allowed"),
+        ({"k_range": (5, 3)}, r"k_range=\(5, 3\) cannot be scanned"),
+        ({"pipeline": "hdbscan"}, "pipeline 'hdbscan' is not known"),
+    ):
+        with pytest.raises(UsageError, match=message):
+            pixclust.cluster_shards(pixel_shards, tmp_path / "run", quiet=True, **settings)
+    monkeypatch.undo()
+    nameless = tmp_path / "nameless.parquet"
+    pq.write_table(
+        pa.table(
+            {"path": ["a", None], "vector": pa.FixedSizeListArray.from_arrays(pa.array([1.0, 2.0], pa.float32()), 1)}
+        ),
+        nameless,
+    )
+    with pytest.raises(UsageError, match="has rows without a path"):
+        pixclust.cluster_shards(nameless, tmp_path / "run", k=2, pipeline="fixed", quiet=True)
+
+
+def test_a_second_writer_waits_its_turn(ray_instance: Any, pixel_shards: Path, tmp_path: Path) -> None:
+    from pixclust.errors import RunFolderBusyError
+    from pixclust.runs.folder import LOCK_FILE
+    from pixclust.runs.lock import hold_lock
+
+    out = tmp_path / "run"
+    out.mkdir()
+    held = hold_lock(out / LOCK_FILE)
+    try:
+        with pytest.raises(RunFolderBusyError):
+            pixclust.cluster_shards(pixel_shards, out, k=3, pipeline="fixed", quiet=True)
+    finally:
+        os.close(held)
+    assert not (out / "cluster_table").exists()
+
+
 def test_cli_clusters_and_says_mistakes_in_one_line(ray_instance: Any, pixel_shards: Path, tmp_path: Path) -> None:
     runner = CliRunner()
     address = ray_instance.get_runtime_context().gcs_address

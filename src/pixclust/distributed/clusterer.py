@@ -34,6 +34,7 @@ import numpy as np
 import pyarrow as pa
 
 from pixclust.clustering.clusterer import ClusterResult
+from pixclust.clustering.k_selection import check_k_settings
 from pixclust.clustering.large_kmeans import MIN_SAMPLE, POINTS_PER_CENTRE
 from pixclust.clustering.placement import ClusterModel
 from pixclust.clustering.reduce import is_whole_number
@@ -90,11 +91,19 @@ class ShardedClusterer:
         self.sample_size = sample_size
         self.random_state = random_state
 
-    def _check_params(self) -> None:
+    def check(self, n_rows: int) -> None:
+        """Raise :class:`UsageError` for settings that cannot cluster ``n_rows`` rows; :meth:`fit` calls it before
+        reading anything, so that a mistake costs no pass over the data."""
         if self.pipeline not in PIPELINES:
             raise UsageError(f"pipeline {self.pipeline!r} is not known for sharded clustering; choose fixed or auto")
         if self.sample_size is not None and (not is_whole_number(self.sample_size) or self.sample_size < 3):
             raise UsageError(f"sample_size {self.sample_size!r} is not allowed; use a whole number >= 3")
+        check_k_settings(self.k, self.k_range, self.random_state, n_rows)
+        if is_whole_number(self.k) and self.k > self.sample_rows(n_rows):
+            raise UsageError(
+                f"k={self.k} is more than the {self.sample_rows(n_rows)} rows of the sample; "
+                "use a smaller k or a larger sample_size"
+            )
 
     def sample_rows(self, n_rows: int) -> int:
         """How many rows the fit sees: all of them up to the default sample size."""
@@ -112,7 +121,7 @@ class ShardedClusterer:
         """
         from pixclust.runs.pipeline import cluster_views
 
-        self._check_params()
+        self.check(data.n_rows)
         hog = hog if self.pipeline == "auto" else None
         if hog is not None and hog.n_rows != data.n_rows:
             raise UsageError(
@@ -203,6 +212,8 @@ def _hog_rows(hog: VectorParts | None, part: Part) -> HogRows | None:
 def _part_views(part: Part, dim: int, hog: HogRows | None) -> tuple[pa.Table, dict[str, np.ndarray]]:
     """A part's table and its views, the HOG rows checked to be the same images in the same order."""
     table = read_part(part)
+    if table.column(PATH_COLUMN).null_count:
+        raise UsageError(f"{part.file} has rows without a path; give every vector the path of its image")
     views = {EMBEDDING_VIEW: part_vectors(table, dim, file=part.file)}
     if hog is not None:
         hog_table = read_segments(hog.segments)

@@ -81,7 +81,7 @@ def cluster_shards(
     clusterer = ShardedClusterer(
         k=k, pipeline=pipeline, k_range=k_range, sample_size=sample_size, random_state=random_state
     )
-    clusterer._check_params()
+    clusterer.check(data.n_rows)
     folder = RunFolder.open(out)
     for given in (data, hog_data):
         if given is not None:

@@ -11,6 +11,8 @@ import csv
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -293,6 +295,31 @@ def test_a_second_writer_waits_its_turn(ray_instance: Any, pixel_shards: Path, t
     finally:
         os.close(held)
     assert not (out / "cluster_table").exists()
+
+
+NO_CPU_DRIVER = """
+import sys, ray, pixclust
+ray.init(num_cpus=0, object_store_memory=100 * 2**20, include_dashboard=False, log_to_driver=False)
+try:
+    pixclust.cluster_shards(sys.argv[1], sys.argv[2], k=3, pipeline="fixed", ray_wait=2, quiet=True)
+except pixclust.PixclustError as error:
+    print(type(error).__name__, error.exit_code, error)
+"""
+
+
+@pytest.mark.slow
+def test_a_cluster_without_cpus_stops_the_run_instead_of_waiting(pixel_shards: Path, tmp_path: Path) -> None:
+    done = subprocess.run(
+        [sys.executable, "-c", NO_CPU_DRIVER, str(pixel_shards), str(tmp_path / "run")],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert done.stdout.startswith(
+        "ClusterUnavailableError 3 the Ray cluster has had no CPU for pixclust's tasks for 2 s"
+    )
+    assert "1 node of 0 CPUs" in done.stdout
+    assert not (tmp_path / "run" / "cluster_table").exists()
 
 
 def test_cli_clusters_and_says_mistakes_in_one_line(ray_instance: Any, pixel_shards: Path, tmp_path: Path) -> None:

@@ -318,6 +318,9 @@ def cluster_shards_command(
     address: Annotated[
         str | None, typer.Option(help="Ray cluster address (HEAD_IP:6379) [default: this machine's, or a local one].")
     ] = None,
+    ray_wait: Annotated[
+        float, typer.Option(help="Seconds to wait while the Ray cluster has no CPU (none joined, or all lost).")
+    ] = 120,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")] = 0,
     quiet: Quiet = False,
 ) -> None:
@@ -335,6 +338,7 @@ def cluster_shards_command(
         random_state=seed,
         hog=hog or None,
         address=address,
+        ray_wait=ray_wait,
         quiet=quiet,
     )
     render_sharded(run)

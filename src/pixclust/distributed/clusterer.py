@@ -40,11 +40,15 @@ from pixclust.clustering.placement import ClusterModel
 from pixclust.clustering.reduce import is_whole_number
 from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW
 from pixclust.distributed.parts import PATH_COLUMN, Part, Segment, VectorParts, part_vectors, read_part, read_segments
-from pixclust.errors import PixclustError, UsageError
+from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S, check_engine
+from pixclust.embedding.engines.ray import describe_nodes, live_nodes
+from pixclust.errors import ClusterUnavailableError, PixclustError, UsageError
 
 PIPELINES = ("fixed", "auto")
 # Tasks in flight per CPU of the cluster: one running, one queued, so no CPU waits for the driver.
 _TASKS_PER_CPU = 2
+# How often a wait with no task finished looks at the cluster's CPUs.
+_POLL_S = 1.0
 # Rows placed at once inside a task: the placement's temporaries stay a few hundred MB.
 _PLACE_CHUNK = 16_384
 
@@ -68,7 +72,8 @@ class ShardedClusterer:
     ``pipeline`` is ``"fixed"`` (k-means on L2 + PCA-50) or ``"auto"`` (the
     default pipeline, with HOG when :meth:`fit` is given the images' HOG
     vectors). ``k`` is a number or ``"auto"`` (scanned over ``k_range`` on the
-    sample). Fitted attributes: ``model_`` (the :class:`ClusterModel`),
+    sample). ``ray_wait``: seconds the run may find the cluster without a CPU
+    before it stops. Fitted attributes: ``model_`` (the :class:`ClusterModel`),
     ``sample_result_`` (the sample's :class:`ClusterResult`: k scan,
     silhouette, what was chosen), ``sample_size_``, ``n_rows_``,
     ``n_clusters_``, ``counts_`` (rows per cluster id), ``novel_`` (rows placed
@@ -84,12 +89,14 @@ class ShardedClusterer:
         k_range: tuple[int, int] = (2, 20),
         sample_size: int | None = None,
         random_state: int = 0,
+        ray_wait: float = DEFAULT_RAY_WAIT_S,
     ) -> None:
         self.k = k
         self.pipeline = pipeline
         self.k_range = k_range
         self.sample_size = sample_size
         self.random_state = random_state
+        self.ray_wait = ray_wait
 
     def check(self, n_rows: int) -> None:
         """Raise :class:`UsageError` for settings that cannot cluster ``n_rows`` rows; :meth:`fit` calls it before
@@ -98,6 +105,7 @@ class ShardedClusterer:
             raise UsageError(f"pipeline {self.pipeline!r} is not known for sharded clustering; choose fixed or auto")
         if self.sample_size is not None and (not is_whole_number(self.sample_size) or self.sample_size < 3):
             raise UsageError(f"sample_size {self.sample_size!r} is not allowed; use a whole number >= 3")
+        check_engine("ray", None, ray_wait=self.ray_wait)
         check_k_settings(self.k, self.k_range, self.random_state, n_rows)
         if is_whole_number(self.k) and self.k > self.sample_rows(n_rows):
             raise UsageError(
@@ -162,7 +170,7 @@ class ShardedClusterer:
             (lambda part=part: place.remote(part, data.dim, model_ref, _hog_rows(placing_hog, part)))
             for part in data.parts
         ]
-        for index, (table, counts, squared) in _run_tasks(ray, calls):
+        for index, (table, counts, squared) in _run_tasks(ray, calls, self.ray_wait):
             self.counts_ += counts
             self.inertia_ += squared
             self.novel_ += int(np.count_nonzero(table.column("novel").to_numpy(zero_copy_only=False)))
@@ -191,7 +199,7 @@ class ShardedClusterer:
             )
             for index, rows in wanted
         ]
-        for done, part_views in _run_tasks(ray, calls):
+        for done, part_views in _run_tasks(ray, calls, self.ray_wait):
             for name, vectors in part_views.items():
                 views[name][wanted[done][1]] = vectors
         return views
@@ -263,15 +271,18 @@ def place_part(part: Part, dim: int, model: ClusterModel, hog: HogRows | None) -
     return placed, counts, float(np.sum(distances.astype(np.float64) ** 2))
 
 
-def _run_tasks(ray: Any, calls: Sequence[Callable[[], Any]]) -> Iterator[tuple[int, Any]]:
+def _run_tasks(ray: Any, calls: Sequence[Callable[[], Any]], wait_s: float) -> Iterator[tuple[int, Any]]:
     """(index, result) of each task as it finishes, with at most ``_TASKS_PER_CPU`` per CPU of the cluster in flight.
 
     ``calls`` submit one task each when called, so that a task is submitted only when there is room.
     A task's pixclust error (an unreadable file, say) is raised here as itself: one line for the user.
+    Ray runs a task again when its node is lost; a cluster left with no CPU at all for ``wait_s``
+    seconds (none joined, or every node lost) stops the run with :class:`ClusterUnavailableError`.
     """
     limit = max(1, _TASKS_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
     pending: dict[Any, int] = {}
     waiting = iter(enumerate(calls))
+    no_cpu_since = None
     try:
         while True:
             while len(pending) < limit and (next_call := next(waiting, None)) is not None:
@@ -279,9 +290,20 @@ def _run_tasks(ray: Any, calls: Sequence[Callable[[], Any]]) -> Iterator[tuple[i
                 pending[call()] = index
             if not pending:
                 return
-            (ready,), _ = ray.wait(list(pending), num_returns=1)
-            index = pending.pop(ready)
-            yield index, _get(ray, ready)
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_S)
+            if ready:
+                index = pending.pop(ready[0])
+                yield index, _get(ray, ready[0])
+                continue
+            if ray.cluster_resources().get("CPU", 0) >= 1:
+                no_cpu_since = None
+            elif no_cpu_since is None:
+                no_cpu_since = time.monotonic()
+            elif time.monotonic() - no_cpu_since > wait_s:
+                raise ClusterUnavailableError(
+                    f"the Ray cluster has had no CPU for pixclust's tasks for {wait_s:g} s "
+                    f"({describe_nodes(live_nodes(ray))}); start a node with CPUs, or wait longer with --ray-wait"
+                )
     finally:
         for ref in pending:
             ray.cancel(ref)

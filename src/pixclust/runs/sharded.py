@@ -27,6 +27,7 @@ from pixclust.atomic import atomic_path, write_text_atomic
 from pixclust.curation.export import cluster_names
 from pixclust.distributed.clusterer import ShardedClusterer
 from pixclust.distributed.parts import VectorParts
+from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S
 from pixclust.embedding.engines.ray import connect, require_ray
 from pixclust.errors import UsageError
 from pixclust.names import unescape_name, write_csv
@@ -64,6 +65,7 @@ def cluster_shards(
     random_state: int = 0,
     hog: str | Path | Sequence[str | Path] | None = None,
     address: str | None = None,
+    ray_wait: float = DEFAULT_RAY_WAIT_S,
     quiet: bool = False,
 ) -> ShardedRun:
     """Cluster the embeddings in ``vectors`` (Parquet files of path and vector rows, or folders of them) on Ray
@@ -73,13 +75,19 @@ def cluster_shards(
     default pipeline may join to the embedding as ``pixclust cluster`` does (on the digits it does).
     ``address`` is the Ray cluster's (None: the one ``ray start`` made on this
     machine, ``RAY_ADDRESS``, an instance this program already started, or a
-    local one started for the call and stopped after it).
+    local one started for the call and stopped after it); ``ray_wait`` is how long the run may find
+    the cluster without a CPU (none joined yet, or every node lost) before it stops.
     """
     started_at = time.perf_counter()
     data = VectorParts.plan(vectors)
     hog_data = None if hog is None else VectorParts.plan(hog)
     clusterer = ShardedClusterer(
-        k=k, pipeline=pipeline, k_range=k_range, sample_size=sample_size, random_state=random_state
+        k=k,
+        pipeline=pipeline,
+        k_range=k_range,
+        sample_size=sample_size,
+        random_state=random_state,
+        ray_wait=ray_wait,
     )
     clusterer.check(data.n_rows)
     folder = RunFolder.open(out)

@@ -186,7 +186,7 @@ class RayEmbedder(Embedder):
             return
         started_here = connect(self.ray, self.settings.address)
         try:
-            plan = plan_actors(_live_nodes(self.ray), self.settings.actor_cpus)
+            plan = plan_actors(live_nodes(self.ray), self.settings.actor_cpus)
             batches = [
                 range(start, min(start + self.batch_size, len(paths)))
                 for start in range(0, len(paths), self.batch_size)
@@ -236,7 +236,7 @@ def _refused_token(error: BaseException) -> bool:
     return False
 
 
-def _live_nodes(ray: ModuleType) -> list[dict[str, float]]:
+def live_nodes(ray: ModuleType) -> list[dict[str, float]]:
     """Each live node's total resources."""
     return [dict(node["Resources"]) for node in ray.nodes() if node.get("Alive")]
 
@@ -372,7 +372,7 @@ class _ActorPool:
         self._start_actor()
 
     def _no_room_message(self) -> str:
-        nodes = _live_nodes(self.ray)
+        nodes = live_nodes(self.ray)
         free = self.ray.available_resources().get("CPU", 0)
         has = f"the cluster has {describe_nodes(nodes)}, {_count(free, 'CPU')} free"
         if not self.ever_placed:

@@ -164,6 +164,30 @@ def test_killed_ray_run_resumes_embedding_only_the_missing_images(
 
 
 @pytest.mark.slow
+def test_files_are_hashed_by_ray_tasks_as_by_this_process(
+    ray_cluster: Any, messy_tree: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pixclust.embedding import extraction
+    from pixclust.embedding.engines import ray as ray_engine
+    from pixclust.embedding.store import KnownEmbeddings
+
+    root, _ = messy_tree
+    # Files that cannot be hashed: a FIFO (reading it would block) and a link to nothing.
+    os.mkfifo(root / "pipe.png")
+    (root / "dangling.png").symlink_to(root / "nowhere.png")
+    paths = sorted(str(path) for path in root.rglob("*") if not path.is_dir())
+    # A stored hash for one file whose path, size and mtime are unchanged is used without reading the file.
+    status = os.stat(paths[0])
+    known = KnownEmbeddings(hash_by_stat={(paths[0], status.st_size, status.st_mtime_ns): "stored"})
+    here = extraction._hash_files(paths, known)
+    monkeypatch.setattr(ray_engine, "HASH_BATCH", 3)
+    on_ray = extraction._hash_files(paths, known, ray_wait=30)
+    assert here[1][0] == "stored" and here[3]
+    # Batches of 3 come back as they finish; the answers are the same, in the same order.
+    assert on_ray == here
+
+
+@pytest.mark.slow
 def test_a_node_whose_model_differs_stops_the_run_with_one_line(ray_cluster: Any, digit_tree: Path) -> None:
     """An actor that cannot load the driver's model hands back its error; the driver raises it, not Ray's traceback."""
     extractor = load_extractor("pixels")

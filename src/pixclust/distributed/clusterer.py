@@ -26,7 +26,7 @@ is the order of the whole data up to sampling noise.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,14 +41,10 @@ from pixclust.clustering.reduce import is_whole_number
 from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW
 from pixclust.distributed.parts import PATH_COLUMN, Part, Segment, VectorParts, part_vectors, read_part, read_segments
 from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S, check_engine
-from pixclust.embedding.engines.ray import describe_nodes, live_nodes
-from pixclust.errors import ClusterUnavailableError, PixclustError, UsageError
+from pixclust.embedding.engines.ray import run_tasks
+from pixclust.errors import UsageError
 
 PIPELINES = ("fixed", "auto")
-# Tasks in flight per CPU of the cluster: one running, one queued, so no CPU waits for the driver.
-_TASKS_PER_CPU = 2
-# How often a wait with no task finished looks at the cluster's CPUs.
-_POLL_S = 1.0
 # Rows placed at once inside a task: the placement's temporaries stay a few hundred MB.
 _PLACE_CHUNK = 16_384
 
@@ -170,7 +166,7 @@ class ShardedClusterer:
             (lambda part=part: place.remote(part, data.dim, model_ref, _hog_rows(placing_hog, part)))
             for part in data.parts
         ]
-        for index, (table, counts, squared) in _run_tasks(ray, calls, self.ray_wait):
+        for index, (table, counts, squared) in run_tasks(ray, calls, self.ray_wait):
             self.counts_ += counts
             self.inertia_ += squared
             self.novel_ += int(np.count_nonzero(table.column("novel").to_numpy(zero_copy_only=False)))
@@ -199,7 +195,7 @@ class ShardedClusterer:
             )
             for index, rows in wanted
         ]
-        for done, part_views in _run_tasks(ray, calls, self.ray_wait):
+        for done, part_views in run_tasks(ray, calls, self.ray_wait):
             for name, vectors in part_views.items():
                 views[name][wanted[done][1]] = vectors
         return views
@@ -269,51 +265,3 @@ def place_part(part: Part, dim: int, model: ClusterModel, hog: HogRows | None) -
     )
     counts = np.bincount(labels, minlength=model.n_clusters).astype(np.int64)
     return placed, counts, float(np.sum(distances.astype(np.float64) ** 2))
-
-
-def _run_tasks(ray: Any, calls: Sequence[Callable[[], Any]], wait_s: float) -> Iterator[tuple[int, Any]]:
-    """(index, result) of each task as it finishes, with at most ``_TASKS_PER_CPU`` per CPU of the cluster in flight.
-
-    ``calls`` submit one task each when called, so that a task is submitted only when there is room.
-    A task's pixclust error (an unreadable file, say) is raised here as itself: one line for the user.
-    Ray runs a task again when its node is lost; a cluster left with no CPU at all for ``wait_s``
-    seconds (none joined, or every node lost) stops the run with :class:`ClusterUnavailableError`.
-    """
-    limit = max(1, _TASKS_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
-    pending: dict[Any, int] = {}
-    waiting = iter(enumerate(calls))
-    no_cpu_since = None
-    try:
-        while True:
-            while len(pending) < limit and (next_call := next(waiting, None)) is not None:
-                index, call = next_call
-                pending[call()] = index
-            if not pending:
-                return
-            ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_S)
-            if ready:
-                index = pending.pop(ready[0])
-                yield index, _get(ray, ready[0])
-                continue
-            if ray.cluster_resources().get("CPU", 0) >= 1:
-                no_cpu_since = None
-            elif no_cpu_since is None:
-                no_cpu_since = time.monotonic()
-            elif time.monotonic() - no_cpu_since > wait_s:
-                raise ClusterUnavailableError(
-                    f"the Ray cluster has had no CPU for pixclust's tasks for {wait_s:g} s "
-                    f"({describe_nodes(live_nodes(ray))}); start a node with CPUs, or wait longer with --ray-wait"
-                )
-    finally:
-        for ref in pending:
-            ray.cancel(ref)
-
-
-def _get(ray: Any, ref: Any) -> Any:
-    try:
-        return ray.get(ref)
-    except ray.exceptions.RayTaskError as error:
-        cause = getattr(error, "cause", None)
-        if isinstance(cause, PixclustError):
-            raise type(cause)(str(cause)) from None
-        raise

@@ -27,12 +27,11 @@ from pixclust.embedding.discover import Discovery, discover_images
 from pixclust.embedding.embedder import DEFAULT_BATCH_SIZE, Embedder
 from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S, check_engine
 from pixclust.embedding.extractor import load_extractor
-from pixclust.embedding.files import REASON_UNREADABLE, SkippedFile
+from pixclust.embedding.files import SkippedFile
 from pixclust.embedding.models import DEFAULT_MODEL
 from pixclust.embedding.pixel_stats import unmeasured
-from pixclust.embedding.store import EmbeddingStore, KnownEmbeddings, StoredVector, content_hash
+from pixclust.embedding.store import EmbeddingStore, KnownEmbeddings, StoredVector, file_digest
 from pixclust.embeddings import Embeddings
-from pixclust.errors import DecodeError
 from pixclust.progress import progress_bar, quietly
 
 FLUSH_EVERY = 1024
@@ -71,14 +70,20 @@ def embed(
     ``save=False`` keeps ``embeddings.parquet`` as it is (new vectors stay in
     their shards): for a caller that saves these rows together with others.
     """
-    with quietly(quiet):
+    with quietly(quiet), contextlib.ExitStack() as ray_connection:
         check_engine(engine, address, num_workers, actor_cpus=actor_cpus, ray_wait=ray_wait)
+        if engine == "ray":
+            from pixclust.embedding.engines.ray import ray_session
+
+            # One connection for hashing and embedding, closed (and a Ray started here stopped) on the way out.
+            ray_connection.enter_context(ray_session(address))
         discovery = _discover(source, include_hidden)
         extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision, lazy=True)
         store = EmbeddingStore(out) if out is not None else None
         known = store.known(extractor.model_id, extractor.dim) if store else KnownEmbeddings()
 
-        files, hashes, stats, skipped = _hash_files([str(p) for p in discovery.files], known)
+        wait_s = None if engine != "ray" else DEFAULT_RAY_WAIT_S if ray_wait is None else ray_wait
+        files, hashes, stats, skipped = _hash_files([str(p) for p in discovery.files], known, wait_s)
         skipped = list(discovery.skipped) + skipped
         first_path_of_hash = {}
         for path, digest in zip(files, hashes, strict=True):
@@ -220,35 +225,48 @@ def _ctrl_c_after_batch() -> Iterator[threading.Event]:
 
 
 def _hash_files(
-    paths: Sequence[str], known: KnownEmbeddings
+    paths: Sequence[str], known: KnownEmbeddings, ray_wait: float | None = None
 ) -> tuple[list[str], list[str], list[tuple[int, int]], list[SkippedFile]]:
-    """Content hash per file, taken from the store when path, size and mtime are unchanged."""
+    """Content hash per file, taken from the store when path, size and mtime are unchanged.
 
-    def one(path: str) -> tuple[str, tuple[int, int]] | SkippedFile:
-        try:
-            status = os.stat(path)
-            stat = (status.st_size, status.st_mtime_ns)
-            digest = known.hash_by_stat.get((path, *stat)) or content_hash(path)
-            return digest, stat
-        except OSError as error:
-            return SkippedFile(path, REASON_UNREADABLE, f"cannot read the file ({error.strerror or error})")
-        except DecodeError as error:
-            return SkippedFile(path, error.reason, error.detail)
-
+    Files are read by a few threads here, or, with ``ray_wait`` (``--engine ray``, Ray connected), by Ray
+    tasks on the cluster's nodes, which read the shared storage side by side.
+    """
     files, hashes, stats, skipped = [], [], [], []
-    with (
-        progress_bar("hashing", len(paths), unit="files") as advance,
-        ThreadPoolExecutor(_HASH_THREADS) as pool,
-    ):
-        for path, result in zip(paths, pool.map(one, paths), strict=True):
-            if isinstance(result, SkippedFile):
-                skipped.append(result)
-            else:
-                files.append(path)
-                hashes.append(result[0])
-                stats.append(result[1])
-            advance(1)
+    with progress_bar("hashing", len(paths), unit="files") as advance:
+        if ray_wait is None:
+            with ThreadPoolExecutor(_HASH_THREADS) as pool:
+                results = zip(paths, pool.map(lambda path: file_digest(path, known.hash_by_stat), paths), strict=True)
+                for path, result in results:
+                    _keep(path, result, files, hashes, stats, skipped)
+                    advance(1)
+        else:
+            from pixclust.embedding.engines.ray import hash_on_ray
+
+            # Batches come back as they finish; the rows keep the order of discovery.
+            result_of = {}
+            for batch in hash_on_ray(paths, known.hash_by_stat, ray_wait):
+                result_of.update(batch)
+                advance(len(batch))
+            for path in paths:
+                _keep(path, result_of[path], files, hashes, stats, skipped)
     return files, hashes, stats, skipped
+
+
+def _keep(
+    path: str,
+    result: tuple[str, tuple[int, int]] | SkippedFile,
+    files: list[str],
+    hashes: list[str],
+    stats: list[tuple[int, int]],
+    skipped: list[SkippedFile],
+) -> None:
+    if isinstance(result, SkippedFile):
+        skipped.append(result)
+    else:
+        files.append(path)
+        hashes.append(result[0])
+        stats.append(result[1])
 
 
 def _gather(

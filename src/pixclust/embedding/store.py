@@ -20,7 +20,9 @@ from __future__ import annotations
 
 import contextlib
 import hashlib
+import os
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -30,10 +32,10 @@ import pyarrow.compute as pc
 import pyarrow.parquet as pq
 
 from pixclust.atomic import atomic_path
-from pixclust.embedding.files import open_regular
+from pixclust.embedding.files import REASON_UNREADABLE, SkippedFile, open_regular
 from pixclust.embedding.pixel_stats import IMAGE_STATS, unmeasured
 from pixclust.embeddings import ROW_SCHEMA, VECTOR_COLUMN, Embeddings, stats_columns
-from pixclust.errors import UsageError
+from pixclust.errors import DecodeError, UsageError
 from pixclust.names import unescape_name
 from pixclust.progress import warn
 from pixclust.runs.folder import EMBEDDINGS_FILE, PARTIAL_DIR
@@ -58,6 +60,20 @@ def content_hash(path: str | Path) -> str:
         while chunk := stream.read(_HASH_CHUNK):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def file_digest(path: str, known: Mapping[tuple[str, int, int], str]) -> tuple[str, tuple[int, int]] | SkippedFile:
+    """The file's content hash and (size, mtime), the hash taken from ``known`` when path, size and mtime
+    match; or why the file cannot be used."""
+    try:
+        status = os.stat(path)
+        stat = (status.st_size, status.st_mtime_ns)
+        digest = known.get((path, *stat)) or content_hash(path)
+        return digest, stat
+    except OSError as error:
+        return SkippedFile(path, REASON_UNREADABLE, f"cannot read the file ({error.strerror or error})")
+    except DecodeError as error:
+        return SkippedFile(path, error.reason, error.detail)
 
 
 @dataclass(frozen=True)

@@ -28,7 +28,7 @@ from pixclust.curation.export import cluster_names
 from pixclust.distributed.clusterer import ShardedClusterer
 from pixclust.distributed.parts import VectorParts
 from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S
-from pixclust.embedding.engines.ray import connect, require_ray
+from pixclust.embedding.engines.ray import ray_session
 from pixclust.errors import UsageError
 from pixclust.names import unescape_name, write_csv
 from pixclust.progress import progress_bar, quietly
@@ -94,49 +94,43 @@ def cluster_shards(
     for given in (data, hog_data):
         if given is not None:
             _refuse_inputs_inside(given, folder.root)
-    ray = require_ray()
-    started_here = connect(ray, address)
     _refuse_local_run(folder, out)
-    try:
-        with folder.writing():
-            # Again under the lock: a 'pixclust cluster' may have finished there since.
-            _refuse_local_run(folder, out)
-            folder.check_replaceable(CLUSTER_TABLE_DIR)
-            with (
-                folder.staging() as staging,
-                quietly(quiet),
-                progress_bar("placing parts", len(data.parts), unit="parts") as advance,
-            ):
-                written: list[str] = []
+    with ray_session(address) as ray, folder.writing():
+        # Again under the lock: a 'pixclust cluster' may have finished there since.
+        _refuse_local_run(folder, out)
+        folder.check_replaceable(CLUSTER_TABLE_DIR)
+        with (
+            folder.staging() as staging,
+            quietly(quiet),
+            progress_bar("placing parts", len(data.parts), unit="parts") as advance,
+        ):
+            written: list[str] = []
 
-                def save_part(index: int, table: Any) -> None:
-                    name = f"part-{index:05d}.parquet"
-                    with atomic_path(staging / name) as temporary:
-                        pq.write_table(table, temporary)
-                    written.append(name)
-                    advance(1)
+            def save_part(index: int, table: Any) -> None:
+                name = f"part-{index:05d}.parquet"
+                with atomic_path(staging / name) as temporary:
+                    pq.write_table(table, temporary)
+                written.append(name)
+                advance(1)
 
-                clusterer.fit(data, save_part, ray=ray, hog=hog_data)
-                summary = _summary(clusterer, data, hog_data, sorted(written), time.perf_counter() - started_at)
-                write_text_atomic(staging / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-                entries = [(f"{CLUSTER_TABLE_DIR}/{name}", FILE) for name in [*sorted(written), SUMMARY_FILE]]
-                folder.swap_in(staging, CLUSTER_TABLE_DIR, entries)
-            folder.claim_files([CLUSTER_MODEL_FILE])
-            clusterer.model_.save(folder.path(CLUSTER_MODEL_FILE))
-            if data.n_rows <= CSV_MAX_ROWS:
-                names = cluster_names(np.arange(clusterer.n_clusters_))
-                table_dir = folder.path(CLUSTER_TABLE_DIR)
-                write_csv(
-                    folder.path(CLUSTERS_CSV),
-                    CSV_COLUMNS,
-                    _csv_rows([table_dir / name for name in sorted(written)], names),
-                    text=("path", "cluster"),
-                )
-            else:
-                folder.remove_managed_file(CLUSTERS_CSV)
-    finally:
-        if started_here:
-            ray.shutdown()
+            clusterer.fit(data, save_part, ray=ray, hog=hog_data)
+            summary = _summary(clusterer, data, hog_data, sorted(written), time.perf_counter() - started_at)
+            write_text_atomic(staging / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
+            entries = [(f"{CLUSTER_TABLE_DIR}/{name}", FILE) for name in [*sorted(written), SUMMARY_FILE]]
+            folder.swap_in(staging, CLUSTER_TABLE_DIR, entries)
+        folder.claim_files([CLUSTER_MODEL_FILE])
+        clusterer.model_.save(folder.path(CLUSTER_MODEL_FILE))
+        if data.n_rows <= CSV_MAX_ROWS:
+            names = cluster_names(np.arange(clusterer.n_clusters_))
+            table_dir = folder.path(CLUSTER_TABLE_DIR)
+            write_csv(
+                folder.path(CLUSTERS_CSV),
+                CSV_COLUMNS,
+                _csv_rows([table_dir / name for name in sorted(written)], names),
+                text=("path", "cluster"),
+            )
+        else:
+            folder.remove_managed_file(CLUSTERS_CSV)
     return ShardedRun(folder.root, summary)
 
 

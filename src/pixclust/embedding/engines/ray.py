@@ -22,11 +22,12 @@ only this process writes the run folder.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import socket
 import time
 from collections import Counter, deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from types import ModuleType
@@ -37,8 +38,10 @@ import numpy as np
 from pixclust.embedding.embedder import Embedder, ExtractedBatch
 from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S
 from pixclust.embedding.extractor import FeatureExtractor, load_extractor
+from pixclust.embedding.files import SkippedFile
 from pixclust.embedding.pixel_stats import IMAGE_STATS
 from pixclust.embedding.record import RANDOM_WEIGHTS
+from pixclust.embedding.store import file_digest
 from pixclust.errors import ClusterUnavailableError, DecodeError, ModelUnavailableError, PixclustError, UsageError
 
 # OpenVINO spreads one actor's network over the threads it is given; on this project's 2-core
@@ -50,6 +53,10 @@ _QUEUED_PER_ACTOR = 1
 _DEATHS_PER_BATCH = 3
 # How often the pool looks at the clock while nothing comes back.
 _POLL_S = 1.0
+# Tasks in flight per CPU of the cluster: one running, one queued, so no CPU waits for the driver.
+_TASKS_PER_CPU = 2
+# Files hashed per Ray task: enough that a task's cost (milliseconds) is small beside reading the files.
+HASH_BATCH = 256
 
 
 @dataclass(frozen=True)
@@ -184,8 +191,7 @@ class RayEmbedder(Embedder):
         """Yield results batch by batch as actors finish them (not in input order; ``indices`` say where)."""
         if not paths:
             return
-        started_here = connect(self.ray, self.settings.address)
-        try:
+        with ray_session(self.settings.address):
             plan = plan_actors(live_nodes(self.ray), self.settings.actor_cpus)
             batches = [
                 range(start, min(start + self.batch_size, len(paths)))
@@ -197,9 +203,91 @@ class RayEmbedder(Embedder):
                     yield _extracted_batch(result)
             finally:
                 pool.close()
-        finally:
-            if started_here:
-                self.ray.shutdown()
+
+
+@contextlib.contextmanager
+def ray_session(address: str | None) -> Iterator[ModuleType]:
+    """The ``ray`` module, joined to (or started for) the cluster at ``address``; a Ray started here stops on exit."""
+    ray = require_ray()
+    started_here = connect(ray, address)
+    try:
+        yield ray
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def run_tasks(ray: ModuleType, calls: Sequence[Callable[[], Any]], wait_s: float) -> Iterator[tuple[int, Any]]:
+    """(index, result) of each task as it finishes, with at most ``_TASKS_PER_CPU`` per CPU of the cluster in flight.
+
+    ``calls`` submit one task each when called, so that a task is submitted only when there is room.
+    A task's pixclust error (an unreadable file, say) is raised here as itself: one line for the user.
+    Ray runs a task again when its node is lost; a cluster left with no CPU at all for ``wait_s``
+    seconds (none joined, or every node lost) stops the run with :class:`ClusterUnavailableError`.
+    """
+    limit = max(1, _TASKS_PER_CPU * int(ray.cluster_resources().get("CPU", 1)))
+    pending: dict[Any, int] = {}
+    waiting = iter(enumerate(calls))
+    no_cpu_since = None
+    try:
+        while True:
+            while len(pending) < limit and (next_call := next(waiting, None)) is not None:
+                index, call = next_call
+                pending[call()] = index
+            if not pending:
+                return
+            ready, _ = ray.wait(list(pending), num_returns=1, timeout=_POLL_S)
+            if ready:
+                index = pending.pop(ready[0])
+                yield index, _task_result(ray, ready[0])
+                continue
+            if ray.cluster_resources().get("CPU", 0) >= 1:
+                no_cpu_since = None
+            elif no_cpu_since is None:
+                no_cpu_since = time.monotonic()
+            elif time.monotonic() - no_cpu_since > wait_s:
+                raise ClusterUnavailableError(
+                    f"the Ray cluster has had no CPU for pixclust's tasks for {wait_s:g} s "
+                    f"({describe_nodes(live_nodes(ray))}); start a node with CPUs, or wait longer with --ray-wait"
+                )
+    finally:
+        for ref in pending:
+            ray.cancel(ref)
+
+
+def _task_result(ray: ModuleType, ref: Any) -> Any:
+    try:
+        return ray.get(ref)
+    except ray.exceptions.RayTaskError as error:
+        cause = getattr(error, "cause", None)
+        if isinstance(cause, PixclustError):
+            raise type(cause)(str(cause)) from None
+        raise
+
+
+def hash_on_ray(
+    paths: Sequence[str], known: Mapping[tuple[str, int, int], str], wait_s: float
+) -> Iterator[list[tuple[str, tuple[str, tuple[int, int]] | SkippedFile]]]:
+    """Each file's content hash and (size, mtime), or why it cannot be used, by Ray tasks of
+    ``HASH_BATCH`` files: a batch at a time, in the order the batches finish (Ray connected)."""
+    ray = require_ray()
+    # A task is sent only its own files' stored hashes; found through one index, not a scan per batch.
+    known_by_path = {key[0]: (key, digest) for key, digest in known.items()}
+    batches = [paths[start : start + HASH_BATCH] for start in range(0, len(paths), HASH_BATCH)]
+    task = ray.remote(num_cpus=1)(_hash_batch)
+    calls = [
+        (lambda batch=batch: task.remote(batch, dict(known_by_path[path] for path in batch if path in known_by_path)))
+        for batch in batches
+    ]
+    for _, results in run_tasks(ray, calls, wait_s):
+        yield results
+
+
+def _hash_batch(
+    paths: Sequence[str], known: Mapping[tuple[str, int, int], str]
+) -> list[tuple[str, tuple[str, tuple[int, int]] | SkippedFile]]:
+    """Ray task: ``file_digest`` of each path, on the node that runs it."""
+    return [(path, file_digest(path, known)) for path in paths]
 
 
 def connect(ray: ModuleType, address: str | None) -> bool:

@@ -164,6 +164,22 @@ def test_killed_ray_run_resumes_embedding_only_the_missing_images(
 
 
 @pytest.mark.slow
+def test_ray_tasks_examine_the_files_discovery_found_as_this_process_does(
+    ray_cluster: Any, messy_tree: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from pixclust.embedding import extraction
+    from pixclust.embedding.engines import ray as ray_engine
+
+    root, _ = messy_tree
+    os.mkfifo(root / "pipe.png")
+    here = extraction._discover(root, include_hidden=False)
+    monkeypatch.setattr(ray_engine, "EXAMINE_BATCH", 4)
+    on_ray = extraction._discover(root, include_hidden=False, ray_wait=30)
+    assert on_ray == here
+    assert len(here.files) > 4 and {Path(skipped.path).name for skipped in here.skipped} >= {"pipe.png"}
+
+
+@pytest.mark.slow
 def test_files_are_hashed_by_ray_tasks_as_by_this_process(
     ray_cluster: Any, messy_tree: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -8,7 +8,7 @@ with its reason; run folders below the root are passed over.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -54,11 +54,15 @@ def discover_images(
     *,
     exclude: Sequence[str | Path] = (),
     include_hidden: bool = False,
+    examine: Callable[[Sequence[str]], Sequence[Path | SkippedFile | None]] | None = None,
 ) -> Discovery:
     """Find the image files under ``root`` (a folder, walked recursively, or one file).
 
     Files count as candidates by extension or by content; candidates that
-    cannot be used are listed in ``skipped`` with the reason.
+    cannot be used are listed in ``skipped`` with the reason. The walk lists
+    folders here; reading each file's first bytes is ``examine``'s (default
+    :func:`examine_files`, in this process; ``--engine ray`` hands it to Ray
+    tasks), which answers for every path, in order.
     """
     root_path = Path(root)
     _require_readable_root(root_path)
@@ -66,11 +70,15 @@ def discover_images(
         # The user named this file, so say why it is unusable whatever its name.
         return _discovery_of([_examine_file(str(root_path), has_image_extension=True)])
     excluded = tuple(os.path.realpath(path) for path in exclude)
-    outcomes = [
-        item if isinstance(item, SkippedFile) else _examine_file(item, _has_image_extension(item))
-        for item in _walk_files(str(root_path), excluded, include_hidden)
-    ]
-    return _discovery_of(outcomes)
+    walked = list(_walk_files(str(root_path), excluded, include_hidden))
+    candidates = [item for item in walked if not isinstance(item, SkippedFile)]
+    not_walked = [item for item in walked if isinstance(item, SkippedFile)]
+    return _discovery_of([*not_walked, *(examine or examine_files)(candidates)])
+
+
+def examine_files(paths: Sequence[str]) -> list[Path | SkippedFile | None]:
+    """What each walked file is: a usable candidate, a reported skip, or None (nothing of ours)."""
+    return [_examine_file(path, _has_image_extension(path)) for path in paths]
 
 
 def _require_readable_root(root: Path) -> None:

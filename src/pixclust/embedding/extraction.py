@@ -11,6 +11,7 @@ that a user who only embeds would otherwise wait for.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import signal
 import threading
@@ -77,12 +78,12 @@ def embed(
 
             # One connection for hashing and embedding, closed (and a Ray started here stopped) on the way out.
             ray_connection.enter_context(ray_session(address))
-        discovery = _discover(source, include_hidden)
+        wait_s = None if engine != "ray" else DEFAULT_RAY_WAIT_S if ray_wait is None else ray_wait
+        discovery = _discover(source, include_hidden, wait_s)
         extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision, lazy=True)
         store = EmbeddingStore(out) if out is not None else None
         known = store.known(extractor.model_id, extractor.dim) if store else KnownEmbeddings()
 
-        wait_s = None if engine != "ray" else DEFAULT_RAY_WAIT_S if ray_wait is None else ray_wait
         files, hashes, stats, skipped = _hash_files([str(p) for p in discovery.files], known, wait_s)
         skipped = list(discovery.skipped) + skipped
         first_path_of_hash = {}
@@ -134,10 +135,20 @@ def embed(
         return embeddings
 
 
-def _discover(source: str | Path | Sequence[str | Path], include_hidden: bool) -> Discovery:
-    """The images under one root, or under several (each path once, in the order the roots are given)."""
+def _discover(
+    source: str | Path | Sequence[str | Path], include_hidden: bool, ray_wait: float | None = None
+) -> Discovery:
+    """The images under one root, or under several (each path once, in the order the roots are given).
+
+    With ``ray_wait`` (``--engine ray``, Ray connected) the files' first bytes are read by Ray tasks.
+    """
     roots = [source] if isinstance(source, (str, Path)) else list(source)
-    found = [discover_images(os.path.abspath(root), include_hidden=include_hidden) for root in roots]
+    examine = None
+    if ray_wait is not None:
+        from pixclust.embedding.engines.ray import examine_on_ray
+
+        examine = functools.partial(examine_on_ray, wait_s=ray_wait)
+    found = [discover_images(os.path.abspath(root), include_hidden=include_hidden, examine=examine) for root in roots]
     if len(found) == 1:
         return found[0]
     files = list(dict.fromkeys(path for discovery in found for path in discovery.files))

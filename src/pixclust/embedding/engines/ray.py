@@ -57,6 +57,8 @@ _POLL_S = 1.0
 _TASKS_PER_CPU = 2
 # Files hashed per Ray task: enough that a task's cost (milliseconds) is small beside reading the files.
 HASH_BATCH = 256
+# Files a discovery task opens to read their first bytes (a few kB each).
+EXAMINE_BATCH = 1024
 
 
 @dataclass(frozen=True)
@@ -281,6 +283,19 @@ def hash_on_ray(
     ]
     for _, results in run_tasks(ray, calls, wait_s):
         yield results
+
+
+def examine_on_ray(paths: Sequence[str], wait_s: float) -> list[Path | SkippedFile | None]:
+    """``discover.examine_files`` of every path, by Ray tasks of ``EXAMINE_BATCH`` files, in the order given."""
+    from pixclust.embedding.discover import examine_files
+
+    ray = require_ray()
+    batches = [paths[start : start + EXAMINE_BATCH] for start in range(0, len(paths), EXAMINE_BATCH)]
+    task = ray.remote(num_cpus=1)(examine_files)
+    answers: list[list[Path | SkippedFile | None]] = [[] for _ in batches]
+    for index, answer in run_tasks(ray, [(lambda batch=batch: task.remote(batch)) for batch in batches], wait_s):
+        answers[index] = answer
+    return [outcome for answer in answers for outcome in answer]
 
 
 def _hash_batch(

@@ -150,7 +150,7 @@ class ShardedClusterer:
         self.timings_["fit_s"] = time.perf_counter() - started
         started = time.perf_counter()
         self.model_: ClusterModel = result.model
-        # The sample's own arrays go: what is kept is the model and the figures.
+        # The sample's clustering is kept for what it measured (k scan, silhouette, what was chosen).
         self.sample_result_: ClusterResult = result
         self.sample_size_ = size
         self.n_rows_ = data.n_rows
@@ -180,13 +180,17 @@ class ShardedClusterer:
     ) -> dict[str, np.ndarray]:
         """The chosen rows' views (the embedding, and HOG when given), in row order, read by one task per part."""
         starts = np.array([part.offset for part in data.parts])
-        owner = np.searchsorted(starts, chosen, side="right") - 1
+        # The chosen rows are sorted, so each part's are one run of them.
+        bounds = np.searchsorted(chosen, [*starts, data.n_rows])
         views = {EMBEDDING_VIEW: np.empty((len(chosen), data.dim), dtype=np.float32)}
         if hog is not None:
             views[HOG_VIEW] = np.empty((len(chosen), hog.dim), dtype=np.float32)
         take = ray.remote(num_cpus=1)(sample_part)
-        wanted = [(index, np.flatnonzero(owner == index)) for index in range(len(data.parts))]
-        wanted = [(index, rows) for index, rows in wanted if len(rows)]
+        wanted = [
+            (index, np.arange(bounds[index], bounds[index + 1]))
+            for index in range(len(data.parts))
+            if bounds[index + 1] > bounds[index]
+        ]
         calls = [
             (
                 lambda part=data.parts[index], rows=rows: take.remote(

@@ -10,6 +10,7 @@ without reading anything before it, and no process ever holds every vector.
 
 from __future__ import annotations
 
+import functools
 import os
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -70,17 +71,34 @@ class VectorParts:
 
     def segments(self, start: int, stop: int) -> tuple[Segment, ...]:
         """Where rows ``start`` .. ``stop - 1`` of the input are: one :class:`Segment` per file they span."""
+        bounds, file_of_group, group_in_file = self._groups
+        first = int(np.searchsorted(bounds, start, side="right")) - 1
+        last = int(np.searchsorted(bounds, stop, side="left"))
         found: list[Segment] = []
-        file_start = 0
-        for file, sizes in zip(self.files, self.group_rows, strict=True):
-            bounds = file_start + np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
-            low, high = max(start, file_start), min(stop, int(bounds[-1]))
-            if low < high:
-                first = int(np.searchsorted(bounds, low, side="right")) - 1
-                last = int(np.searchsorted(bounds, high, side="left"))
-                found.append(Segment(file, tuple(range(first, last)), low - int(bounds[first]), high - low))
-            file_start = int(bounds[-1])
+        group = first
+        while group < last:
+            file = int(file_of_group[group])
+            end = min(last, int(np.searchsorted(file_of_group, file, side="right")))
+            low, high = max(start, int(bounds[group])), min(stop, int(bounds[end]))
+            found.append(
+                Segment(
+                    self.files[file],
+                    tuple(range(int(group_in_file[group]), int(group_in_file[group]) + end - group)),
+                    low - int(bounds[group]),
+                    high - low,
+                )
+            )
+            group = end
         return tuple(found)
+
+    @functools.cached_property
+    def _groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """Every row group in input order: where each starts (and the end), its file, its number in the file."""
+        sizes = [size for file_sizes in self.group_rows for size in file_sizes]
+        bounds = np.concatenate([[0], np.cumsum(sizes, dtype=np.int64)])
+        file_of_group = np.repeat(np.arange(len(self.files)), [len(file_sizes) for file_sizes in self.group_rows])
+        group_in_file = np.concatenate([np.arange(len(file_sizes)) for file_sizes in self.group_rows])
+        return bounds, file_of_group, group_in_file
 
     @classmethod
     def plan(cls, source: str | Path | Sequence[str | Path], *, part_rows: int = PART_ROWS) -> VectorParts:

@@ -304,7 +304,10 @@ def cluster_shards_command(
     k_min: Annotated[int, typer.Option(help="Smallest k scanned by --k auto.")] = 2,
     k_max: Annotated[int, typer.Option(help="Largest k scanned by --k auto.")] = 20,
     pipeline: Annotated[
-        str, typer.Option(help="auto: the default pipeline on the embedding alone; fixed: L2, PCA-50, k-means.")
+        str,
+        typer.Option(
+            help="auto: the default pipeline (joining --hog where it helps, as 'pixclust cluster' does); fixed: L2, PCA-50, k-means."
+        ),
     ] = "auto",
     sample_size: Annotated[
         int | None, typer.Option(help="Rows the clustering is fitted on [default: max(100 k, 100,000)].")

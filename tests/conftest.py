@@ -12,6 +12,7 @@ import pytest
 from PIL import Image
 
 from pixclust.embedding.extractor import FeatureExtractor, load_extractor
+from pixclust.runs.pipeline import RunConfig, RunResult, run
 
 # Three digit classes that look unlike each other, so a correct pipeline separates them.
 DIGIT_CLASSES = (0, 1, 6)
@@ -124,3 +125,30 @@ def large_messy_tree(tmp_path: Path) -> tuple[Path, dict[str, str]]:
     """300 digit images in nested folders plus the three bad files."""
     root = write_digit_tree(tmp_path / "photos", per_class=100)
     return root, add_bad_files(root)
+
+
+@pytest.fixture(scope="session")
+def digits_default_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    """The default command (--k 10, --truth folders, no report) on scikit-learn's 1,797 digits written as images.
+
+    Shared by the quality guard and the sharded path's comparison, which both need exactly this run.
+    """
+    from pixclust.demo import write_digits
+
+    root = tmp_path_factory.mktemp("digits_default")
+    folder = write_digits(root / "digits")
+    return run(RunConfig(source=str(folder), out=str(root / "run"), k=10, truth="folders", report=False), quiet=True)
+
+
+@pytest.fixture(scope="session")
+def fashion_default_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
+    """The default command on 3,000 Fashion-MNIST test images (the first 300 of each class), as above."""
+    from real_data import FASHION_DIR, fashion_mnist, write_image_tree
+
+    if not FASHION_DIR.exists():
+        pytest.skip("needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)")
+    images, labels = fashion_mnist("test")
+    rows = np.concatenate([np.flatnonzero(labels == c)[:300] for c in range(10)])
+    root = tmp_path_factory.mktemp("fashion_default")
+    folder = write_image_tree(root / "fashion", images[rows], labels[rows])
+    return run(RunConfig(source=str(folder), out=str(root / "run"), k=10, truth="folders", report=False), quiet=True)

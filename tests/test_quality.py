@@ -9,27 +9,23 @@ features fails the test; on Fashion-MNIST the choice itself is checked.
 
 from __future__ import annotations
 
-from pathlib import Path
-
-import numpy as np
 import pytest
-from real_data import FASHION_DIR, fashion_mnist, write_image_tree
+from real_data import FASHION_DIR
 
-from pixclust.demo import write_digits
-from pixclust.runs.pipeline import RunConfig, run
+from pixclust.runs.pipeline import RunConfig, RunResult, run
 
 pytestmark = pytest.mark.slow
 
 
-def test_default_command_on_the_digits(tmp_path: Path) -> None:
-    folder = write_digits(tmp_path / "digits")
-    ten = run(RunConfig(source=str(folder), out=str(tmp_path / "run"), k=10, truth="folders", report=False), quiet=True)
+def test_default_command_on_the_digits(digits_default_run: RunResult) -> None:
+    ten = digits_default_run
     # Measured 0.955 (features chosen: embedding+hog); the fixed pipeline gets 0.55.
     assert ten.scores["acc"] >= 0.90
     assert ten.clustering.choice["representation"] == "embedding+hog"
 
+    # Into the same run folder: its stored vectors are the ones the sharded path's test reads, and stay as they are.
     auto = run(
-        RunConfig(source=str(folder), out=str(tmp_path / "run"), k="auto", truth="folders", report=False), quiet=True
+        RunConfig(source=ten.config.source, out=str(ten.run_dir), k="auto", truth="folders", report=False), quiet=True
     )
     assert auto.embeddings.n_reused == len(auto.embeddings)
     assert 8 <= auto.clustering.n_clusters <= 12
@@ -38,13 +34,8 @@ def test_default_command_on_the_digits(tmp_path: Path) -> None:
 @pytest.mark.skipif(
     not FASHION_DIR.exists(), reason="needs Debian's dataset-fashion-mnist (apt-get install dataset-fashion-mnist)"
 )
-def test_default_command_on_fashion_mnist(tmp_path: Path) -> None:
-    images, labels = fashion_mnist("test")
-    rows = np.concatenate([np.flatnonzero(labels == c)[:300] for c in range(10)])
-    folder = write_image_tree(tmp_path / "fashion", images[rows], labels[rows])
-    result = run(
-        RunConfig(source=str(folder), out=str(tmp_path / "run"), k=10, truth="folders", report=False), quiet=True
-    )
+def test_default_command_on_fashion_mnist(fashion_default_run: RunResult) -> None:
+    result = fashion_default_run
     # Measured ACC 0.773-0.778 / NMI 0.711-0.719 over seeds 0-2 on these 3,000 images (0.790-0.792 /
     # 0.736-0.740 on all 10,000); ACC 0.754-0.756 when the refinement used the embedding alone, 0.615
     # when the choice of features went wrong. Not 2,000 images: there two clusterings fit the rows

@@ -21,7 +21,6 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from real_data import FASHION_DIR, fashion_mnist, write_image_tree
 from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score
 from typer.testing import CliRunner
@@ -30,12 +29,10 @@ import pixclust
 from pixclust.cli import app
 from pixclust.clustering.metrics import cluster_accuracy
 from pixclust.clustering.placement import ClusterModel
-from pixclust.demo import write_digits
 from pixclust.distributed.parts import Segment, VectorParts
 from pixclust.errors import UsageError
 from pixclust.names import from_cell
 from pixclust.runs import sharded
-from pixclust.runs.pipeline import RunConfig, run
 
 
 @pytest.fixture(scope="module")
@@ -348,36 +345,25 @@ def test_cli_clusters_and_says_mistakes_in_one_line(ray_instance: Any, pixel_sha
     assert isinstance(wrong.exception, UsageError) and "is not a file or folder" in str(wrong.exception)
 
 
-def embedded_run(folder: Path, out: Path, k: int) -> tuple[Any, np.ndarray]:
-    """The default command's run of ``folder`` (class = sub-folder) and the truth of each of its rows."""
-    result = run(RunConfig(source=str(folder), out=str(out), k=k, truth="folders", report=False), quiet=True)
-    truth = np.array([Path(path).parent.name for path in result.embeddings.paths])
-    return result, truth
-
-
 @pytest.mark.slow
 @pytest.mark.parametrize("data_set", ["digits", "fashion"])
-def test_on_real_images_it_agrees_with_the_local_pipelines(ray_instance: Any, data_set: str, tmp_path: Path) -> None:
-    if data_set == "digits":
-        folder = write_digits(tmp_path / "images")
-    else:
-        if not FASHION_DIR.exists():
-            pytest.skip("needs Debian's dataset-fashion-mnist")
-        images, labels = fashion_mnist("test")
-        rows = np.concatenate([np.flatnonzero(labels == c)[:300] for c in range(10)])
-        folder = write_image_tree(tmp_path / "images", images[rows], labels[rows])
-    local, truth = embedded_run(folder, tmp_path / "local", k=10)
+def test_on_real_images_it_agrees_with_the_local_pipelines(
+    ray_instance: Any, data_set: str, request: pytest.FixtureRequest, tmp_path: Path
+) -> None:
+    # The default command's run of the images (class = sub-folder), shared with tests/test_quality.py.
+    local = request.getfixturevalue(f"{data_set}_default_run")
     embeddings = local.embeddings
-    store = tmp_path / "local" / "embeddings.parquet"
+    truth = np.array([Path(path).parent.name for path in embeddings.paths])
+    store = local.run_dir / "embeddings.parquet"
 
     fixed = pixclust.cluster_shards(store, tmp_path / "fixed", k=10, pipeline="fixed", quiet=True)
     local_fixed = pixclust.cluster(embeddings, k=10, pipeline="fixed")
     assert fixed.summary["sample_rows"] == len(embeddings)
     assert adjusted_rand_score(local_fixed.labels, table_labels(tmp_path / "fixed")) >= 0.95
 
-    pixclust.cluster_shards(store, tmp_path / "auto", k=10, quiet=True)
-    local_default = pixclust.cluster(embeddings, k=10)
-    assert adjusted_rand_score(local_default.labels, table_labels(tmp_path / "auto")) >= 0.95
-    assert (
-        cluster_accuracy(truth, table_labels(tmp_path / "auto")) >= cluster_accuracy(truth, local_default.labels) - 0.02
-    )
+    # The default pipeline with the run's HOG vectors, as the default command clusters.
+    hog = local.run_dir / "views" / "hog" / "embeddings.parquet"
+    default = pixclust.cluster_shards(store, tmp_path / "auto", k=10, hog=hog, quiet=True)
+    assert default.summary["choice"]["representation"] == local.clustering.choice["representation"]
+    assert adjusted_rand_score(local.clustering.labels, table_labels(tmp_path / "auto")) >= 0.95
+    assert cluster_accuracy(truth, table_labels(tmp_path / "auto")) >= local.scores["acc"] - 0.02

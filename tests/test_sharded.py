@@ -33,6 +33,7 @@ from pixclust.distributed.parts import Segment, VectorParts
 from pixclust.errors import UsageError
 from pixclust.names import from_cell
 from pixclust.runs import sharded
+from pixclust.runs.folder import RunFolder
 
 
 @pytest.fixture(scope="module")
@@ -181,6 +182,22 @@ def test_fit_on_a_sample_places_every_row(ray_instance: Any, pixel_shards: Path,
     # Fitted on a third of the rows, the clusters still agree with the local fit on all of them.
     local = pixclust.cluster(digits.data.astype(np.float32), k=10, pipeline="fixed")
     assert adjusted_rand_score(local.labels, labels) >= 0.75
+
+
+def test_a_run_folder_given_stands_for_its_embeddings(ray_instance: Any, digit_run: Path, tmp_path: Path) -> None:
+    run_copy = tmp_path / "run"
+    shutil.copytree(digit_run, run_copy)
+    # A run folder holds other Parquet files (maps, thumbnails, duplicate groups) beside its embeddings.
+    pq.write_table(pa.table({"fingerprint": ["x"]}), run_copy / "maps.parquet")
+    result = pixclust.cluster_shards(run_copy, tmp_path / "out", k=3, pipeline="fixed", quiet=True)
+    assert result.summary["inputs"] == [str(run_copy / "embeddings.parquet")]
+    assert result.summary["rows"] == 180
+    # A run folder pixclust made but never embedded into.
+    empty = RunFolder.open(tmp_path / "empty_run")
+    with empty.writing():
+        pass
+    with pytest.raises(UsageError, match=r"has no embeddings\.parquet; run 'pixclust cluster' into it first"):
+        pixclust.cluster_shards(empty.root, tmp_path / "out", k=3, quiet=True)
 
 
 def test_a_second_run_replaces_only_its_own_files(ray_instance: Any, pixel_shards: Path, tmp_path: Path) -> None:
@@ -361,9 +378,11 @@ def test_on_real_images_it_agrees_with_the_local_pipelines(
     assert fixed.summary["sample_rows"] == len(embeddings)
     assert adjusted_rand_score(local_fixed.labels, table_labels(tmp_path / "fixed")) >= 0.95
 
-    # The default pipeline with the run's HOG vectors, as the default command clusters.
-    hog = local.run_dir / "views" / "hog" / "embeddings.parquet"
-    default = pixclust.cluster_shards(store, tmp_path / "auto", k=10, hog=hog, quiet=True)
+    # The default pipeline with the run's HOG vectors, as the default command clusters: given the run folder,
+    # cluster-shards reads its embeddings.parquet (not its other Parquet files) and its views/hog/.
+    default = pixclust.cluster_shards(local.run_dir, tmp_path / "auto", k=10, quiet=True)
+    assert default.summary["inputs"] == [str(store)]
+    assert default.summary["hog_inputs"] == [str(local.run_dir / "views" / "hog" / "embeddings.parquet")]
     assert default.summary["choice"]["representation"] == local.clustering.choice["representation"]
     assert adjusted_rand_score(local.clustering.labels, table_labels(tmp_path / "auto")) >= 0.95
     assert cluster_accuracy(truth, table_labels(tmp_path / "auto")) >= local.scores["acc"] - 0.02

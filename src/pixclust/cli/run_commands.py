@@ -296,7 +296,7 @@ def cluster_shards_command(
         list[Path],
         typer.Argument(
             help="Parquet files of embeddings (path and vector columns), or folders of them: a run's "
-            "embeddings.parquet, or shards written elsewhere."
+            "embeddings.parquet (or the run folder, which adds its HOG vectors), or shards written elsewhere."
         ),
     ],
     out: Annotated[Path, out_option("Run folder for the cluster table.")],

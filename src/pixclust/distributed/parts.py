@@ -2,8 +2,8 @@
 
 The input is any set of Parquet files with a ``path`` column (text) and a
 ``vector`` column (fixed-size lists of float32, one length in every file):
-a run folder's ``embeddings.parquet``, the shards ``--engine ray`` saves, or
-files a user wrote. The driver reads only the files' footers; a part is a run
+a run folder's ``embeddings.parquet`` (a run folder given stands for it), the
+shards ``--engine ray`` saves, or files a user wrote. The driver reads only the files' footers; a part is a run
 of whole row groups (about ``PART_ROWS`` rows), so a task reads its part
 without reading anything before it, and no process ever holds every vector.
 """
@@ -22,6 +22,7 @@ import pyarrow.parquet as pq
 
 from pixclust.embeddings import VECTOR_COLUMN
 from pixclust.errors import UsageError
+from pixclust.runs.folder import EMBEDDINGS_FILE, is_run_folder
 
 PATH_COLUMN = "path"
 # Rows per part: 65,536 vectors of 1,280 floats are 0.34 GB in a task, of 256 floats 67 MB; enough work per
@@ -181,7 +182,15 @@ def _input_files(source: str | Path | Sequence[str | Path]) -> list[str]:
     files: list[str] = []
     for item in named:
         path = os.path.abspath(item)
-        if os.path.isdir(path):
+        if os.path.isdir(path) and is_run_folder(path):
+            # A run folder holds other Parquet files too (maps, thumbnails); its embeddings are one file.
+            embeddings = os.path.join(path, EMBEDDINGS_FILE)
+            if not os.path.isfile(embeddings):
+                raise UsageError(
+                    f"the run folder {item} has no {EMBEDDINGS_FILE}; run 'pixclust cluster' into it first"
+                )
+            files.append(embeddings)
+        elif os.path.isdir(path):
             # Sorted, so that the row order, and with it a run's sample, is the same on every run.
             found = sorted(
                 entry.path

@@ -24,6 +24,7 @@ import numpy as np
 import pyarrow.parquet as pq
 
 from pixclust.atomic import atomic_path, write_text_atomic
+from pixclust.clustering.views import HOG_VIEW
 from pixclust.curation.export import cluster_names
 from pixclust.distributed.clusterer import ShardedClusterer
 from pixclust.distributed.parts import VectorParts
@@ -32,7 +33,17 @@ from pixclust.embedding.engines.ray import ray_session
 from pixclust.errors import UsageError
 from pixclust.names import unescape_name, write_csv
 from pixclust.progress import progress_bar, quietly
-from pixclust.runs.folder import CLUSTER_MODEL_FILE, CLUSTER_TABLE_DIR, CLUSTERS_CSV, FILE, RUN_JSON, RunFolder
+from pixclust.runs.folder import (
+    CLUSTER_MODEL_FILE,
+    CLUSTER_TABLE_DIR,
+    CLUSTERS_CSV,
+    EMBEDDINGS_FILE,
+    FILE,
+    RUN_JSON,
+    VIEWS_DIR,
+    RunFolder,
+    is_run_folder,
+)
 from pixclust.runs.record import json_plain
 
 # clusters.csv is written up to this many rows (about 100 MB); above it the table's Parquet files are the result.
@@ -72,7 +83,8 @@ def cluster_shards(
     into the run folder ``out``; see :class:`~pixclust.distributed.clusterer.ShardedClusterer` for the method.
 
     ``hog`` is the same images' HOG vectors in the same order (a run's ``views/hog/``), which the
-    default pipeline may join to the embedding as ``pixclust cluster`` does (on the digits it does).
+    default pipeline may join to the embedding as ``pixclust cluster`` does (on the digits it does);
+    given a run folder as ``vectors``, its ``embeddings.parquet`` and HOG vectors are used.
     ``address`` is the Ray cluster's (None: the one ``ray start`` made on this
     machine, ``RAY_ADDRESS``, an instance this program already started, or a
     local one started for the call and stopped after it); ``ray_wait`` is how long the run may find
@@ -80,6 +92,7 @@ def cluster_shards(
     """
     started_at = time.perf_counter()
     data = VectorParts.plan(vectors)
+    hog = hog if hog is not None or pipeline != "auto" else _hog_of_run(vectors)
     hog_data = None if hog is None else VectorParts.plan(hog)
     clusterer = ShardedClusterer(
         k=k,
@@ -132,6 +145,14 @@ def cluster_shards(
         else:
             folder.remove_managed_file(CLUSTERS_CSV)
     return ShardedRun(folder.root, summary)
+
+
+def _hog_of_run(vectors: str | Path | Sequence[str | Path]) -> Path | None:
+    """A run folder's HOG vectors (``views/hog/``), when the input is one run folder that has them."""
+    if not isinstance(vectors, (str, Path)) or not is_run_folder(vectors):
+        return None
+    hog = Path(vectors) / VIEWS_DIR / HOG_VIEW / EMBEDDINGS_FILE
+    return hog if hog.is_file() else None
 
 
 def _refuse_local_run(folder: RunFolder, out: str | Path) -> None:

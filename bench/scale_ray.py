@@ -1,10 +1,10 @@
 """Sharded clustering on Ray at 1,000,000 and 10,000,000 x 256 synthetic embeddings: time, memory, agreement.
 
-Run: .venv/bin/python bench/scale_ray.py [--rows 1000000 --rows 10000000] [--pipeline auto] [--data DIR]
+Run: .venv/bin/python bench/scale_ray.py [--rows 1000000 --rows 10000000] [--dim 256] [--pipeline auto] [--data DIR]
      .venv/bin/python bench/scale_ray.py --case DIR K PIPELINE OUT   (one case, in this process)
 
 The embeddings (bench/scale.py's blobs: 1,000 random centres, L2-normalised)
-are written once to DIR/<rows> as Parquet shards of 100,000 rows with a
+are written once to DIR/<rows>x<dim> as Parquet shards of 100,000 rows with a
 ``truth`` column, and kept for the next run (10,000,000 x 256 floats are
 10.3 GB on disk). Each case runs ``pixclust.cluster_shards`` in its own
 process on a Ray instance of this machine's CPUs that it starts itself, and
@@ -39,8 +39,8 @@ _POLL_S = 0.5
 
 
 def write_shards(folder: Path, n: int, dim: int = DIM) -> Path:
-    """DIR/<n>: shards of path, vector and truth rows; made once, then reused (a ``done`` file marks it whole)."""
-    data = folder / str(n)
+    """DIR/<n>x<dim>: shards of path, vector and truth rows; made once, then reused (a ``done`` file marks it whole)."""
+    data = folder / f"{n}x{dim}"
     if (data / "done").is_file():
         return data
     data.mkdir(parents=True, exist_ok=True)
@@ -148,6 +148,7 @@ def run_case(data: Path, k: str, pipeline: str, out: Path) -> dict[str, object]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rows", type=int, action="append", help="repeat [default: 1000000 and 10000000]")
+    parser.add_argument("--dim", type=int, default=DIM, help=f"numbers per vector [default: {DIM}]")
     parser.add_argument("--pipeline", action="append", choices=("fixed", "auto"), help="repeat [default: auto]")
     parser.add_argument("--data", type=Path, default=Path("/tmp/pixclust-scale-ray"))
     parser.add_argument("--case", nargs=4, metavar=("DIR", "K", "PIPELINE", "OUT"))
@@ -156,12 +157,12 @@ def main() -> None:
         data, k, pipeline, out = args.case
         print(json.dumps(run_case(Path(data), k, pipeline, Path(out))))
         return
-    header = f"{'rows':>11} {'--k':>5} {'pipeline':>8} {'clusters':>8} {'seconds':>8} {'s/million':>9} "
+    header = f"{'rows':>11} {'dim':>5} {'--k':>5} {'pipeline':>8} {'clusters':>8} {'seconds':>8} {'s/million':>9} "
     print(header + f"{'driver GiB':>10} {'all GiB':>8} {'ARI':>6}", flush=True)
     for n in args.rows or (1_000_000, 10_000_000):
-        data = write_shards(args.data, n)
+        data = write_shards(args.data, n, args.dim)
         for pipeline in args.pipeline or ("auto",):
-            out = args.data / f"run-{n}-{pipeline}"
+            out = args.data / f"run-{n}x{args.dim}-{pipeline}"
             done = subprocess.run(
                 [sys.executable, __file__, "--case", str(data), str(K), pipeline, str(out)],
                 check=False,
@@ -169,11 +170,14 @@ def main() -> None:
                 text=True,
             )
             if done.returncode != 0:
-                print(f"{n:>11,} {K:>5} {pipeline:>8} failed: {done.stderr.strip().splitlines()[-1:]}", flush=True)
+                print(
+                    f"{n:>11,} {args.dim:>5} {K:>5} {pipeline:>8} failed: {done.stderr.strip().splitlines()[-1:]}",
+                    flush=True,
+                )
                 continue
             row = json.loads(done.stdout.strip().splitlines()[-1])
             print(
-                f"{n:>11,} {K:>5} {pipeline:>8} {row['clusters']:>8} {row['seconds']:>8} {row['per_million']:>9} "
+                f"{n:>11,} {args.dim:>5} {K:>5} {pipeline:>8} {row['clusters']:>8} {row['seconds']:>8} {row['per_million']:>9} "
                 f"{row['driver_gb']:>10} {row['all_gb']:>8} {row['ari']:>6}",
                 flush=True,
             )

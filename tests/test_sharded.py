@@ -1,4 +1,4 @@
-"""pixclust cluster-shards: embeddings read part by part and placed by Ray tasks on a local Ray instance.
+"""pixclust cluster-shards and duplicates-shards: embeddings read part by part by Ray tasks on a local Ray instance.
 
 The agreement with the local pipelines on real images (the digits and
 Fashion-MNIST, embedded by the default model) is in the slow tests at the end;
@@ -21,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from real_data import write_duplicate_set
 from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score
 from typer.testing import CliRunner
@@ -29,11 +30,17 @@ import pixclust
 from pixclust.cli import app
 from pixclust.clustering.metrics import cluster_accuracy
 from pixclust.clustering.placement import ClusterModel
+from pixclust.curation.duplicates import find_duplicates
+from pixclust.curation.lookalikes import write_duplicates_csv
+from pixclust.distributed import duplicates as sharded_duplicates
+from pixclust.distributed.duplicates import content_groups
 from pixclust.distributed.parts import Segment, VectorParts
+from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
 from pixclust.names import from_cell
 from pixclust.runs import sharded
 from pixclust.runs.folder import RunFolder
+from pixclust.runs.pipeline import embed
 
 
 @pytest.fixture(scope="module")
@@ -360,6 +367,120 @@ def test_cli_clusters_and_says_mistakes_in_one_line(ray_instance: Any, pixel_sha
     wrong = runner.invoke(app, ["cluster-shards", str(tmp_path / "nowhere"), "--out", str(tmp_path / "run2")])
     assert wrong.exit_code != 0
     assert isinstance(wrong.exception, UsageError) and "is not a file or folder" in str(wrong.exception)
+
+
+# Planted copies of digits: their cosine with the original is above this, and no two digits' (0.9956 at most).
+PLANTED_COSINE = 0.999
+
+
+def test_content_groups_are_the_rows_sharing_a_key() -> None:
+    keys = np.array([7, 3, 7, 9, 3, 7, 1], dtype=np.int64)
+    assert [group.tolist() for group in content_groups(keys)] == [[1, 4], [0, 2, 5]]
+    assert content_groups(np.arange(5, dtype=np.int64)) == []
+
+
+def test_duplicates_of_vectors_without_files_are_the_local_finders(
+    ray_instance: Any,
+    digit_pixels: tuple[list[str], np.ndarray, np.ndarray],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    paths, digits, _ = digit_pixels
+    rng = np.random.default_rng(0)
+    originals = rng.choice(len(digits), 12, replace=False)
+    scale = np.linalg.norm(digits[originals[6:]], axis=1, keepdims=True) / np.sqrt(digits.shape[1])
+    near = digits[originals[6:]] + rng.normal(0, 0.015, (6, digits.shape[1])).astype(np.float32) * scale
+    vectors = np.concatenate([digits, digits[originals[:6]], near]).astype(np.float32)
+    cosines = np.sum(near * digits[originals[6:]], axis=1) / (
+        np.linalg.norm(near, axis=1) * np.linalg.norm(digits[originals[6:]], axis=1)
+    )
+    assert (cosines > PLANTED_COSINE).all(), cosines
+    all_paths = [*paths, *(f"copies/{copy:02d}.png" for copy in range(12))]
+    shards = write_shards(tmp_path / "shards", all_paths, vectors)
+
+    done = CliRunner().invoke(
+        app,
+        ["duplicates-shards", str(shards), "--out", str(tmp_path / "out"), "--threshold", str(PLANTED_COSINE), "-q"],
+    )
+    assert done.exit_code == 0, done.output
+    assert "pairs not compared (no content hashes" in " ".join(done.output.split())
+
+    with open(tmp_path / "out" / "duplicates.csv", newline="", encoding="utf-8") as stream:
+        rows = list(csv.DictReader(stream))
+    groups: dict[str, set[str]] = {}
+    for row in rows:
+        groups.setdefault(row["group"], set()).add(from_cell(row["path"]))
+    names = [pixclust_name(path) for path in all_paths]
+    planted = {frozenset({names[int(row)], names[len(digits) + copy]}) for copy, row in enumerate(originals)}
+    assert {frozenset(group) for group in groups.values()} == planted
+    n = len(vectors)
+    zeros = np.zeros(n, dtype=np.int64)
+    without_files = Embeddings(names, vectors, [""] * n, zeros, zeros, np.zeros((n, 2), np.int64), "pixels")
+    local = find_duplicates(without_files, threshold=PLANTED_COSINE)
+    assert {frozenset(names[row] for row in group.rows) for group in local.groups} == planted
+    # Copies of one vector are exact copies; the near ones near; each group keeps the image the local finder keeps.
+    kinds = {from_cell(row["path"]): row["kind"] for row in rows}
+    assert kinds == {
+        names[row]: kind for group in local.groups for row, kind in zip(group.rows, group.kinds, strict=True)
+    }
+    assert sorted(kinds.values()) == ["exact"] * 6 + ["keeper"] * 12 + ["near"] * 6
+
+    # Too many rows in candidate pairs to compare exactly in the driver: refused, in one line, before reading them.
+    monkeypatch.setattr(sharded_duplicates, "EXACT_COSINE_BYTES", 12 * 64 * 4)
+    with pytest.raises(UsageError, match=r"too many to compare exactly in this process.*raise --threshold") as raised:
+        pixclust.duplicates_shards(shards, tmp_path / "out", threshold=PLANTED_COSINE, quiet=True)
+    assert "\n" not in str(raised.value)
+
+
+def test_duplicates_mistakes_are_refused_before_anything_is_written(
+    pixel_shards: Path, digit_run: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "out"
+    cases = {
+        "--keep 'biggest' is not a rule": {"keep": "biggest"},
+        r"--threshold 1.5 must be in \(0, 1\]": {"threshold": 1.5},
+        "neighbours=0 is not allowed": {"neighbours": 0},
+    }
+    for message, settings in cases.items():
+        with pytest.raises(UsageError, match=message):
+            pixclust.duplicates_shards(pixel_shards, out, **settings)
+    assert not out.exists()
+    before = sorted(os.listdir(digit_run))
+    with pytest.raises(UsageError, match=r"holds a run of 'pixclust cluster' \(run.json\)"):
+        pixclust.duplicates_shards(pixel_shards, digit_run)
+    assert sorted(os.listdir(digit_run)) == before
+    made = RunFolder.open(tmp_path / "made")
+    with made.writing():
+        shutil.copytree(pixel_shards, made.root / "vectors")
+    with pytest.raises(UsageError, match="are inside the run folder"):
+        pixclust.duplicates_shards(made.root / "vectors", made.root)
+
+
+@pytest.mark.slow
+def test_photo_duplicates_are_the_local_finders(ray_instance: Any, tmp_path: Path) -> None:
+    """Real photos and their edits (bench/duplicates.py's) through the default model: the groups, kinds,
+    keepers and evidence of duplicates.csv are the local finder's, compared on the files by Ray tasks."""
+    tiles = ("hubble_deep_field-r1c1", "astronaut-r0c0", "coffee-r0c1")
+    write_duplicate_set(tmp_path / "images", distractors=20, tiles=tiles)
+    embeddings = embed(tmp_path / "images", out=tmp_path / "run", quiet=True)
+    local = find_duplicates(embeddings)
+    assert len(local.groups) == len(tiles)
+    local_csv = write_duplicates_csv(tmp_path / "local.csv", embeddings, local)
+
+    found = pixclust.duplicates_shards(tmp_path / "run", tmp_path / "sharded", quiet=True)
+
+    assert found.verified_files and found.report.n_images == len(embeddings)
+    assert found.report.verified == found.report.candidates >= local.candidates
+
+    def without_cosine(path: Path) -> list[dict[str, str]]:
+        # The sharded finder's cosine is estimated from its index's codes; the local one's is exact.
+        with open(path, newline="", encoding="utf-8") as stream:
+            return [
+                {name: value for name, value in row.items() if name != "min_similarity"}
+                for row in csv.DictReader(stream)
+            ]
+
+    assert without_cosine(found.csv_path) == without_cosine(local_csv)
 
 
 @pytest.mark.slow

@@ -25,6 +25,8 @@ _EXPORTS = {
     "ApplyResult": "pixclust.runs.apply",
     "cluster_shards": "pixclust.runs.sharded",
     "ShardedRun": "pixclust.runs.sharded",
+    "duplicates_shards": "pixclust.runs.sharded_duplicates",
+    "ShardedDuplicates": "pixclust.runs.sharded_duplicates",
     "ClusterModel": "pixclust.clustering.placement",
     "RunConfig": "pixclust.runs.config",
     "RunResult": "pixclust.runs.pipeline",

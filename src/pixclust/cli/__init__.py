@@ -42,6 +42,7 @@ for _name, _command in (
     ("demo", run_commands.demo_command),
     ("similar", lookalike_commands.similar_command),
     ("duplicates", lookalike_commands.duplicates_command),
+    ("duplicates-shards", lookalike_commands.duplicates_shards_command),
     ("label", label_commands.label_command),
     ("train", label_commands.train_command),
     ("evaluate", label_commands.evaluate_command),

@@ -7,8 +7,17 @@ from typing import Annotated
 
 import typer
 
-from pixclust.cli.options import EmbeddingsIn, Ids, chosen, out_option
-from pixclust.cli.render import render_duplicates, render_similar
+from pixclust.cli.options import (
+    EmbeddingsIn,
+    Ids,
+    Quiet,
+    ShardAddress,
+    ShardInputs,
+    ShardRayWait,
+    chosen,
+    out_option,
+)
+from pixclust.cli.render import render_duplicates, render_sharded_duplicates, render_similar
 
 
 def similar_command(
@@ -87,3 +96,54 @@ def duplicates_command(
         export=export,
     )
     render_duplicates(result)
+
+
+def duplicates_shards_command(
+    vectors: ShardInputs,
+    out: Annotated[Path, out_option("Folder for duplicates.csv (not a run of 'pixclust cluster').")],
+    threshold: Annotated[
+        float | None,
+        typer.Option(
+            help="Cosine similarity (estimated from the index) two images need before their files are compared "
+            "[default: {duplicate_threshold:.2f}; {unverified_threshold:.2f}, and no comparison, for vectors "
+            "without content hashes]."
+        ),
+    ] = None,
+    colour: Annotated[
+        bool,
+        typer.Option("--colour/--no-colour", help="A copy must keep the colours (as for 'pixclust duplicates')."),
+    ] = True,
+    keep: Annotated[
+        str | None,
+        typer.Option(
+            help="Which image of a group to keep: largest, smallest-file, oldest, newest or first-path "
+            "[default: {duplicate_keep}]."
+        ),
+    ] = None,
+    mirror: Annotated[
+        bool, typer.Option("--mirror", help="Also find copies flipped left to right (kind 'mirrored').")
+    ] = False,
+    sample_size: Annotated[
+        int | None, typer.Option(help="Rows the index is trained on [default: max(50 x its cells, 100,000)].")
+    ] = None,
+    address: ShardAddress = None,
+    ray_wait: ShardRayWait = 120,
+    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")] = 0,
+    quiet: Quiet = False,
+) -> None:
+    """Group duplicates among embeddings too many for one machine's memory, on Ray: the pairs an IVF-PQ index
+    proposes are compared on their files as 'pixclust duplicates' compares them."""
+    from pixclust.runs.sharded_duplicates import duplicates_shards
+
+    found = duplicates_shards(
+        vectors,
+        out,
+        **chosen(threshold=threshold, keep=keep, sample_size=sample_size),
+        colour=colour,
+        mirror=mirror,
+        random_state=seed,
+        address=address,
+        ray_wait=ray_wait,
+        quiet=quiet,
+    )
+    render_sharded_duplicates(found)

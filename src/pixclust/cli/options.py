@@ -36,6 +36,20 @@ Maps = Annotated[
 ]
 EMBEDDINGS_HELP = "Run folder, or an embeddings.npy (with --ids)."
 EmbeddingsIn = Annotated[Path, in_option(EMBEDDINGS_HELP)]
+# The sharded commands' Ray settings.
+ShardAddress = Annotated[
+    str | None, typer.Option(help="Ray cluster address (HEAD_IP:6379) [default: this machine's, or a local one].")
+]
+ShardRayWait = Annotated[
+    float, typer.Option(help="Seconds to wait while the Ray cluster has no CPU (none joined, or all lost).")
+]
+ShardInputs = Annotated[
+    list[Path],
+    typer.Argument(
+        help="Parquet files of embeddings (path and vector columns), or folders of them: a run's "
+        "embeddings.parquet (or the run folder), or shards written elsewhere."
+    ),
+]
 # 'evaluate' and 'predict' both load a classifier.
 AllowPickle = Annotated[
     bool,

@@ -14,6 +14,7 @@ from pixclust.names import printable
 from pixclust.runs.folder import CLUSTERS_CSV, REPORT_FILE
 
 if TYPE_CHECKING:
+    from pixclust.curation.duplicates import DuplicateReport
     from pixclust.curation.interchange import ExportRun
     from pixclust.curation.lookalikes import DuplicatesResult, SimilarResult
     from pixclust.curation.move import MoveReport
@@ -24,6 +25,7 @@ if TYPE_CHECKING:
     from pixclust.runs.apply import ApplyResult
     from pixclust.runs.pipeline import RunResult
     from pixclust.runs.sharded import ShardedRun
+    from pixclust.runs.sharded_duplicates import ShardedDuplicates
 
 
 def console(stderr: bool = False) -> Any:
@@ -192,29 +194,50 @@ def render_similar(result: SimilarResult) -> None:
         out.print(f"table: {shown(result.csv_path)}; {len(result.sheets)} contact sheets")
 
 
+# Duplicate groups listed in the terminal, largest first; the rest are in duplicates.csv.
+SHOWN_GROUPS = 50
+
+
 def render_duplicates(result: DuplicatesResult) -> None:
-    report, paths = result.report, result.embeddings.paths
+    _render_duplicate_groups(result.report, result.embeddings.paths, result.csv_path, result.links)
+    if result.moves is not None:
+        render_moves(result.moves)
+
+
+def render_sharded_duplicates(found: ShardedDuplicates) -> None:
+    _render_duplicate_groups(found.report, found.rows.paths, found.csv_path, None)
+    layout = found.layout
+    compared = "compared on their files" if found.verified_files else "not compared (no content hashes: no files known)"
+    console().print(
+        f"index: {layout['cells']:,} cells, {layout['code_bytes']} bytes a vector, trained on "
+        f"{layout['sample_rows']:,} rows; pairs {compared}; {found.seconds:.1f} s"
+    )
+
+
+def _render_duplicate_groups(
+    report: DuplicateReport, paths: Sequence[str], csv_path: Path | None, links: Path | None
+) -> None:
     table = _table(
         ("group", "kind", "images", "keep", "copies"),
         right=("group", "images"),
         title=f"{len(report.groups)} duplicate groups",
         title_justify="left",
     )
-    for number, group in enumerate(report.groups, start=1):
+    for number, group in enumerate(report.groups[:SHOWN_GROUPS], start=1):
         kinds = Counter(kind for kind in group.kinds if kind != "keeper")
         copies = ", ".join(f"{count} {kind}" for kind, count in sorted(kinds.items()))
         table.add_row(str(number), group.kind, str(len(group.rows)), shown(paths[group.keeper]), copies)
     out = console()
     out.print(table)
+    if len(report.groups) > SHOWN_GROUPS:
+        out.print(f"... and {len(report.groups) - SHOWN_GROUPS:,} more groups (see the table)")
     out.print(
         f"{report.n_redundant:,} of {report.n_images:,} images ({report.n_redundant / max(report.n_images, 1):.1%}) could be dropped; "
         f"{report.candidates:,} look-alike pairs, {report.verified:,} compared on their files "
         f"({report.recoloured:,} recoloured, {report.unreadable:,} unreadable)"
     )
-    if result.csv_path:
-        out.print(f"table: {shown(result.csv_path)}" + (f"; links: {shown(result.links)}" if result.links else ""))
-    if result.moves is not None:
-        render_moves(result.moves)
+    if csv_path:
+        out.print(f"table: {shown(csv_path)}" + (f"; links: {shown(links)}" if links else ""))
 
 
 def render_export(run: ExportRun) -> None:

@@ -10,7 +10,17 @@ from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
-from pixclust.cli.options import Maps, Quiet, Seed, chosen, out_option, split_maps
+from pixclust.cli.options import (
+    Maps,
+    Quiet,
+    Seed,
+    ShardAddress,
+    ShardInputs,
+    ShardRayWait,
+    chosen,
+    out_option,
+    split_maps,
+)
 from pixclust.cli.render import (
     console,
     render_add,
@@ -292,13 +302,7 @@ def apply_command(
 
 
 def cluster_shards_command(
-    vectors: Annotated[
-        list[Path],
-        typer.Argument(
-            help="Parquet files of embeddings (path and vector columns), or folders of them: a run's "
-            "embeddings.parquet (or the run folder, which adds its HOG vectors), or shards written elsewhere."
-        ),
-    ],
+    vectors: ShardInputs,
     out: Annotated[Path, out_option("Run folder for the cluster table.")],
     k: Annotated[str, typer.Option(help="Number of clusters, or 'auto' to choose it on the sample.")] = "auto",
     k_min: Annotated[int, typer.Option(help="Smallest k scanned by --k auto.")] = 2,
@@ -318,16 +322,15 @@ def cluster_shards_command(
             help="HOG vectors of the same images in the same order (a run's views/hog/), for --pipeline auto; repeatable."
         ),
     ] = None,
-    address: Annotated[
-        str | None, typer.Option(help="Ray cluster address (HEAD_IP:6379) [default: this machine's, or a local one].")
-    ] = None,
-    ray_wait: Annotated[
-        float, typer.Option(help="Seconds to wait while the Ray cluster has no CPU (none joined, or all lost).")
-    ] = 120,
+    address: ShardAddress = None,
+    ray_wait: ShardRayWait = 120,
     seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")] = 0,
     quiet: Quiet = False,
 ) -> None:
-    """Cluster embeddings too many for one machine's memory on Ray: fitted on a sample, every row placed in parallel."""
+    """Cluster embeddings too many for one machine's memory on Ray: fitted on a sample, every row placed in parallel.
+
+    A run folder given stands for its embeddings.parquet and its HOG vectors.
+    """
     from pixclust.runs.sharded import cluster_shards
 
     k_value: int | str = int(k) if k.isascii() and k.isdigit() and len(k) <= 18 else k

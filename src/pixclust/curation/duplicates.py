@@ -22,6 +22,7 @@ from __future__ import annotations
 import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass, replace
+from typing import Protocol
 
 import numpy as np
 
@@ -99,8 +100,18 @@ class DuplicateReport:
         return sum(len(group.rows) - 1 for group in self.groups)
 
 
+class RowFacts(Protocol):
+    """What choosing a keeper reads of each row: :class:`~pixclust.embeddings.Embeddings` has it, and so has
+    the sharded finder's table of the rows in its groups."""
+
+    paths: Sequence[str]
+    image_sizes: np.ndarray
+    file_sizes: np.ndarray
+    mtimes_ns: np.ndarray
+
+
 @dataclass(frozen=True)
-class _Link:
+class Link:
     """One accepted pair: the two rows, the row that shows part of the other (None: neither), its kind and
     evidence, its rank among links, and the embedding cosine."""
 
@@ -166,42 +177,55 @@ def find_duplicates(
         raise UsageError(f"neighbours={neighbours} must be at least 1")
     n = len(embeddings)
     content = np.arange(n)
-    links: list[_Link] = []
+    links: list[Link] = []
     for rows in _equal_content(embeddings):
         content[rows] = rows[0]
-        links.extend(_Link(rows[0], row, None, "exact", "same content", (0, -1.0), 1.0) for row in rows[1:])
+        links.extend(exact_links(rows))
     left, right, sims = candidate_pairs(embeddings.vectors, neighbours=neighbours, threshold=threshold, index=index)
     distinct = content[left] != content[right]
     if involving is not None:
         distinct &= np.isin(left, involving) | np.isin(right, involving)
     left, right, sims = left[distinct], right[distinct], sims[distinct]
     report = DuplicateReport([], float(threshold), n, candidates=len(left))
-    apart: set[tuple[int, int]] = set()
-    if verify_files:
-        verdicts = _verify_pairs(embeddings.paths, left, right, colour=colour, mirror=mirror)
-        for i, j, sim, verdict in zip(left.tolist(), right.tolist(), sims.tolist(), verdicts, strict=True):
-            if verdict is None:
-                report.unreadable += 1
-                continue
-            report.verified += 1
-            if verdict.recoloured:
-                report.recoloured += 1
-                apart.add((i, j))
-            elif verdict.same:
-                # Pairs whose colours were compared (and agree) are joined first, pairs with an image
-                # that has no colour (a greyscale copy) last: by then the coloured images are grouped
-                # by colour, and the grey one joins the group it matches best.
-                order = (1 if verdict.colour is not None else 2, -verdict.score)
-                part = {0: None, 1: i, 2: j}[verdict.part]
-                kind = "mirrored" if verdict.mirrored else ("near" if part is None else "partial")
-                links.append(_Link(i, j, part, kind, verdict.evidence, order, sim))
-    else:
-        links.extend(
-            _Link(i, j, None, "near", f"cosine {sim:.3f}", (1, -sim), sim)
-            for i, j, sim in zip(left.tolist(), right.tolist(), sims.tolist(), strict=True)
-        )
-    report.groups = _groups(embeddings, links, apart, content, keep)
+    verdicts = _verify_pairs(embeddings.paths, left, right, colour=colour, mirror=mirror) if verify_files else None
+    found, apart = verdict_links(left, right, sims, verdicts, report)
+    report.groups = group_links(embeddings, [*links, *found], apart, content, keep)
     return report
+
+
+def verdict_links(
+    left: np.ndarray,
+    right: np.ndarray,
+    sims: np.ndarray,
+    verdicts: Sequence[Verdict | None] | None,
+    report: DuplicateReport,
+) -> tuple[list[Link], set[tuple[int, int]]]:
+    """The links the candidate pairs' ``verdicts`` accept (None: nothing verified, every pair is one) and the pairs
+    found to be different pictures; ``report``'s counts of verified, recoloured and unreadable pairs go up."""
+    if verdicts is None:
+        return [
+            Link(i, j, None, "near", f"cosine {sim:.3f}", (1, -sim), sim)
+            for i, j, sim in zip(left.tolist(), right.tolist(), sims.tolist(), strict=True)
+        ], set()
+    links: list[Link] = []
+    apart: set[tuple[int, int]] = set()
+    for i, j, sim, verdict in zip(left.tolist(), right.tolist(), sims.tolist(), verdicts, strict=True):
+        if verdict is None:
+            report.unreadable += 1
+            continue
+        report.verified += 1
+        if verdict.recoloured:
+            report.recoloured += 1
+            apart.add((i, j))
+        elif verdict.same:
+            # Pairs whose colours were compared (and agree) are joined first, pairs with an image
+            # that has no colour (a greyscale copy) last: by then the coloured images are grouped
+            # by colour, and the grey one joins the group it matches best.
+            order = (1 if verdict.colour is not None else 2, -verdict.score)
+            part = {0: None, 1: i, 2: j}[verdict.part]
+            kind = "mirrored" if verdict.mirrored else ("near" if part is None else "partial")
+            links.append(Link(i, j, part, kind, verdict.evidence, order, sim))
+    return links, apart
 
 
 def extend_duplicates(embeddings: Embeddings, found: DuplicateReport, first_new: int) -> DuplicateReport:
@@ -272,6 +296,11 @@ def extend_duplicates(embeddings: Embeddings, found: DuplicateReport, first_new:
     )
 
 
+def exact_links(rows: Sequence[int]) -> list[Link]:
+    """Links joining rows of one content (the same file's bytes) to the first of them."""
+    return [Link(rows[0], row, None, "exact", "same content", (0, -1.0), 1.0) for row in rows[1:]]
+
+
 def _verify_pairs(
     paths: Sequence[str], left: np.ndarray, right: np.ndarray, *, colour: bool, mirror: bool
 ) -> list[Verdict | None]:
@@ -281,7 +310,7 @@ def _verify_pairs(
     row_chunks = [rows[i : i + _SIGNATURE_CHUNK].tolist() for i in range(0, len(rows), _SIGNATURE_CHUNK)]
     with progress_bar("duplicate signatures", len(rows)) as advance:
         path_chunks = [[paths[row] for row in chunk] for chunk in row_chunks]
-        for chunk, found in zip(row_chunks, map_chunks(_signature_chunk, path_chunks), strict=True):
+        for chunk, found in zip(row_chunks, map_chunks(signature_chunk, path_chunks), strict=True):
             signatures.update(zip(chunk, found, strict=True))
             advance(len(chunk))
     pairs = [
@@ -290,13 +319,14 @@ def _verify_pairs(
     tasks = [pairs[start : start + _PAIR_CHUNK] for start in range(0, len(pairs), _PAIR_CHUNK)]
     verdicts: list[Verdict | None] = []
     with progress_bar("duplicate checks", len(left), unit="pairs") as advance:
-        for found in map_chunks(_verify_chunk, tasks, colour, mirror):
+        for found in map_chunks(verify_chunk, tasks, colour, mirror):
             verdicts.extend(found)
             advance(len(found))
     return verdicts
 
 
-def _signature_chunk(paths: Sequence[str]) -> list[Signature | None]:
+def signature_chunk(paths: Sequence[str]) -> list[Signature | None]:
+    """Each file's verification signature; None where it cannot be read."""
     found: list[Signature | None] = []
     for path in paths:
         try:
@@ -306,25 +336,28 @@ def _signature_chunk(paths: Sequence[str]) -> list[Signature | None]:
     return found
 
 
-def _verify_chunk(
+def verify_chunk(
     pairs: Sequence[tuple[str, str, Signature | None, Signature | None]], colour: bool, mirror: bool
 ) -> list[Verdict | None]:
+    """The verdict of each pair of (path, path, signature, signature); None where a file could not be read."""
     readable = [pair for pair in pairs if pair[2] is not None and pair[3] is not None]
     verdicts = iter(verify_pairs(readable, colour=colour, mirror=mirror))
     return [next(verdicts) if a is not None and b is not None else None for _, _, a, b in pairs]
 
 
-def _groups(
-    embeddings: Embeddings, links: list[_Link], apart: set[tuple[int, int]], content: np.ndarray, keep: str
+def group_links(
+    facts: RowFacts, links: list[Link], apart: set[tuple[int, int]], content: np.ndarray, keep: str
 ) -> list[DuplicateGroup]:
-    """Join linked rows, best link first, never joining two rows kept ``apart``; largest group first."""
+    """Join linked rows, best link first, never joining two rows kept ``apart``; largest group first.
+
+    ``content[row]`` is the first row with ``row``'s content; ``facts`` tells :func:`choose_keeper` what it needs."""
     members = {row: {row} for link in links for row in (link.left, link.right)}
     owner = {row: row for row in members}
     partners: dict[int, set[int]] = {}
     for i, j in apart:
         partners.setdefault(i, set()).add(j)
         partners.setdefault(j, set()).add(i)
-    used: dict[int, list[_Link]] = {}
+    used: dict[int, list[Link]] = {}
     for link in sorted(links, key=lambda link: link.order):
         a, b = owner[link.left], owner[link.right]
         if a != b:
@@ -342,7 +375,7 @@ def _groups(
             continue
         ordered = tuple(sorted(rows))
         parts = {link.part for row in ordered for link in used.get(row, []) if link.part is not None}
-        keeper = _keeper(embeddings, ordered, parts, keep)
+        keeper = choose_keeper(facts, ordered, parts, keep)
         matches = [_match_with(row, keeper, used.get(row, []), content, rows) for row in ordered]
         kinds = tuple(
             "keeper" if link is None else ("partial" if row in parts and link.kind != "exact" else link.kind)
@@ -365,12 +398,12 @@ def _groups(
     return groups
 
 
-def _match_with(row: int, keeper: int, links: list[_Link], content: np.ndarray, group: set[int]) -> _Link | None:
+def _match_with(row: int, keeper: int, links: list[Link], content: np.ndarray, group: set[int]) -> Link | None:
     """How ``row`` is a copy: of the keeper's content, or its best accepted link to the keeper, or to the group."""
     if row == keeper:
         return None
     if content[row] == content[keeper]:
-        return _Link(row, keeper, None, "exact", "same content", (0, -1.0), 1.0)
+        return Link(row, keeper, None, "exact", "same content", (0, -1.0), 1.0)
     to_keeper = [link for link in links if keeper in (link.left, link.right)]
     within = [link for link in links if link.left in group and link.right in group]
     return min(to_keeper or within, key=lambda link: link.order)
@@ -385,13 +418,13 @@ def _equal_content(embeddings: Embeddings) -> list[list[int]]:
     return [rows for rows in groups.values() if len(rows) > 1]
 
 
-def _keeper(embeddings: Embeddings, rows: Sequence[int], parts: set[int], keep: str) -> int:
+def choose_keeper(facts: RowFacts, rows: Sequence[int], parts: set[int], keep: str) -> int:
     """The row to keep under rule ``keep`` (``KEEP_RULES``), among the whole pictures of the group."""
-    path_order = {row: position for position, row in enumerate(sorted(rows, key=lambda row: embeddings.paths[row]))}
+    path_order = {row: position for position, row in enumerate(sorted(rows, key=lambda row: facts.paths[row]))}
 
     def preference(row: int) -> tuple[int, ...]:
-        width, height = (int(v) for v in embeddings.image_sizes[row])
-        size, modified = int(embeddings.file_sizes[row]), int(embeddings.mtimes_ns[row])
+        width, height = (int(v) for v in facts.image_sizes[row])
+        size, modified = int(facts.file_sizes[row]), int(facts.mtimes_ns[row])
         by_rule = {
             "largest": (width * height, size),
             "smallest-file": (-size,),

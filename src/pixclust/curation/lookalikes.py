@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pixclust.curation.duplicates import DEFAULT_KEEP, DuplicateReport
+from pixclust.curation.duplicates import DEFAULT_KEEP, DuplicateReport, RowFacts
 from pixclust.curation.export import safe_file_name, write_errors_csv
 from pixclust.curation.move import MoveReport, move_copies_aside
 from pixclust.curation.search import DEFAULT_TOP, Match
@@ -153,7 +153,7 @@ def find_duplicate_images(
         report = find_duplicates(embeddings, threshold=threshold, colour=colour, keep=keep, mirror=mirror)
         csv_path = links = moves = None
         if out_folder is not None:
-            csv_path = _write_duplicates_csv(out_folder.path(DUPLICATES_CSV), embeddings, report)
+            csv_path = write_duplicates_csv(out_folder.path(DUPLICATES_CSV), embeddings, report)
             if export:
                 links = _link_groups(out_folder.path(DUPLICATE_LINKS_DIR), embeddings, report)
         if copies_to is not None:
@@ -268,14 +268,15 @@ def _model_of_run(images: Path, out: RunFolder | None) -> tuple[str, str | None]
     return model.model or DEFAULT_MODEL, model.weights.weights_option()
 
 
-def _write_duplicates_csv(path: Path, embeddings: Embeddings, report: DuplicateReport) -> Path:
+def write_duplicates_csv(path: Path, facts: RowFacts, report: DuplicateReport) -> Path:
+    """``duplicates.csv``: one line per image of each group, groups numbered from 1 as the report lists them."""
     rows = (
         (
             number,
             kind,
-            embeddings.paths[row],
+            facts.paths[row],
             "yes" if row == group.keeper else "",
-            *embeddings.image_sizes[row],
+            *facts.image_sizes[row],
             evidence,
             f"{group.min_similarity:.4f}",
         )

@@ -133,12 +133,8 @@ class ShardedClusterer:
                 "give the HOG vectors of the same images (a run's views/hog/), in the same order"
             )
         started = time.perf_counter()
-        rng = np.random.default_rng(self.random_state)
         size = self.sample_rows(data.n_rows)
-        chosen = (
-            np.arange(data.n_rows) if size == data.n_rows else np.sort(rng.choice(data.n_rows, size, replace=False))
-        )
-        views = self._gather_sample(data, hog, chosen, ray)
+        views = gather_rows(data, sample_indices(data.n_rows, size, self.random_state), ray, self.ray_wait, hog=hog)
         self.timings_ = {"sample_s": time.perf_counter() - started}
         started = time.perf_counter()
         result = cluster_views(
@@ -175,34 +171,42 @@ class ShardedClusterer:
         self.timings_["place_s"] = time.perf_counter() - started
         return self
 
-    def _gather_sample(
-        self, data: VectorParts, hog: VectorParts | None, chosen: np.ndarray, ray: Any
-    ) -> dict[str, np.ndarray]:
-        """The chosen rows' views (the embedding, and HOG when given), in row order, read by one task per part."""
-        starts = np.array([part.offset for part in data.parts])
-        # The chosen rows are sorted, so each part's are one run of them.
-        bounds = np.searchsorted(chosen, [*starts, data.n_rows])
-        views = {EMBEDDING_VIEW: np.empty((len(chosen), data.dim), dtype=np.float32)}
-        if hog is not None:
-            views[HOG_VIEW] = np.empty((len(chosen), hog.dim), dtype=np.float32)
-        take = ray.remote(num_cpus=1)(sample_part)
-        wanted = [
-            (index, np.arange(bounds[index], bounds[index + 1]))
-            for index in range(len(data.parts))
-            if bounds[index + 1] > bounds[index]
-        ]
-        calls = [
-            (
-                lambda part=data.parts[index], rows=rows: take.remote(
-                    part, data.dim, chosen[rows] - part.offset, _hog_rows(hog, part)
-                )
+
+def sample_indices(n_rows: int, size: int, random_state: int) -> np.ndarray:
+    """``size`` of the rows ``0 .. n_rows - 1``, drawn uniformly without replacement, ascending (all when ``size`` is)."""
+    if size >= n_rows:
+        return np.arange(n_rows)
+    return np.sort(np.random.default_rng(random_state).choice(n_rows, size, replace=False))
+
+
+def gather_rows(
+    data: VectorParts, chosen: np.ndarray, ray: Any, wait_s: float, *, hog: VectorParts | None = None
+) -> dict[str, np.ndarray]:
+    """The views of rows ``chosen`` (ascending) in that order: the embedding, and HOG when given; one task per part."""
+    starts = np.array([part.offset for part in data.parts])
+    # The chosen rows are sorted, so each part's are one run of them.
+    bounds = np.searchsorted(chosen, [*starts, data.n_rows])
+    views = {EMBEDDING_VIEW: np.empty((len(chosen), data.dim), dtype=np.float32)}
+    if hog is not None:
+        views[HOG_VIEW] = np.empty((len(chosen), hog.dim), dtype=np.float32)
+    take = ray.remote(num_cpus=1)(sample_part)
+    wanted = [
+        (index, np.arange(bounds[index], bounds[index + 1]))
+        for index in range(len(data.parts))
+        if bounds[index + 1] > bounds[index]
+    ]
+    calls = [
+        (
+            lambda part=data.parts[index], rows=rows: take.remote(
+                part, data.dim, chosen[rows] - part.offset, _hog_rows(hog, part)
             )
-            for index, rows in wanted
-        ]
-        for done, part_views in run_tasks(ray, calls, self.ray_wait):
-            for name, vectors in part_views.items():
-                views[name][wanted[done][1]] = vectors
-        return views
+        )
+        for index, rows in wanted
+    ]
+    for done, part_views in run_tasks(ray, calls, wait_s):
+        for name, vectors in part_views.items():
+            views[name][wanted[done][1]] = vectors
+    return views
 
 
 @dataclass(frozen=True)

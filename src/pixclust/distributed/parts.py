@@ -61,7 +61,8 @@ class VectorParts:
     """The input cut into parts, in file order, with its size: ``n_rows`` vectors of ``dim`` floats.
 
     ``group_rows`` holds each file's row-group sizes, so that any run of rows
-    can be found (:meth:`segments`) without opening a file.
+    can be found (:meth:`segments`) without opening a file; ``columns`` the
+    columns every file has (a run's store has its images' content hashes, sizes and times).
     """
 
     parts: tuple[Part, ...]
@@ -69,6 +70,7 @@ class VectorParts:
     dim: int
     files: tuple[str, ...]
     group_rows: tuple[tuple[int, ...], ...]
+    columns: frozenset[str] = frozenset((PATH_COLUMN, VECTOR_COLUMN))
 
     def segments(self, start: int, stop: int) -> tuple[Segment, ...]:
         """Where rows ``start`` .. ``stop - 1`` of the input are: one :class:`Segment` per file they span."""
@@ -114,9 +116,12 @@ class VectorParts:
         group_rows: list[tuple[int, ...]] = []
         dim = None
         offset = 0
+        columns: frozenset[str] | None = None
         for file in files:
             metadata = _footer(file)
-            file_dim = _vector_dim(file, metadata.schema.to_arrow_schema())
+            schema = metadata.schema.to_arrow_schema()
+            file_dim = _vector_dim(file, schema)
+            columns = frozenset(schema.names) if columns is None else columns & frozenset(schema.names)
             if dim is not None and file_dim != dim:
                 raise UsageError(
                     f"{file} holds vectors of {file_dim} numbers where {files[0]} holds {dim}; "
@@ -133,9 +138,9 @@ class VectorParts:
                 if rows:
                     parts.append(Part(file, first, group - first, rows, offset))
                     offset += rows
-        if offset == 0 or dim is None:
+        if offset == 0 or dim is None or columns is None:
             raise UsageError(f"{_described(source)} holds no embeddings; give Parquet files of path and vector rows")
-        return cls(tuple(parts), offset, dim, tuple(files), tuple(group_rows))
+        return cls(tuple(parts), offset, dim, tuple(files), tuple(group_rows), columns)
 
 
 def read_part(part: Part, *, columns: Sequence[str] = (PATH_COLUMN, VECTOR_COLUMN)) -> pa.Table:

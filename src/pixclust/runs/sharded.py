@@ -106,11 +106,11 @@ def cluster_shards(
     folder = RunFolder.open(out)
     for given in (data, hog_data):
         if given is not None:
-            _refuse_inputs_inside(given, folder.root)
-    _refuse_local_run(folder, out)
+            refuse_inputs_inside(given, folder.root)
+    refuse_local_run(folder, out)
     with ray_session(address) as ray, folder.writing():
         # Again under the lock: a 'pixclust cluster' may have finished there since.
-        _refuse_local_run(folder, out)
+        refuse_local_run(folder, out)
         folder.check_replaceable(CLUSTER_TABLE_DIR)
         with (
             folder.staging() as staging,
@@ -155,14 +155,12 @@ def _hog_of_run(vectors: str | Path | Sequence[str | Path]) -> Path | None:
     return hog if hog.is_file() else None
 
 
-def _refuse_local_run(folder: RunFolder, out: str | Path) -> None:
+def refuse_local_run(folder: RunFolder, out: str | Path) -> None:
     if os.path.lexists(folder.path(RUN_JSON)):
-        raise UsageError(
-            f"{out} holds a run of 'pixclust cluster' (run.json); give another --out for sharded clustering"
-        )
+        raise UsageError(f"{out} holds a run of 'pixclust cluster' (run.json); give another --out for a sharded run")
 
 
-def _refuse_inputs_inside(data: VectorParts, run_dir: Path) -> None:
+def refuse_inputs_inside(data: VectorParts, run_dir: Path) -> None:
     inside = [file for file in data.files if os.path.realpath(file).startswith(str(run_dir) + os.sep)]
     if inside:
         raise UsageError(

@@ -94,6 +94,20 @@ class VectorParts:
             group = end
         return tuple(found)
 
+    def read_rows(self, rows: np.ndarray, *, columns: Sequence[str] = (PATH_COLUMN, VECTOR_COLUMN)) -> pa.Table:
+        """``columns`` of the input's ``rows`` (ascending), reading only the row groups that hold them."""
+        bounds, file_of_group, group_in_file = self._groups
+        group_of_row = np.searchsorted(bounds, rows, side="right") - 1
+        groups, firsts = np.unique(group_of_row, return_index=True)
+        tables = []
+        for group, first, last in zip(groups.tolist(), firsts.tolist(), [*firsts[1:].tolist(), len(rows)], strict=True):
+            table = _read_row_groups(self.files[int(file_of_group[group])], [int(group_in_file[group])], columns)
+            within = rows[first:last] - int(bounds[group])
+            if table.num_rows != int(bounds[group + 1] - bounds[group]):
+                raise UsageError(f"{self.files[int(file_of_group[group])]} changed since it was planned; run again")
+            tables.append(table.take(pa.array(within)))
+        return pa.concat_tables(tables) if tables else _read_row_groups(self.files[0], [], columns)
+
     @functools.cached_property
     def _groups(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         """Every row group in input order: where each starts (and the end), its file, its number in the file."""

@@ -2,7 +2,8 @@
 
 Everything is read back from the run folder (embeddings.parquet,
 clusters.csv, errors.csv, run.json), so ``pixclust report RUN`` rebuilds
-exactly what ``pixclust cluster`` made. Maps are cached in ``maps.parquet``,
+exactly what ``pixclust cluster`` made; a run of ``pixclust cluster-shards`` is shown
+by a uniform sample of its rows (:mod:`pixclust.report.sharded_view`). Maps are cached in ``maps.parquet``,
 thumbnails in ``thumbnails.parquet`` and duplicate groups in
 ``duplicates.parquet``; a rebuild recomputes none of them.
 """
@@ -34,16 +35,21 @@ from pixclust.report import plots
 from pixclust.report.caches import load_duplicates, load_maps
 from pixclust.report.figures import contact_sheet
 from pixclust.report.run_view import RunView, load_run
+from pixclust.report.sharded_view import load_sharded_run
 from pixclust.report.thumbnails import THUMB_SIDE, load_thumbnails
 from pixclust.runs.folder import (
+    CLUSTER_TABLE_DIR,
+    CLUSTER_TABLE_SUMMARY,
     CLUSTERS_CSV,
     PLOTS_DIR,
     REPORT_FILE,
     RunFolder,
+    is_sharded_run,
 )
 from pixclust.runs.record import RunRecord
 
 MONTAGE_SIZE = 32
+_NOT_FLAGGED = "Quality flags are measured when images are embedded by 'pixclust cluster'; a sharded run has none."
 _PLACEHOLDER = re.compile(r"\{\{(TITLE|CSS|PLOTLY|DATA|APP)\}\}")
 
 
@@ -87,22 +93,18 @@ def build_report(
     with quietly(quiet):
         methods = check_map_methods(list(maps))
         with RunFolder.open(run_dir, create=False).writing() as folder:
-            return _build_report(folder, methods, record, embeddings, html=html, random_state=random_state)
+            if is_sharded_run(folder.root):
+                view = load_sharded_run(folder.root, random_state=random_state)
+            else:
+                view = load_run(folder.root, record, embeddings)
+            return _build_report(folder, view, methods, html=html, random_state=random_state)
 
 
-def _build_report(
-    folder: RunFolder,
-    methods: tuple[str, ...],
-    record: RunRecord | None,
-    embeddings: Embeddings | None,
-    *,
-    html: bool,
-    random_state: int,
-) -> Path:
-    view = load_run(folder.root, record, embeddings)
+def _build_report(folder: RunFolder, view: RunView, methods: tuple[str, ...], *, html: bool, random_state: int) -> Path:
     coords = load_maps(view, methods, random_state=random_state)
     thumbnails = load_thumbnails(view.run_dir, view.paths, view.hashes)
-    duplicates = load_duplicates(view)
+    # Duplicates among a sample of a run would be a few pairs met by chance; duplicates-shards searches every row.
+    duplicates = load_duplicates(view) if view.sample_of is None else None
     plot_dir = view.run_dir / PLOTS_DIR
     pngs = {stem: plots.save_png(figure) for stem, figure in make_figures(view, coords).items()}
     written = {f"{stem}.png" for stem in pngs} | {f"montage_{name}.png" for name in view.names.values()}
@@ -133,7 +135,7 @@ def render_html(
     maps: dict[str, dict[int, np.ndarray]],
     thumbnails: dict[str, bytes],
     pngs: dict[str, bytes],
-    duplicates: DuplicateReport,
+    duplicates: DuplicateReport | None,
 ) -> str:
     """The whole report as one HTML string: styles, Plotly, data and behaviour inlined."""
     assets = resources.files("pixclust.report") / "assets"
@@ -176,7 +178,7 @@ def _report_data(
     maps: dict[str, dict[int, np.ndarray]],
     thumbnails: dict[str, bytes],
     pngs: dict[str, bytes],
-    duplicates: DuplicateReport,
+    duplicates: DuplicateReport | None,
 ) -> dict[str, Any]:
     names = view.names
     # Clusters first, then the groups that are none: noise or _new (-1), _outliers (-2), _excluded (-3).
@@ -190,14 +192,16 @@ def _report_data(
     return {
         "title": _title(view),
         # What an edits file saved from this page names as its run (pixclust apply checks it).
-        "run": run_identity(view.record.run_id, view.run_dir / CLUSTERS_CSV),
+        "run": run_identity(view.record.run_id, _identity_file(view)),
         "summary": _summary_rows(view, duplicates),
+        # The whole run's size when the page shows a sample of it (a sharded run), else null.
+        "sample_of": view.sample_of,
         "clusters": [
             {
                 "id": label,
                 "name": names[label],
                 "shows": shows.get(label, ""),
-                "size": int(np.sum(view.labels == label)),
+                "size": view.size(label),
                 "colour": colours.get(label, "#999999"),
                 "members": view.members(label).tolist(),
             }
@@ -222,8 +226,21 @@ def _report_data(
     }
 
 
-def _duplicates_data(view: RunView, duplicates: DuplicateReport) -> dict[str, Any]:
+def _identity_file(view: RunView) -> Path:
+    """The file whose digest names the run's state in an edits file: clusters.csv, or a sharded run's summary."""
+    if view.sample_of is None:
+        return view.run_dir / CLUSTERS_CSV
+    return view.run_dir / CLUSTER_TABLE_DIR / CLUSTER_TABLE_SUMMARY
+
+
+def _duplicates_data(view: RunView, duplicates: DuplicateReport | None) -> dict[str, Any]:
     """Groups with the keeper first; rows index ``points``, so the page reuses their thumbnails."""
+    if duplicates is None:
+        headline = (
+            "A sharded run's report does not look for duplicates; 'pixclust duplicates-shards' finds them among all "
+            f"{_count(view.sample_of or len(view.paths), 'image')}."
+        )
+        return {"threshold": None, "headline": headline, "groups": []}
     checked = f"{duplicates.verified:,} look-alike pairs compared on their files"
     if duplicates.groups:
         headline = (
@@ -254,6 +271,8 @@ def _duplicates_data(view: RunView, duplicates: DuplicateReport) -> dict[str, An
 
 def _flags_data(view: RunView) -> dict[str, Any]:
     """Flagged images, worst first (rows index ``points``), and how many carry each flag."""
+    if view.sample_of is not None:
+        return {"headline": _NOT_FLAGGED, "counts": [], "rows": [], "flags": []}
     rows = [row for row, flags in enumerate(view.flags) if flags]
     rows.sort(key=lambda row: -np.nan_to_num(view.flag_scores[row], nan=0.0))
     counted = Counter(flag for row in rows for flag in view.flags[row])
@@ -279,15 +298,27 @@ def _count(n: int, noun: str) -> str:
     return f"{n:,} {noun}" + ("" if n == 1 else "s")
 
 
-def _summary_rows(view: RunView, duplicates: DuplicateReport) -> list[list[str]]:
+def _images_shown(view: RunView) -> str:
+    if view.sample_of is None or view.sample_of == len(view.paths):
+        return f"{len(view.paths):,}"
+    return f"{view.sample_of:,} ({len(view.paths):,} shown: a uniform sample)"
+
+
+def _summary_rows(view: RunView, duplicates: DuplicateReport | None) -> list[list[str]]:
     record = view.record
     counts, clustering, model = record.counts, record.clustering, record.model
+    sampled = view.sample_of is not None
     rows = [
-        ["images", f"{len(view.paths):,}"],
+        ["images", _images_shown(view)],
         ["clusters", str(len([label for label in view.names if label >= 0]))],
-        ["files not used", f"{len(view.errors):,}"],
-        ["duplicate groups", f"{len(duplicates.groups):,} ({_count(duplicates.n_redundant, 'redundant image')})"],
-        ["quality flags", _count(sum(1 for flags in view.flags if flags), "image")],
+        ["files not used", "not known (embedded elsewhere)" if sampled else f"{len(view.errors):,}"],
+        [
+            "duplicate groups",
+            "not looked for (pixclust duplicates-shards)"
+            if duplicates is None
+            else f"{len(duplicates.groups):,} ({_count(duplicates.n_redundant, 'redundant image')})",
+        ],
+        ["quality flags", "not measured" if sampled else _count(sum(1 for flags in view.flags if flags), "image")],
         ["model", str(model.get("model", "?"))],
         ["weights", str(model.get("weights", "?"))],
         ["method", f"{clustering.get('reduce', '?')} → {clustering.get('method', '?')}"],
@@ -305,8 +336,11 @@ def _summary_rows(view: RunView, duplicates: DuplicateReport) -> list[list[str]]
             ]
         )
     silhouette = clustering.get("silhouette")
+    fitted_on = clustering.get("fitted_on")
+    if fitted_on is not None:
+        rows.append(["fitted on", f"{_count(int(fitted_on), 'image')} (a uniform sample, on Ray)"])
     if silhouette is not None:
-        rows.append(["silhouette", f"{silhouette:.3f}"])
+        rows.append(["silhouette" + (" (of the fitted sample)" if fitted_on is not None else ""), f"{silhouette:.3f}"])
     choice = clustering.get("pipeline")
     if choice:
         stabilities = ", ".join(
@@ -329,7 +363,7 @@ def _summary_rows(view: RunView, duplicates: DuplicateReport) -> list[list[str]]
     scores = record.scores
     if scores:
         rows.append(["ACC / NMI / ARI", " / ".join(f"{scores[key]:.3f}" for key in ("acc", "nmi", "ari"))])
-    if counts:
+    if counts and not sampled:
         rows.append(["embedded / reused", f"{counts.get('extracted', 0):,} / {counts.get('reused', 0):,}"])
     for name, seconds in record.timings_s.items():
         rows.append([name.removesuffix("_s") + " time", f"{seconds:.1f} s"])

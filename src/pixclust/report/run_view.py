@@ -40,6 +40,11 @@ class RunView:
     flag_scores: np.ndarray = field(default_factory=lambda: np.empty(0))
     # What each cluster shows (clusters.csv's name column), by cluster id; none for a run without names.
     descriptions: dict[int, str] = field(default_factory=dict)
+    # A view of a sample (report.sharded_view): the run's size, and its clusters' sizes by cluster id.
+    sample_of: int | None = None
+    run_sizes: dict[int, int] = field(default_factory=dict)
+    # What the caches (maps, thumbnails) know each row by, where it is not the content hash.
+    cache_keys: list[str] | None = None
 
     @property
     def paths(self) -> list[str]:
@@ -47,7 +52,12 @@ class RunView:
 
     @property
     def hashes(self) -> list[str]:
-        return self.embeddings.content_hashes
+        """Each row's key in the report's caches: its content hash (or ``cache_keys``)."""
+        return self.cache_keys if self.cache_keys is not None else self.embeddings.content_hashes
+
+    def size(self, label: int) -> int:
+        """Images in cluster ``label``: in the whole run (which a sample's view knows), else in the view."""
+        return self.run_sizes.get(label, int(np.sum(self.labels == label)))
 
     @property
     def vectors(self) -> np.ndarray:

@@ -61,6 +61,7 @@ from pixclust.runs.folder import (
     RUN_JSON,
     VIEWS_DIR,
     RunFolder,
+    not_a_finished_run,
 )
 from pixclust.runs.record import RunRecord
 
@@ -136,7 +137,7 @@ def add(
 def _check_addable(run_dir: Path) -> None:
     """A run folder this pixclust can add to, or one line saying why not and what to do."""
     if not (run_dir / RUN_JSON).is_file() or not (run_dir / EMBEDDINGS_FILE).is_file():
-        raise UsageError(f"{run_dir} is not a finished run; make one with 'pixclust cluster FOLDER --out {run_dir}'")
+        raise UsageError(not_a_finished_run(run_dir, "add"))
     if not (run_dir / CLUSTER_MODEL_FILE).is_file():
         source = RunRecord.read(run_dir / RUN_JSON).source or "FOLDER"
         raise UsageError(

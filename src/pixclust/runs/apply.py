@@ -45,6 +45,7 @@ from pixclust.runs.folder import (
     RUN_JSON,
     VIEWS_DIR,
     RunFolder,
+    not_a_finished_run,
 )
 from pixclust.runs.record import RunRecord
 
@@ -73,9 +74,7 @@ def apply(
     run_dir, edits_file = Path(run_dir), Path(edits_file)
     with quietly(quiet):
         if not (run_dir / RUN_JSON).is_file() or not (run_dir / CLUSTERS_CSV).is_file():
-            raise UsageError(
-                f"{run_dir} is not a finished run; make one with 'pixclust cluster FOLDER --out {run_dir}'"
-            )
+            raise UsageError(not_a_finished_run(run_dir, "apply"))
         folder = RunFolder.open(run_dir, create=False)
         with folder.writing():
             journal = check_moves_finished(folder)

@@ -59,6 +59,8 @@ CLUSTER_MODEL_FILE = "cluster_model.npz"
 ADDED_DUPLICATES_CSV = "added_duplicates.csv"
 CORRECTIONS_FILE = "corrections.json"
 CLUSTER_TABLE_DIR = "cluster_table"
+# The cluster table's summary (sizes, sample, k scan, timings), beside its parts.
+CLUSTER_TABLE_SUMMARY = "summary.json"
 
 # Every name pixclust writes at the top of a run folder; none of them may be a link.
 MANAGED_NAMES = (
@@ -109,6 +111,23 @@ def is_run_folder(path: str | Path) -> bool:
     """Whether ``path`` is a folder pixclust made (marker), or one an earlier pixclust made that it would adopt."""
     # os.path.isfile, not Path.is_file: a folder the user cannot read is simply not a run folder.
     return os.path.isfile(os.path.join(path, MARKER_FILE)) or _made_by_earlier_pixclust(Path(path))
+
+
+def is_sharded_run(path: str | Path) -> bool:
+    """Whether ``path`` holds a run of ``pixclust cluster-shards`` (a cluster table) and not one of ``pixclust cluster``."""
+    return os.path.isfile(os.path.join(path, CLUSTER_TABLE_DIR, CLUSTER_TABLE_SUMMARY)) and not os.path.lexists(
+        os.path.join(path, RUN_JSON)
+    )
+
+
+def not_a_finished_run(run_dir: str | Path, command: str) -> str:
+    """Why ``pixclust COMMAND`` cannot work on ``run_dir``, which holds no finished run of ``pixclust cluster``."""
+    if is_sharded_run(run_dir):
+        return (
+            f"{run_dir} is a run of 'pixclust cluster-shards'; 'pixclust {command}' works on runs of "
+            f"'pixclust cluster' (a sharded run is clustered again with cluster-shards)"
+        )
+    return f"{run_dir} is not a finished run; make one with 'pixclust cluster FOLDER --out {run_dir}'"
 
 
 def _made_by_earlier_pixclust(path: Path) -> bool:

@@ -36,6 +36,7 @@ from pixclust.progress import progress_bar, quietly
 from pixclust.runs.folder import (
     CLUSTER_MODEL_FILE,
     CLUSTER_TABLE_DIR,
+    CLUSTER_TABLE_SUMMARY,
     CLUSTERS_CSV,
     EMBEDDINGS_FILE,
     FILE,
@@ -48,7 +49,6 @@ from pixclust.runs.record import json_plain
 
 # clusters.csv is written up to this many rows (about 100 MB); above it the table's Parquet files are the result.
 CSV_MAX_ROWS = 1_000_000
-SUMMARY_FILE = "summary.json"
 SUMMARY_FORMAT = "pixclust-cluster-table"
 CSV_COLUMNS = ("path", "cluster", "cluster_id", "distance", "silhouette", "x", "y", "novel")
 
@@ -128,8 +128,8 @@ def cluster_shards(
 
             clusterer.fit(data, save_part, ray=ray, hog=hog_data)
             summary = _summary(clusterer, data, hog_data, sorted(written), time.perf_counter() - started_at)
-            write_text_atomic(staging / SUMMARY_FILE, json.dumps(summary, indent=2) + "\n")
-            entries = [(f"{CLUSTER_TABLE_DIR}/{name}", FILE) for name in [*sorted(written), SUMMARY_FILE]]
+            write_text_atomic(staging / CLUSTER_TABLE_SUMMARY, json.dumps(summary, indent=2) + "\n")
+            entries = [(f"{CLUSTER_TABLE_DIR}/{name}", FILE) for name in [*sorted(written), CLUSTER_TABLE_SUMMARY]]
             folder.swap_in(staging, CLUSTER_TABLE_DIR, entries)
         folder.claim_files([CLUSTER_MODEL_FILE])
         clusterer.model_.save(folder.path(CLUSTER_MODEL_FILE))
@@ -189,6 +189,9 @@ def _summary(
         "inertia": clusterer.inertia_,
         "sample_rows": clusterer.sample_size_,
         "sample_silhouette": None if np.isnan(result.silhouette) else float(result.silhouette),
+        "method": result.method,
+        "reduce": result.reduction.method,
+        "pca_explained_variance_ratio": result.reduction.pca_explained_variance_ratio.tolist(),
         "k_scan": None if result.k_scan is None else result.k_scan.record(),
         "choice": json_plain(result.choice),
         "random_state": clusterer.random_state,

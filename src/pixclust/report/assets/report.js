@@ -240,7 +240,12 @@
       }
       entry.swatch.style.background = colourOf(id);
       entry.title.textContent = titleOf(id);
-      entry.size.textContent = `${list.length.toLocaleString()} images, most typical first`;
+      // A sharded run's page shows a sample: each cluster's size in the whole run is said beside it.
+      const sampled = data.sample_of !== null && data.sample_of > data.points.path.length;
+      const whole = sampled && byId.has(id) ? byId.get(id).size : null;
+      entry.size.textContent = whole === null
+        ? `${list.length.toLocaleString()} images, most typical first`
+        : `${list.length.toLocaleString()} of its ${whole.toLocaleString()} images (a sample), most typical first`;
       if (entry.merge && namesChanged) {
         fillOptions(entry.merge, clusters.filter((other) => other !== id), "Merge into…");
       }

@@ -14,6 +14,7 @@ from pixclust.cli.options import (
     ShardAddress,
     ShardInputs,
     ShardRayWait,
+    ShardSeed,
     chosen,
     out_option,
 )
@@ -128,7 +129,7 @@ def duplicates_shards_command(
     ] = None,
     address: ShardAddress = None,
     ray_wait: ShardRayWait = 120,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")] = 0,
+    seed: ShardSeed = 0,
     quiet: Quiet = False,
 ) -> None:
     """Group duplicates among embeddings too many for one machine's memory, on Ray: the pairs an IVF-PQ index

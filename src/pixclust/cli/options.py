@@ -43,6 +43,7 @@ ShardAddress = Annotated[
 ShardRayWait = Annotated[
     float, typer.Option(help="Seconds to wait while the Ray cluster has no CPU (none joined, or all lost).")
 ]
+ShardSeed = Annotated[int, typer.Option("--seed", help="Random seed; the same seed gives the same result.")]
 ShardInputs = Annotated[
     list[Path],
     typer.Argument(

@@ -17,6 +17,7 @@ from pixclust.cli.options import (
     ShardAddress,
     ShardInputs,
     ShardRayWait,
+    ShardSeed,
     chosen,
     out_option,
     split_maps,
@@ -324,7 +325,7 @@ def cluster_shards_command(
     ] = None,
     address: ShardAddress = None,
     ray_wait: ShardRayWait = 120,
-    seed: Annotated[int, typer.Option(help="Random seed; the same seed gives the same result.")] = 0,
+    seed: ShardSeed = 0,
     quiet: Quiet = False,
 ) -> None:
     """Cluster embeddings too many for one machine's memory on Ray: fitted on a sample, every row placed in parallel.

@@ -313,7 +313,6 @@ class ShardedDuplicateFinder:
         """The paths of ``rows`` (ascending), their :data:`FACT_COLUMNS` where the input has them, and (``with_vectors``)
         their L2-normalised vectors."""
         columns = [PATH_COLUMN, *(FACT_COLUMNS if set(FACT_COLUMNS) <= data.columns else ())]
-        columns += [VECTOR_COLUMN] if with_vectors else []
         starts = np.array([part.offset for part in data.parts])
         bounds = np.searchsorted(rows, [*starts, data.n_rows])
         wanted = [
@@ -323,20 +322,27 @@ class ShardedDuplicateFinder:
         ]
         task = ray.remote(num_cpus=1)(part_columns)
         calls = [
-            (lambda part=data.parts[index], taken=taken: task.remote(part, rows[taken] - part.offset, columns))
+            (
+                lambda part=data.parts[index], taken=taken: task.remote(
+                    part, data.dim, rows[taken] - part.offset, columns, with_vectors
+                )
+            )
             for index, taken in wanted
         ]
         tables: list[pa.Table | None] = [None] * len(wanted)
-        for done, table in self._tasks(ray, calls, "reading paths"):
+        # Filled part by part: the driver holds one copy of the rows' vectors.
+        vectors = np.empty((len(rows), data.dim), dtype=np.float32) if with_vectors else None
+        for done, (table, part_rows) in self._tasks(ray, calls, "reading paths"):
             tables[done] = table
+            if vectors is not None:
+                vectors[wanted[done][1]] = part_rows
         if not tables:
-            return [], None, np.zeros((0, data.dim), dtype=np.float32) if with_vectors else None
+            return [], None, vectors
         joined = pa.concat_tables([table for table in tables if table is not None])
         paths = [unescape_name(path) for path in joined.column(PATH_COLUMN).to_pylist()]
         facts = None
         if FACT_COLUMNS[0] in columns:
             facts = {name: joined.column(name).to_numpy(zero_copy_only=False) for name in FACT_COLUMNS}
-        vectors = l2_normalize(part_vectors(joined, data.dim, file=data.files[0])) if with_vectors else None
         return paths, facts, vectors
 
     def _verify(self, paths: list[str], left: np.ndarray, right: np.ndarray, ray: Any) -> list[Verdict | None]:
@@ -457,9 +463,15 @@ def search_part(
     return np.minimum(own, other), np.maximum(own, other), sims
 
 
-def part_columns(part: Part, rows: np.ndarray, columns: Sequence[str]) -> pa.Table:
-    """Ray task: ``columns`` of ``rows`` (indices within the part, ascending)."""
-    return read_part(part, columns=columns).take(pa.array(rows))
+def part_columns(
+    part: Part, dim: int, rows: np.ndarray, columns: Sequence[str], with_vectors: bool
+) -> tuple[pa.Table, np.ndarray | None]:
+    """Ray task: ``columns`` of ``rows`` (indices within the part, ascending), and (``with_vectors``) their
+    L2-normalised vectors."""
+    table = read_part(part, columns=[*columns, *([VECTOR_COLUMN] if with_vectors else [])]).take(pa.array(rows))
+    if not with_vectors:
+        return table, None
+    return table.select(list(columns)), l2_normalize(part_vectors(table, dim, file=part.file))
 
 
 def verify_paths(left: list[str], right: list[str], colour: bool, mirror: bool) -> list[Verdict | None]:

@@ -135,7 +135,7 @@ def test_a_folder_changing_under_the_run_is_survived(tmp_path: Path, monkeypatch
     gone_after_scan = [root / "img_03.png", root / "img_11.png"]
     gone_after_hashing = [root / "img_07.png", root / "img_20.png"]
     appeared = root / "late" / "new.png"
-    real_discover, real_hash = extraction.discover_images, extraction._hash_files
+    real_discover, real_hash = extraction.discover_images, extraction.hash_files
 
     # The changes happen during the first pass (the embeddings); the second (the HOG view) sees the folder as left.
     def discover_then_change(*args, **kwargs):
@@ -154,7 +154,7 @@ def test_a_folder_changing_under_the_run_is_survived(tmp_path: Path, monkeypatch
         return hashed
 
     monkeypatch.setattr(extraction, "discover_images", discover_then_change)
-    monkeypatch.setattr(extraction, "_hash_files", hash_then_change)
+    monkeypatch.setattr(extraction, "hash_files", hash_then_change)
     result = pixclust.run(RunConfig(str(root), str(tmp_path / "run"), model="pixels", k=2, report=False), quiet=True)
 
     errors = relative_rows(tmp_path / "run" / "errors.csv", root)

@@ -172,9 +172,9 @@ def test_ray_tasks_examine_the_files_discovery_found_as_this_process_does(
 
     root, _ = messy_tree
     os.mkfifo(root / "pipe.png")
-    here = extraction._discover(root, include_hidden=False)
+    here = extraction.discover_sources(root, include_hidden=False)
     monkeypatch.setattr(ray_engine, "EXAMINE_BATCH", 4)
-    on_ray = extraction._discover(root, include_hidden=False, ray_wait=30)
+    on_ray = extraction.discover_sources(root, include_hidden=False, ray_wait=30)
     assert on_ray == here
     assert len(here.files) > 4 and {Path(skipped.path).name for skipped in here.skipped} >= {"pipe.png"}
 
@@ -195,9 +195,9 @@ def test_files_are_hashed_by_ray_tasks_as_by_this_process(
     # A stored hash for one file whose path, size and mtime are unchanged is used without reading the file.
     status = os.stat(paths[0])
     known = KnownEmbeddings(hash_by_stat={(paths[0], status.st_size, status.st_mtime_ns): "stored"})
-    here = extraction._hash_files(paths, known)
+    here = extraction.hash_files(paths, known)
     monkeypatch.setattr(ray_engine, "HASH_BATCH", 3)
-    on_ray = extraction._hash_files(paths, known, ray_wait=30)
+    on_ray = extraction.hash_files(paths, known, ray_wait=30)
     assert here[1][0] == "stored" and here[3]
     # Batches of 3 come back as they finish; the answers are the same, in the same order.
     assert on_ray == here

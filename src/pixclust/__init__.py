@@ -23,6 +23,8 @@ _EXPORTS = {
     "AddResult": "pixclust.runs.add",
     "apply": "pixclust.runs.apply",
     "ApplyResult": "pixclust.runs.apply",
+    "embed_shards": "pixclust.runs.sharded_embed",
+    "ShardedEmbedding": "pixclust.runs.sharded_embed",
     "cluster_shards": "pixclust.runs.sharded",
     "ShardedRun": "pixclust.runs.sharded",
     "duplicates_shards": "pixclust.runs.sharded_duplicates",

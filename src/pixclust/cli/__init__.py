@@ -36,6 +36,7 @@ for _name, _command in (
     ("add", run_commands.add_command),
     ("report", run_commands.report_command),
     ("apply", run_commands.apply_command),
+    ("embed-shards", run_commands.embed_shards_command),
     ("cluster-shards", run_commands.cluster_shards_command),
     ("export", run_commands.export_command),
     ("models", run_commands.models_command),

@@ -26,6 +26,7 @@ if TYPE_CHECKING:
     from pixclust.runs.pipeline import RunResult
     from pixclust.runs.sharded import ShardedRun
     from pixclust.runs.sharded_duplicates import ShardedDuplicates
+    from pixclust.runs.sharded_embed import ShardedEmbedding
 
 
 def console(stderr: bool = False) -> Any:
@@ -202,6 +203,23 @@ def render_duplicates(result: DuplicatesResult) -> None:
     _render_duplicate_groups(result.report, result.embeddings.paths, result.csv_path, result.links)
     if result.moves is not None:
         render_moves(result.moves)
+
+
+def render_sharded_embedding(run: ShardedEmbedding) -> None:
+    out = console()
+    out.print(
+        f"{run.rows:,} images in {_count(run.parts, 'part')} of {run.dim}-number vectors: {run.n_extracted:,} "
+        f"embedded, {run.n_reused:,} reused, {len(run.skipped):,} skipped"
+        + (" (see errors.csv)" if run.skipped else "")
+    )
+    if run.parts_rewritten:
+        out.print(f"{_count(run.parts_rewritten, 'part')} written again for files gone, changed or copied")
+    out.print(f"wrote {shown(run.parts_dir)} in {run.seconds:.1f} s")
+    out.print(f"next: pixclust cluster-shards {shown(run.run_dir)} --out CLUSTER_RUN")
+
+
+def _count(number: int, noun: str) -> str:
+    return f"{number:,} {noun}{'' if number == 1 else 's'}"
 
 
 def render_sharded_duplicates(found: ShardedDuplicates) -> None:

@@ -32,6 +32,7 @@ from pixclust.cli.render import (
     render_report,
     render_run,
     render_sharded,
+    render_sharded_embedding,
     shown,
 )
 from pixclust.errors import UsageError
@@ -349,6 +350,61 @@ def cluster_shards_command(
         quiet=quiet,
     )
     render_sharded(run)
+
+
+def embed_shards_command(
+    sources: Annotated[list[Path], typer.Argument(help="Folders (searched recursively) or files of images.")],
+    out: Annotated[Path, out_option("Run folder for the embedding parts (not a run of 'pixclust cluster').")],
+    model: Annotated[str | None, typer.Option(help="Feature model; see 'pixclust models' [default: {model}].")] = None,
+    weights: Annotated[str | None, typer.Option(help="Weights file for the model.")] = None,
+    batch_size: Annotated[int | None, typer.Option(help="Images per model call [default: {batch_size}].")] = None,
+    max_pixels: Annotated[
+        int | None,
+        typer.Option(help="Skip images with more pixels than this (bomb guard) [default: {max_pixels:,}]."),
+    ] = None,
+    include_hidden: Annotated[
+        bool, typer.Option("--include-hidden", help="Also read hidden files and folders.")
+    ] = False,
+    runtime: Annotated[
+        str | None,
+        typer.Option(help="Where the network runs: auto, openvino, onnxruntime, torch [default: {runtime}]."),
+    ] = None,
+    precision: Annotated[
+        str | None,
+        typer.Option(help="auto, fp32, bf16 or fp16 [default: {precision}: bf16 where the CPU has it, fp16 on a GPU]."),
+    ] = None,
+    address: ShardAddress = None,
+    actor_cpus: Annotated[
+        int | None,
+        typer.Option(
+            help="CPUs each Ray actor asks for [default: up to {max_actor_cpus}, no more than the smallest node has]."
+        ),
+    ] = None,
+    ray_wait: ShardRayWait = 120,
+    quiet: Quiet = False,
+) -> None:
+    """Embed images on Ray into a folder of Parquet parts that no process holds whole, for cluster-shards and
+    duplicates-shards; a second run embeds only what is new."""
+    from pixclust.runs.sharded_embed import embed_shards
+
+    run = embed_shards(
+        sources,
+        out,
+        **chosen(
+            model=model,
+            weights=weights,
+            batch_size=batch_size,
+            max_pixels=max_pixels,
+            runtime=runtime,
+            precision=precision,
+            actor_cpus=actor_cpus,
+        ),
+        include_hidden=include_hidden,
+        address=address,
+        ray_wait=ray_wait,
+        quiet=quiet,
+    )
+    render_sharded_embedding(run)
 
 
 TrustJournal = Annotated[

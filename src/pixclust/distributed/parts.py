@@ -3,7 +3,8 @@
 The input is any set of Parquet files with a ``path`` column (text) and a
 ``vector`` column (fixed-size lists of float32, one length in every file):
 a run folder's ``embeddings.parquet`` (a run folder given stands for it), the
-shards ``--engine ray`` saves, or files a user wrote. The driver reads only the files' footers; a part is a run
+parts ``pixclust embed-shards`` writes (the run folder, or its ``embeddings.parts/``,
+stands for those its index names), or files a user wrote. The driver reads only the files' footers; a part is a run
 of whole row groups (about ``PART_ROWS`` rows), so a task reads its part
 without reading anything before it, and no process ever holds every vector.
 """
@@ -20,6 +21,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from pixclust.embedding.part_store import has_parts_index, indexed_files
 from pixclust.embeddings import VECTOR_COLUMN
 from pixclust.errors import UsageError
 from pixclust.runs.folder import EMBEDDINGS_FILE, is_run_folder
@@ -201,7 +203,10 @@ def _input_files(source: str | Path | Sequence[str | Path]) -> list[str]:
     files: list[str] = []
     for item in named:
         path = os.path.abspath(item)
-        if os.path.isdir(path) and is_run_folder(path):
+        if os.path.isdir(path) and has_parts_index(path):
+            # The parts of 'pixclust embed-shards' are the ones its index names: a folder may hold others it replaced.
+            files.extend(indexed_files(path))
+        elif os.path.isdir(path) and is_run_folder(path):
             # A run folder holds other Parquet files too (maps, thumbnails); its embeddings are one file.
             embeddings = os.path.join(path, EMBEDDINGS_FILE)
             if not os.path.isfile(embeddings):

@@ -79,12 +79,12 @@ def embed(
             # One connection for hashing and embedding, closed (and a Ray started here stopped) on the way out.
             ray_connection.enter_context(ray_session(address))
         wait_s = None if engine != "ray" else DEFAULT_RAY_WAIT_S if ray_wait is None else ray_wait
-        discovery = _discover(source, include_hidden, wait_s)
+        discovery = discover_sources(source, include_hidden, wait_s)
         extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision, lazy=True)
         store = EmbeddingStore(out) if out is not None else None
         known = store.known(extractor.model_id, extractor.dim) if store else KnownEmbeddings()
 
-        files, hashes, stats, skipped = _hash_files([str(p) for p in discovery.files], known, wait_s)
+        files, hashes, stats, skipped = hash_files([str(p) for p in discovery.files], known, wait_s)
         skipped = list(discovery.skipped) + skipped
         first_path_of_hash = {}
         for path, digest in zip(files, hashes, strict=True):
@@ -135,7 +135,7 @@ def embed(
         return embeddings
 
 
-def _discover(
+def discover_sources(
     source: str | Path | Sequence[str | Path], include_hidden: bool, ray_wait: float | None = None
 ) -> Discovery:
     """The images under one root, or under several (each path once, in the order the roots are given).
@@ -166,13 +166,41 @@ def _extract(
 ) -> tuple[dict[str, StoredVector], dict[str, SkippedFile]]:
     """Vectors by content hash for the ``(hash, path)`` pairs, and why the others failed; shards saved on the way."""
     fresh: dict[str, StoredVector] = {}
+
+    def keep_and_save(chunk: Embeddings) -> None:
+        for row, digest in enumerate(chunk.content_hashes):
+            width, height = (int(v) for v in chunk.image_sizes[row])
+            fresh[digest] = StoredVector(chunk.vectors[row], width, height, chunk.image_stats[row])
+        if store:
+            store.save_partial(chunk.to_table())
+
+    failed = extract_chunks(embedder, to_extract, stat_of, model_id, dim, keep_and_save)
+    return fresh, failed
+
+
+def extract_chunks(
+    embedder: Embedder,
+    to_extract: Sequence[tuple[str, str]],
+    stat_of: dict[str, tuple[int, int]],
+    model_id: str,
+    dim: int,
+    save_chunk: Callable[[Embeddings], None],
+    chunk_rows: int = FLUSH_EVERY,
+) -> dict[str, SkippedFile]:
+    """Embed the ``(hash, path)`` pairs, handing ``save_chunk`` the rows made, ``chunk_rows`` at a time; why the
+    others failed, by hash.
+
+    Only a chunk's vectors are held here. The first Ctrl-C stops after the batch in hand, whose rows are saved
+    before the ``KeyboardInterrupt`` is raised.
+    """
     failed: dict[str, SkippedFile] = {}
-    pending: list[tuple[str, str]] = []
+    pending: dict[str, tuple[str, StoredVector]] = {}
 
     def flush() -> None:
-        if store and pending:
-            shard = _gather([digest for _, digest in pending], fresh.__getitem__, dim)
-            store.save_partial(_assemble(pending, stat_of, model_id, *shard).to_table())
+        if pending:
+            digests = list(pending)
+            chunk = _gather(digests, lambda digest: pending[digest][1], dim)
+            save_chunk(_assemble([(pending[digest][0], digest) for digest in digests], stat_of, model_id, *chunk))
         pending.clear()
 
     try:
@@ -186,19 +214,18 @@ def _extract(
                 for row, index in enumerate(batch.indices):
                     digest, path = to_extract[index]
                     width, height = (int(v) for v in batch.image_sizes[row])
-                    fresh[digest] = StoredVector(batch.vectors[row], width, height, batch.image_stats[row])
-                    pending.append((path, digest))
+                    pending[digest] = (path, StoredVector(batch.vectors[row], width, height, batch.image_stats[row]))
                 for index, error in batch.failures:
                     digest, path = to_extract[index]
                     failed[digest] = SkippedFile(path, error.reason, error.detail)
                 advance(len(batch.indices) + len(batch.failures))
-                if len(pending) >= FLUSH_EVERY:
+                if len(pending) >= chunk_rows:
                     flush()
                 if stop_requested.is_set():
                     break
     finally:
         flush()
-    return fresh, failed
+    return failed
 
 
 @contextlib.contextmanager
@@ -235,7 +262,7 @@ def _ctrl_c_after_batch() -> Iterator[threading.Event]:
         raise KeyboardInterrupt
 
 
-def _hash_files(
+def hash_files(
     paths: Sequence[str], known: KnownEmbeddings, ray_wait: float | None = None
 ) -> tuple[list[str], list[str], list[tuple[int, int]], list[SkippedFile]]:
     """Content hash per file, taken from the store when path, size and mtime are unchanged.

@@ -168,12 +168,12 @@ class EmbeddingStore:
         # Not numbered by the shards already there: two writers once counted the same number and lost a shard.
         # The order of shards does not matter, since a content hash has one vector per model id.
         with atomic_path(self.partial_dir / f"part-{uuid.uuid4().hex}.parquet") as tmp:
-            _write_table(table, tmp)
+            write_store_table(table, tmp)
 
     def save(self, embeddings: Embeddings) -> None:
         """Replace ``embeddings.parquet`` with this run's rows, then drop the shards it supersedes."""
         with atomic_path(self.path) as tmp:
-            _write_table(embeddings.to_table(), tmp)
+            write_store_table(embeddings.to_table(), tmp)
         # Only the shards this store writes go (and a shard's temporary file a kill left), one by one;
         # the folder goes only once empty.
         for shard in [*self._shards(), *self.partial_dir.glob(".part-*.tmp")]:
@@ -234,7 +234,8 @@ class UnusableStoreError(Exception):
     """Why a store file cannot be used: said in a few words inside a warning or an error."""
 
 
-def _write_table(table: pa.Table, file: Path) -> None:
+def write_store_table(table: pa.Table, file: Path) -> None:
+    """Write store rows (:data:`ROW_SCHEMA` and the vectors) to ``file``, marked with :data:`STORE_VERSION`."""
     # One row group per BATCH_ROWS rows, so the writer buffers one group's pages, not every vector's;
     # no dictionary for the floats, which hardly ever repeat.
     versioned = table.replace_schema_metadata({VERSION_KEY: str(STORE_VERSION).encode()})
@@ -310,6 +311,26 @@ def _read_model_rows(file: Path, model_id: str, dim: int | None) -> tuple[pa.Tab
         raise UnusableStoreError(f"cannot be read: {error.strerror or error}") from error
     except pa.ArrowException as error:
         raise UnusableStoreError(f"not a readable Parquet file: {str(error).splitlines()[0]}") from error
+
+
+def read_identity_rows(file: Path, model_id: str, dim: int) -> pa.Table:
+    """The rows of ``model_id`` in the store file ``file``, by their identity columns only (no vectors are read).
+
+    Rows without pixel stats are left out, as :meth:`EmbeddingStore.known` leaves them out. Raises
+    :class:`UnusableStoreError` when the file cannot be read, its columns are not the store's, or its vectors
+    are not ``dim`` long.
+    """
+    try:
+        with _open_parquet(file) as parquet:
+            _check_schema(parquet.schema_arrow, dim)
+            rows = parquet.read(columns=[*_IDENTITY_COLUMNS, IMAGE_STATS[0]])
+    except OSError as error:
+        raise UnusableStoreError(f"cannot be read: {error.strerror or error}") from error
+    except pa.ArrowException as error:
+        raise UnusableStoreError(f"not a readable Parquet file: {str(error).splitlines()[0]}") from error
+    _check_rows(rows.select(_IDENTITY_COLUMNS))
+    mine = pc.and_(pc.equal(rows.column("model_id"), model_id), pc.invert(pc.is_nan(rows.column(IMAGE_STATS[0]))))
+    return rows.select(_IDENTITY_COLUMNS).filter(mine)
 
 
 def _read_vectors(parquet: pq.ParquetFile, keep: np.ndarray | None = None) -> np.ndarray:

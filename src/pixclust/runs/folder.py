@@ -42,6 +42,8 @@ FORMAT_VERSION = 1
 
 EMBEDDINGS_FILE = "embeddings.parquet"
 PARTIAL_DIR = "embeddings.partial"
+# The embeddings of 'pixclust embed-shards' as parts, with the index that names them (embedding/part_store.py).
+EMBEDDING_PARTS_DIR = "embeddings.parts"
 CLUSTERS_CSV = "clusters.csv"
 ERRORS_CSV = "errors.csv"
 RUN_JSON = "run.json"
@@ -69,6 +71,7 @@ MANAGED_NAMES = (
     LOCK_FILE,
     EMBEDDINGS_FILE,
     PARTIAL_DIR,
+    EMBEDDING_PARTS_DIR,
     CLUSTERS_CSV,
     ERRORS_CSV,
     RUN_JSON,

@@ -185,14 +185,15 @@ def extract_chunks(
     model_id: str,
     dim: int,
     save_chunk: Callable[[Embeddings], None],
-    chunk_rows: int = FLUSH_EVERY,
+    chunk_rows: int | None = None,
 ) -> dict[str, SkippedFile]:
-    """Embed the ``(hash, path)`` pairs, handing ``save_chunk`` the rows made, ``chunk_rows`` at a time; why the
-    others failed, by hash.
+    """Embed the ``(hash, path)`` pairs, handing ``save_chunk`` the rows made once ``chunk_rows`` (default
+    :data:`FLUSH_EVERY`) are in hand; why the others failed, by hash.
 
     Only a chunk's vectors are held here. The first Ctrl-C stops after the batch in hand, whose rows are saved
     before the ``KeyboardInterrupt`` is raised.
     """
+    chunk_rows = FLUSH_EVERY if chunk_rows is None else chunk_rows
     failed: dict[str, SkippedFile] = {}
     pending: dict[str, tuple[str, StoredVector]] = {}
 

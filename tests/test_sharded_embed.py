@@ -180,6 +180,22 @@ def test_the_parts_are_what_cluster_shards_and_duplicates_shards_read(ray_instan
     groups = [sorted(Path(found.rows.paths[row]).name for row in group.rows) for group in found.report.groups]
     assert [original.name, "exact copy.png"] in [sorted(group) for group in groups]
 
+    # Look-alikes: every part searched on Ray gives what the local search gives on the same images.
+    queries = [str(original), str(sorted(images.rglob("*.jpg"))[-1])]
+    on_parts = pixclust.find_similar(run_dir, queries, top=5)
+    local = pixclust.find_similar(pixclust.embed(images, quiet=True), queries, top=5)
+    for sharded_answer, local_answer in zip(on_parts.answers, local.answers, strict=True):
+        assert [match.path for match in sharded_answer] == [match.path for match in local_answer]
+        assert np.allclose([m.similarity for m in sharded_answer], [m.similarity for m in local_answer], atol=1e-4)
+    assert on_parts.answers[0][0].path == str(images / "exact copy.png")
+    assert on_parts.answers[0][0].similarity == pytest.approx(1.0, abs=1e-5)
+    assert str(original) not in [match.path for match in on_parts.answers[0]]
+    result = runner.invoke(
+        app, ["similar", queries[1], "--in", str(run_dir), "--top", "3", "--out", str(tmp_path / "q")]
+    )
+    assert result.exit_code == 0, result.output
+    assert len((tmp_path / "q" / "similar.csv").read_text().splitlines()) == 4
+
 
 def refused(arguments: list[str]) -> str:
     """The one-line message of a command the library refuses (the CLI prints it without a traceback)."""
@@ -218,3 +234,4 @@ def test_mistakes_are_one_line_and_leave_files_alone(ray_instance: Any, digit_ru
     with pytest.raises(UsageError, match="is damaged"):
         VectorParts.plan(run_dir)
     assert "is damaged" in refused(["cluster-shards", str(run_dir), "--out", str(tmp_path / "c")])
+    assert "are for the embedding parts" in refused(["similar", str(images), "--in", str(digit_run), "--address", "x"])

@@ -94,7 +94,7 @@ def test_known_reads_batch_by_batch_keeping_only_its_model(tmp_path: Path, monke
     mixed = pa.concat_tables([(mine, other)[which].to_table().slice(row, 1) for which, row in rows])
     store = EmbeddingStore(tmp_path)
     with atomic_path(store.path) as tmp:
-        store_module._write_table(mixed, tmp)
+        store_module.write_store_table(mixed, tmp)
     known = store.known("m:1")
     assert known.content_hashes == mine.content_hashes
     np.testing.assert_array_equal(known.vectors, mine.vectors)

@@ -30,11 +30,28 @@ def similar_command(
     ] = None,
     ids: Ids = None,
     out: Annotated[Path | None, out_option("Write similar.csv and a contact sheet per query here.")] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="Ray cluster address (HEAD_IP:6379) for --in a run of 'pixclust embed-shards'."),
+    ] = None,
+    ray_wait: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds to wait while the Ray cluster has no CPU, for --in a run of 'pixclust embed-shards'."
+        ),
+    ] = None,
 ) -> None:
-    """Find the images most like each query, by cosine similarity of embeddings."""
+    """Find the images most like each query, by cosine similarity of embeddings (searched on Ray part by part
+    for --in a run of 'pixclust embed-shards')."""
     from pixclust.curation.lookalikes import find_similar
 
-    render_similar(find_similar(source, queries, **chosen(top=top, min_similarity=min_sim, ids=ids, out=out)))
+    render_similar(
+        find_similar(
+            source,
+            queries,
+            **chosen(top=top, min_similarity=min_sim, ids=ids, out=out, address=address, ray_wait=ray_wait),
+        )
+    )
 
 
 def duplicates_command(

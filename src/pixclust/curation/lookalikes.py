@@ -19,10 +19,11 @@ from pixclust.curation.duplicates import DEFAULT_KEEP, DuplicateReport, RowFacts
 from pixclust.curation.export import safe_file_name, write_errors_csv
 from pixclust.curation.move import MoveReport, move_copies_aside
 from pixclust.curation.search import DEFAULT_TOP, Match
+from pixclust.embedding.part_store import has_parts_index, parts_model
 from pixclust.embedding.sources import embed_images, extractor_for, open_embeddings
 from pixclust.embeddings import Embeddings
 from pixclust.errors import NoImagesError, UsageError
-from pixclust.names import write_csv
+from pixclust.names import escape_name, unescape_name, write_csv
 from pixclust.report.figures import SHEETS_DIR, write_contact_sheet
 from pixclust.runs.folder import DUPLICATES_CSV, ERRORS_CSV, RUN_JSON, RunFolder, is_run_folder
 
@@ -78,28 +79,85 @@ def find_similar(
     min_similarity: float | None = None,
     ids: str | Path | None = None,
     out: str | Path | None = None,
+    address: str | None = None,
+    ray_wait: float | None = None,
 ) -> SimilarResult:
-    """The ``top`` look-alikes of each query (an image file, a folder, or an id in ``source``); with ``out``, a CSV and a sheet per query."""
+    """The ``top`` look-alikes of each query (an image file, a folder, or an id in ``source``); with ``out``, a CSV and a sheet per query.
+
+    ``source`` may be the run folder of ``pixclust embed-shards``: its parts are then searched by Ray
+    tasks (on the cluster at ``address``; ``ray_wait`` as for ``cluster_shards``) and the queries must be
+    image files or folders.
+    """
     from pixclust.curation.search import similar
 
-    embeddings = open_embeddings(source, ids=ids)
-    names, vectors, excluded = _queries(embeddings, queries)
-    answers = similar(
-        embeddings, vectors, query_names=names, top=top, min_similarity=min_similarity, exclude_rows=excluded
-    )
+    if isinstance(source, (str, Path)) and os.path.isdir(source) and has_parts_index(source):
+        if ids is not None:
+            raise UsageError("--ids names rows of an embeddings.npy, not of embedding parts; leave it out")
+        names, answers = _similar_in_parts(source, queries, top, min_similarity, address, ray_wait)
+        names_files = True
+    else:
+        if address is not None or ray_wait is not None:
+            raise UsageError(
+                "--address and --ray-wait are for the embedding parts of 'pixclust embed-shards'; leave them out"
+            )
+        embeddings = open_embeddings(source, ids=ids)
+        names, vectors, excluded = _queries(embeddings, queries)
+        answers = similar(
+            embeddings, vectors, query_names=names, top=top, min_similarity=min_similarity, exclude_rows=excluded
+        )
+        names_files = embeddings.names_files
     if out is None:
         return SimilarResult(names, answers, None, [])
     folder = Path(out)
     rows = ((m.query, m.rank, m.path, f"{m.similarity:.4f}") for answer in answers for m in answer)
     csv_path = write_csv(folder / SIMILAR_CSV, ("query", "rank", "path", "similarity"), rows, text=("query", "path"))
     sheets = []
-    if embeddings.names_files:
+    if names_files:
         for number, (name, answer) in enumerate(zip(names, answers, strict=True)):
             sheet = folder / SHEETS_DIR / f"similar_{number:03d}_{safe_file_name(Path(name).stem)}.png"
             paths = ([name] if os.path.isfile(name) else []) + [m.path for m in answer]
             captions = (["query"] if os.path.isfile(name) else []) + [f"{m.rank}: {m.similarity:.3f}" for m in answer]
             sheets.append(write_contact_sheet(sheet, paths, captions))
     return SimilarResult(names, answers, csv_path, sheets)
+
+
+def _similar_in_parts(
+    source: str | Path,
+    queries: Sequence[str],
+    top: int,
+    min_similarity: float | None,
+    address: str | None,
+    ray_wait: float | None,
+) -> tuple[list[str], list[list[Match]]]:
+    """Query images embedded with the model that made the parts, then every part searched on Ray."""
+    from pixclust.distributed.parts import VectorParts
+    from pixclust.distributed.similar import search_parts
+    from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S
+    from pixclust.embedding.engines.ray import ray_session
+
+    data = VectorParts.plan(source)
+    names, vectors, skipped = embed_images(queries, extractor_for(parts_model(source)))
+    if skipped:
+        raise UsageError(f"query {skipped[0].path} cannot be used ({skipped[0].reason}); give image files or folders")
+    with ray_session(address) as ray:
+        found = search_parts(
+            data,
+            vectors,
+            top=top,
+            exclude_paths=[escape_name(os.path.abspath(name)) for name in names],
+            ray=ray,
+            wait_s=DEFAULT_RAY_WAIT_S if ray_wait is None else ray_wait,
+        )
+    answers = []
+    for name, matches in zip(names, found, strict=True):
+        kept = [match for match in matches if min_similarity is None or match[2] >= min_similarity]
+        answers.append(
+            [
+                Match(name, rank, row, unescape_name(path), similarity)
+                for rank, (row, path, similarity) in enumerate(kept, start=1)
+            ]
+        )
+    return names, answers
 
 
 @dataclass

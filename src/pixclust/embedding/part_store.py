@@ -31,6 +31,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from pixclust.atomic import atomic_path, write_text_atomic
+from pixclust.embedding.record import ModelRecord
 from pixclust.embedding.store import UnusableStoreError, read_identity_rows, write_store_table
 from pixclust.errors import UsageError
 from pixclust.progress import warn
@@ -132,10 +133,7 @@ def has_parts_index(folder: str | Path) -> bool:
 
 def indexed_files(folder: str | Path) -> list[str]:
     """The part files the index names, in order; ``folder`` is a run folder or its ``embeddings.parts/``."""
-    directory = parts_dir(folder) if os.path.isfile(parts_dir(folder) / PARTS_INDEX) else Path(folder)
-    index = read_index(directory)
-    if index is None:
-        raise UsageError(f"{directory} has no {PARTS_INDEX}; run 'pixclust embed-shards' into its run folder again")
+    directory, index = _index_of(folder)
     files = []
     for part in index["parts"]:
         file = directory / part["name"]
@@ -146,6 +144,25 @@ def indexed_files(folder: str | Path) -> list[str]:
             )
         files.append(str(file))
     return files
+
+
+def parts_model(folder: str | Path) -> ModelRecord:
+    """The record of the model that made the parts (``folder`` as for :func:`indexed_files`)."""
+    directory, index = _index_of(folder)
+    record = index.get("model_record")
+    if not isinstance(record, dict):
+        raise UsageError(
+            f"{directory / PARTS_INDEX} does not say which model made the vectors; run 'pixclust embed-shards' again"
+        )
+    return ModelRecord.from_dict(record)
+
+
+def _index_of(folder: str | Path) -> tuple[Path, dict[str, Any]]:
+    directory = parts_dir(folder) if os.path.isfile(parts_dir(folder) / PARTS_INDEX) else Path(folder)
+    index = read_index(directory)
+    if index is None:
+        raise UsageError(f"{directory} has no {PARTS_INDEX}; run 'pixclust embed-shards' into its run folder again")
+    return directory, index
 
 
 def read_index(directory: Path) -> dict[str, Any] | None:

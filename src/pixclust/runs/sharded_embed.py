@@ -20,7 +20,7 @@ from __future__ import annotations
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from types import ModuleType
 
@@ -174,6 +174,8 @@ def embed_shards(
             {
                 "model": model,
                 "model_id": extractor.model_id,
+                # What made the vectors, as run.json keeps it: queries embedded later must use the same model.
+                "model_record": replace(extractor.record, model_id=extractor.model_id).to_dict(),
                 "dim": extractor.dim,
                 "sources": [os.path.abspath(root) for root in roots],
                 "skipped": len(skipped),

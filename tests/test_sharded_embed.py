@@ -234,4 +234,7 @@ def test_mistakes_are_one_line_and_leave_files_alone(ray_instance: Any, digit_ru
     with pytest.raises(UsageError, match="is damaged"):
         VectorParts.plan(run_dir)
     assert "is damaged" in refused(["cluster-shards", str(run_dir), "--out", str(tmp_path / "c")])
+    # embed-shards itself writes a new index over a damaged one, reusing every part.
+    assert embed_shards(images, run_dir, quiet=True).n_extracted == 0
+    assert len(stored(run_dir)) == 9
     assert "are for the embedding parts" in refused(["similar", str(images), "--in", str(digit_run), "--address", "x"])

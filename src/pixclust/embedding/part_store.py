@@ -180,7 +180,7 @@ def read_index(directory: Path) -> dict[str, Any] | None:
             raise ValueError("a part name pixclust never writes")
     except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
         raise UsageError(
-            f"{file} is damaged ({error}); run 'pixclust embed-shards' into a new --out, or remove the run folder"
+            f"{file} is damaged ({error}); run 'pixclust embed-shards' into its run folder again, which rewrites it"
         ) from None
     return index
 
@@ -190,10 +190,15 @@ def stored_parts(folder: RunFolder, model_id: str, dim: int) -> list[PartRows]:
     in its order, then the rest (left by a run that stopped before its index), by name.
 
     A part that cannot be used (damaged, another vector length, a link) is passed over with one warning;
-    its images are embedded again.
+    its images are embedded again. A damaged index is passed over too (the parts are still known by the
+    manifest): the run writes a new one.
     """
     directory = parts_dir(folder.root)
-    index = read_index(directory)
+    try:
+        index = read_index(directory)
+    except UsageError:
+        warn(f"{directory / PARTS_INDEX} is damaged; a new one is written from the parts pixclust made")
+        index = None
     listed = [part["name"] for part in index["parts"]] if index else []
     owned = {name.rsplit("/", 1)[1] for name in folder.files_under(EMBEDDING_PARTS_DIR)}
     names = [name for name in listed if name in owned]

@@ -223,13 +223,16 @@ def demo_command(
     k: Annotated[
         str | None, typer.Option(help="Number of clusters (the digits have 10), or 'auto' [default: {demo_k}].")
     ] = None,
+    limit: Annotated[
+        int | None, typer.Option(min=1, help="Use only the first N digits, for a quicker look [default: all 1,797].")
+    ] = None,
     quiet: Quiet = False,
 ) -> None:
     """Cluster scikit-learn's 1,797 handwritten digits (written as PNGs) and score against their classes."""
     from pixclust.demo import run_demo
 
     console().print(f"Writing scikit-learn's digits as PNG files under {shown(out)} and clustering them...")
-    render_run(run_demo(out, **chosen(k=k), quiet=quiet))
+    render_run(run_demo(out, **chosen(k=k, limit=limit), quiet=quiet))
 
 
 def report_command(

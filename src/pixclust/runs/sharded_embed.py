@@ -113,11 +113,15 @@ def embed_shards(
     with quietly(quiet), ray_session(address) as ray, folder.writing():
         refuse_local_run(folder, out)
         discovery = discover_sources(roots, include_hidden, ray_wait)
+        # Paths as text only: a Path object per image is several times the text's memory.
+        found, skipped = [str(path) for path in discovery.files], list(discovery.skipped)
+        del discovery
         extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision, lazy=True)
         parts = stored_parts(folder, extractor.model_id, extractor.dim)
         known = KnownEmbeddings(hash_by_stat=_hash_by_stat(parts))
-        files, hashes, stats, skipped = hash_files([str(path) for path in discovery.files], known, ray_wait)
-        skipped = list(discovery.skipped) + skipped
+        files, hashes, stats, unreadable = hash_files(found, known, ray_wait)
+        del found, known
+        skipped += unreadable
         stored = {digest for part in parts for digest in part.rows.column("content_hash").to_pylist()}
         stat_of = dict(zip(files, stats, strict=True))
         # Every path of each new content: identical files are written with their first one's vector.

@@ -51,6 +51,19 @@ ShardInputs = Annotated[
         "embeddings.parquet (or the run folder), or shards written elsewhere."
     ),
 ]
+# How images are embedded: 'cluster' and 'embed-shards' take these alike.
+BatchSize = Annotated[int | None, typer.Option(help="Images per model call [default: {batch_size}].")]
+MaxPixels = Annotated[
+    int | None, typer.Option(help="Skip images with more pixels than this (bomb guard) [default: {max_pixels:,}].")
+]
+IncludeHidden = Annotated[bool | None, typer.Option("--include-hidden", help="Also read hidden files and folders.")]
+Runtime = Annotated[
+    str | None, typer.Option(help="Where the network runs: auto, openvino, onnxruntime, torch [default: {runtime}].")
+]
+Precision = Annotated[
+    str | None,
+    typer.Option(help="auto, fp32, bf16 or fp16 [default: {precision}: bf16 where the CPU has it, fp16 on a GPU]."),
+]
 # 'evaluate' and 'predict' both load a classifier.
 AllowPickle = Annotated[
     bool,

@@ -11,8 +11,13 @@ from typing import TYPE_CHECKING, Annotated, Any
 import typer
 
 from pixclust.cli.options import (
+    BatchSize,
+    IncludeHidden,
     Maps,
+    MaxPixels,
+    Precision,
     Quiet,
+    Runtime,
     Seed,
     ShardAddress,
     ShardInputs,
@@ -102,25 +107,14 @@ def cluster_command(
             "--move", help="Move the images into the cluster folders (journalled; see 'pixclust resume-move')."
         ),
     ] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per model call [default: {batch_size}].")] = None,
+    batch_size: BatchSize = None,
     workers: Annotated[
         int | None, typer.Option(help="Decode worker processes [default: one per core, at most {max_workers}].")
     ] = None,
-    max_pixels: Annotated[
-        int | None,
-        typer.Option(help="Skip images with more pixels than this (bomb guard) [default: {max_pixels:,}]."),
-    ] = None,
-    include_hidden: Annotated[
-        bool | None, typer.Option("--include-hidden", help="Also read hidden files and folders.")
-    ] = None,
-    runtime: Annotated[
-        str | None,
-        typer.Option(help="Where the network runs: auto, openvino, onnxruntime, torch [default: {runtime}]."),
-    ] = None,
-    precision: Annotated[
-        str | None,
-        typer.Option(help="auto, fp32, bf16 or fp16 [default: {precision}: bf16 where the CPU has it, fp16 on a GPU]."),
-    ] = None,
+    max_pixels: MaxPixels = None,
+    include_hidden: IncludeHidden = None,
+    runtime: Runtime = None,
+    precision: Precision = None,
     maps: Maps = None,
     report: Annotated[
         bool | None, typer.Option("--report/--no-report", help="Write plots/ and report.html [default: {report}].")
@@ -360,22 +354,11 @@ def embed_shards_command(
     out: Annotated[Path, out_option("Run folder for the embedding parts (not a run of 'pixclust cluster').")],
     model: Annotated[str | None, typer.Option(help="Feature model; see 'pixclust models' [default: {model}].")] = None,
     weights: Annotated[str | None, typer.Option(help="Weights file for the model.")] = None,
-    batch_size: Annotated[int | None, typer.Option(help="Images per model call [default: {batch_size}].")] = None,
-    max_pixels: Annotated[
-        int | None,
-        typer.Option(help="Skip images with more pixels than this (bomb guard) [default: {max_pixels:,}]."),
-    ] = None,
-    include_hidden: Annotated[
-        bool, typer.Option("--include-hidden", help="Also read hidden files and folders.")
-    ] = False,
-    runtime: Annotated[
-        str | None,
-        typer.Option(help="Where the network runs: auto, openvino, onnxruntime, torch [default: {runtime}]."),
-    ] = None,
-    precision: Annotated[
-        str | None,
-        typer.Option(help="auto, fp32, bf16 or fp16 [default: {precision}: bf16 where the CPU has it, fp16 on a GPU]."),
-    ] = None,
+    batch_size: BatchSize = None,
+    max_pixels: MaxPixels = None,
+    include_hidden: IncludeHidden = None,
+    runtime: Runtime = None,
+    precision: Precision = None,
     address: ShardAddress = None,
     actor_cpus: Annotated[
         int | None,
@@ -401,8 +384,8 @@ def embed_shards_command(
             runtime=runtime,
             precision=precision,
             actor_cpus=actor_cpus,
+            include_hidden=include_hidden,
         ),
-        include_hidden=include_hidden,
         address=address,
         ray_wait=ray_wait,
         quiet=quiet,

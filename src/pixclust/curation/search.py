@@ -44,13 +44,7 @@ def similar(
     ``exclude_rows[q]`` is a row that is query ``q`` itself (when the query
     is an image already in the embeddings), left out of its own answer.
     """
-    if top < 1:
-        raise UsageError(f"--top {top} must be at least 1")
-    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-    if queries.shape[1] != embeddings.dim:
-        raise UsageError(
-            f"queries have {queries.shape[1]} dimensions but the embeddings have {embeddings.dim}; embed them with the same model"
-        )
+    queries = query_matrix(queries, embeddings.dim, top)
     names = list(query_names) if query_names is not None else [str(q) for q in range(len(queries))]
     excluded = list(exclude_rows) if exclude_rows is not None else [None] * len(queries)
     index = index or VectorIndex(embeddings.vectors)
@@ -66,6 +60,18 @@ def similar(
             [Match(name, rank + 1, row, embeddings.paths[row], sim) for rank, (row, sim) in enumerate(found[:top])]
         )
     return answers
+
+
+def query_matrix(queries: np.ndarray, dim: int, top: int) -> np.ndarray:
+    """The query vectors as one float32 row each, checked against the embeddings' length and ``--top``."""
+    if top < 1:
+        raise UsageError(f"--top {top} must be at least 1")
+    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+    if queries.shape[1] != dim:
+        raise UsageError(
+            f"queries have {queries.shape[1]} dimensions but the embeddings have {dim}; embed them with the same model"
+        )
+    return queries
 
 
 def rows_of(embeddings: Embeddings, ids: Sequence[str]) -> list[int | None]:

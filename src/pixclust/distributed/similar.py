@@ -16,10 +16,10 @@ from types import ModuleType
 
 import numpy as np
 
+from pixclust.curation.search import query_matrix
 from pixclust.distributed.parts import PATH_COLUMN, Part, VectorParts, part_vectors, read_part
 from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S
 from pixclust.embeddings import VECTOR_COLUMN
-from pixclust.errors import UsageError
 
 
 @dataclass(frozen=True)
@@ -64,13 +64,7 @@ def search_parts(
     """
     from pixclust.embedding.engines.ray import run_tasks
 
-    if top < 1:
-        raise UsageError(f"--top {top} must be at least 1")
-    queries = np.atleast_2d(np.asarray(queries, dtype=np.float32))
-    if queries.shape[1] != data.dim:
-        raise UsageError(
-            f"queries have {queries.shape[1]} dimensions but the embeddings have {data.dim}; embed them with the same model"
-        )
+    queries = query_matrix(queries, data.dim, top)
     unit = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
     shared = ray.put(unit)
     task = ray.remote(num_cpus=1)(part_matches)

@@ -84,6 +84,18 @@ class StoredVector:
     stats: np.ndarray
 
 
+def hashes_by_stat(rows: pa.Table) -> dict[tuple[str, int, int], str]:
+    """Stored content hashes by (path, size, mtime), from rows with the store's path, size, time and hash columns."""
+    paths, sizes, mtimes, hashes = (
+        rows.column(name).to_pylist() for name in ("path", "file_size", "mtime_ns", "content_hash")
+    )
+    # Keyed by the name as discovery gives it, so a name that is not UTF-8 is not hashed again on every run.
+    return {
+        (unescape_name(path), size, mtime): digest
+        for path, size, mtime, digest in zip(paths, sizes, mtimes, hashes, strict=True)
+    }
+
+
 @dataclass
 class KnownEmbeddings:
     """What a run folder already holds for one model id: its rows, and their vectors in one array."""
@@ -98,16 +110,9 @@ class KnownEmbeddings:
     @classmethod
     def from_columns(cls, rows: pa.Table, vectors: np.ndarray) -> KnownEmbeddings:
         """Rows (:data:`ROW_SCHEMA` columns) and their vectors; a hash stored twice maps to its last row."""
-        paths, sizes, mtimes, hashes = (
-            rows.column(name).to_pylist() for name in ("path", "file_size", "mtime_ns", "content_hash")
-        )
-        # Keyed by the name as discovery gives it, so a name that is not UTF-8 is not hashed again on every run.
-        paths = [unescape_name(path) for path in paths]
+        hashes = rows.column("content_hash").to_pylist()
         return cls(
-            hash_by_stat={
-                (path, size, mtime): digest
-                for path, size, mtime, digest in zip(paths, sizes, mtimes, hashes, strict=True)
-            },
+            hash_by_stat=hashes_by_stat(rows),
             content_hashes=hashes,
             row_of_hash={digest: row for row, digest in enumerate(hashes)},
             vectors=vectors,

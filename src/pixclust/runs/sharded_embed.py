@@ -48,10 +48,10 @@ from pixclust.embedding.part_store import (
     with_files,
     write_part,
 )
-from pixclust.embedding.store import KnownEmbeddings
+from pixclust.embedding.store import KnownEmbeddings, hashes_by_stat
 from pixclust.embeddings import Embeddings
 from pixclust.errors import NoImagesError
-from pixclust.names import escape_name, unescape_name
+from pixclust.names import escape_name
 from pixclust.progress import progress_bar, quietly
 from pixclust.runs.folder import ERRORS_CSV, RunFolder
 from pixclust.runs.sharded import refuse_local_run
@@ -118,7 +118,9 @@ def embed_shards(
         del discovery
         extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision, lazy=True)
         parts = stored_parts(folder, extractor.model_id, extractor.dim)
-        known = KnownEmbeddings(hash_by_stat=_hash_by_stat(parts))
+        known = KnownEmbeddings()
+        for part in parts:
+            known.hash_by_stat.update(hashes_by_stat(part.rows))
         files, hashes, stats, unreadable = hash_files(found, known, ray_wait)
         del found, known
         skipped += unreadable
@@ -220,16 +222,6 @@ def _with_copies(
         [stat_of[path][0] for path in paths],
         [stat_of[path][1] for path in paths],
     )
-
-
-def _hash_by_stat(parts: Sequence[PartRows]) -> dict[tuple[str, int, int], str]:
-    """Stored content hashes by (path as discovery gives it, size, mtime), so unchanged files are not read again."""
-    found = {}
-    for part in parts:
-        paths, digests, sizes, mtimes = (part.rows.column(name).to_pylist() for name in IDENTITY)
-        for path, digest, size, mtime in zip(paths, digests, sizes, mtimes, strict=True):
-            found[(unescape_name(path), size, mtime)] = digest
-    return found
 
 
 def _rewrite(ray: ModuleType, folder: RunFolder, rewrites: Sequence[Rewrite], wait_s: float) -> list[tuple[str, int]]:

@@ -9,6 +9,8 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -220,6 +222,13 @@ def test_mistakes_are_one_line_and_leave_files_alone(ray_instance: Any, digit_ru
     run_dir = tmp_path / "run"
     embed_shards(images, run_dir, quiet=True)
     parts = run_dir / "embeddings.parts"
+    # Ray cannot take a command line holding a name that is not UTF-8: one line, saying what to give instead.
+    odd = images.parent / os.fsdecode(b"caf\xff.png")
+    shutil.copyfile(next(images.rglob("*.png")), odd)
+    command = [sys.executable, "-m", "pixclust", "similar", str(odd), "--in", str(run_dir)]
+    stopped = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=300, check=False)
+    assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
+    assert "holds a name that is not UTF-8; give the folder that holds" in stopped.stderr
     # A part swapped for a link is not read through; a damaged index is one line for its readers.
     (name,) = part_files(run_dir)
     target = tmp_path / "elsewhere.parquet"

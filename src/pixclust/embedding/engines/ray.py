@@ -311,6 +311,12 @@ def connect(ray: ModuleType, address: str | None) -> bool:
         return False
     try:
         ray.init(address=address, include_dashboard=False, log_to_driver=False, logging_level=logging.WARNING)
+    except UnicodeEncodeError as error:
+        # Ray records this process's command line with the job and cannot encode a name that is not UTF-8.
+        raise UsageError(
+            "Ray cannot start a job whose command line holds a name that is not UTF-8; give the folder that holds "
+            "that file or folder instead (names inside folders are fine)"
+        ) from error
     except (ConnectionError, ValueError, RuntimeError, ray.exceptions.RayError) as error:
         if _refused_token(error):
             raise UsageError(

@@ -6,6 +6,7 @@ since the last run, and a run stopped part-way must leave the last index whole a
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import shutil
@@ -21,6 +22,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import add_bad_files, write_digit_tree
 from PIL import Image
+from sklearn.metrics import adjusted_rand_score
 from typer.testing import CliRunner
 
 import pixclust
@@ -63,6 +65,23 @@ def assert_local_vectors(run_dir: Path, images: Path) -> None:
 
 def part_files(run_dir: Path) -> list[str]:
     return sorted(name for name in os.listdir(run_dir / "embeddings.parts") if name != PARTS_INDEX)
+
+
+def assert_hog_mirrors(run_dir: Path, images: Path) -> None:
+    """The HOG view pairs with the parts row for row (same part names and rows) and holds the local HOG vectors."""
+    view = run_dir / "views" / "hog"
+    indexes = [json.loads((folder / "embeddings.parts" / PARTS_INDEX).read_text()) for folder in (run_dir, view)]
+    assert indexes[0]["parts"] == indexes[1]["parts"] and indexes[1]["model"] == "hog"
+    assert part_files(view) == part_files(run_dir)
+    embedding, hog = VectorParts.plan(run_dir), VectorParts.plan(view)
+    assert [part.rows for part in embedding.parts] == [part.rows for part in hog.parts]
+    rows = np.arange(embedding.n_rows)
+    assert embedding.read_rows(rows, columns=["path"]).equals(hog.read_rows(rows, columns=["path"]))
+    local = pixclust.embed(images, model="hog", quiet=True)
+    by_path = stored(view)
+    assert sorted(by_path) == sorted(local.paths)
+    for path, vector in zip(local.paths, local.vectors, strict=True):
+        assert np.allclose(by_path[path], vector, atol=1e-6), path
 
 
 def test_layout_keeps_whole_parts_and_rewrites_the_rest() -> None:
@@ -110,11 +129,17 @@ def test_parts_hold_the_local_engines_vectors_and_follow_the_folder(
     assert sorted(Path(item.path).name for item in first.skipped) == sorted(bad)
     assert "corrupt or truncated" in (run_dir / "errors.csv").read_text()
     assert_local_vectors(run_dir, images)
+    assert first.hog and first.hog_dir == run_dir / "views" / "hog"
+    assert_hog_mirrors(run_dir, images)
     before = part_files(run_dir)
+    hog_written = {name: os.stat(run_dir / "views" / "hog" / "embeddings.parts" / name).st_mtime_ns for name in before}
 
     again = embed_shards(images, run_dir, quiet=True)
     assert (again.n_extracted, again.n_reused, again.parts_rewritten) == (0, 36, 0)
     assert part_files(run_dir) == before
+    assert {
+        name: os.stat(run_dir / "views" / "hog" / "embeddings.parts" / name).st_mtime_ns for name in before
+    } == hog_written
 
     # One file gone, one copied to a new name, one changed, one new picture.
     files = sorted(images.rglob("digit_*.png"))
@@ -135,6 +160,13 @@ def test_parts_hold_the_local_engines_vectors_and_follow_the_folder(
     assert 0 < len(untouched) < len(before)
     assert changed.parts_rewritten == len(before) - len(untouched)
     assert len(part_files(run_dir)) == len(untouched) + changed.parts_rewritten + 1
+    assert_hog_mirrors(run_dir, images)
+
+    # Without the HOG view, none is left to pair with parts it no longer mirrors.
+    plain = embed_shards(images, run_dir, hog=False, quiet=True)
+    assert not plain.hog and plain.hog_dir is None
+    assert not (run_dir / "views" / "hog" / "embeddings.parts" / PARTS_INDEX).exists()
+    assert part_files(run_dir / "views" / "hog") == []
 
 
 def test_a_run_stopped_before_its_index_keeps_the_last_one_and_its_parts_are_reused(
@@ -153,12 +185,16 @@ def test_a_run_stopped_before_its_index_keeps_the_last_one_and_its_parts_are_reu
         patch.setattr(sharded_embed, "commit_index", stopped)
         with pytest.raises(KeyboardInterrupt):
             embed_shards(images, run_dir, quiet=True)
-    # The readers still see the last index's images, whole; the new parts wait beside them.
+    # The readers still see the last index's images, whole; the new parts wait beside them. The HOG view,
+    # indexed first, now mirrors parts the embedding's index does not name: it is refused, not paired wrongly.
     assert (run_dir / "embeddings.parts" / PARTS_INDEX).read_bytes() == index
     assert len(stored(run_dir)) == 6
+    with pytest.raises(UsageError, match="does not match the embeddings"):
+        pixclust.cluster_shards(run_dir, tmp_path / "clusters", k=2, quiet=True)
     resumed = embed_shards(images, run_dir, quiet=True)
     assert (resumed.rows, resumed.n_extracted) == (18, 0)
     assert_local_vectors(run_dir, images)
+    assert_hog_mirrors(run_dir, images)
     listed = {part["name"] for part in json.loads((run_dir / "embeddings.parts" / PARTS_INDEX).read_text())["parts"]}
     assert set(part_files(run_dir)) == listed
 
@@ -177,6 +213,17 @@ def test_the_parts_are_what_cluster_shards_and_duplicates_shards_read(ray_instan
     assert clustered.summary["rows"] == 31 and clustered.summary["inputs"] == [
         str(run_dir / "embeddings.parts" / name) for name in part_files(run_dir)
     ]
+    # The HOG view is joined as 'pixclust cluster' joins it: the same features chosen, the same clusters.
+    assert clustered.summary["hog_inputs"] == [
+        str(run_dir / "views" / "hog" / "embeddings.parts" / name) for name in part_files(run_dir)
+    ]
+    local_run = pixclust.run(pixclust.RunConfig(images, tmp_path / "local", k=3, report=False), quiet=True)
+    with open(clustered.run_dir / "clusters.csv", newline="", encoding="utf-8") as stream:
+        ours = {row["path"]: int(row["cluster_id"]) for row in csv.DictReader(stream)}
+    assert clustered.summary["choice"]["representation"] == local_run.clustering.choice["representation"]
+    assert adjusted_rand_score(
+        local_run.clustering.labels, [ours[path] for path in local_run.embeddings.paths]
+    ) == pytest.approx(1.0)
     found = pixclust.duplicates_shards(run_dir, tmp_path / "dupes", quiet=True)
     assert found.verified_files
     groups = [sorted(Path(found.rows.paths[row]).name for row in group.rows) for group in found.report.groups]
@@ -246,4 +293,13 @@ def test_mistakes_are_one_line_and_leave_files_alone(ray_instance: Any, digit_ru
     # embed-shards itself writes a new index over a damaged one, reusing every part.
     assert embed_shards(images, run_dir, quiet=True).n_extracted == 0
     assert len(stored(run_dir)) == 9
+    # The HOG view is not reached through a link either: the folder it pointed to is left alone.
+    moved = tmp_path / "moved-view"
+    os.replace(run_dir / "views" / "hog", moved)
+    os.symlink(moved, run_dir / "views" / "hog")
+    listed = sorted(os.listdir(moved / "embeddings.parts"))
+    assert "is a link, where pixclust keeps the run's HOG view" in refused(
+        ["embed-shards", str(images), "--out", str(run_dir)]
+    )
+    assert sorted(os.listdir(moved / "embeddings.parts")) == listed
     assert "are for the embedding parts" in refused(["similar", str(images), "--in", str(digit_run), "--address", "x"])

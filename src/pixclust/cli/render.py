@@ -214,7 +214,8 @@ def render_sharded_embedding(run: ShardedEmbedding) -> None:
     )
     if run.parts_rewritten:
         out.print(f"{_count(run.parts_rewritten, 'part')} written again for files gone, changed or copied")
-    out.print(f"wrote {shown(run.parts_dir)} in {run.seconds:.1f} s")
+    hog = f" and the HOG view in {shown(run.hog_dir)}" if run.hog_dir else ""
+    out.print(f"wrote {shown(run.parts_dir)}{hog} in {run.seconds:.1f} s")
     out.print(f"next: pixclust cluster-shards {shown(run.run_dir)} --out CLUSTER_RUN")
 
 

@@ -367,6 +367,13 @@ def embed_shards_command(
         ),
     ] = None,
     ray_wait: ShardRayWait = 120,
+    hog: Annotated[
+        bool,
+        typer.Option(
+            help="Keep the images' HOG vectors beside the parts, which cluster-shards joins where it helps "
+            "(as 'pixclust cluster' does); --no-hog saves decoding every image twice."
+        ),
+    ] = True,
     quiet: Quiet = False,
 ) -> None:
     """Embed images on Ray into a folder of Parquet parts that no process holds whole, for cluster-shards and
@@ -388,6 +395,7 @@ def embed_shards_command(
         ),
         address=address,
         ray_wait=ray_wait,
+        hog=hog,
         quiet=quiet,
     )
     render_sharded_embedding(run)

@@ -14,6 +14,8 @@ from dataclasses import dataclass
 from pixclust.errors import UsageError
 
 DEFAULT_MODEL = "efficientnet-lite0"
+# The hand-made view that the default pipeline joins to a network's embedding where it helps.
+HOG_MODEL = "hog"
 
 
 TIMM_PREFIX = "timm:"
@@ -66,7 +68,7 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("resnet50", "timm", 2048, "ResNet-50, pooled", "resnet50.tv_in1k"),
         ModelSpec("mobilenet_v2", "timm", 1280, "MobileNetV2, pooled", "mobilenetv2_100.ra_in1k"),
         ModelSpec("efficientnet_b0", "timm", 1280, "EfficientNet-B0, pooled", "efficientnet_b0.ra_in1k"),
-        ModelSpec("hog", "hog", 1764, "Histogram of oriented gradients, 128x128 grey"),
+        ModelSpec(HOG_MODEL, "hog", 1764, "Histogram of oriented gradients, 128x128 grey"),
         ModelSpec("pixels", "pixels", 3072, "Raw pixels, 32x32 RGB"),
     )
 }

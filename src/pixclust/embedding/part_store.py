@@ -223,9 +223,10 @@ def stored_parts(folder: RunFolder, model_id: str, dim: int) -> list[PartRows]:
     return found
 
 
-def write_part(folder: RunFolder, table: pa.Table) -> str:
-    """Write store rows as a new part of the run folder (listed in its manifest first, written atomically)."""
-    name = f"part-{uuid.uuid4().hex}.parquet"
+def write_part(folder: RunFolder, table: pa.Table, *, name: str | None = None) -> str:
+    """Write store rows as a new part of the run folder (listed in its manifest first, written atomically),
+    named ``name`` (another view's part it mirrors) or by a new random id."""
+    name = name or f"part-{uuid.uuid4().hex}.parquet"
     relative = f"{EMBEDDING_PARTS_DIR}/{name}"
     folder.claim_files([relative])
     with atomic_path(folder.path(relative)) as temporary:

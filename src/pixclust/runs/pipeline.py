@@ -36,6 +36,7 @@ from pixclust.curation.naming import ClusterName, name_clusters
 from pixclust.embedding.class_head import ClassHead, class_head
 from pixclust.embedding.extraction import embed
 from pixclust.embedding.files import READABLE_FORMATS
+from pixclust.embedding.models import HOG_MODEL
 from pixclust.embeddings import Embeddings
 from pixclust.errors import NoImagesError, UsageError
 from pixclust.progress import quietly, warn
@@ -56,8 +57,6 @@ from pixclust.runs.record import RunRecord
 from pixclust.runs.truth import load_truth
 
 __all__ = ["RunConfig", "RunResult", "cluster", "embed", "run"]
-
-HOG_MODEL = "hog"
 
 
 def cluster(

@@ -30,6 +30,7 @@ from pixclust.distributed.clusterer import ShardedClusterer
 from pixclust.distributed.parts import VectorParts
 from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S
 from pixclust.embedding.engines.ray import ray_session
+from pixclust.embedding.part_store import has_parts_index
 from pixclust.errors import UsageError
 from pixclust.names import unescape_name, write_csv
 from pixclust.progress import progress_bar, quietly
@@ -46,6 +47,7 @@ from pixclust.runs.folder import (
     is_run_folder,
 )
 from pixclust.runs.record import json_plain
+from pixclust.runs.sharded_hog import hog_parts_of
 
 # clusters.csv is written up to this many rows (about 100 MB); above it the table's Parquet files are the result.
 CSV_MAX_ROWS = 1_000_000
@@ -84,7 +86,7 @@ def cluster_shards(
 
     ``hog`` is the same images' HOG vectors in the same order (a run's ``views/hog/``), which the
     default pipeline may join to the embedding as ``pixclust cluster`` does (on the digits it does);
-    given a run folder as ``vectors``, its ``embeddings.parquet`` and HOG vectors are used.
+    given a run folder as ``vectors``, its ``embeddings.parquet`` (or ``embed-shards`` parts) and HOG vectors are used.
     ``address`` is the Ray cluster's (None: the one ``ray start`` made on this
     machine, ``RAY_ADDRESS``, an instance this program already started, or a
     local one started for the call and stopped after it); ``ray_wait`` is how long the run may find
@@ -148,8 +150,13 @@ def cluster_shards(
 
 
 def _hog_of_run(vectors: str | Path | Sequence[str | Path]) -> Path | None:
-    """A run folder's HOG vectors (``views/hog/``), when the input is one run folder that has them."""
-    if not isinstance(vectors, (str, Path)) or not is_run_folder(vectors):
+    """A run folder's HOG vectors (``views/hog/``), when the input is one run folder (or the parts of one) that
+    has them."""
+    if not isinstance(vectors, (str, Path)):
+        return None
+    if has_parts_index(vectors):
+        return hog_parts_of(vectors)
+    if not is_run_folder(vectors):
         return None
     hog = Path(vectors) / VIEWS_DIR / HOG_VIEW / EMBEDDINGS_FILE
     return hog if hog.is_file() else None

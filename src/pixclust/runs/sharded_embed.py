@@ -34,7 +34,7 @@ from pixclust.embedding.engines.ray import RayEmbedder, RaySettings, ray_session
 from pixclust.embedding.extraction import discover_sources, extract_chunks, hash_files
 from pixclust.embedding.extractor import load_extractor
 from pixclust.embedding.files import READABLE_FORMATS, SkippedFile
-from pixclust.embedding.models import DEFAULT_MODEL
+from pixclust.embedding.models import DEFAULT_MODEL, HOG_MODEL
 from pixclust.embedding.part_store import (
     PART_WRITE_ROWS,
     PartRows,
@@ -55,6 +55,7 @@ from pixclust.names import escape_name
 from pixclust.progress import progress_bar, quietly
 from pixclust.runs.folder import ERRORS_CSV, RunFolder
 from pixclust.runs.sharded import refuse_local_run
+from pixclust.runs.sharded_hog import drop_hog_view, hog_folder, make_hog_view
 
 IDENTITY = ["path", "content_hash", "file_size", "mtime_ns"]
 
@@ -63,7 +64,8 @@ IDENTITY = ["path", "content_hash", "file_size", "mtime_ns"]
 class ShardedEmbedding:
     """What :func:`embed_shards` left in ``run_dir``: ``rows`` images in ``parts`` parts of ``dim``-long vectors of
     ``model_id``; ``n_extracted`` embedded now, ``n_reused`` not (stored, or an identical file's), ``parts_rewritten`` parts
-    written anew for files gone, changed or copied; the files ``skipped`` and why; ``seconds`` in all."""
+    written anew for files gone, changed or copied; the files ``skipped`` and why; ``seconds`` in all; ``hog``:
+    whether the run has its HOG view (``views/hog/``) for cluster-shards."""
 
     run_dir: Path
     rows: int
@@ -75,10 +77,15 @@ class ShardedEmbedding:
     parts_rewritten: int
     skipped: list[SkippedFile]
     seconds: float
+    hog: bool
 
     @property
     def parts_dir(self) -> Path:
         return parts_dir(self.run_dir)
+
+    @property
+    def hog_dir(self) -> Path | None:
+        return hog_folder(self.run_dir) if self.hog else None
 
 
 def embed_shards(
@@ -95,6 +102,7 @@ def embed_shards(
     address: str | None = None,
     actor_cpus: int | None = None,
     ray_wait: float = DEFAULT_RAY_WAIT_S,
+    hog: bool = True,
     quiet: bool = False,
 ) -> ShardedEmbedding:
     """Embed every usable image under ``source`` (folders or image files) on Ray into the run folder ``out``'s
@@ -102,6 +110,8 @@ def embed_shards(
 
     ``address``, ``actor_cpus`` and ``ray_wait`` are as for ``pixclust.embed(..., engine="ray")``; the
     other settings are ``pixclust.embed``'s. Files that cannot be used are listed in ``errors.csv``.
+    With ``hog`` (and a network for ``model``), the images' HOG vectors are kept beside the parts, row for
+    row (:mod:`pixclust.runs.sharded_hog`), so that cluster-shards can join them as ``pixclust cluster`` does.
     """
     started = time.perf_counter()
     roots = [source] if isinstance(source, (str, Path)) else list(source)
@@ -172,8 +182,14 @@ def embed_shards(
         candidates = [*parts, *fresh]
         layout = plan_layout(candidates, current)
         rows_of = {part.name: part.rows.num_rows for part in candidates}
-        written = [(name, rows_of[name]) for name in layout.keep]
-        written += _rewrite(ray, folder, layout.rewrites, ray_wait)
+        rewritten = _rewrite(ray, folder, layout.rewrites, ray_wait)
+        written = [(name, rows_of[name]) for name in layout.keep] + rewritten
+        with_hog = hog and model != HOG_MODEL
+        if with_hog:
+            rewritten_from = dict(zip((name for name, _ in rewritten), layout.rewrites, strict=True))
+            with_hog = make_hog_view(ray, folder, written, rewritten_from, max_pixels=max_pixels, wait_s=ray_wait)
+        else:
+            drop_hog_view(folder)
         commit_index(
             folder,
             written,
@@ -200,6 +216,7 @@ def embed_shards(
         parts_rewritten=len(layout.rewrites),
         skipped=sorted(skipped, key=lambda item: item.path),
         seconds=time.perf_counter() - started,
+        hog=with_hog,
     )
 
 

@@ -1,15 +1,18 @@
 """``pixclust embed-shards`` against ``--engine ray``'s assembled store: the driver's memory as the images grow.
 
-Run: .venv/bin/python bench/embed_shards.py [--images 10000 --images 40000] [--data DIR]
+Run: .venv/bin/python bench/embed_shards.py [--images 10000 --images 40000] [--data DIR] [--model NAME]
+         [--engine store --engine parts]
 
-Fashion-MNIST's training images are written as PNG files once (DIR/fashion-<n>, one
-folder per class). Each case runs in its own process on a Ray instance of this
-machine's CPUs, with the default model: ``store`` is ``pixclust.embed(folder,
-out=..., engine="ray")`` (the vectors assembled in the pixclust process and written
-as one ``embeddings.parquet``), ``parts`` is ``pixclust.embed_shards(folder, out)``;
-``again`` is the same call once more with nothing new. Printed: seconds, images a
-second, the pixclust process's peak resident memory (ru_maxrss), and, per 10,000
-images, how much that peak grew from the smallest size to the largest.
+Fashion-MNIST's images (training set, then test set) are written as PNG files once
+(DIR/fashion-<n>, one folder per class). Each case runs in its own process on a Ray
+instance of this machine's CPUs, with ``--model`` (default: the default model; ``hog``
+embeds an image in milliseconds, so that the driver's own bookkeeping can be measured at
+larger sizes in minutes): ``store`` is ``pixclust.embed(folder, out=..., engine="ray")``
+(the vectors assembled in the pixclust process and written as one ``embeddings.parquet``),
+``parts`` is ``pixclust.embed_shards(folder, out)``; ``again`` is the same call once more
+with nothing new. Printed: seconds, images a second, the pixclust process's peak resident
+memory (ru_maxrss), and, per 10,000 images, how much that peak grew from the smallest size
+to the largest.
 """
 
 from __future__ import annotations
@@ -18,12 +21,16 @@ import argparse
 import json
 import os
 import resource
+import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import numpy as np
 from real_data import fashion_mnist, write_image_tree
+
+from pixclust.embedding.models import DEFAULT_MODEL
 
 WIDTHS = {"images": 7, "engine": 6, "call": 5, "seconds": 8, "per_s": 9, "driver": 11}
 
@@ -31,13 +38,14 @@ WIDTHS = {"images": 7, "engine": 6, "call": 5, "seconds": 8, "per_s": 9, "driver
 def write_images(folder: Path, n: int) -> Path:
     root = folder / f"fashion-{n}"
     if not (root / "done").is_file():
-        images, labels = fashion_mnist("train")
+        train, test = fashion_mnist("train"), fashion_mnist("test")
+        images, labels = np.concatenate([train[0], test[0]]), np.concatenate([train[1], test[1]])
         write_image_tree(root, images[:n], labels[:n])
         (root / "done").write_text(f"{n}\n")
     return root
 
 
-def run_case(images: Path, out: Path, engine: str) -> dict[str, object]:
+def run_case(images: Path, out: Path, engine: str, model: str) -> dict[str, object]:
     import ray
 
     import pixclust
@@ -46,9 +54,9 @@ def run_case(images: Path, out: Path, engine: str) -> dict[str, object]:
     try:
         started = time.perf_counter()
         if engine == "parts":
-            rows = pixclust.embed_shards(images, out, quiet=True).rows
+            rows = pixclust.embed_shards(images, out, model=model, quiet=True).rows
         else:
-            rows = len(pixclust.embed(images, out=out, engine="ray", quiet=True))
+            rows = len(pixclust.embed(images, out=out, model=model, engine="ray", quiet=True))
         seconds = time.perf_counter() - started
     finally:
         ray.shutdown()
@@ -64,22 +72,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=int, action="append", help="repeat [default: 10000 and 40000]")
     parser.add_argument("--data", type=Path, default=Path("/tmp/pixclust-embed-shards"))
-    parser.add_argument("--case", nargs=3, metavar=("IMAGES", "OUT", "ENGINE"))
+    parser.add_argument("--model", default=DEFAULT_MODEL)
+    parser.add_argument("--engine", choices=("store", "parts"), action="append", help="repeat [default: both]")
+    parser.add_argument("--case", nargs=4, metavar=("IMAGES", "OUT", "ENGINE", "MODEL"))
     args = parser.parse_args()
     if args.case:
-        images, out, engine = args.case
-        print(json.dumps(run_case(Path(images), Path(out), engine)))
+        images, out, engine, model = args.case
+        print(json.dumps(run_case(Path(images), Path(out), engine, model)))
         return
     print(" ".join(f"{name:>{width}}" for name, width in WIDTHS.items()), flush=True)
     sizes = sorted(args.images or (10_000, 40_000))
     peaks: dict[tuple[str, str], dict[int, float]] = {}
     for n in sizes:
         images = write_images(args.data, n)
-        for engine in ("store", "parts"):
-            out = args.data / f"run-{engine}-{n}"
+        for engine in args.engine or ("store", "parts"):
+            out = args.data / f"run-{engine}-{args.model}-{n}"
+            # The bench's own folder from an earlier invocation: "first" must start from nothing.
+            shutil.rmtree(out, ignore_errors=True)
             for call in ("first", "again"):
                 done = subprocess.run(
-                    [sys.executable, __file__, "--case", str(images), str(out), engine],
+                    [sys.executable, __file__, "--case", str(images), str(out), engine, args.model],
                     check=False,
                     capture_output=True,
                     text=True,

@@ -153,3 +153,25 @@ def test_embedding_a_folder_imports_neither_scikit_learn_nor_matplotlib(tmp_path
     expected = set() if not any(os.path.exists(p) for p in _NVIDIA_DRIVER_FILES) else {"torch"}
     # With the network exported and its record cached (default_extractor did both), neither torch nor timm is needed.
     assert set(loaded.stdout.split()) <= expected
+
+
+def test_vectors_that_cannot_fit_in_memory_are_refused_before_any_image_is_embedded(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from conftest import write_digit_tree
+    from typer.testing import CliRunner
+
+    from pixclust.cli import app
+    from pixclust.embedding import extraction
+
+    assert extraction.memory_bytes() > 2**28
+    images = write_digit_tree(tmp_path / "images", per_class=2)
+    # Six images of 1,280 float32 numbers are 30,720 bytes: a machine of 30,000 bytes cannot hold them.
+    monkeypatch.setattr(extraction, "memory_bytes", lambda: 30_000)
+    result = CliRunner().invoke(app, ["cluster", str(images), "--out", str(tmp_path / "run")])
+    assert result.exit_code != 0 and isinstance(result.exception, UsageError), result.output
+    assert "6 images of 1,280 numbers are 0.0 GiB of vectors, more than this machine's" in str(result.exception)
+    assert "pixclust embed-shards" in str(result.exception)
+    assert not (tmp_path / "run" / "embeddings.partial").exists()
+    monkeypatch.setattr(extraction, "memory_bytes", lambda: 30_720)
+    assert len(extraction.embed(images, quiet=True)) == 6

@@ -33,6 +33,7 @@ from pixclust.embedding.models import DEFAULT_MODEL
 from pixclust.embedding.pixel_stats import unmeasured
 from pixclust.embedding.store import EmbeddingStore, KnownEmbeddings, StoredVector, file_digest
 from pixclust.embeddings import Embeddings
+from pixclust.errors import UsageError
 from pixclust.progress import progress_bar, quietly
 
 FLUSH_EVERY = 1024
@@ -81,6 +82,7 @@ def embed(
         wait_s = None if engine != "ray" else DEFAULT_RAY_WAIT_S if ray_wait is None else ray_wait
         discovery = discover_sources(source, include_hidden, wait_s)
         extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision, lazy=True)
+        require_memory_for(len(discovery.files), extractor.dim)
         store = EmbeddingStore(out) if out is not None else None
         known = store.known(extractor.model_id, extractor.dim) if store else KnownEmbeddings()
 
@@ -133,6 +135,36 @@ def embed(
         if store and save and not store.holds(embeddings):
             store.save(embeddings)
         return embeddings
+
+
+def require_memory_for(n_images: int, dim: int) -> None:
+    """Refuse, before any image is embedded, a call whose vectors alone cannot fit in this machine's memory.
+
+    ``embed`` returns every vector in one array; past the memory the process would
+    thrash or be killed after hours of embedding, where the sharded commands hold
+    one part at a time. Clustering needs several times the vectors (docs/SCALE.md).
+    """
+    needed, available = n_images * dim * np.dtype(np.float32).itemsize, memory_bytes()
+    if available is not None and needed > available:
+        raise UsageError(
+            f"{n_images:,} images of {dim:,} numbers are {needed / 2**30:.1f} GiB of vectors, more than this "
+            f"machine's {available / 2**30:.1f} GiB of memory; embed them into parts with 'pixclust embed-shards "
+            "SOURCE --out DIR' and cluster them with 'pixclust cluster-shards DIR' (Ray; see docs/SCALE.md)"
+        )
+
+
+def memory_bytes() -> int | None:
+    """The memory this process may use: the machine's, or its control group's limit where lower; None if unknown."""
+    try:
+        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, OSError, ValueError):
+        return None
+    try:
+        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as stream:
+            limit = stream.read().strip()
+    except OSError:
+        return physical
+    return min(physical, int(limit)) if limit.isdigit() else physical
 
 
 def discover_sources(

@@ -31,7 +31,7 @@ from pixclust.distributed.parts import VectorParts
 from pixclust.embedding.part_store import PARTS_INDEX, PartRows, plan_layout
 from pixclust.errors import UsageError
 from pixclust.names import unescape_name
-from pixclust.runs import sharded_embed
+from pixclust.runs import sharded_embed, sharded_hog
 from pixclust.runs.sharded_embed import embed_shards
 
 
@@ -303,3 +303,28 @@ def test_mistakes_are_one_line_and_leave_files_alone(ray_instance: Any, digit_ru
     )
     assert sorted(os.listdir(moved / "embeddings.parts")) == listed
     assert "are for the embedding parts" in refused(["similar", str(images), "--in", str(digit_run), "--address", "x"])
+
+
+def test_an_image_hog_cannot_read_leaves_the_run_without_the_view_until_it_reads(
+    ray_instance: Any, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    images = write_digit_tree(tmp_path / "images", per_class=3)
+    run_dir = tmp_path / "run"
+    assert embed_shards(images, run_dir, quiet=True).hog
+    Image.fromarray(np.tile(np.arange(64, dtype=np.uint8), (64, 1))).save(images / "ramp.png")
+
+    def unreadable(embedded_part: str, max_pixels: int) -> str:
+        return "ramp.png (truncated)"
+
+    with monkeypatch.context() as patch:
+        patch.setattr(sharded_hog, "hog_rows", unreadable)
+        stopped = embed_shards(images, run_dir, quiet=True)
+    assert stopped.rows == 10 and not stopped.hog
+    assert "no HOG view is kept" in caplog.text and "ramp.png (truncated) could not be read" in caplog.text
+    assert not (run_dir / "views" / "hog" / "embeddings.parts" / PARTS_INDEX).exists()
+    clustered = pixclust.cluster_shards(run_dir, tmp_path / "clusters", k=2, quiet=True)
+    assert clustered.summary["hog_inputs"] is None
+    # The HOG part already made for the unchanged images is reused; the view comes back whole.
+    again = embed_shards(images, run_dir, quiet=True)
+    assert again.hog and again.n_extracted == 0
+    assert_hog_mirrors(run_dir, images)

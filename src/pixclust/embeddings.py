@@ -29,6 +29,14 @@ ROW_SCHEMA = pa.schema(
 )
 
 
+def with_vectors(rows: pa.Table, vectors: np.ndarray) -> pa.Table:
+    """``rows`` with the N x d ``vectors`` appended as the store's vector column."""
+    dim = vectors.shape[1]
+    # Arrow wraps a C-contiguous float32 array without copying it.
+    flat = pa.array(np.ascontiguousarray(vectors, np.float32).reshape(-1))
+    return rows.append_column(arrow_schema(dim).field(VECTOR_COLUMN), pa.FixedSizeListArray.from_arrays(flat, dim))
+
+
 def arrow_schema(dim: int) -> pa.Schema:
     """Columns of ``embeddings.parquet``; one row per usable image."""
     return ROW_SCHEMA.append(pa.field(VECTOR_COLUMN, pa.list_(pa.float32(), dim)))
@@ -126,11 +134,7 @@ class Embeddings:
         )
 
     def to_table(self) -> pa.Table:
-        # Arrow wraps a C-contiguous float32 array without copying it.
-        flat = pa.array(np.ascontiguousarray(self.vectors, np.float32).reshape(-1))
-        return self.row_table().append_column(
-            arrow_schema(self.dim).field(VECTOR_COLUMN), pa.FixedSizeListArray.from_arrays(flat, self.dim)
-        )
+        return with_vectors(self.row_table(), self.vectors)
 
     @classmethod
     def from_columns(cls, rows: pa.Table, vectors: np.ndarray) -> Embeddings:

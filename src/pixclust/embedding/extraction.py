@@ -153,18 +153,25 @@ def require_memory_for(n_images: int, dim: int) -> None:
         )
 
 
+# A container's memory limit: cgroup v2, then v1 (where "no limit" reads as a number beyond any machine).
+_CGROUP_LIMITS = ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory/memory.limit_in_bytes")
+
+
 def memory_bytes() -> int | None:
     """The memory this process may use: the machine's, or its control group's limit where lower; None if unknown."""
     try:
-        physical = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+        available = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
     except (AttributeError, OSError, ValueError):
         return None
-    try:
-        with open("/sys/fs/cgroup/memory.max", encoding="ascii") as stream:
-            limit = stream.read().strip()
-    except OSError:
-        return physical
-    return min(physical, int(limit)) if limit.isdigit() else physical
+    for file in _CGROUP_LIMITS:
+        try:
+            with open(file, encoding="ascii") as stream:
+                limit = stream.read().strip()
+        except OSError:
+            continue
+        if limit.isdigit():
+            available = min(available, int(limit))
+    return available
 
 
 def discover_sources(

@@ -41,7 +41,7 @@ from pixclust.embedding.part_store import (
     stored_parts,
     write_part,
 )
-from pixclust.embeddings import VECTOR_COLUMN
+from pixclust.embeddings import VECTOR_COLUMN, with_vectors
 from pixclust.errors import UsageError
 from pixclust.names import unescape_name
 from pixclust.progress import progress_bar, warn
@@ -84,7 +84,8 @@ def make_hog_view(
     wait_s: float,
 ) -> bool:
     """Give every embedding part in ``parts`` (name, rows; the index about to be written) its HOG part, and
-    replace the HOG index; False (the view removed, with a warning) when some image could not be read again.
+    replace the HOG index; False (with a warning) when some image could not be read again: the HOG index is
+    then removed, and the HOG parts made are kept for the next run.
 
     ``rewritten_from`` maps each part this run rewrote to the :class:`Rewrite` that made it.
     """
@@ -142,8 +143,8 @@ def hog_rows(embedded_part: str, max_pixels: int) -> pa.Table | str:
     """The HOG part mirroring the embedding part ``embedded_part``: its rows, in order, with HOG vectors made
     from the files they name (run in a Ray task). A file that cannot be decoded now gives its path and why."""
     try:
-        schema = pq.read_schema(embedded_part)
-        table = pq.read_table(embedded_part, columns=[name for name in schema.names if name != VECTOR_COLUMN])
+        with pq.ParquetFile(embedded_part) as parquet:
+            table = parquet.read(columns=[name for name in parquet.schema_arrow.names if name != VECTOR_COLUMN])
     except (OSError, pa.ArrowException) as error:
         raise UsageError(f"{embedded_part} changed or cannot be read ({error}); run the same command again") from None
     extractor = load_extractor(HOG_MODEL)
@@ -156,11 +157,7 @@ def hog_rows(embedded_part: str, max_pixels: int) -> pa.Table | str:
         vectors[batch.indices] = batch.vectors
     model_ids = pa.array([extractor.model_id] * table.num_rows, pa.string())
     table = table.set_column(table.schema.get_field_index("model_id"), "model_id", model_ids)
-    flat = pa.array(vectors.reshape(-1))
-    return table.append_column(
-        pa.field(VECTOR_COLUMN, pa.list_(pa.float32(), extractor.dim)),
-        pa.FixedSizeListArray.from_arrays(flat, extractor.dim),
-    )
+    return with_vectors(table, vectors)
 
 
 def hog_parts_of(embeddings: str | Path) -> Path | None:

@@ -165,6 +165,7 @@ def n2d_labels(pixels: np.ndarray) -> np.ndarray:
 @dataclass
 class DefaultRun:
     scores: dict[str, float]
+    model: str
     seconds: float
     auto_k: int
     representation: str
@@ -180,8 +181,9 @@ def pixclust_runs(folder: Path, out: Path, k: int) -> DefaultRun:
     seconds = time.perf_counter() - started
     auto = run(RunConfig(source=str(folder), out=str(out), k="auto", truth="folders", report=False), quiet=True)
     choice = fixed.clustering.choice
-    # Both views come back from the run folder's store, embedded once by the runs above.
-    embedding = pixclust.embed(str(folder), out=str(out), quiet=True)
+    # Both views come back from the run folder's store, embedded once by the runs above (with the model the
+    # run chose: its network fed ink on paper as grey where the collection is that).
+    embedding = pixclust.embed(str(folder), model=fixed.embeddings.model.model, out=str(out), quiet=True)
     hog = pixclust.embed(str(folder), model="hog", out=str(out), quiet=True)
     hog_rows = {path: row for row, path in enumerate(hog.paths)}
     views = {"embedding": embedding.vectors, "hog": hog.vectors[[hog_rows[path] for path in embedding.paths]]}
@@ -192,6 +194,7 @@ def pixclust_runs(folder: Path, out: Path, k: int) -> DefaultRun:
     names = [Path(path).parent.name for path in embedding.paths]
     return DefaultRun(
         fixed.scores or {},
+        fixed.embeddings.model.model,
         seconds,
         auto.clustering.n_clusters,
         str(choice["representation"]),
@@ -236,7 +239,7 @@ def main() -> None:
         probe_seconds = time.perf_counter() - started
         acc = default.scores["acc"]
         notes = (
-            f"features: {default.representation}, refined on {default.refined_on}; "
+            f"model {default.model}; features: {default.representation}, refined on {default.refined_on}; "
             f"--k auto chose {default.auto_k}; ACC / probe {acc / probe:.3f}"
         )
         rows.append(("pixclust default", default.scores, default.seconds, notes))

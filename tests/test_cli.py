@@ -94,6 +94,9 @@ def test_unavailable_weights_stop_with_exit_2_and_one_line(tmp_path: Path, messy
         (["--k", "many"], ["--k 'many'"]),
         (["--method", "dbscan"], ["--method 'dbscan'", "kmeans"]),
         (["--weights", "/no/such/file.pth"], ["does not exist"]),
+        (["--ink", "maybe"], ["--ink 'maybe'", "auto, on, off"]),
+        (["--model", "hog", "--ink", "on"], ["--ink 'on' is not used", "not a network"]),
+        (["--model", "efficientnet-lite0+ink", "--ink", "off"], ["turns ink on paper to grey", "drop one"]),
     ],
 )
 def test_user_mistakes_are_one_line_errors(tmp_path: Path, messy_tree, args: list[str], fragments: list[str]) -> None:

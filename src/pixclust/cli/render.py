@@ -86,6 +86,12 @@ def render_run(result: RunResult) -> None:
         out.print(
             f"k chosen by {scan.criterion}: {scan.chosen_k} (scanned {scan.ks[0]}..{scan.ks[-1]}; elbow at {elbow})"
         )
+    if result.ink is not None and result.ink.wanted:
+        ink = result.ink
+        out.print(
+            f"ink on plain paper in {ink.ink} of {ink.read} pictures sampled: the network saw them as grey ink "
+            f"on black (--ink off to keep their colours)"
+        )
     if clustering.choice is not None:
         out.print(f"features chosen by stability: {clustering.choice['representation']}")
     silhouette = "n/a" if math.isnan(clustering.silhouette) else f"{clustering.silhouette:.3f}"

@@ -158,6 +158,14 @@ def cluster_command(
             "where the model has an ImageNet classifier.",
         ),
     ] = None,
+    ink: Annotated[
+        str | None,
+        typer.Option(
+            help="Pictures of ink on plain paper (glyphs, drawings) reach the network as grey ink on black, "
+            "so their colours and light-or-dark do not group them: auto (where a sample of the collection "
+            "is such), on, or off [default: {ink}]."
+        ),
+    ] = None,
     config: Annotated[
         Path | None, typer.Option(help="Repeat a run from its run.json; other options override it.")
     ] = None,

@@ -76,6 +76,15 @@ def discover_images(
     return _discovery_of([*not_walked, *(examine or examine_files)(candidates)])
 
 
+def walk_candidates(root: str | Path, *, include_hidden: bool = False) -> list[str]:
+    """The files under ``root`` that :func:`discover_images` would examine, unexamined: a cheap list to sample from."""
+    root_path = Path(root)
+    _require_readable_root(root_path)
+    if not root_path.is_dir():
+        return [str(root_path)]
+    return [item for item in _walk_files(str(root_path), (), include_hidden) if not isinstance(item, SkippedFile)]
+
+
 def examine_files(paths: Sequence[str]) -> list[Path | SkippedFile | None]:
     """What each walked file is: a usable candidate, a reported skip, or None (nothing of ours)."""
     return [_examine_file(path, _has_image_extension(path)) for path in paths]

@@ -21,6 +21,7 @@ import numpy as np
 from pixclust.atomic import atomic_path
 from pixclust.embedding.models import (
     DEFAULT_MODEL,
+    INK_SUFFIX,
     ModelSpec,
     resolve_model,
 )
@@ -73,6 +74,15 @@ class FeatureExtractor:
     @property
     def model_id(self) -> str:
         return f"{self.spec.name}:{self.record.identity_digest()}"
+
+    @property
+    def graph_id(self) -> str:
+        """What names the network's exported graph: the model id, less the ink turning that happens before it."""
+        if not self.spec.ink:
+            return self.model_id
+        prep = {name: value for name, value in self.record.preprocessing.items() if name != "ink"}
+        plain = replace(self.record, model=self.spec.name.removesuffix(INK_SUFFIX), preprocessing=prep)
+        return f"{plain.model}:{plain.identity_digest()}"
 
     def embed_batch(self, batch: np.ndarray) -> np.ndarray:
         """Features for a stacked batch of ``transform`` outputs, float32, one row per image."""
@@ -140,7 +150,7 @@ def _load_timm_extractor(
         return known
     network, source = load_network(spec, weights)
     extractor = network_extractor(
-        spec, network, source, network_preprocessing(network, crop_fraction=spec.crop_fraction)
+        spec, network, source, network_preprocessing(network, crop_fraction=spec.crop_fraction, ink=spec.ink)
     )
     if record_file is not None:
         _remember_record(record_file, extractor.record.to_dict())
@@ -185,7 +195,7 @@ def _extractor_from_cached_record(spec: ModelSpec, record_file: Path) -> Feature
         # JSON turned the tuples into lists.
         prep = Preprocessing(**{**fields, "mean": tuple(fields["mean"]), "std": tuple(fields["std"])})
         dim = int(stored["dim"])
-        record = replace(ModelRecord.from_dict(stored), preprocessing=asdict(prep), dim=dim)
+        record = replace(ModelRecord.from_dict(stored), preprocessing=prep.to_record(), dim=dim)
     except (OSError, ValueError, TypeError, KeyError):
         return None
     return FeatureExtractor(spec, dim, ImageTransform(prep), draft_size(prep), record)
@@ -197,11 +207,11 @@ def _start_cached(
     """The runner from the cached ONNX export alone, else (no export yet, or PyTorch chosen) from the network built anew."""
     input_size = extractor.record.preprocessing["input_size"]
     choice = {"runtime": runtime, "precision": precision, "threads": threads}
-    runner = runner_from_export(extractor.model_id, input_size, **choice)
+    runner = runner_from_export(extractor.graph_id, input_size, **choice)
     if runner is not None:
         return runner
     network, _ = load_network(extractor.spec, weights)
-    return make_runner(_pixels_in(network, extractor.record), extractor.model_id, input_size, **choice)
+    return make_runner(_pixels_in(network, extractor.record), extractor.graph_id, input_size, **choice)
 
 
 def network_extractor(spec: ModelSpec, network: Any, source: WeightsSource, prep: Preprocessing) -> FeatureExtractor:
@@ -217,7 +227,7 @@ def network_extractor(spec: ModelSpec, network: Any, source: WeightsSource, prep
         weights_sha256=state_dict_sha256(network),
         dim=dim,
         pooling=spec.pooling,
-        preprocessing=asdict(prep),
+        preprocessing=prep.to_record(),
     )
     return FeatureExtractor(spec, dim, ImageTransform(prep), draft_size(prep), record)
 
@@ -234,7 +244,7 @@ def attach_runner(
     input_size = extractor.record.preprocessing["input_size"]
     pixels_in = _pixels_in(network, extractor.record)
     extractor.runner = make_runner(
-        pixels_in, extractor.model_id, input_size, runtime=runtime, precision=precision, threads=threads
+        pixels_in, extractor.graph_id, input_size, runtime=runtime, precision=precision, threads=threads
     )
     extractor.record = replace(extractor.record, runtime=extractor.runner.description)
     return extractor

@@ -9,7 +9,7 @@ falls back to random weights unless they are asked for by name.
 from __future__ import annotations
 
 import difflib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from pixclust.errors import UsageError
 
@@ -19,6 +19,8 @@ HOG_MODEL = "hog"
 
 
 TIMM_PREFIX = "timm:"
+# Appended to a network's name: the same network, fed pictures of ink on paper as grey ink on black.
+INK_SUFFIX = "+ink"
 
 
 @dataclass(frozen=True)
@@ -37,6 +39,9 @@ class ModelSpec:
     # Share of the image's shorter side kept by the centre crop; None keeps the weights' own
     # (timm's crop_pct, 0.875 for most ImageNet weights).
     crop_fraction: float | None = None
+    # Pictures of ink on plain paper become grey ink on black before the network (pixclust.embedding.ink);
+    # the name of such a spec ends in INK_SUFFIX.
+    ink: bool = False
 
 
 def _lite(level: int) -> ModelSpec:
@@ -75,11 +80,18 @@ MODELS: dict[str, ModelSpec] = {
 
 
 def resolve_model(name: str) -> ModelSpec:
-    """Return the spec for ``name``; ``timm:ARCH`` names any timm model.
+    """Return the spec for ``name``; ``timm:ARCH`` names any timm model, ``NAME+ink`` a network fed ink as grey.
 
     An unknown name raises :class:`UsageError` listing the valid names and
     the closest match.
     """
+    if name.endswith(INK_SUFFIX):
+        base = resolve_model(name[: -len(INK_SUFFIX)])
+        if base.family != "timm" or base.ink:
+            raise UsageError(
+                f"model '{name}': {INK_SUFFIX} follows the name of a network, e.g. {DEFAULT_MODEL}{INK_SUFFIX}"
+            )
+        return replace(base, name=name, ink=True)
     if name.startswith(TIMM_PREFIX):
         timm_name = name[len(TIMM_PREFIX) :]
         if not timm_name:

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
+
+from pixclust.embedding.ink import normalise_ink
 
 # JPEGs decode by DCT scaling (1/2, 1/4, 1/8) to the smallest size whose shorter side is at
 # least this share of the resize side, so the crop may be upscaled by up to 1/0.9. A 640x480
@@ -26,6 +28,15 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop: str
+    # Pictures of ink on plain paper are turned to grey ink on black (pixclust.embedding.ink).
+    ink: bool = False
+
+    def to_record(self) -> dict[str, Any]:
+        """The preprocessing as records keep it; ``ink`` only where set, so records made before it keep their ids."""
+        fields = asdict(self)
+        if not self.ink:
+            del fields["ink"]
+        return fields
 
 
 class ImageTransform:
@@ -45,7 +56,8 @@ class ImageTransform:
             self.prep.interpolation, Image.Resampling.BICUBIC
         )
         cropped = image.resize((self.prep.input_size, self.prep.input_size), resample, box=self.crop_box(*image.size))
-        return np.asarray(cropped, dtype=np.uint8)
+        pixels = np.asarray(cropped, dtype=np.uint8)
+        return normalise_ink(pixels) if self.prep.ink else pixels
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
         """The central square that timm's resize-then-center-crop keeps, in the original's pixels.
@@ -87,11 +99,12 @@ def draft_size(prep: Preprocessing) -> int:
 
 
 def network_preprocessing(
-    network: Any, input_size: int | None = None, *, crop_fraction: float | None = None
+    network: Any, input_size: int | None = None, *, crop_fraction: float | None = None, ink: bool = False
 ) -> Preprocessing:
     """The eval preprocessing timm records for the network's weights.
 
-    ``input_size`` overrides the side, keeping the crop ratio; ``crop_fraction`` overrides that ratio.
+    ``input_size`` overrides the side, keeping the crop ratio; ``crop_fraction`` overrides that ratio;
+    ``ink`` turns pictures of ink on paper to grey ink on black.
     """
     import timm.data
 
@@ -105,4 +118,5 @@ def network_preprocessing(
         mean=tuple(float(v) for v in cfg["mean"]),
         std=tuple(float(v) for v in cfg["std"]),
         crop="center",
+        ink=ink,
     )

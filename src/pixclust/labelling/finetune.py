@@ -124,7 +124,7 @@ def finetune_classifier(
     )
     trained_modules = _last_group_modules(network, settings.last_groups)
     # timm's own eval crop: the registry's crop_fraction was measured for clustering, not for training.
-    prep = network_preprocessing(network, settings.input_size)
+    prep = network_preprocessing(network, settings.input_size, ink=spec.ink)
     split = stratified_split(paths, labels, settings.validation_fraction, random_state)
     network.to(training_device())
     with torch.random.fork_rng(devices=[]):

@@ -15,11 +15,13 @@ from pixclust.curation.flags import DEFAULT_FLAG_THRESHOLD, checked_flag_thresho
 from pixclust.embedding.decode import DEFAULT_MAX_PIXELS
 from pixclust.embedding.embedder import DEFAULT_BATCH_SIZE
 from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S, ENGINES, check_engine
-from pixclust.embedding.models import DEFAULT_MODEL
+from pixclust.embedding.models import DEFAULT_MODEL, INK_SUFFIX, resolve_model
 from pixclust.embedding.runtimes import PRECISIONS, RUNTIMES
 from pixclust.errors import UsageError
 
 PIPELINES = ("auto", "fixed")
+# auto: where a sample of the collection is ink on paper; on: every picture that is; off: none.
+INK_CHOICES = ("auto", "on", "off")
 
 
 def resolve_pipeline(pipeline: str, method: str | None, reduce: str | None) -> str:
@@ -76,6 +78,8 @@ class RunConfig:
     ray_wait: int = DEFAULT_RAY_WAIT_S
     flag_threshold: float = DEFAULT_FLAG_THRESHOLD
     name_folders: bool = False
+    # Whether a network gets pictures of ink on paper as grey ink on black (pixclust.embedding.ink).
+    ink: str = "auto"
     _: KW_ONLY
     given: InitVar[Collection[str] | None] = None
     from_cli: InitVar[bool] = False
@@ -147,6 +151,11 @@ class RunConfig:
                     why = f"belongs to the fixed pipeline, and {words.said('pipeline', 'auto')} asks for the auto one; drop one"
                     setattr(self, name, words.replayed_only(name, getattr(self, name), why))
         self.pipeline = resolve_pipeline(self.pipeline, self.method, self.reduce)
+        if self.model.endswith(INK_SUFFIX) and self.ink == "off":
+            raise UsageError(
+                f"{words.said('model', self.model)} turns ink on paper to grey, and {words.said('ink', 'off')} "
+                f"asks not to; drop one"
+            )
         if self.k_min > self.k_max:
             raise UsageError(
                 f"k range {self.k_min}..{self.k_max} is empty; need 2 <= {words.name('k_min')} <= {words.name('k_max')}"
@@ -164,6 +173,7 @@ class RunConfig:
             "maps": not self.report,
             "actor_cpus": self.engine != "ray",
             "ray_wait": self.engine != "ray",
+            "ink": "ink" in words.given and resolve_model(self.model).family != "timm",
         }
         for name in sorted(words.given):
             if unused.get(name):
@@ -203,6 +213,7 @@ _CHOICES = {
     "runtime": RUNTIMES,
     "precision": PRECISIONS,
     "engine": ENGINES,
+    "ink": INK_CHOICES,
 }
 # (smallest, largest or None); scikit-learn takes seeds below 2**32, and workers=0 decodes in this process.
 _WHOLE_NUMBERS = {
@@ -224,6 +235,7 @@ _UNUSED_BECAUSE = {
     "maps": "maps are drawn in the report, and this run writes none",
     "actor_cpus": "only the ray engine starts actors",
     "ray_wait": "only the ray engine waits for a cluster",
+    "ink": "only a network's input is turned; the model is not a network",
 }
 _OPTION_NAMES = {"source": "SOURCE", "maps": "--map"}
 

@@ -36,7 +36,8 @@ from pixclust.curation.naming import ClusterName, name_clusters
 from pixclust.embedding.class_head import ClassHead, class_head
 from pixclust.embedding.extraction import embed
 from pixclust.embedding.files import READABLE_FORMATS
-from pixclust.embedding.models import HOG_MODEL
+from pixclust.embedding.ink_choice import InkChoice, choose_ink
+from pixclust.embedding.models import HOG_MODEL, INK_SUFFIX, resolve_model
 from pixclust.embeddings import Embeddings
 from pixclust.errors import NoImagesError, UsageError
 from pixclust.progress import quietly, warn
@@ -222,6 +223,8 @@ class RunResult:
     # Which run this is (kept when its folder is clustered again), and the edits applied to it (pixclust apply).
     run_id: str | None = None
     edits: list[dict[str, object]] = field(default_factory=list)
+    # The sample of the source that decided whether the network got ink on paper as grey (None: not sampled).
+    ink: InkChoice | None = None
 
 
 def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
@@ -244,11 +247,12 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
     # Read before the minutes of embedding: a damaged file is one line now, not after them.
     corrections = Corrections.read(run_dir / CORRECTIONS_FILE) if previous is not None else Corrections()
     sources = [config.source, *_batch_sources(batches)]
+    model, ink = _network_model(config)
     embeddings = _embed_source(
         config,
         sources,
         out=run_dir,
-        model=config.model,
+        model=model,
         weights=config.weights,
         runtime=config.runtime,
         precision=config.precision,
@@ -343,6 +347,7 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
         names=names,
         run_id=previous.run_id if previous is not None and previous.run_id else new_run_id(),
         edits=previous.edits if previous is not None else [],
+        ink=ink,
     )
     if config.report:
         started = time.perf_counter()
@@ -423,6 +428,26 @@ def _embed_source(
             else {}
         ),
     )
+
+
+def _network_model(config: RunConfig) -> tuple[str, InkChoice | None]:
+    """The model the run embeds with, and the sample that chose it where one did (``config.ink`` is "auto").
+
+    ``config.model``, or where the collection is ink on paper, the same network fed it as grey ink on black.
+    """
+    spec = resolve_model(config.model)
+    if spec.family != "timm" or spec.ink or config.ink == "off":
+        return config.model, None
+    if config.ink == "on":
+        return spec.name + INK_SUFFIX, None
+    choice = choose_ink(
+        config.source,
+        spec,
+        include_hidden=config.include_hidden,
+        max_pixels=config.max_pixels,
+        random_state=config.seed,
+    )
+    return (spec.name + INK_SUFFIX if choice.wanted else config.model), choice
 
 
 def _hog_view(config: RunConfig, sources: list[str | Path], run_dir: Path) -> Embeddings | None:

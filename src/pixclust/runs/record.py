@@ -87,7 +87,8 @@ class RunRecord:
             pixclust_version=_version("pixclust"),
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             config=json_plain(result.config.settings()),
-            model={} if embeddings.model is None else embeddings.model.to_dict(),
+            model=({} if embeddings.model is None else embeddings.model.to_dict())
+            | ({} if result.ink is None else {"ink_sample": result.ink.to_dict()}),
             counts={
                 "images_used": len(embeddings),
                 "files_skipped": len(embeddings.skipped),

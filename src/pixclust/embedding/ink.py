@@ -1,0 +1,115 @@
+"""Ink on plain paper: drawings, glyphs and cut-outs whose colour and polarity say nothing of what they show.
+
+A scan of a digit, a sketch or a garment on a plain background is two colours
+and the blends between them: its pixels lie on one line in RGB space, from the
+paper's colour to the ink's. Where a collection mixes inks and papers (light on
+dark, dark on light, any hue), an ImageNet network sees that first, and
+clustering groups the pictures by it: scikit-learn's digits, each drawn in its
+own random ink on its own random paper, reached ACC 0.781 with the default
+command against 0.958 in grey. Turning each such picture into the same grey
+ink-on-black form, by projecting its pixels on their line, with the paper at 0
+and the ink at 255, brought them to 0.958 / NMI 0.926, and Fashion-MNIST so
+coloured from 0.729 / 0.671 to 0.776 / 0.715.
+
+It is wrong for photographs, whose colour usually is what tells them apart
+(crops of ten photos lost 0.024 NMI where the few crops of plain sky or of a
+logo on white were so turned), so the decision is the collection's:
+:func:`collection_wants_ink` asks for it only where nearly every picture is
+ink on paper and the inks or papers differ. Each picture is then turned on its
+own reading (:func:`read_ink`), and one that is not ink on paper is left as it is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import numpy as np
+
+# About this many pixels a side are read: enough for a 9-pixel border on a 224-pixel input.
+READ_SIDE = 64
+# The outer band taken as the paper, as a share of the shorter side.
+BORDER_SHARE = 0.04
+# Pixels within this RGB distance (channels 0-1) of the paper's colour count as paper.
+PAPER_TOLERANCE = 0.06
+# Ink on paper: at least half the border and a quarter of the picture are paper ...
+PLAIN_BORDER = 0.5
+PAPER_SHARE = 0.25
+# ... and at most this share of the colour variance lies off the line from paper to ink (measured:
+# under 0.001 for the coloured digits and Fashion-MNIST, 0.06 at the median of the photo crops).
+OFF_LINE = 0.01
+# A paper this far from grey (largest minus smallest channel), or an ink line this far from the grey
+# axis (cosine), makes the picture coloured.
+GREY_PAPER = 0.04
+GREY_AXIS = 0.995
+# The collection's rule (measured on 256 pictures): nearly all ink on paper, and enough of them
+# coloured or on light paper that turning them changes something. Grey digits and Fashion-MNIST are
+# all ink on black paper (nothing to change); of the photo crops 5% are ink on paper.
+COLLECTION_INK_SHARE = 0.8
+COLLECTION_CHANGED_SHARE = 0.1
+# The ink's brightest end: this percentile of the projection becomes 255, so a speck does not set the scale.
+INK_PERCENTILE = 99.5
+
+
+@dataclass(frozen=True)
+class InkReading:
+    """A picture read as ink on paper: the paper's RGB (0-1), the unit ink direction, and whether turning changes it."""
+
+    paper: np.ndarray
+    direction: np.ndarray
+    changes: bool
+
+
+def read_ink(pixels: np.ndarray) -> InkReading | None:
+    """The picture (H x W x 3 uint8) as ink on plain paper; None when it is not one."""
+    step = max(1, min(pixels.shape[0], pixels.shape[1]) // READ_SIDE)
+    sampled = pixels[::step, ::step].astype(np.float32) / 255.0
+    band = max(1, round(min(sampled.shape[0], sampled.shape[1]) * BORDER_SHARE))
+    edges = (sampled[:band], sampled[-band:], sampled[:, :band], sampled[:, -band:])
+    border = np.concatenate([edge.reshape(-1, 3) for edge in edges])
+    paper = np.median(border, axis=0)
+    if np.mean(np.linalg.norm(border - paper, axis=1) < PAPER_TOLERANCE) < PLAIN_BORDER:
+        return None
+    flat = sampled.reshape(-1, 3)
+    if np.mean(np.linalg.norm(flat - paper, axis=1) < PAPER_TOLERANCE) < PAPER_SHARE:
+        return None
+    centred = flat - flat.mean(axis=0)
+    variances, axes = np.linalg.eigh(centred.T @ centred)
+    if variances[-1] <= 0 or variances[:2].sum() > OFF_LINE * variances.sum():
+        return None
+    direction = axes[:, -1]
+    # The ink lies on the side of the paper where the picture reaches farthest.
+    along = (flat - paper) @ direction
+    if -along.min() > along.max():
+        direction = -direction
+    coloured = np.ptp(paper) > GREY_PAPER or abs(direction.sum()) / np.sqrt(3) < GREY_AXIS
+    light_paper = float(paper.mean()) > float(flat.mean())
+    return InkReading(paper, direction, bool(coloured or light_paper))
+
+
+def normalise_ink(pixels: np.ndarray) -> np.ndarray:
+    """The picture as grey ink (255) on black paper (0) where it is ink on plain paper, else unchanged."""
+    reading = read_ink(pixels)
+    if reading is None:
+        return pixels
+    along = (pixels.reshape(-1, 3).astype(np.float32) / 255.0 - reading.paper) @ reading.direction
+    brightest = float(np.percentile(along, INK_PERCENTILE))
+    if brightest <= 0:
+        return pixels
+    grey = np.clip(along * (255.0 / brightest), 0, 255).round().astype(np.uint8).reshape(pixels.shape[:2])
+    return np.repeat(grey[..., None], 3, axis=2)
+
+
+def collection_wants_ink(pictures: Iterable[np.ndarray]) -> tuple[bool, int, int, int]:
+    """Whether the pictures, a sample of a collection, should be turned to grey ink on black paper.
+
+    Returns the decision and its counts: pictures read, ink on paper, and of those changed by turning.
+    """
+    read = ink = changed = 0
+    for pixels in pictures:
+        reading = read_ink(pixels)
+        read += 1
+        ink += reading is not None
+        changed += reading is not None and reading.changes
+    wanted = read > 0 and ink >= COLLECTION_INK_SHARE * read and changed >= COLLECTION_CHANGED_SHARE * read
+    return wanted, read, ink, changed

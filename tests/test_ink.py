@@ -1,0 +1,105 @@
+"""Ink on plain paper: what is read as such, what turning it does, and when a run asks for it."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from real_data import colour_at_random, write_image_tree, write_photo_crops
+from sklearn.datasets import load_digits
+
+from pixclust.embedding.ink import collection_wants_ink, normalise_ink, read_ink
+from pixclust.embedding.ink_choice import choose_ink
+from pixclust.embedding.models import resolve_model
+from pixclust.runs.pipeline import RunConfig, run
+
+SIDE = 224
+
+
+def grey_digits() -> tuple[np.ndarray, np.ndarray]:
+    digits = load_digits()
+    return np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8), digits.target
+
+
+def network_input(picture: np.ndarray) -> np.ndarray:
+    """The picture as an RGB network input, as the decode workers resize it."""
+    image = Image.fromarray(picture).convert("RGB")
+    return np.asarray(image.resize((SIDE, SIDE), Image.Resampling.BICUBIC))
+
+
+def photo(name: str) -> np.ndarray:
+    import skimage.data
+
+    return network_input(getattr(skimage.data, name)())
+
+
+def test_a_digit_in_any_ink_on_any_paper_becomes_the_same_grey_picture() -> None:
+    grey, _ = grey_digits()
+    reference = network_input(grey[0])[..., 0].astype(np.float32)
+    coloured = colour_at_random(np.repeat(grey[:1], 40, axis=0), random_state=1)
+    light_papers = 0
+    for picture in coloured:
+        pixels = network_input(picture)
+        reading = read_ink(pixels)
+        assert reading is not None and reading.changes
+        light_papers += reading.paper.mean() > 0.5
+        turned = normalise_ink(pixels)
+        assert np.array_equal(turned[..., 0], turned[..., 2])
+        assert np.corrcoef(turned[..., 0].ravel(), reference.ravel())[0, 1] > 0.98
+    # Both polarities were turned, not only dark ink on light paper.
+    assert 5 < light_papers < 35
+
+
+def test_grey_ink_on_black_is_ink_on_paper_that_turning_leaves_alone() -> None:
+    grey, _ = grey_digits()
+    pixels = network_input(grey[7])
+    reading = read_ink(pixels)
+    assert reading is not None and not reading.changes
+    assert np.corrcoef(normalise_ink(pixels)[..., 0].ravel(), pixels[..., 0].ravel())[0, 1] > 0.99
+
+
+@pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "rocket"])
+def test_colour_photographs_are_not_ink_on_paper(name: str) -> None:
+    pixels = photo(name)
+    assert read_ink(pixels) is None
+    assert normalise_ink(pixels) is pixels
+
+
+def test_a_collection_asks_for_ink_only_where_nearly_all_of_it_is_and_turning_changes_it(tmp_path: Path) -> None:
+    grey, _ = grey_digits()
+    coloured = colour_at_random(grey[:200], random_state=0)
+    assert collection_wants_ink(network_input(picture) for picture in coloured)[0]
+    wanted, read, ink, changed = collection_wants_ink(network_input(picture) for picture in grey[:200])
+    assert (wanted, read, ink, changed) == (False, 200, 200, 0)
+    crops = write_photo_crops(tmp_path / "crops", per_photo=20)
+    pictures = [network_input(np.asarray(Image.open(file))) for file in sorted(crops.glob("*/*.png"))]
+    wanted, read, ink, _ = collection_wants_ink(pictures)
+    assert not wanted and ink < 0.2 * read
+
+
+def test_ink_names_a_network_fed_ink_as_grey() -> None:
+    spec = resolve_model("efficientnet-lite0+ink")
+    assert spec.ink and spec.timm_name == resolve_model("efficientnet-lite0").timm_name
+    assert resolve_model("timm:resnet18+ink").ink
+
+
+def test_a_run_over_coloured_digits_feeds_them_as_grey_and_a_grey_run_does_not(tmp_path: Path) -> None:
+    grey, labels = grey_digits()
+    rows = np.flatnonzero(np.isin(labels, (0, 1, 6)))[:120]
+    coloured = write_image_tree(tmp_path / "coloured", colour_at_random(grey[rows], random_state=0), labels[rows])
+    plain = write_image_tree(tmp_path / "grey", grey[rows], labels[rows])
+    assert choose_ink(plain, resolve_model("efficientnet-lite0"), max_pixels=10**8).wanted is False
+
+    turned = run(RunConfig(str(coloured), str(tmp_path / "run"), k=3, truth="folders", report=False), quiet=True)
+    record = json.loads((tmp_path / "run" / "run.json").read_text())["model"]
+    assert record["model"] == "efficientnet-lite0+ink" and record["preprocessing"]["ink"] is True
+    assert record["ink_sample"] == {"wanted": True, "read": 120, "ink_on_paper": 120, "changed": 120}
+    kept = run(
+        RunConfig(str(coloured), str(tmp_path / "kept"), k=3, truth="folders", report=False, ink="off"), quiet=True
+    )
+    assert kept.embeddings.model.model == "efficientnet-lite0" and kept.ink is None
+    # Colour and light-or-dark split the three digits when they are kept; as grey ink the digits group.
+    assert turned.scores["nmi"] > kept.scores["nmi"] + 0.1

@@ -89,8 +89,8 @@ def render_run(result: RunResult) -> None:
     if result.ink is not None and result.ink.wanted:
         ink = result.ink
         out.print(
-            f"ink on plain paper in {ink.ink} of {ink.read} pictures sampled: the network saw them as grey ink "
-            f"on black (--ink off to keep their colours)"
+            f"ink on plain paper in {ink.ink} of {ink.read} pictures sampled, {ink.papers_apart} on papers apart: "
+            f"the network saw them as grey ink on black (--ink off keeps their colours)"
         )
     if clustering.choice is not None:
         out.print(f"features chosen by stability: {clustering.choice['representation']}")

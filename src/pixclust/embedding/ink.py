@@ -17,6 +17,9 @@ logo on white were so turned), so the decision is the collection's:
 :func:`collection_wants_ink` asks for it only where nearly every picture is
 ink on paper and the inks or papers differ. Each picture is then turned on its
 own reading (:func:`read_ink`), and one that is not ink on paper is left as it is.
+Where every paper is alike (grey digits on black, or drawn dark on white as
+scikit-learn shows them), nothing needs making alike, and the pictures are left
+as the network knows them best.
 """
 
 from __future__ import annotations
@@ -38,26 +41,22 @@ PAPER_SHARE = 0.25
 # ... and at most this share of the colour variance lies off the line from paper to ink (measured:
 # under 0.001 for the coloured digits and Fashion-MNIST, 0.06 at the median of the photo crops).
 OFF_LINE = 0.01
-# A paper this far from grey (largest minus smallest channel), or an ink line this far from the grey
-# axis (cosine), makes the picture coloured.
-GREY_PAPER = 0.04
-GREY_AXIS = 0.995
-# The collection's rule (measured on 256 pictures): nearly all ink on paper, and enough of them
-# coloured or on light paper that turning them changes something. Grey digits and Fashion-MNIST are
-# all ink on black paper (nothing to change); of the photo crops 5% are ink on paper.
+# The collection's rule (measured on 256 pictures): nearly all ink on paper, and the papers differ, at
+# least this share of them this far (RGB distance) from the collection's median paper. Grey digits and
+# Fashion-MNIST are all ink on one black paper; of the photo crops 5% are ink on paper.
 COLLECTION_INK_SHARE = 0.8
-COLLECTION_CHANGED_SHARE = 0.1
+PAPERS_APART = 0.25
+COLLECTION_PAPERS_APART_SHARE = 0.1
 # The ink's brightest end: this percentile of the projection becomes 255, so a speck does not set the scale.
 INK_PERCENTILE = 99.5
 
 
 @dataclass(frozen=True)
 class InkReading:
-    """A picture read as ink on paper: the paper's RGB (0-1), the unit ink direction, and whether turning changes it."""
+    """A picture read as ink on paper: the paper's RGB (0-1) and the unit direction from it to the ink."""
 
     paper: np.ndarray
     direction: np.ndarray
-    changes: bool
 
 
 def read_ink(pixels: np.ndarray) -> InkReading | None:
@@ -82,9 +81,7 @@ def read_ink(pixels: np.ndarray) -> InkReading | None:
     along = (flat - paper) @ direction
     if -along.min() > along.max():
         direction = -direction
-    coloured = np.ptp(paper) > GREY_PAPER or abs(direction.sum()) / np.sqrt(3) < GREY_AXIS
-    light_paper = float(paper.mean()) > float(flat.mean())
-    return InkReading(paper, direction, bool(coloured or light_paper))
+    return InkReading(paper, direction)
 
 
 def normalise_ink(pixels: np.ndarray) -> np.ndarray:
@@ -103,13 +100,14 @@ def normalise_ink(pixels: np.ndarray) -> np.ndarray:
 def collection_wants_ink(pictures: Iterable[np.ndarray]) -> tuple[bool, int, int, int]:
     """Whether the pictures, a sample of a collection, should be turned to grey ink on black paper.
 
-    Returns the decision and its counts: pictures read, ink on paper, and of those changed by turning.
+    Returns the decision and its counts: pictures read, ink on paper, and of those on a paper apart
+    from the collection's.
     """
-    read = ink = changed = 0
-    for pixels in pictures:
-        reading = read_ink(pixels)
-        read += 1
-        ink += reading is not None
-        changed += reading is not None and reading.changes
-    wanted = read > 0 and ink >= COLLECTION_INK_SHARE * read and changed >= COLLECTION_CHANGED_SHARE * read
-    return wanted, read, ink, changed
+    readings = [read_ink(pixels) for pixels in pictures]
+    papers = np.array([reading.paper for reading in readings if reading is not None]).reshape(-1, 3)
+    apart = 0
+    if len(papers):
+        apart = int(np.sum(np.linalg.norm(papers - np.median(papers, axis=0), axis=1) > PAPERS_APART))
+    read, ink = len(readings), len(papers)
+    wanted = read > 0 and ink >= COLLECTION_INK_SHARE * read and apart >= COLLECTION_PAPERS_APART_SHARE * read
+    return wanted, read, ink, apart

@@ -32,15 +32,15 @@ TIMM_CROP_FRACTION = 0.875
 
 @dataclass(frozen=True)
 class InkChoice:
-    """The decision, and the counts it rests on: pictures read, ink on paper, and of those changed by turning."""
+    """The decision, and the counts it rests on: pictures read, ink on paper, and of those on a paper apart."""
 
     wanted: bool
     read: int
     ink: int
-    changed: int
+    papers_apart: int
 
     def to_dict(self) -> dict[str, int | bool]:
-        return {"wanted": self.wanted, "read": self.read, "ink_on_paper": self.ink, "changed": self.changed}
+        return {"wanted": self.wanted, "read": self.read, "ink_on_paper": self.ink, "papers_apart": self.papers_apart}
 
 
 def choose_ink(

@@ -38,7 +38,7 @@ def photo(name: str) -> np.ndarray:
 
 def test_a_digit_in_any_ink_on_any_paper_becomes_the_same_grey_picture() -> None:
     grey, _ = grey_digits()
-    reference = network_input(grey[0])[..., 0].astype(np.float32)
+    reference = 255 - network_input(grey[0])[..., 0].astype(np.float32)
     coloured = colour_at_random(np.repeat(grey[:1], 40, axis=0), random_state=1)
     light_papers = 0
     for picture in coloured:
@@ -53,12 +53,14 @@ def test_a_digit_in_any_ink_on_any_paper_becomes_the_same_grey_picture() -> None
     assert 5 < light_papers < 35
 
 
-def test_grey_ink_on_black_is_ink_on_paper_that_turning_leaves_alone() -> None:
+def test_grey_ink_on_black_turns_to_the_same_ink_on_white() -> None:
     grey, _ = grey_digits()
     pixels = network_input(grey[7])
     reading = read_ink(pixels)
     assert reading is not None and np.allclose(reading.paper, 0)
-    assert np.corrcoef(normalise_ink(pixels)[..., 0].ravel(), pixels[..., 0].ravel())[0, 1] > 0.99
+    turned = normalise_ink(pixels)
+    assert np.corrcoef(turned[..., 0].ravel(), 255 - pixels[..., 0].ravel())[0, 1] > 0.99
+    assert np.array_equal(normalise_ink(255 - pixels), turned)
 
 
 @pytest.mark.parametrize("name", ["astronaut", "coffee", "chelsea", "rocket"])

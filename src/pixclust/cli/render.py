@@ -90,7 +90,7 @@ def render_run(result: RunResult) -> None:
         ink = result.ink
         out.print(
             f"ink on plain paper in {ink.ink} of {ink.read} pictures sampled, {ink.papers_apart} on papers apart: "
-            f"the network saw them as grey ink on black (--ink off keeps their colours)"
+            f"the network saw them as grey ink on white (--ink off keeps their colours)"
         )
     if clustering.choice is not None:
         out.print(f"features chosen by stability: {clustering.choice['representation']}")

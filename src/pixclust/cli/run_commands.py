@@ -161,7 +161,7 @@ def cluster_command(
     ink: Annotated[
         str | None,
         typer.Option(
-            help="Pictures of ink on plain paper (glyphs, drawings) reach the network as grey ink on black, "
+            help="Pictures of ink on plain paper (glyphs, drawings) reach the network as grey ink on white, "
             "so their colours and light-or-dark do not group them: auto (where a sample of the collection "
             "is such), on, or off [default: {ink}]."
         ),

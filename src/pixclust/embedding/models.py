@@ -19,7 +19,7 @@ HOG_MODEL = "hog"
 
 
 TIMM_PREFIX = "timm:"
-# Appended to a network's name: the same network, fed pictures of ink on paper as grey ink on black.
+# Appended to a network's name: the same network, fed pictures of ink on paper as grey ink on white.
 INK_SUFFIX = "+ink"
 
 
@@ -39,7 +39,7 @@ class ModelSpec:
     # Share of the image's shorter side kept by the centre crop; None keeps the weights' own
     # (timm's crop_pct, 0.875 for most ImageNet weights).
     crop_fraction: float | None = None
-    # Pictures of ink on plain paper become grey ink on black before the network (pixclust.embedding.ink);
+    # Pictures of ink on plain paper become grey ink on white before the network (pixclust.embedding.ink);
     # the name of such a spec ends in INK_SUFFIX.
     ink: bool = False
 

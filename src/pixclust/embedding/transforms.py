@@ -28,7 +28,7 @@ class Preprocessing:
     mean: tuple[float, ...]
     std: tuple[float, ...]
     crop: str
-    # Pictures of ink on plain paper are turned to grey ink on black (pixclust.embedding.ink).
+    # Pictures of ink on plain paper are turned to grey ink on white (pixclust.embedding.ink).
     ink: bool = False
 
     def to_record(self) -> dict[str, Any]:
@@ -104,7 +104,7 @@ def network_preprocessing(
     """The eval preprocessing timm records for the network's weights.
 
     ``input_size`` overrides the side, keeping the crop ratio; ``crop_fraction`` overrides that ratio;
-    ``ink`` turns pictures of ink on paper to grey ink on black.
+    ``ink`` turns pictures of ink on paper to grey ink on white.
     """
     import timm.data
 

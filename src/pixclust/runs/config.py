@@ -78,7 +78,7 @@ class RunConfig:
     ray_wait: int = DEFAULT_RAY_WAIT_S
     flag_threshold: float = DEFAULT_FLAG_THRESHOLD
     name_folders: bool = False
-    # Whether a network gets pictures of ink on paper as grey ink on black (pixclust.embedding.ink).
+    # Whether a network gets pictures of ink on paper as grey ink on white (pixclust.embedding.ink).
     ink: str = "auto"
     _: KW_ONLY
     given: InitVar[Collection[str] | None] = None

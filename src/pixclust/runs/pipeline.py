@@ -433,7 +433,7 @@ def _embed_source(
 def _network_model(config: RunConfig) -> tuple[str, InkChoice | None]:
     """The model the run embeds with, and the sample that chose it where one did (``config.ink`` is "auto").
 
-    ``config.model``, or where the collection is ink on paper, the same network fed it as grey ink on black.
+    ``config.model``, or where the collection is ink on paper, the same network fed it as grey ink on white.
     """
     spec = resolve_model(config.model)
     if spec.family != "timm" or spec.ink or config.ink == "off":

@@ -11,7 +11,7 @@ from PIL import Image
 from real_data import colour_at_random, write_image_tree, write_photo_crops
 from sklearn.datasets import load_digits
 
-from pixclust.embedding.ink import collection_wants_ink, normalise_ink, read_ink
+from pixclust.embedding.ink import INK_FORM, collection_wants_ink, normalise_ink, read_ink
 from pixclust.embedding.ink_choice import choose_ink
 from pixclust.embedding.models import resolve_model
 from pixclust.runs.pipeline import RunConfig, run
@@ -100,7 +100,7 @@ def test_a_run_over_coloured_digits_feeds_them_as_grey_and_a_grey_run_does_not(t
 
     turned = run(RunConfig(str(coloured), str(tmp_path / "run"), k=3, truth="folders", report=False), quiet=True)
     record = json.loads((tmp_path / "run" / "run.json").read_text())["model"]
-    assert record["model"] == "efficientnet-lite0+ink" and record["preprocessing"]["ink"] is True
+    assert record["model"] == "efficientnet-lite0+ink" and record["preprocessing"]["ink"] == INK_FORM
     assert (
         record["ink_sample"]["wanted"] and record["ink_sample"]["read"] == record["ink_sample"]["ink_on_paper"] == 120
     )

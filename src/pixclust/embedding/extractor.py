@@ -192,8 +192,9 @@ def _extractor_from_cached_record(spec: ModelSpec, record_file: Path) -> Feature
     try:
         stored = json.loads(record_file.read_text())
         fields = stored["preprocessing"]
-        # JSON turned the tuples into lists.
-        prep = Preprocessing(**{**fields, "mean": tuple(fields["mean"]), "std": tuple(fields["std"])})
+        # JSON turned the tuples into lists; ink is recorded as the form it is turned into.
+        values = {**fields, "mean": tuple(fields["mean"]), "std": tuple(fields["std"]), "ink": "ink" in fields}
+        prep = Preprocessing(**values)
         dim = int(stored["dim"])
         record = replace(ModelRecord.from_dict(stored), preprocessing=prep.to_record(), dim=dim)
     except (OSError, ValueError, TypeError, KeyError):

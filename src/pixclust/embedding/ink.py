@@ -31,6 +31,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+# What ink on paper is turned into; records name it, so vectors of another form are never reused.
+INK_FORM = "dark grey on white"
 # About this many pixels a side are read: enough for a 9-pixel border on a 224-pixel input.
 READ_SIDE = 64
 # The outer band taken as the paper, as a share of the shorter side.

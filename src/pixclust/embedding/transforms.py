@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from pixclust.embedding.ink import normalise_ink
+from pixclust.embedding.ink import INK_FORM, normalise_ink
 
 # JPEGs decode by DCT scaling (1/2, 1/4, 1/8) to the smallest size whose shorter side is at
 # least this share of the resize side, so the crop may be upscaled by up to 1/0.9. A 640x480
@@ -32,9 +32,15 @@ class Preprocessing:
     ink: bool = False
 
     def to_record(self) -> dict[str, Any]:
-        """The preprocessing as records keep it; ``ink`` only where set, so records made before it keep their ids."""
+        """The preprocessing as records keep it; ``ink`` only where set, so records made before it keep their ids.
+
+        ``ink`` is recorded as the form ink is turned into, so that a change of form changes the model id
+        and vectors of the old form are never reused.
+        """
         fields = asdict(self)
-        if not self.ink:
+        if self.ink:
+            fields["ink"] = INK_FORM
+        else:
             del fields["ink"]
         return fields
 

@@ -14,6 +14,9 @@ from sklearn.datasets import load_digits
 from pixclust.embedding.ink import INK_FORM, collection_wants_ink, normalise_ink, read_ink
 from pixclust.embedding.ink_choice import choose_ink
 from pixclust.embedding.models import resolve_model
+from pixclust.embedding.store import EmbeddingStore
+from pixclust.embedding.transforms import HogTransform
+from pixclust.errors import UsageError
 from pixclust.runs.pipeline import RunConfig, run
 
 SIDE = 224
@@ -85,10 +88,25 @@ def test_a_collection_asks_for_ink_only_where_nearly_all_of_it_is_and_the_papers
     assert not wanted and ink < 0.2 * read
 
 
-def test_ink_names_a_network_fed_ink_as_grey() -> None:
+def test_ink_names_a_network_or_hog_fed_ink_as_grey() -> None:
     spec = resolve_model("efficientnet-lite0+ink")
     assert spec.ink and spec.timm_name == resolve_model("efficientnet-lite0").timm_name
-    assert resolve_model("timm:resnet18+ink").ink
+    assert resolve_model("timm:resnet18+ink").ink and resolve_model("hog+ink").ink
+    for name in ("pixels+ink", "efficientnet-lite0+ink+ink"):
+        with pytest.raises(UsageError, match="follows the name of a network or hog"):
+            resolve_model(name)
+
+
+def test_hog_of_ink_reads_the_same_shape_in_any_ink_on_any_paper() -> None:
+    grey, _ = grey_digits()
+    pictures = [Image.fromarray(picture) for picture in colour_at_random(np.repeat(grey[:1], 20, axis=0))]
+    least = {}
+    for ink in (True, False):
+        vectors = np.stack([HogTransform(ink)(picture) for picture in pictures])
+        vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
+        least[ink] = (vectors @ vectors.T).min()
+    # The grey of a coloured picture can leave ink and paper a few levels apart, and HOG then reads noise.
+    assert least[True] > 0.97 and least[False] < 0.8
 
 
 def test_a_run_over_coloured_digits_feeds_them_as_grey_and_a_grey_run_does_not(tmp_path: Path) -> None:
@@ -101,6 +119,7 @@ def test_a_run_over_coloured_digits_feeds_them_as_grey_and_a_grey_run_does_not(t
     turned = run(RunConfig(str(coloured), str(tmp_path / "run"), k=3, truth="folders", report=False), quiet=True)
     record = json.loads((tmp_path / "run" / "run.json").read_text())["model"]
     assert record["model"] == "efficientnet-lite0+ink" and record["preprocessing"]["ink"] == INK_FORM
+    assert EmbeddingStore(tmp_path / "run" / "views" / "hog").load().model_id.startswith("hog+ink:")
     assert (
         record["ink_sample"]["wanted"] and record["ink_sample"]["read"] == record["ink_sample"]["ink_on_paper"] == 120
     )

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 
 from pixclust.atomic import atomic_path
+from pixclust.embedding.ink import INK_FORM
 from pixclust.embedding.models import (
     DEFAULT_MODEL,
     INK_SUFFIX,
@@ -118,8 +119,9 @@ def load_extractor(
     spec = resolve_model(name)
     if spec.family == "hog":
         _reject_weights(spec, weights)
+        described = f"128x128 grey, ink on paper as {INK_FORM}" if spec.ink else "128x128 grey"
         return FeatureExtractor(
-            spec, spec.dim, HogTransform(), HogTransform.side, _handmade_record(spec, "128x128 grey")
+            spec, spec.dim, HogTransform(spec.ink), HogTransform.side, _handmade_record(spec, described)
         )
     if spec.family == "pixels":
         _reject_weights(spec, weights)

@@ -79,6 +79,11 @@ MODELS: dict[str, ModelSpec] = {
 }
 
 
+def hog_model_for(model: str) -> str:
+    """The model of the HOG view beside vectors of ``model``: a network fed ink as grey has HOG of the same grey."""
+    return HOG_MODEL + INK_SUFFIX if model.endswith(INK_SUFFIX) else HOG_MODEL
+
+
 def resolve_model(name: str) -> ModelSpec:
     """Return the spec for ``name``; ``timm:ARCH`` names any timm model, ``NAME+ink`` a network fed ink as grey.
 
@@ -87,9 +92,10 @@ def resolve_model(name: str) -> ModelSpec:
     """
     if name.endswith(INK_SUFFIX):
         base = resolve_model(name[: -len(INK_SUFFIX)])
-        if base.family != "timm" or base.ink:
+        if base.family == "pixels" or base.ink:
             raise UsageError(
-                f"model '{name}': {INK_SUFFIX} follows the name of a network, e.g. {DEFAULT_MODEL}{INK_SUFFIX}"
+                f"model '{name}': {INK_SUFFIX} follows the name of a network or {HOG_MODEL}, "
+                f"e.g. {DEFAULT_MODEL}{INK_SUFFIX}"
             )
         return replace(base, name=name, ink=True)
     if name.startswith(TIMM_PREFIX):

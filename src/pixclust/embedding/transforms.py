@@ -76,15 +76,28 @@ class ImageTransform:
 
 
 class HogTransform:
-    """HOG descriptor of the 128x128 grey image (the seeds' hand-made feature)."""
+    """HOG descriptor of the 128x128 grey image (the seeds' hand-made feature).
+
+    With ``ink``, a picture of ink on paper is first turned as the network's input is: the grey of a
+    coloured picture can leave ink and paper a few levels apart, and HOG then sees noise.
+    """
 
     side = 128
+
+    def __init__(self, ink: bool = False) -> None:
+        self.ink = ink
 
     def __call__(self, image: Any) -> np.ndarray:
         from PIL import Image
         from skimage.feature import hog
 
-        grey = np.asarray(image.convert("L").resize((self.side, self.side), Image.Resampling.BILINEAR))
+        if self.ink:
+            small = np.asarray(image.convert("RGB").resize((self.side, self.side), Image.Resampling.BILINEAR))
+            turned = normalise_ink(small)
+            # normalise_ink hands back the very array where the picture is not ink on paper.
+            grey = np.asarray(Image.fromarray(small).convert("L")) if turned is small else turned[..., 0]
+        else:
+            grey = np.asarray(image.convert("L").resize((self.side, self.side), Image.Resampling.BILINEAR))
         return hog(grey, orientations=9, pixels_per_cell=(16, 16), cells_per_block=(2, 2)).astype(np.float32)
 
 

@@ -43,6 +43,7 @@ from pixclust.curation.flags import DEFAULT_FLAG_THRESHOLD, flag_images
 from pixclust.curation.move import check_moves_finished, check_no_moves
 from pixclust.embedding.extraction import embed
 from pixclust.embedding.files import SkippedFile
+from pixclust.embedding.models import hog_model_for
 from pixclust.embedding.record import ModelRecord
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.embeddings import Embeddings
@@ -184,7 +185,8 @@ def _add_in(
             "(weights or preprocessing changed); cluster the run again before adding to it"
         )
     fresh, already = _new_rows(run, new)
-    fresh, hog, skipped = _with_views(fresh, model, new.skipped, run_dir / VIEWS_DIR / HOG_VIEW, read_options)
+    hog_view = (run_dir / VIEWS_DIR / HOG_VIEW, hog_model_for(model_record.model or ""))
+    fresh, hog, skipped = _with_views(fresh, model, new.skipped, hog_view, read_options)
     timings["embed_s"] = time.perf_counter() - started
     views = {EMBEDDING_VIEW: fresh.vectors} | ({} if hog is None else {HOG_VIEW: hog.vectors})
     started = time.perf_counter()
@@ -257,10 +259,12 @@ def _with_views(
     fresh: Embeddings,
     model: ClusterModel,
     skipped: list[SkippedFile],
-    hog_dir: Path,
+    hog_view: tuple[Path, str],
     read_options: dict[str, object],
 ) -> tuple[Embeddings, Embeddings | None, list[SkippedFile]]:
     """The new rows with every view the model needs: (rows, their HOG vectors or None, files not usable).
+
+    ``hog_view`` is the run's HOG store and the model that made it.
 
     HOG goes into the run's ``views/hog/`` store as shards (saved with the run's rows later); an
     image whose HOG cannot be made is left out and listed.
@@ -268,7 +272,8 @@ def _with_views(
     skipped = list(skipped)
     if HOG_VIEW not in model.views or not len(fresh):
         return fresh, None, skipped
-    hog = embed(fresh.paths, model=HOG_VIEW, out=hog_dir, save=False, **read_options)
+    hog_dir, hog_model = hog_view
+    hog = embed(fresh.paths, model=hog_model, out=hog_dir, save=False, **read_options)
     row_of = {path: row for row, path in enumerate(hog.paths)}
     wanted = set(fresh.paths)
     skipped += [item for item in hog.skipped if item.path in wanted]

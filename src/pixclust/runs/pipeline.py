@@ -37,7 +37,7 @@ from pixclust.embedding.class_head import ClassHead, class_head
 from pixclust.embedding.extraction import embed
 from pixclust.embedding.files import READABLE_FORMATS
 from pixclust.embedding.ink_choice import InkChoice, choose_ink
-from pixclust.embedding.models import HOG_MODEL, INK_SUFFIX, resolve_model
+from pixclust.embedding.models import INK_SUFFIX, hog_model_for, resolve_model
 from pixclust.embeddings import Embeddings
 from pixclust.errors import NoImagesError, UsageError
 from pixclust.progress import quietly, warn
@@ -266,7 +266,7 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
         )
 
     started = time.perf_counter()
-    hog = _hog_view(config, sources, run_dir) if config.pipeline == "auto" else None
+    hog = _hog_view(config, sources, run_dir, model) if config.pipeline == "auto" else None
     timings["hog_s"] = time.perf_counter() - started
     started = time.perf_counter()
     clustering = cluster(
@@ -450,11 +450,14 @@ def _network_model(config: RunConfig) -> tuple[str, InkChoice | None]:
     return (spec.name + INK_SUFFIX if choice.wanted else config.model), choice
 
 
-def _hog_view(config: RunConfig, sources: list[str | Path], run_dir: Path) -> Embeddings | None:
-    """HOG vectors of the run's images, stored (and reused) in its views/hog/ folder; None when the model is HOG."""
-    if config.model == HOG_MODEL:
+def _hog_view(config: RunConfig, sources: list[str | Path], run_dir: Path, model: str) -> Embeddings | None:
+    """HOG vectors of the run's images, stored (and reused) in its views/hog/ folder; None when the model is HOG.
+
+    ``model`` is what the run embedded with: beside a network fed ink as grey, HOG reads the same grey.
+    """
+    if resolve_model(model).family == "hog":
         return None
-    return _embed_source(config, sources, out=run_dir / VIEWS_DIR / HOG_VIEW, model=HOG_MODEL)
+    return _embed_source(config, sources, out=run_dir / VIEWS_DIR / HOG_VIEW, model=hog_model_for(model))
 
 
 def _open_run_folder(config: RunConfig) -> RunFolder:

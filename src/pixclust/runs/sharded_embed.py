@@ -34,7 +34,7 @@ from pixclust.embedding.engines.ray import RayEmbedder, RaySettings, ray_session
 from pixclust.embedding.extraction import discover_sources, extract_chunks, hash_files
 from pixclust.embedding.extractor import load_extractor
 from pixclust.embedding.files import READABLE_FORMATS, SkippedFile
-from pixclust.embedding.models import DEFAULT_MODEL, HOG_MODEL
+from pixclust.embedding.models import DEFAULT_MODEL, hog_model_for, resolve_model
 from pixclust.embedding.part_store import (
     PART_WRITE_ROWS,
     PartRows,
@@ -184,10 +184,18 @@ def embed_shards(
         rows_of = {part.name: part.rows.num_rows for part in candidates}
         rewritten = _rewrite(ray, folder, layout.rewrites, ray_wait)
         written = [(name, rows_of[name]) for name in layout.keep] + rewritten
-        with_hog = hog and model != HOG_MODEL
+        with_hog = hog and resolve_model(model).family != "hog"
         if with_hog:
             rewritten_from = dict(zip((name for name, _ in rewritten), layout.rewrites, strict=True))
-            with_hog = make_hog_view(ray, folder, written, rewritten_from, max_pixels=max_pixels, wait_s=ray_wait)
+            with_hog = make_hog_view(
+                ray,
+                folder,
+                written,
+                rewritten_from,
+                max_pixels=max_pixels,
+                wait_s=ray_wait,
+                hog_model=hog_model_for(model),
+            )
         else:
             drop_hog_view(folder)
         commit_index(

@@ -82,16 +82,18 @@ def make_hog_view(
     *,
     max_pixels: int,
     wait_s: float,
+    hog_model: str = HOG_MODEL,
 ) -> bool:
     """Give every embedding part in ``parts`` (name, rows; the index about to be written) its HOG part, and
     replace the HOG index; False (with a warning) when some image could not be read again: the HOG index is
     then removed, and the HOG parts made are kept for the next run.
 
-    ``rewritten_from`` maps each part this run rewrote to the :class:`Rewrite` that made it.
+    ``rewritten_from`` maps each part this run rewrote to the :class:`Rewrite` that made it; ``hog_model``
+    is ``hog``, or ``hog+ink`` beside a network fed ink as grey (``models.hog_model_for``).
     """
     view = _view_folder(folder)
     with view.writing():
-        extractor = load_extractor(HOG_MODEL)
+        extractor = load_extractor(hog_model)
         held = {part.name: part.rows.num_rows for part in stored_parts(view, extractor.model_id, extractor.dim)}
         cut = ray.remote(num_cpus=1)(select_rows)
         compute = ray.remote(num_cpus=1)(hog_rows)
@@ -105,7 +107,7 @@ def make_hog_view(
                 calls.append(lambda source=source, rewrite=rewrite: cut.remote(source, rewrite))
             else:
                 embedded = str(parts_dir(folder.root) / name)
-                calls.append(lambda embedded=embedded: compute.remote(embedded, max_pixels))
+                calls.append(lambda embedded=embedded: compute.remote(embedded, max_pixels, hog_model))
             names.append(name)
         unreadable = []
         with progress_bar("HOG view", len(calls), unit="parts") as advance:
@@ -129,7 +131,7 @@ def make_hog_view(
             view,
             parts,
             {
-                "model": HOG_MODEL,
+                "model": hog_model,
                 "model_id": extractor.model_id,
                 "model_record": replace(extractor.record, model_id=extractor.model_id).to_dict(),
                 "dim": extractor.dim,
@@ -139,7 +141,7 @@ def make_hog_view(
     return True
 
 
-def hog_rows(embedded_part: str, max_pixels: int) -> pa.Table | str:
+def hog_rows(embedded_part: str, max_pixels: int, hog_model: str = HOG_MODEL) -> pa.Table | str:
     """The HOG part mirroring the embedding part ``embedded_part``: its rows, in order, with HOG vectors made
     from the files they name (run in a Ray task). A file that cannot be decoded now gives its path and why."""
     try:
@@ -147,7 +149,7 @@ def hog_rows(embedded_part: str, max_pixels: int) -> pa.Table | str:
             table = parquet.read(columns=[name for name in parquet.schema_arrow.names if name != VECTOR_COLUMN])
     except (OSError, pa.ArrowException) as error:
         raise UsageError(f"{embedded_part} changed or cannot be read ({error}); run the same command again") from None
-    extractor = load_extractor(HOG_MODEL)
+    extractor = load_extractor(hog_model)
     paths = [unescape_name(path) for path in table.column("path").to_pylist()]
     vectors = np.empty((len(paths), extractor.dim), np.float32)
     for batch in Embedder(extractor, batch_size=_HOG_BATCH, num_workers=0, max_pixels=max_pixels).iter_batches(paths):

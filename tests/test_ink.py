@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import csv
 import json
+from collections import Counter
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +19,7 @@ from pixclust.embedding.models import resolve_model
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.embedding.transforms import HogTransform
 from pixclust.errors import UsageError
+from pixclust.runs.add import add
 from pixclust.runs.pipeline import RunConfig, run
 
 SIDE = 224
@@ -129,3 +132,20 @@ def test_a_run_over_coloured_digits_feeds_them_as_grey_and_a_grey_run_does_not(t
     assert kept.embeddings.model.model == "efficientnet-lite0" and kept.ink is None
     # Colour and light-or-dark split the three digits when they are kept; as grey ink the digits group.
     assert turned.scores["nmi"] > kept.scores["nmi"] + 0.1
+
+    # Added images are turned as the run's were, HOG included, and land with their digits.
+    more = np.flatnonzero(np.isin(labels, (0, 1, 6)))[120:150]
+    new = write_image_tree(tmp_path / "new", colour_at_random(grey[more], random_state=1), labels[more])
+    added = add(tmp_path / "run", [new], quiet=True)
+    hog = EmbeddingStore(tmp_path / "run" / "views" / "hog").load()
+    assert len(hog) == 150 and hog.model_id.startswith("hog+ink:")
+    with open(tmp_path / "run" / "clusters.csv", newline="") as stream:
+        cluster_of = {row["path"]: row["cluster"] for row in csv.DictReader(stream)}
+    added_paths = set(added.paths)
+    runs_of_digit: dict[str, list[str]] = {}
+    for path, cluster in cluster_of.items():
+        if path not in added_paths:
+            runs_of_digit.setdefault(Path(path).parent.name, []).append(cluster)
+    home = {digit: Counter(clusters).most_common(1)[0][0] for digit, clusters in runs_of_digit.items()}
+    placed = [cluster_of[path] == home[Path(path).parent.name] for path in added.paths]
+    assert np.mean(placed) >= 0.8

@@ -57,10 +57,12 @@ INK_PERCENTILE = 99.5
 
 @dataclass(frozen=True)
 class InkReading:
-    """A picture read as ink on paper: the paper's RGB (0-1) and the unit direction from it to the ink."""
+    """A picture read as ink on paper: the paper's RGB (0-1), the unit direction from it to the ink, and how
+    far along it the ink reaches (``INK_PERCENTILE`` of the pixels read)."""
 
     paper: np.ndarray
     direction: np.ndarray
+    reach: float
 
 
 def read_ink(pixels: np.ndarray) -> InkReading | None:
@@ -84,20 +86,20 @@ def read_ink(pixels: np.ndarray) -> InkReading | None:
     # The ink lies on the side of the paper where the picture reaches farthest.
     along = (flat - paper) @ direction
     if -along.min() > along.max():
-        direction = -direction
-    return InkReading(paper, direction)
+        direction, along = -direction, -along
+    return InkReading(paper, direction, float(np.percentile(along, INK_PERCENTILE)))
 
 
 def normalise_ink(pixels: np.ndarray) -> np.ndarray:
     """The picture as dark grey ink (0) on white paper (255) where it is ink on plain paper, else unchanged."""
     reading = read_ink(pixels)
-    if reading is None:
+    if reading is None or reading.reach <= 0:
         return pixels
-    along = (pixels.reshape(-1, 3).astype(np.float32) / 255.0 - reading.paper) @ reading.direction
-    brightest = float(np.percentile(along, INK_PERCENTILE))
-    if brightest <= 0:
-        return pixels
-    grey = np.clip(255.0 - along * (255.0 / brightest), 0, 255).round().astype(np.uint8).reshape(pixels.shape[:2])
+    # 255 - 255 * ((pixel / 255 - paper) . direction) / reach, as one product over the uint8 pixels.
+    scale = reading.direction / reading.reach
+    offset = 255.0 * (1.0 + float(reading.paper @ scale))
+    grey = offset - pixels.reshape(-1, 3).astype(np.float32) @ scale.astype(np.float32)
+    grey = np.clip(grey, 0, 255).round().astype(np.uint8).reshape(pixels.shape[:2])
     return np.repeat(grey[..., None], 3, axis=2)
 
 

@@ -313,7 +313,7 @@ def test_an_image_hog_cannot_read_leaves_the_run_without_the_view_until_it_reads
     assert embed_shards(images, run_dir, quiet=True).hog
     Image.fromarray(np.tile(np.arange(64, dtype=np.uint8), (64, 1))).save(images / "ramp.png")
 
-    def unreadable(embedded_part: str, max_pixels: int) -> str:
+    def unreadable(embedded_part: str, max_pixels: int, hog_model: str) -> str:
         return "ramp.png (truncated)"
 
     with monkeypatch.context() as patch:

@@ -33,7 +33,6 @@ from pixclust.embedding.transforms import (
     ImageTransform,
     PixelTransform,
     Preprocessing,
-    draft_size,
     network_preprocessing,
 )
 from pixclust.embedding.weights import (
@@ -201,7 +200,7 @@ def _extractor_from_cached_record(spec: ModelSpec, record_file: Path) -> Feature
         record = replace(ModelRecord.from_dict(stored), preprocessing=prep.to_record(), dim=dim)
     except (OSError, ValueError, TypeError, KeyError):
         return None
-    return FeatureExtractor(spec, dim, ImageTransform(prep), draft_size(prep), record)
+    return FeatureExtractor(spec, dim, ImageTransform(prep), prep.centre_crop.draft_size, record)
 
 
 def _start_cached(
@@ -232,7 +231,7 @@ def network_extractor(spec: ModelSpec, network: Any, source: WeightsSource, prep
         pooling=spec.pooling,
         preprocessing=prep.to_record(),
     )
-    return FeatureExtractor(spec, dim, ImageTransform(prep), draft_size(prep), record)
+    return FeatureExtractor(spec, dim, ImageTransform(prep), prep.centre_crop.draft_size, record)
 
 
 def attach_runner(

@@ -18,7 +18,7 @@ from pixclust.embedding.decode import load_rgb
 from pixclust.embedding.discover import walk_candidates
 from pixclust.embedding.ink import READ_SIDE, collection_wants_ink
 from pixclust.embedding.models import ModelSpec
-from pixclust.embedding.transforms import ImageTransform, Preprocessing, draft_size
+from pixclust.embedding.transforms import CentreCrop
 from pixclust.errors import DecodeError
 
 SAMPLE_SIZE = 256
@@ -53,23 +53,22 @@ def choose_ink(
 ) -> InkChoice:
     """Read a sample of the pictures under ``source`` as ``spec``'s network would get them, and decide."""
     kept = spec.crop_fraction or TIMM_CROP_FRACTION
-    # Only the crop and the size matter to the transform; the network's mean and std are applied later, inside it.
-    prep = Preprocessing(READ_SIZE, int(READ_SIZE / kept), "bicubic", (0.5,) * 3, (0.5,) * 3, "center")
+    crop = CentreCrop(READ_SIZE, int(READ_SIZE / kept))
     files = walk_candidates(source, include_hidden=include_hidden)
     order = np.random.default_rng(random_state).permutation(len(files))[:MOST_TRIED]
-    pictures = _pictures((files[i] for i in order), ImageTransform(prep), draft_size(prep), max_pixels)
+    pictures = _pictures((files[i] for i in order), crop, max_pixels)
     return InkChoice(*collection_wants_ink(pictures))
 
 
-def _pictures(files: Iterator[str], transform: ImageTransform, draft: int, max_pixels: int) -> Iterator[np.ndarray]:
-    """The first ``SAMPLE_SIZE`` of ``files`` that decode, as network inputs."""
+def _pictures(files: Iterator[str], crop: CentreCrop, max_pixels: int) -> Iterator[np.ndarray]:
+    """The first ``SAMPLE_SIZE`` of ``files`` that decode, cropped as the network's inputs are."""
     taken = 0
     for path in files:
         if taken == SAMPLE_SIZE:
             return
         try:
-            image = load_rgb(path, max_pixels=max_pixels, draft_size=draft)
+            image = load_rgb(path, max_pixels=max_pixels, draft_size=crop.draft_size)
         except (DecodeError, OSError):
             continue
         taken += 1
-        yield transform(image)
+        yield crop(image)

@@ -44,6 +44,45 @@ class Preprocessing:
             del fields["ink"]
         return fields
 
+    @property
+    def centre_crop(self) -> CentreCrop:
+        return CentreCrop(self.input_size, self.resize_to, self.interpolation)
+
+
+@dataclass(frozen=True)
+class CentreCrop:
+    """The square of a picture a network sees, as ``input_size`` x ``input_size`` x 3 uint8 pixels."""
+
+    input_size: int
+    resize_to: int
+    interpolation: str = "bicubic"
+
+    def __call__(self, image: Any) -> np.ndarray:
+        return self.resize(image, self.box(*image.size))
+
+    def resize(self, image: Any, box: tuple[float, float, float, float]) -> np.ndarray:
+        """``box`` of ``image`` (in its pixels) at the network's side."""
+        from PIL import Image
+
+        resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}.get(
+            self.interpolation, Image.Resampling.BICUBIC
+        )
+        return np.asarray(image.resize((self.input_size, self.input_size), resample, box=box), dtype=np.uint8)
+
+    def box(self, width: int, height: int) -> tuple[float, float, float, float]:
+        """The central square that timm's resize-then-center-crop keeps, in the original's pixels.
+
+        Cropping it from the original and resizing in one step equals timm's two steps,
+        without a huge intermediate for 1x10000 images.
+        """
+        side = min(width, height) * self.input_size / self.resize_to
+        return ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+
+    @property
+    def draft_size(self) -> int:
+        """The shorter side a JPEG may be decoded down to (DCT scaling) before this crop is taken."""
+        return math.floor(self.resize_to * DRAFT_SHORTFALL)
+
 
 class ImageTransform:
     """Picklable PIL image to uint8 input_size x input_size x 3 pixels, run inside decode workers.
@@ -54,25 +93,15 @@ class ImageTransform:
 
     def __init__(self, prep: Preprocessing) -> None:
         self.prep = prep
+        self.crop = prep.centre_crop
 
     def __call__(self, image: Any) -> np.ndarray:
-        from PIL import Image
-
-        resample = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR}.get(
-            self.prep.interpolation, Image.Resampling.BICUBIC
-        )
-        cropped = image.resize((self.prep.input_size, self.prep.input_size), resample, box=self.crop_box(*image.size))
-        pixels = np.asarray(cropped, dtype=np.uint8)
+        pixels = self.crop.resize(image, self.crop_box(*image.size))
         return normalise_ink(pixels) if self.prep.ink else pixels
 
     def crop_box(self, width: int, height: int) -> tuple[float, float, float, float]:
-        """The central square that timm's resize-then-center-crop keeps, in the original's pixels.
-
-        Cropping it from the original and resizing in one step equals timm's two steps,
-        without a huge intermediate for 1x10000 images.
-        """
-        side = min(width, height) * self.prep.input_size / self.prep.resize_to
-        return ((width - side) / 2, (height - side) / 2, (width + side) / 2, (height + side) / 2)
+        """The part of the picture the network sees (training's augmentation draws its own)."""
+        return self.crop.box(width, height)
 
 
 class HogTransform:
@@ -111,10 +140,6 @@ class PixelTransform:
 
         small = image.resize((self.side, self.side), Image.Resampling.BOX)
         return (np.asarray(small, dtype=np.float32) / 255.0).reshape(-1)
-
-
-def draft_size(prep: Preprocessing) -> int:
-    return math.floor(prep.resize_to * DRAFT_SHORTFALL)
 
 
 def network_preprocessing(

@@ -5,12 +5,11 @@ from __future__ import annotations
 import csv
 import json
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from command_line import pixclust as pixclust_cli
 from PIL import Image
 
 import pixclust
@@ -153,12 +152,6 @@ def test_images_the_run_holds_are_not_added_twice_and_copies_are_listed(
     assert len(rows_of(run_copy)) == 401
     # Only the add that added something is a batch.
     assert [batch["added"] for batch in json.loads((run_copy / "run.json").read_text())["batches"]] == [1]
-
-
-def pixclust_cli(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pixclust", *args], capture_output=True, text=True, timeout=300, check=False
-    )
 
 
 def test_a_run_from_an_older_pixclust_is_refused_with_what_to_do(run_copy: Path, tmp_path: Path) -> None:

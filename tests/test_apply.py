@@ -7,15 +7,14 @@ import hashlib
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections import Counter
 from pathlib import Path
 
 import numpy as np
 import pytest
+from command_line import assert_one_line_error
+from command_line import pixclust as pixclust_cli
 from conftest import tree_digest, write_digit_tree
-from test_cli import assert_one_line_error
 
 import pixclust
 from pixclust.curation.corrections import Corrections, apply_edits, correct
@@ -384,18 +383,11 @@ def test_a_second_writer_waits_its_turn(run_copy: Path, tmp_path: Path) -> None:
 
 def test_the_command_applies_and_a_mistake_is_one_line(run_copy: Path, tmp_path: Path) -> None:
     good = write_edits(tmp_path / "good.json", {"rename": {"cluster_00": "first"}})
-    done = subprocess.run(
-        [sys.executable, "-m", "pixclust", "apply", str(run_copy), str(good), "--no-report"],
-        capture_output=True,
-        text=True,
-        env={**os.environ, "COLUMNS": "120"},
-    )
+    done = pixclust_cli("apply", run_copy, good, "--no-report")
     assert done.returncode == 0, done.stderr
     assert "1 clusters renamed" in done.stdout and "first" in done.stdout
     bad = write_edits(tmp_path / "bad.json", {"outlier": ["/no/such.png"]})
-    failed = subprocess.run(
-        [sys.executable, "-m", "pixclust", "apply", str(run_copy), str(bad)], capture_output=True, text=True
-    )
+    failed = pixclust_cli("apply", run_copy, bad)
     assert_one_line_error(failed, 2, "does not hold")
 
 

@@ -7,8 +7,6 @@ import io
 import json
 import os
 import pickle
-import subprocess
-import sys
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -16,6 +14,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from command_line import pixclust
 from PIL import Image
 
 from pixclust.errors import UsageError
@@ -231,12 +230,6 @@ def test_a_damaged_file_is_refused_in_one_line(damage: Callable[[bytes], bytes],
     assert str(damaged) in str(raised.value) and "\n" not in str(raised.value)
 
 
-def _pixclust(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pixclust", *map(str, args)], capture_output=True, text=True, timeout=300, check=False
-    )
-
-
 def test_evaluate_and_predict_take_allow_pickle(tmp_path: Path) -> None:
     classifier, vectors = _trained("logistic")
     np.save(tmp_path / "embeddings.npy", vectors)
@@ -246,9 +239,9 @@ def test_evaluate_and_predict_take_allow_pickle(tmp_path: Path) -> None:
     test.write_text("id,label\n" + "".join(f"{row},{label}\n" for row, label in enumerate(labels)))
     old = tmp_path / "model.pkl"
     old.write_bytes(_old_pickle(classifier))
-    refused = _pixclust("evaluate", old, "--test", test, "--in", tmp_path / "embeddings.npy")
+    refused = pixclust("evaluate", old, "--test", test, "--in", tmp_path / "embeddings.npy")
     assert refused.returncode == 2 and "--allow-pickle" in refused.stderr and "Traceback" not in refused.stderr
-    scored = _pixclust("evaluate", old, "--test", test, "--in", tmp_path / "embeddings.npy", "--allow-pickle")
+    scored = pixclust("evaluate", old, "--test", test, "--in", tmp_path / "embeddings.npy", "--allow-pickle")
     assert scored.returncode == 0, scored.stderr
     assert "accuracy 1.000" in scored.stdout
     # predict embeds the images with the recorded model: here the hand-made pixel one (32 x 32 RGB).
@@ -263,8 +256,8 @@ def test_evaluate_and_predict_take_allow_pickle(tmp_path: Path) -> None:
     (tmp_path / "new").mkdir()
     for shade in (40, 220):
         Image.new("RGB", (48, 40), (shade, shade, shade)).save(tmp_path / "new" / f"{shade}.png")
-    refused = _pixclust("predict", old, tmp_path / "new")
+    refused = pixclust("predict", old, tmp_path / "new")
     assert refused.returncode == 2 and "--allow-pickle" in refused.stderr and "Traceback" not in refused.stderr
-    predicted = _pixclust("predict", old, tmp_path / "new", "--allow-pickle")
+    predicted = pixclust("predict", old, tmp_path / "new", "--allow-pickle")
     assert predicted.returncode == 0, predicted.stderr
     assert predicted.stdout.count("light") + predicted.stdout.count("dark") == 2

@@ -1,39 +1,20 @@
-"""The installed command, run as a user runs it: real processes, exit codes and output."""
+"""The command as a user runs it: exit codes and output, in this process unless the process is the point."""
 
 from __future__ import annotations
 
 import csv
 import json
-import os
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+from command_line import assert_one_line_error, pixclust, pixclust_process
 from conftest import tree_digest
 
 
-def pixclust(*args: str, env: dict[str, str] | None = None, timeout: float = 600) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pixclust", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-        env={**os.environ, "COLUMNS": "120", **(env or {})},
-    )
-
-
-def assert_one_line_error(result: subprocess.CompletedProcess[str], code: int, *fragments: str) -> None:
-    assert result.returncode == code, result.stderr
-    assert "Traceback" not in result.stderr
-    lines = [line for line in result.stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), result.stderr
-    for fragment in fragments:
-        assert fragment in " ".join(result.stderr.split()), result.stderr
-
-
 def test_help_answers_without_loading_the_heavy_stack() -> None:
-    result = pixclust("--help")
+    result = pixclust_process("--help")
     assert result.returncode == 0 and "cluster" in result.stdout and "models" in result.stdout
     probe = subprocess.run(
         [sys.executable, "-c", "import sys, pixclust.cli; print('torch' in sys.modules, 'sklearn' in sys.modules)"],
@@ -81,8 +62,9 @@ def test_config_repeats_a_run(tmp_path: Path, messy_tree) -> None:
 
 def test_unavailable_weights_stop_with_exit_2_and_one_line(tmp_path: Path, messy_tree) -> None:
     root, _ = messy_tree
+    # A process of its own: huggingface_hub reads HF_HUB_OFFLINE and HF_HOME when it is imported.
     offline = {"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")}
-    result = pixclust("cluster", str(root), "--out", str(tmp_path / "run"), "--model", "vgg16", env=offline)
+    result = pixclust_process("cluster", str(root), "--out", str(tmp_path / "run"), "--model", "vgg16", env=offline)
     assert_one_line_error(result, 2, "vgg16", "--weights FILE")
     assert not (tmp_path / "run" / "embeddings.parquet").exists()
 
@@ -115,7 +97,7 @@ def test_missing_folder_and_empty_folder(tmp_path: Path) -> None:
 
 
 def test_models_lists_every_model_with_offline_status(tmp_path: Path) -> None:
-    result = pixclust("models", env={"HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")})
+    result = pixclust_process("models", env={"HF_HOME": str(tmp_path / "hf"), "TORCH_HOME": str(tmp_path / "torch")})
     assert result.returncode == 0, result.stderr
     rows = {line.split("│")[1].strip(): line for line in result.stdout.splitlines() if line.count("│") > 3}
     assert "efficientnet-lite0 (default)" in rows and "yes" in rows["efficientnet-lite0 (default)"]

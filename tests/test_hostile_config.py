@@ -4,23 +4,21 @@ A run.json handed to ``--config`` and the options typed are checked once, by
 ``RunConfig``, for type and range, and an option the run would ignore is
 refused; messages name a setting the way it was set (``--k`` on the command
 line, ``"k"`` in the file, ``k=`` in Python). The command's own entry point runs
-(in this process, but for the replay, which runs ``python -m pixclust``) on a
-few small digits with the ``pixels`` model.
+in this process on a few small digits with the ``pixels`` model.
 """
 
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from command_line import assert_one_line_error
+from command_line import pixclust as pixclust_cli
 from conftest import tree_digest, write_digit_tree
 
 import pixclust
-from pixclust.cli import main
 from pixclust.errors import UsageError
 from pixclust.runs.pipeline import RunConfig
 
@@ -28,28 +26,6 @@ from pixclust.runs.pipeline import RunConfig
 @pytest.fixture
 def photos(tmp_path: Path) -> Path:
     return write_digit_tree(tmp_path / "photos", per_class=3)
-
-
-def pixclust_cli(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pixclust", *map(str, args)], capture_output=True, text=True, timeout=300
-    )
-
-
-def run_main(monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str], *args: str | Path) -> tuple[int, str]:
-    """``pixclust ARGS`` in this process (the command's import costs seconds): exit code and stderr."""
-    monkeypatch.setattr(sys, "argv", ["pixclust", *map(str, args)])
-    with pytest.raises(SystemExit) as exited:
-        main()
-    return exited.value.code, capfd.readouterr().err
-
-
-def assert_one_line_error(code: int, stderr: str, *fragments: str) -> None:
-    assert code == 2, stderr
-    lines = [line for line in stderr.splitlines() if line.strip()]
-    assert len(lines) == 1 and lines[0].startswith("error:"), stderr
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def write_config(path: Path, settings: dict) -> Path:
@@ -72,26 +48,21 @@ def write_config(path: Path, settings: dict) -> Path:
 def test_a_config_of_the_wrong_types_is_one_line_and_moves_nothing(
     tmp_path: Path,
     photos: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capfd: pytest.CaptureFixture[str],
     settings: dict,
     fragment: str,
 ) -> None:
     before = tree_digest(photos)
-    monkeypatch.chdir(tmp_path)
     config = write_config(
         tmp_path / "run.json", {"source": str(photos), "model": "pixels", "report": False, **settings}
     )
-    assert_one_line_error(*run_main(monkeypatch, capfd, "cluster", "--config", config, "--quiet"), fragment)
+    assert_one_line_error(pixclust_cli("cluster", "--config", config, "--quiet", cwd=tmp_path), 2, fragment)
     assert tree_digest(photos) == before
 
 
-def test_a_config_that_is_not_utf8_is_one_line(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]
-) -> None:
+def test_a_config_that_is_not_utf8_is_one_line(tmp_path: Path) -> None:
     config = tmp_path / "run.json"
     config.write_bytes(b'{"config": {"source": "caf\xe9"}}')
-    assert_one_line_error(*run_main(monkeypatch, capfd, "cluster", "--config", config), "not UTF-8 text")
+    assert_one_line_error(pixclust_cli("cluster", "--config", config), 2, "not UTF-8 text")
 
 
 @pytest.mark.parametrize(
@@ -109,13 +80,11 @@ def test_a_config_that_is_not_utf8_is_one_line(
 def test_bad_or_ignored_options_are_one_line(
     tmp_path: Path,
     photos: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    capfd: pytest.CaptureFixture[str],
     options: list[str],
     fragment: str,
 ) -> None:
     args = ("cluster", photos, "--out", tmp_path / "run", "--model", "pixels", "--no-report", "--quiet", *options)
-    assert_one_line_error(*run_main(monkeypatch, capfd, *args), fragment)
+    assert_one_line_error(pixclust_cli(*args), 2, fragment)
 
 
 @pytest.mark.parametrize(
@@ -175,4 +144,4 @@ def test_settings_replayed_from_a_run_json_are_not_options_given(tmp_path: Path,
     typed = pixclust_cli(
         "cluster", "--config", replayed, "--out", tmp_path / "typed", "--pipeline", "auto", "--method", "gmm"
     )
-    assert_one_line_error(typed.returncode, typed.stderr, "--method 'gmm' belongs to the fixed pipeline")
+    assert_one_line_error(typed, 2, "--method 'gmm' belongs to the fixed pipeline")

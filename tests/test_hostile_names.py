@@ -13,27 +13,19 @@ import os
 import re
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from command_line import pixclust_process
 from conftest import write_digit_tree
 
 FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
 
 def pixclust(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pixclust", *map(str, args)],
-        capture_output=True,
-        encoding="utf-8",
-        # What a terminal would be sent, byte for byte, whatever pixclust prints.
-        errors="surrogateescape",
-        timeout=600,
-        cwd=cwd,
-        env={**os.environ, "COLUMNS": "200"},
-    )
+    # A process of its own: its subject is what a terminal would be sent, byte for byte, whatever pixclust prints.
+    return pixclust_process(*args, cwd=cwd, encoding="utf-8", errors="surrogateescape")
 
 
 def named(folder: Path, raw_name: bytes) -> Path:

@@ -7,19 +7,17 @@ the real command line (``python -m pixclust``) on small real images with the
 
 from __future__ import annotations
 
-import io
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
-from contextlib import redirect_stderr, redirect_stdout
 from pathlib import Path
-from unittest import mock
 
 import numpy as np
 import pytest
+from command_line import pixclust
 from conftest import tree_digest
 from corpus import encode, quadrants
 
@@ -33,25 +31,6 @@ def write_photos(root: Path, n: int = N_IMAGES) -> Path:
         folder.mkdir(parents=True, exist_ok=True)
         (folder / f"photo_{i:02d}.png").write_bytes(encode(quadrants(24 + i, 20, colours), "PNG"))
     return root
-
-
-def pixclust(*args: str | Path) -> subprocess.CompletedProcess[str]:
-    """The real command line, run in this process: an interpreter and its imports per call would double this file's time.
-
-    What must be another process (a second writer, a kill) is started with Popen below.
-    """
-    from pixclust.cli import main
-
-    out, err = io.StringIO(), io.StringIO()
-    argv = ["pixclust", *map(str, args)]
-    with (
-        mock.patch.object(sys, "argv", argv),
-        redirect_stdout(out),
-        redirect_stderr(err),
-        pytest.raises(SystemExit) as exited,
-    ):
-        main()
-    return subprocess.CompletedProcess(argv, exited.value.code or 0, out.getvalue(), err.getvalue())
 
 
 def cluster(source: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:

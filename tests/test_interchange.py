@@ -6,11 +6,10 @@ import json
 import math
 import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
+from command_line import pixclust
 from conftest import plant_duplicates
 
 from pixclust.curation.interchange import (
@@ -26,12 +25,6 @@ from pixclust.curation.interchange import (
 from pixclust.errors import UsageError
 from pixclust.report.caches import cached_duplicates
 from pixclust.report.run_view import load_run
-
-
-def pixclust(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pixclust", *map(str, args)], capture_output=True, text=True, timeout=600
-    )
 
 
 @pytest.fixture(scope="module")

@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from command_line import pixclust
 from PIL import Image
 
 from pixclust.errors import UsageError
@@ -116,12 +115,7 @@ NAMES = {"0": "zero", "1": "one"}
 def clustered_digit_run(digit_tree: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     """The 180 digits clustered with the default command, as a user labels them: its clusters are what examples claim."""
     run_dir = tmp_path_factory.mktemp("clustered") / "run"
-    done = subprocess.run(
-        [sys.executable, "-m", "pixclust", "cluster", str(digit_tree), "--out", str(run_dir), "--no-report"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    done = pixclust("cluster", digit_tree, "--out", run_dir, "--no-report")
     assert done.returncode == 0, done.stderr
     return run_dir
 
@@ -202,11 +196,6 @@ def test_examples_to_labels_to_classifier_to_predictions(
 
 @pytest.mark.slow
 def test_commands_run_and_fail_cleanly(digit_tree: Path, digit_run: Path, tmp_path: Path) -> None:
-    def pixclust(*args: str) -> subprocess.CompletedProcess[str]:
-        return subprocess.run(
-            [sys.executable, "-m", "pixclust", *map(str, args)], capture_output=True, text=True, timeout=600
-        )
-
     some = sorted((digit_tree / "0" / "batch0").glob("*.png"))[0]
     found = pixclust("similar", some, "--in", digit_run, "--top", "3", "--out", tmp_path / "sim")
     assert found.returncode == 0, found.stderr
@@ -273,34 +262,10 @@ def test_finetune_from_the_command_line(digit_tree: Path, digit_run: Path, tmp_p
     images = sorted(image for image in digit_tree.glob("*/batch0/*") if image.is_file())
     labels.write_text("path,label\n" + "".join(f"{image},{image.parts[-3]}\n" for image in images))
     model = tmp_path / "finetuned.pkl"
-    trained = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pixclust",
-            "train",
-            str(labels),
-            "--in",
-            str(digit_run),
-            "--out",
-            str(model),
-            "--finetune",
-            "--epochs",
-            "1",
-            "--quiet",
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    trained = pixclust("train", labels, "--in", digit_run, "--out", model, "--finetune", "--epochs", "1", "--quiet")
     assert trained.returncode == 0, trained.stderr
     assert "fine-tuned: best epoch" in trained.stdout and "of 1" in trained.stdout
     assert model.is_file()
-    predicted = subprocess.run(
-        [sys.executable, "-m", "pixclust", "predict", str(model), str(digit_tree / "6" / "batch1")],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    predicted = pixclust("predict", model, digit_tree / "6" / "batch1")
     assert predicted.returncode == 0, predicted.stderr
     assert "probability" in predicted.stdout and "skipped" not in predicted.stdout

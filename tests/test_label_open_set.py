@@ -4,12 +4,11 @@ from __future__ import annotations
 
 import csv
 import os
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
+from command_line import pixclust
 from sklearn.metrics import precision_recall_fscore_support
 
 from pixclust.embedding.sources import open_embeddings
@@ -20,12 +19,6 @@ from pixclust.labelling.structure import run_structure
 from pixclust.labelling.workflows import ANSWERS_CSV, CLASSES_CSV, LABELS_CSV, SUGGEST_CSV, train
 from pixclust.labelling.workflows import evaluate as evaluate_saved
 from pixclust.runs.pipeline import RunResult
-
-
-def pixclust(*args: object) -> subprocess.CompletedProcess[str]:
-    return subprocess.run(
-        [sys.executable, "-m", "pixclust", *map(str, args)], capture_output=True, text=True, timeout=900
-    )
 
 
 @pytest.fixture(scope="module")

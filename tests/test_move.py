@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from command_line import pixclust as pixclust_cli
 from conftest import tree_digest
 from corpus import encode, quadrants
 
@@ -214,9 +215,7 @@ def test_sigkill_mid_move_loses_nothing_and_resume_finishes(tmp_path: Path, sour
     with pytest.raises(UsageError, match=f"did not finish; run: pixclust resume-move {run_dir}"):
         pixclust.run(RunConfig(str(source_root), str(run_dir), model="pixels", move=True), quiet=True)
 
-    resumed = subprocess.run(
-        [sys.executable, "-m", "pixclust", "resume-move", str(run_dir)], capture_output=True, text=True
-    )
+    resumed = pixclust_cli("resume-move", run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert f"{N_IMAGES} images moved" in resumed.stdout
     assert_all_moved(source_root, run_dir, originals)
@@ -238,9 +237,7 @@ def test_sigkill_from_outside_while_moving(tmp_path: Path) -> None:
     process.communicate(timeout=60)
 
     assert_nothing_lost(root, run_dir, originals)
-    resumed = subprocess.run(
-        [sys.executable, "-m", "pixclust", "resume-move", str(run_dir)], capture_output=True, text=True
-    )
+    resumed = pixclust_cli("resume-move", run_dir)
     assert resumed.returncode == 0, resumed.stderr
     assert_all_moved(root, run_dir, originals)
 
@@ -312,9 +309,7 @@ def test_restore_puts_every_moved_image_back_and_frees_the_run_folder(tmp_path: 
         check_no_moves(folder)
 
     first_source.unlink()
-    restored = subprocess.run(
-        [sys.executable, "-m", "pixclust", "resume-move", str(run_dir)], capture_output=True, text=True
-    )
+    restored = pixclust_cli("resume-move", run_dir)
     assert restored.returncode == 0, restored.stderr
     assert f"{N_IMAGES} images moved back to where they were" in restored.stdout
     assert tree_digest(root) == before

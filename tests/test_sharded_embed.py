@@ -10,8 +10,6 @@ import csv
 import json
 import os
 import shutil
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -20,6 +18,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
+from command_line import pixclust_process
 from conftest import add_bad_files, write_digit_tree
 from PIL import Image
 from sklearn.metrics import adjusted_rand_score
@@ -269,11 +268,11 @@ def test_mistakes_are_one_line_and_leave_files_alone(ray_instance: Any, digit_ru
     run_dir = tmp_path / "run"
     embed_shards(images, run_dir, quiet=True)
     parts = run_dir / "embeddings.parts"
-    # Ray cannot take a command line holding a name that is not UTF-8: one line, saying what to give instead.
+    # Ray cannot take a command line holding a name that is not UTF-8 (so a process of its own, whose command line
+    # Ray records): one line, saying what to give instead.
     odd = images.parent / os.fsdecode(b"caf\xff.png")
     shutil.copyfile(next(images.rglob("*.png")), odd)
-    command = [sys.executable, "-m", "pixclust", "similar", str(odd), "--in", str(run_dir)]
-    stopped = subprocess.run(command, capture_output=True, text=True, errors="replace", timeout=300, check=False)
+    stopped = pixclust_process("similar", odd, "--in", run_dir, errors="replace")
     assert stopped.returncode == 2 and "Traceback" not in stopped.stderr
     assert "holds a name that is not UTF-8; give the folder that holds" in stopped.stderr
     # A part swapped for a link is not read through; a damaged index is one line for its readers.

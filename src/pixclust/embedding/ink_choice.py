@@ -18,7 +18,7 @@ from pixclust.embedding.decode import load_rgb
 from pixclust.embedding.discover import walk_candidates
 from pixclust.embedding.ink import READ_SIDE, collection_wants_ink
 from pixclust.embedding.models import ModelSpec
-from pixclust.embedding.transforms import CentreCrop
+from pixclust.embedding.transforms import DEFAULT_CROP_FRACTION, CentreCrop
 from pixclust.errors import DecodeError
 
 SAMPLE_SIZE = 256
@@ -27,7 +27,6 @@ MOST_TRIED = 4 * SAMPLE_SIZE
 # The registry's crop decides what of a picture is kept; read_ink reads about READ_SIDE pixels a side of
 # the network's input, so the sample is read at that size directly (a quarter of the time at 224).
 READ_SIZE = READ_SIDE
-TIMM_CROP_FRACTION = 0.875
 
 
 @dataclass(frozen=True)
@@ -52,7 +51,7 @@ def choose_ink(
     random_state: int = 0,
 ) -> InkChoice:
     """Read a sample of the pictures under ``source`` as ``spec``'s network would get them, and decide."""
-    kept = spec.crop_fraction or TIMM_CROP_FRACTION
+    kept = spec.crop_fraction or DEFAULT_CROP_FRACTION
     crop = CentreCrop(READ_SIZE, int(READ_SIZE / kept))
     files = walk_candidates(source, include_hidden=include_hidden)
     order = np.random.default_rng(random_state).permutation(len(files))[:MOST_TRIED]

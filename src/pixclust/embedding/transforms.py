@@ -16,6 +16,8 @@ from pixclust.embedding.ink import INK_FORM, normalise_ink
 # with embeddings at mean cosine 0.998 (lowest 0.993) to full-size decoding, as close as
 # bf16 inference is to fp32.
 DRAFT_SHORTFALL = 0.9
+# The share of the resized picture a network sees where its weights record no crop_pct (timm's default).
+DEFAULT_CROP_FRACTION = 0.875
 
 
 @dataclass(frozen=True)
@@ -154,7 +156,7 @@ def network_preprocessing(
 
     cfg = timm.data.resolve_model_data_config(network)
     size = int(input_size or cfg["input_size"][-1])
-    kept = float(crop_fraction or cfg.get("crop_pct", 0.875))
+    kept = float(crop_fraction or cfg.get("crop_pct", DEFAULT_CROP_FRACTION))
     return Preprocessing(
         input_size=size,
         resize_to=int(size / kept),

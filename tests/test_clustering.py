@@ -120,7 +120,9 @@ def test_digits_umap_then_gmm(digits: tuple[np.ndarray, np.ndarray]) -> None:
     # Measured 0.88.
     assert cluster_accuracy(truth, fitted.labels_) > 0.8
     np.testing.assert_array_equal(fitted.predict(coords), fitted.labels_)
-    np.testing.assert_array_equal(reduce_features(X, "umap").coords, coords)
+    # The same settings give the same map (on a part of the digits: a second whole map is the cost of the first).
+    few = X[:300]
+    np.testing.assert_array_equal(reduce_features(few, "umap").coords, reduce_features(few, "umap").coords)
 
 
 @pytest.mark.parametrize("method", CLUSTER_METHODS)

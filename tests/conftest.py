@@ -5,7 +5,9 @@ from __future__ import annotations
 import hashlib
 import os
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -152,3 +154,13 @@ def fashion_default_run(tmp_path_factory: pytest.TempPathFactory) -> RunResult:
     root = tmp_path_factory.mktemp("fashion_default")
     folder = write_image_tree(root / "fashion", images[rows], labels[rows])
     return run(RunConfig(source=str(folder), out=str(root / "run"), k=10, truth="folders", report=False), quiet=True)
+
+
+@pytest.fixture(scope="module")
+def ray_instance() -> Iterator[Any]:
+    """A local Ray instance of two CPUs for the module's tests (Ray imported, initialised, and shut down after)."""
+    import ray
+
+    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

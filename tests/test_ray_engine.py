@@ -16,7 +16,6 @@ import os
 import signal
 import subprocess
 import sys
-from collections.abc import Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -57,22 +56,13 @@ main()
 """
 
 
-@pytest.fixture(scope="module")
-def ray_cluster() -> Iterator[Any]:
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
 def cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.sum(a * b, axis=1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
 
 
 @pytest.mark.slow
 def test_ray_engine_gives_the_local_engines_embeddings_and_clusters(
-    ray_cluster: Any, digit_tree: Path, tmp_path: Path
+    ray_instance: Any, digit_tree: Path, tmp_path: Path
 ) -> None:
     local = pixclust.embed(digit_tree, quiet=True)
     on_ray = pixclust.embed(digit_tree, out=tmp_path / "run", engine="ray", quiet=True)
@@ -92,7 +82,7 @@ def test_ray_engine_gives_the_local_engines_embeddings_and_clusters(
 
 @pytest.mark.slow
 def test_ray_engine_skips_bad_files_with_the_local_engines_reasons(
-    ray_cluster: Any, messy_tree: tuple[Path, dict[str, str]], tmp_path: Path
+    ray_instance: Any, messy_tree: tuple[Path, dict[str, str]], tmp_path: Path
 ) -> None:
     root, expected = messy_tree
     local = pixclust.embed(root, model="pixels", quiet=True)
@@ -104,7 +94,7 @@ def test_ray_engine_skips_bad_files_with_the_local_engines_reasons(
 
 @pytest.mark.slow
 def test_killed_ray_run_resumes_embedding_only_the_missing_images(
-    ray_cluster: Any, digit_tree: Path, tmp_path: Path
+    ray_instance: Any, digit_tree: Path, tmp_path: Path
 ) -> None:
     run_dir = tmp_path / "run"
     args = [
@@ -123,7 +113,7 @@ def test_killed_ray_run_resumes_embedding_only_the_missing_images(
         "--engine",
         "ray",
         "--address",
-        ray_cluster.get_runtime_context().gcs_address,
+        ray_instance.get_runtime_context().gcs_address,
     ]
     env = {**os.environ, "FLUSH_EVERY": str(FLUSH_EVERY), "KILL_AFTER_SHARDS": "2"}
     process = subprocess.Popen(
@@ -165,7 +155,7 @@ def test_killed_ray_run_resumes_embedding_only_the_missing_images(
 
 @pytest.mark.slow
 def test_ray_tasks_examine_the_files_discovery_found_as_this_process_does(
-    ray_cluster: Any, messy_tree: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    ray_instance: Any, messy_tree: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pixclust.embedding import extraction
     from pixclust.embedding.engines import ray as ray_engine
@@ -181,7 +171,7 @@ def test_ray_tasks_examine_the_files_discovery_found_as_this_process_does(
 
 @pytest.mark.slow
 def test_files_are_hashed_by_ray_tasks_as_by_this_process(
-    ray_cluster: Any, messy_tree: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
+    ray_instance: Any, messy_tree: tuple[Path, dict[str, str]], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from pixclust.embedding import extraction
     from pixclust.embedding.engines import ray as ray_engine
@@ -204,7 +194,7 @@ def test_files_are_hashed_by_ray_tasks_as_by_this_process(
 
 
 @pytest.mark.slow
-def test_a_node_whose_model_differs_stops_the_run_with_one_line(ray_cluster: Any, digit_tree: Path) -> None:
+def test_a_node_whose_model_differs_stops_the_run_with_one_line(ray_instance: Any, digit_tree: Path) -> None:
     """An actor that cannot load the driver's model hands back its error; the driver raises it, not Ray's traceback."""
     extractor = load_extractor("pixels")
     # As if the driver had other weights than the nodes: the actors' model id no longer matches.

@@ -13,7 +13,6 @@ import os
 import shutil
 import subprocess
 import sys
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -42,15 +41,6 @@ from pixclust.report import sharded_view
 from pixclust.runs import sharded
 from pixclust.runs.folder import RunFolder
 from pixclust.runs.pipeline import embed
-
-
-@pytest.fixture(scope="module")
-def ray_instance() -> Iterator[Any]:
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def write_shards(folder: Path, paths: list[str], vectors: np.ndarray, *, files: int = 3, group_rows: int = 100) -> Path:

@@ -10,7 +10,6 @@ import csv
 import json
 import os
 import shutil
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -32,15 +31,6 @@ from pixclust.errors import UsageError
 from pixclust.names import unescape_name
 from pixclust.runs import sharded_embed, sharded_hog
 from pixclust.runs.sharded_embed import embed_shards
-
-
-@pytest.fixture(scope="module")
-def ray_instance() -> Iterator[Any]:
-    import ray
-
-    ray.init(num_cpus=2, object_store_memory=200 * 2**20, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
 
 
 def stored(run_dir: Path) -> dict[str, np.ndarray]:

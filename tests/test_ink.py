@@ -13,8 +13,9 @@ from PIL import Image
 from real_data import colour_at_random, write_image_tree, write_photo_crops
 from sklearn.datasets import load_digits
 
+from pixclust.embedding.discover import walk_candidates
 from pixclust.embedding.ink import INK_FORM, collection_wants_ink, normalise_ink, read_ink
-from pixclust.embedding.ink_choice import choose_ink
+from pixclust.embedding.ink_choice import check_ink, choose_ink, network_model
 from pixclust.embedding.models import resolve_model
 from pixclust.embedding.store import EmbeddingStore
 from pixclust.embedding.transforms import HogTransform
@@ -117,7 +118,7 @@ def test_a_run_over_coloured_digits_feeds_them_as_grey_and_a_grey_run_does_not(t
     rows = np.flatnonzero(np.isin(labels, (0, 1, 6)))[:120]
     coloured = write_image_tree(tmp_path / "coloured", colour_at_random(grey[rows], random_state=0), labels[rows])
     plain = write_image_tree(tmp_path / "grey", grey[rows], labels[rows])
-    assert choose_ink(plain, resolve_model("efficientnet-lite0"), max_pixels=10**8).wanted is False
+    assert choose_ink(walk_candidates(plain), resolve_model("efficientnet-lite0"), max_pixels=10**8).wanted is False
 
     turned = run(RunConfig(str(coloured), str(tmp_path / "run"), k=3, truth="folders", report=False), quiet=True)
     record = json.loads((tmp_path / "run" / "run.json").read_text())["model"]
@@ -149,3 +150,23 @@ def test_a_run_over_coloured_digits_feeds_them_as_grey_and_a_grey_run_does_not(t
     home = {digit: Counter(clusters).most_common(1)[0][0] for digit, clusters in runs_of_digit.items()}
     placed = [cluster_of[path] == home[Path(path).parent.name] for path in added.paths]
     assert np.mean(placed) >= 0.8
+
+
+def test_the_ink_setting_names_the_network_and_samples_only_where_asked() -> None:
+    def never_walked() -> list[str]:
+        raise AssertionError("no sample was wanted, so no folder is walked")
+
+    for model, ink, named in (
+        ("efficientnet-lite0", "off", "efficientnet-lite0"),
+        ("efficientnet-lite0", "on", "efficientnet-lite0+ink"),
+        ("efficientnet-lite0+ink", "auto", "efficientnet-lite0+ink"),
+        ("hog", "auto", "hog"),
+        ("pixels", "on", "pixels"),
+    ):
+        assert network_model(model, ink, never_walked, max_pixels=10**8) == (named, None)
+    with pytest.raises(UsageError, match="ink='sometimes' is not known"):
+        check_ink("efficientnet-lite0", "sometimes")
+    with pytest.raises(UsageError, match="turns ink on paper to grey, and ink='off' asks not to"):
+        check_ink("efficientnet-lite0+ink", "off")
+    with pytest.raises(UsageError, match="is not a network, so ink='on' has no input to turn"):
+        check_ink("hog", "on")

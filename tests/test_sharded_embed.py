@@ -20,12 +20,15 @@ import pytest
 from command_line import pixclust_process
 from conftest import add_bad_files, write_digit_tree
 from PIL import Image
+from real_data import colour_at_random, write_image_tree
+from sklearn.datasets import load_digits
 from sklearn.metrics import adjusted_rand_score
 from typer.testing import CliRunner
 
 import pixclust
 from pixclust.cli import app
 from pixclust.distributed.parts import VectorParts
+from pixclust.embedding.models import DEFAULT_MODEL
 from pixclust.embedding.part_store import PARTS_INDEX, PartRows, plan_layout
 from pixclust.errors import UsageError
 from pixclust.names import unescape_name
@@ -43,8 +46,8 @@ def stored(run_dir: Path) -> dict[str, np.ndarray]:
     return dict(zip(paths, vectors, strict=True))
 
 
-def assert_local_vectors(run_dir: Path, images: Path) -> None:
-    local = pixclust.embed(images, quiet=True)
+def assert_local_vectors(run_dir: Path, images: Path, *, model: str = DEFAULT_MODEL) -> None:
+    local = pixclust.embed(images, model=model, quiet=True)
     rows = stored(run_dir)
     assert sorted(rows) == sorted(local.paths)
     for path, vector in zip(local.paths, local.vectors, strict=True):
@@ -56,17 +59,17 @@ def part_files(run_dir: Path) -> list[str]:
     return sorted(name for name in os.listdir(run_dir / "embeddings.parts") if name != PARTS_INDEX)
 
 
-def assert_hog_mirrors(run_dir: Path, images: Path) -> None:
+def assert_hog_mirrors(run_dir: Path, images: Path, *, model: str = "hog") -> None:
     """The HOG view pairs with the parts row for row (same part names and rows) and holds the local HOG vectors."""
     view = run_dir / "views" / "hog"
     indexes = [json.loads((folder / "embeddings.parts" / PARTS_INDEX).read_text()) for folder in (run_dir, view)]
-    assert indexes[0]["parts"] == indexes[1]["parts"] and indexes[1]["model"] == "hog"
+    assert indexes[0]["parts"] == indexes[1]["parts"] and indexes[1]["model"] == model
     assert part_files(view) == part_files(run_dir)
     embedding, hog = VectorParts.plan(run_dir), VectorParts.plan(view)
     assert [part.rows for part in embedding.parts] == [part.rows for part in hog.parts]
     rows = np.arange(embedding.n_rows)
     assert embedding.read_rows(rows, columns=["path"]).equals(hog.read_rows(rows, columns=["path"]))
-    local = pixclust.embed(images, model="hog", quiet=True)
+    local = pixclust.embed(images, model=model, quiet=True)
     by_path = stored(view)
     assert sorted(by_path) == sorted(local.paths)
     for path, vector in zip(local.paths, local.vectors, strict=True):
@@ -240,6 +243,33 @@ def refused(arguments: list[str]) -> str:
     result = CliRunner().invoke(app, arguments)
     assert result.exit_code != 0 and isinstance(result.exception, UsageError), result.output
     return str(result.exception)
+
+
+def test_ink_on_paper_in_many_colours_reaches_the_network_as_grey_as_cluster_feeds_it(
+    ray_instance: Any, tmp_path: Path
+) -> None:
+    digits = load_digits()
+    rows = np.concatenate([np.flatnonzero(digits.target == digit)[:3] for digit in range(10)])
+    grey = np.clip(digits.images[rows] * (255.0 / 16.0), 0, 255).astype(np.uint8)
+    images = write_image_tree(tmp_path / "images", colour_at_random(grey, random_state=0), digits.target[rows])
+    run_dir = tmp_path / "run"
+    done = embed_shards(images, run_dir, quiet=True)
+    assert done.ink is not None and done.ink.wanted and done.ink.read == 30
+    index = json.loads((run_dir / "embeddings.parts" / PARTS_INDEX).read_text())
+    assert index["model"] == "efficientnet-lite0+ink" and index["ink_sample"] == done.ink.to_dict()
+    assert_local_vectors(run_dir, images, model="efficientnet-lite0+ink")
+    assert_hog_mirrors(run_dir, images, model="hog+ink")
+    # The command line gives cluster-shards a list of inputs: one run folder among them still brings its HOG view.
+    address = ray_instance.get_runtime_context().gcs_address
+    clustered = CliRunner().invoke(
+        app, ["cluster-shards", str(run_dir), "--out", str(tmp_path / "clustered"), "--k", "10", "--address", address]
+    )
+    assert clustered.exit_code == 0, clustered.output
+    assert "(HOG vectors given)" in clustered.output
+    summary = json.loads((tmp_path / "clustered" / "cluster_table" / "summary.json").read_text())
+    assert summary["hog_inputs"] and summary["hog_inputs"][0].startswith(str(run_dir / "views" / "hog"))
+    with pytest.raises(UsageError, match="ink='maybe' is not known; choose one of auto, on, off"):
+        embed_shards(images, run_dir, ink="maybe", quiet=True)
 
 
 def test_mistakes_are_one_line_and_leave_files_alone(ray_instance: Any, digit_run: Path, tmp_path: Path) -> None:

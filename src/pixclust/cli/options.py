@@ -64,6 +64,14 @@ Precision = Annotated[
     str | None,
     typer.Option(help="auto, fp32, bf16 or fp16 [default: {precision}: bf16 where the CPU has it, fp16 on a GPU]."),
 ]
+Ink = Annotated[
+    str | None,
+    typer.Option(
+        help="Pictures of ink on plain paper (glyphs, drawings) reach the network as grey ink on white, "
+        "so their colours and light-or-dark do not group them: auto (where a sample of the collection "
+        "is such), on, or off [default: {ink}]."
+    ),
+]
 # 'evaluate' and 'predict' both load a classifier.
 AllowPickle = Annotated[
     bool,

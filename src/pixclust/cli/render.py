@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from pixclust.curation.interchange import ExportRun
     from pixclust.curation.lookalikes import DuplicatesResult, SimilarResult
     from pixclust.curation.move import MoveReport
+    from pixclust.embedding.ink_choice import InkChoice
     from pixclust.embedding.weights import ModelStatus
     from pixclust.labelling.classifier import TrainedClassifier
     from pixclust.labelling.workflows import EvaluationRun, LabelRun, PredictionRun
@@ -86,12 +87,7 @@ def render_run(result: RunResult) -> None:
         out.print(
             f"k chosen by {scan.criterion}: {scan.chosen_k} (scanned {scan.ks[0]}..{scan.ks[-1]}; elbow at {elbow})"
         )
-    if result.ink is not None and result.ink.wanted:
-        ink = result.ink
-        out.print(
-            f"ink on plain paper in {ink.ink} of {ink.read} pictures sampled, {ink.papers_apart} on papers apart: "
-            f"the network saw them as grey ink on white (--ink off keeps their colours)"
-        )
+    _render_ink(result.ink)
     if clustering.choice is not None:
         out.print(f"features chosen by stability: {clustering.choice['representation']}")
     silhouette = "n/a" if math.isnan(clustering.silhouette) else f"{clustering.silhouette:.3f}"
@@ -220,9 +216,19 @@ def render_sharded_embedding(run: ShardedEmbedding) -> None:
     )
     if run.parts_rewritten:
         out.print(f"{_count(run.parts_rewritten, 'part')} written again for files gone, changed or copied")
+    _render_ink(run.ink)
     hog = f" and the HOG view in {shown(run.hog_dir)}" if run.hog_dir else ""
     out.print(f"wrote {shown(run.parts_dir)}{hog} in {run.seconds:.1f} s")
     out.print(f"next: pixclust cluster-shards {shown(run.run_dir)} --out CLUSTER_RUN")
+
+
+def _render_ink(ink: InkChoice | None) -> None:
+    """The sample's finding, where it had the network see ink on paper as grey."""
+    if ink is not None and ink.wanted:
+        console().print(
+            f"ink on plain paper in {ink.ink} of {ink.read} pictures sampled, {ink.papers_apart} on papers apart: "
+            f"the network saw them as grey ink on white (--ink off keeps their colours)"
+        )
 
 
 def _count(number: int, noun: str) -> str:
@@ -311,6 +317,9 @@ def render_sharded(run: ShardedRun) -> None:
     console().print(table)
     if len(sizes) > SHOWN_CLUSTERS:
         console().print(f"... and {len(sizes) - SHOWN_CLUSTERS:,} smaller clusters")
+    if summary.get("choice"):
+        hog = "given" if summary.get("hog_inputs") else "none given"
+        console().print(f"features chosen by stability: {summary['choice']['representation']} (HOG vectors {hog})")
     written = "clusters.csv and " if (run.run_dir / CLUSTERS_CSV).is_file() else ""
     console().print(f"wrote {written}cluster_table/ to {shown(run.run_dir)}")
 

@@ -13,6 +13,7 @@ import typer
 from pixclust.cli.options import (
     BatchSize,
     IncludeHidden,
+    Ink,
     Maps,
     MaxPixels,
     Precision,
@@ -158,14 +159,7 @@ def cluster_command(
             "where the model has an ImageNet classifier.",
         ),
     ] = None,
-    ink: Annotated[
-        str | None,
-        typer.Option(
-            help="Pictures of ink on plain paper (glyphs, drawings) reach the network as grey ink on white, "
-            "so their colours and light-or-dark do not group them: auto (where a sample of the collection "
-            "is such), on, or off [default: {ink}]."
-        ),
-    ] = None,
+    ink: Ink = None,
     config: Annotated[
         Path | None, typer.Option(help="Repeat a run from its run.json; other options override it.")
     ] = None,
@@ -382,6 +376,7 @@ def embed_shards_command(
             "(as 'pixclust cluster' does); --no-hog saves decoding every image twice."
         ),
     ] = True,
+    ink: Ink = None,
     quiet: Quiet = False,
 ) -> None:
     """Embed images on Ray into a folder of Parquet parts that no process holds whole, for cluster-shards and
@@ -400,6 +395,7 @@ def embed_shards_command(
             precision=precision,
             actor_cpus=actor_cpus,
             include_hidden=include_hidden,
+            ink=ink,
         ),
         address=address,
         ray_wait=ray_wait,

@@ -15,13 +15,12 @@ from pixclust.curation.flags import DEFAULT_FLAG_THRESHOLD, checked_flag_thresho
 from pixclust.embedding.decode import DEFAULT_MAX_PIXELS
 from pixclust.embedding.embedder import DEFAULT_BATCH_SIZE
 from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S, ENGINES, check_engine
+from pixclust.embedding.ink_choice import INK_CHOICES
 from pixclust.embedding.models import DEFAULT_MODEL, INK_SUFFIX, resolve_model
 from pixclust.embedding.runtimes import PRECISIONS, RUNTIMES
 from pixclust.errors import UsageError
 
 PIPELINES = ("auto", "fixed")
-# auto: where a sample of the collection is ink on paper; on: every picture that is; off: none.
-INK_CHOICES = ("auto", "on", "off")
 
 
 def resolve_pipeline(pipeline: str, method: str | None, reduce: str | None) -> str:

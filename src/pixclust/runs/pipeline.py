@@ -34,10 +34,11 @@ from pixclust.curation.flags import QualityFlags, flag_images
 from pixclust.curation.move import MoveReport, check_no_moves, move_into_clusters
 from pixclust.curation.naming import ClusterName, name_clusters
 from pixclust.embedding.class_head import ClassHead, class_head
+from pixclust.embedding.discover import walk_candidates
 from pixclust.embedding.extraction import embed
 from pixclust.embedding.files import READABLE_FORMATS
-from pixclust.embedding.ink_choice import InkChoice, choose_ink
-from pixclust.embedding.models import INK_SUFFIX, hog_model_for, resolve_model
+from pixclust.embedding.ink_choice import InkChoice, network_model
+from pixclust.embedding.models import hog_model_for, resolve_model
 from pixclust.embeddings import Embeddings
 from pixclust.errors import NoImagesError, UsageError
 from pixclust.progress import quietly, warn
@@ -247,7 +248,13 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
     # Read before the minutes of embedding: a damaged file is one line now, not after them.
     corrections = Corrections.read(run_dir / CORRECTIONS_FILE) if previous is not None else Corrections()
     sources = [config.source, *_batch_sources(batches)]
-    model, ink = _network_model(config)
+    model, ink = network_model(
+        config.model,
+        config.ink,
+        lambda: walk_candidates(config.source, include_hidden=config.include_hidden),
+        max_pixels=config.max_pixels,
+        random_state=config.seed,
+    )
     embeddings = _embed_source(
         config,
         sources,
@@ -428,26 +435,6 @@ def _embed_source(
             else {}
         ),
     )
-
-
-def _network_model(config: RunConfig) -> tuple[str, InkChoice | None]:
-    """The model the run embeds with, and the sample that chose it where one did (``config.ink`` is "auto").
-
-    ``config.model``, or where the collection is ink on paper, the same network fed it as grey ink on white.
-    """
-    spec = resolve_model(config.model)
-    if spec.family != "timm" or spec.ink or config.ink == "off":
-        return config.model, None
-    if config.ink == "on":
-        return spec.name + INK_SUFFIX, None
-    choice = choose_ink(
-        config.source,
-        spec,
-        include_hidden=config.include_hidden,
-        max_pixels=config.max_pixels,
-        random_state=config.seed,
-    )
-    return (spec.name + INK_SUFFIX if choice.wanted else config.model), choice
 
 
 def _hog_view(config: RunConfig, sources: list[str | Path], run_dir: Path, model: str) -> Embeddings | None:

@@ -151,14 +151,16 @@ def cluster_shards(
 
 def _hog_of_run(vectors: str | Path | Sequence[str | Path]) -> Path | None:
     """A run folder's HOG vectors (``views/hog/``), when the input is one run folder (or the parts of one) that
-    has them."""
-    if not isinstance(vectors, (str, Path)):
+    has them: given alone, or as the one item of a list, as the command line gives it."""
+    given = [vectors] if isinstance(vectors, (str, Path)) else list(vectors)
+    if len(given) != 1:
         return None
-    if has_parts_index(vectors):
-        return hog_parts_of(vectors)
-    if not is_run_folder(vectors):
+    (folder,) = given
+    if has_parts_index(folder):
+        return hog_parts_of(folder)
+    if not is_run_folder(folder):
         return None
-    hog = Path(vectors) / VIEWS_DIR / HOG_VIEW / EMBEDDINGS_FILE
+    hog = Path(folder) / VIEWS_DIR / HOG_VIEW / EMBEDDINGS_FILE
     return hog if hog.is_file() else None
 
 

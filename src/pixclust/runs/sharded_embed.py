@@ -34,6 +34,7 @@ from pixclust.embedding.engines.ray import RayEmbedder, RaySettings, ray_session
 from pixclust.embedding.extraction import discover_sources, extract_chunks, hash_files
 from pixclust.embedding.extractor import load_extractor
 from pixclust.embedding.files import READABLE_FORMATS, SkippedFile
+from pixclust.embedding.ink_choice import InkChoice, check_ink, network_model
 from pixclust.embedding.models import DEFAULT_MODEL, hog_model_for, resolve_model
 from pixclust.embedding.part_store import (
     PART_WRITE_ROWS,
@@ -65,7 +66,8 @@ class ShardedEmbedding:
     """What :func:`embed_shards` left in ``run_dir``: ``rows`` images in ``parts`` parts of ``dim``-long vectors of
     ``model_id``; ``n_extracted`` embedded now, ``n_reused`` not (stored, or an identical file's), ``parts_rewritten`` parts
     written anew for files gone, changed or copied; the files ``skipped`` and why; ``seconds`` in all; ``hog``:
-    whether the run has its HOG view (``views/hog/``) for cluster-shards."""
+    whether the run has its HOG view (``views/hog/``) for cluster-shards; ``ink``: the sample that decided whether
+    the network got ink on paper as grey (None: not sampled)."""
 
     run_dir: Path
     rows: int
@@ -78,6 +80,7 @@ class ShardedEmbedding:
     skipped: list[SkippedFile]
     seconds: float
     hog: bool
+    ink: InkChoice | None = None
 
     @property
     def parts_dir(self) -> Path:
@@ -103,6 +106,7 @@ def embed_shards(
     actor_cpus: int | None = None,
     ray_wait: float = DEFAULT_RAY_WAIT_S,
     hog: bool = True,
+    ink: str = "auto",
     quiet: bool = False,
 ) -> ShardedEmbedding:
     """Embed every usable image under ``source`` (folders or image files) on Ray into the run folder ``out``'s
@@ -112,11 +116,14 @@ def embed_shards(
     other settings are ``pixclust.embed``'s. Files that cannot be used are listed in ``errors.csv``.
     With ``hog`` (and a network for ``model``), the images' HOG vectors are kept beside the parts, row for
     row (:mod:`pixclust.runs.sharded_hog`), so that cluster-shards can join them as ``pixclust cluster`` does.
+    ``ink`` is ``pixclust cluster``'s: with "auto", a sample of the images found decides whether a network
+    gets pictures of ink on paper as grey ink on white (``model`` then ends in ``+ink``).
     """
     started = time.perf_counter()
     roots = [source] if isinstance(source, (str, Path)) else list(source)
     if not roots:
         raise NoImagesError("no images given; name a folder or file of images")
+    check_ink(model, ink)
     for root in roots:
         folder = RunFolder.open_apart_from(root, out)
     refuse_local_run(folder, out)
@@ -126,6 +133,7 @@ def embed_shards(
         # Paths as text only: a Path object per image is several times the text's memory.
         found, skipped = [str(path) for path in discovery.files], list(discovery.skipped)
         del discovery
+        model, ink_choice = network_model(model, ink, lambda walked=found: walked, max_pixels=max_pixels)
         extractor = load_extractor(model, weights=weights, runtime=runtime, precision=precision, lazy=True)
         parts = stored_parts(folder, extractor.model_id, extractor.dim)
         known = KnownEmbeddings()
@@ -209,7 +217,8 @@ def embed_shards(
                 "dim": extractor.dim,
                 "sources": [os.path.abspath(root) for root in roots],
                 "skipped": len(skipped),
-            },
+            }
+            | ({} if ink_choice is None else {"ink_sample": ink_choice.to_dict()}),
         )
         remove_unindexed(folder, {name for name, _ in written})
     n_extracted = len(paths_of_hash) - len(failed)
@@ -225,6 +234,7 @@ def embed_shards(
         skipped=sorted(skipped, key=lambda item: item.path),
         seconds=time.perf_counter() - started,
         hog=with_hog,
+        ink=ink_choice,
     )
 
 

@@ -100,6 +100,14 @@ def write_photo_crops(root: Path, *, per_photo: int = 80, side: int = 128, rando
     return root
 
 
+def grey_digits() -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 1,797 digits as grey 8 x 8 uint8 pictures (its 0-16 levels stretched to 0-255), and their classes."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    return np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8), digits.target
+
+
 def colour_at_random(images: np.ndarray, *, random_state: int = 0) -> np.ndarray:
     """Grey N x H x W images as N x H x W x 3, each with its own random ink and paper colours.
 

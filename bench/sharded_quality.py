@@ -24,8 +24,7 @@ import sys
 from pathlib import Path
 
 import numpy as np
-from real_data import colour_at_random, fashion_mnist, write_image_tree
-from sklearn.datasets import load_digits
+from real_data import colour_at_random, fashion_mnist, grey_digits, write_image_tree
 from sklearn.metrics import adjusted_rand_score
 
 import pixclust
@@ -47,14 +46,9 @@ def data_sets(work: Path) -> dict[str, Path]:
         write_digits(digits)
     coloured = work / "digits-coloured"
     if not coloured.is_dir():
-        grey = load_digits()
-        pixels = np.clip(grey.images * (255.0 / 16.0), 0, 255).astype(np.uint8)
-        write_image_tree(
-            coloured,
-            colour_at_random(pixels, random_state=0),
-            grey.target,
-            class_names=tuple(str(digit) for digit in range(K)),
-        )
+        pixels, classes = grey_digits()
+        names = tuple(str(digit) for digit in range(K))
+        write_image_tree(coloured, colour_at_random(pixels, random_state=0), classes, class_names=names)
     return {"digits": digits, "digits-coloured": coloured, "fashion-3000": fashion}
 
 

@@ -10,8 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from PIL import Image
-from real_data import colour_at_random, write_image_tree, write_photo_crops
-from sklearn.datasets import load_digits
+from real_data import colour_at_random, grey_digits, write_image_tree, write_photo_crops
 
 from pixclust.embedding.discover import walk_candidates
 from pixclust.embedding.ink import INK_FORM, collection_wants_ink, normalise_ink, read_ink
@@ -24,11 +23,6 @@ from pixclust.runs.add import add
 from pixclust.runs.pipeline import RunConfig, run
 
 SIDE = 224
-
-
-def grey_digits() -> tuple[np.ndarray, np.ndarray]:
-    digits = load_digits()
-    return np.clip(digits.images * (255.0 / 16.0), 0, 255).astype(np.uint8), digits.target
 
 
 def network_input(picture: np.ndarray) -> np.ndarray:

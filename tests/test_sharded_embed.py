@@ -20,8 +20,7 @@ import pytest
 from command_line import pixclust_process
 from conftest import add_bad_files, write_digit_tree
 from PIL import Image
-from real_data import colour_at_random, write_image_tree
-from sklearn.datasets import load_digits
+from real_data import colour_at_random, grey_digits, write_image_tree
 from sklearn.metrics import adjusted_rand_score
 from typer.testing import CliRunner
 
@@ -248,10 +247,9 @@ def refused(arguments: list[str]) -> str:
 def test_ink_on_paper_in_many_colours_reaches_the_network_as_grey_as_cluster_feeds_it(
     ray_instance: Any, tmp_path: Path
 ) -> None:
-    digits = load_digits()
-    rows = np.concatenate([np.flatnonzero(digits.target == digit)[:3] for digit in range(10)])
-    grey = np.clip(digits.images[rows] * (255.0 / 16.0), 0, 255).astype(np.uint8)
-    images = write_image_tree(tmp_path / "images", colour_at_random(grey, random_state=0), digits.target[rows])
+    grey, classes = grey_digits()
+    rows = np.concatenate([np.flatnonzero(classes == digit)[:3] for digit in range(10)])
+    images = write_image_tree(tmp_path / "images", colour_at_random(grey[rows], random_state=0), classes[rows])
     run_dir = tmp_path / "run"
     done = embed_shards(images, run_dir, quiet=True)
     assert done.ink is not None and done.ink.wanted and done.ink.read == 30

@@ -77,7 +77,7 @@ def test_identical_files_are_embedded_once(tmp_path: Path, messy_tree) -> None:
     original = next((root / "1").rglob("*.png"))
     shutil.copy(original, root / "copy_of_one.png")
     result = pixclust.embed(root, out=tmp_path / "run", quiet=True)
-    assert len(result) == 46 and result.n_extracted == 45
+    assert len(result) == 46 and (result.n_extracted, result.n_reused) == (45, 1)
     rows = {Path(p).name: i for i, p in enumerate(result.paths)}
     np.testing.assert_array_equal(result.vectors[rows["copy_of_one.png"]], result.vectors[rows[original.name]])
 

@@ -49,7 +49,8 @@ class Embeddings:
     ``model`` is the :class:`~pixclust.embedding.record.ModelRecord` of the model that
     made them (name, weights source and hash, preprocessing; None when a run
     folder's run.json is gone); ``skipped`` lists the files that could not be used and why.
-    ``n_extracted``/``n_reused`` say how much work this run did versus the cache.
+    ``n_extracted`` counts the contents embedded now (identical files once), ``n_reused`` the other
+    images: their vectors came from the store or from an identical file's; the two add up to the images.
     ``image_stats`` holds each image's :data:`~pixclust.embedding.pixel_stats.IMAGE_STATS`
     (NaN where unmeasured, the default).
     """

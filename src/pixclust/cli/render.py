@@ -101,7 +101,7 @@ def render_run(result: RunResult) -> None:
     out.print(
         f"{total:,} images used, {len(embeddings.skipped):,} skipped"
         + (" (see errors.csv)" if embeddings.skipped else "")
-        + f"; {embeddings.n_extracted:,} embedded, {embeddings.n_reused:,} reused from the store"
+        + f"; {embeddings.n_extracted:,} embedded, {embeddings.n_reused:,} reused"
     )
     if result.flags is not None:
         render_flags(result.flags.counts(), result.flags.n_flagged, result.config.report)

@@ -131,7 +131,8 @@ def embed(
         embeddings.model = replace(extractor.record, model_id=extractor.model_id)
         embeddings.skipped = sorted(skipped, key=lambda item: item.path)
         embeddings.n_extracted = len(fresh)
-        embeddings.n_reused = sum(1 for digest in digests if digest not in fresh)
+        # Every image used is one or the other: a copy of a file embedded now counts as reused, as in embed-shards.
+        embeddings.n_reused = len(digests) - len(fresh)
         if store and save and not store.holds(embeddings):
             store.save(embeddings)
         return embeddings

@@ -134,6 +134,27 @@ def test_export_refuses_what_it_cannot_do(reported_run: Path, digit_run: Path, t
     assert not (tmp_path / "y").exists()
 
 
+def test_export_replaces_only_its_own_unchanged_files(reported_run: Path, tmp_path: Path) -> None:
+    """A name is no proof: a FiftyOne dataset's own labels.json, or an export edited by hand, is refused."""
+    theirs = tmp_path / "dataset"
+    theirs.mkdir()
+    (theirs / FIFTYONE_LABELS).write_text('{"their": "own labels"}')
+    with pytest.raises(UsageError, match=rf"{FIFTYONE_LABELS} is not a file pixclust export wrote"):
+        export_run(reported_run, format="fiftyone", out=theirs)
+    assert sorted(os.listdir(theirs)) == [".pixclust.lock", FIFTYONE_LABELS]
+    assert (theirs / FIFTYONE_LABELS).read_text() == '{"their": "own labels"}'
+
+    ours = tmp_path / "export"
+    first = export_run(reported_run, format="csv", out=ours)
+    assert export_run(reported_run, format="csv", out=ours).files == first.files
+    with open(ours / EXPORT_CSV, "a", encoding="utf-8") as stream:
+        stream.write("a row typed by hand\n")
+    edited = (ours / EXPORT_CSV).read_bytes()
+    refused = pixclust("export", reported_run, "--format", "csv", "--out", ours)
+    assert refused.returncode == 2 and "changed since" in refused.stderr and "Traceback" not in refused.stderr
+    assert (ours / EXPORT_CSV).read_bytes() == edited
+
+
 @pytest.mark.slow
 def test_export_names_files_whose_names_are_not_utf8(digit_tree: Path, tmp_path: Path) -> None:
     images = tmp_path / "images"

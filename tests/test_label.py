@@ -11,6 +11,7 @@ import pytest
 from command_line import pixclust
 from PIL import Image
 
+from pixclust.curation.lookalikes import find_similar
 from pixclust.errors import UsageError
 from pixclust.labelling.classifier import evaluate, train_classifier
 from pixclust.labelling.label import (
@@ -200,6 +201,14 @@ def test_commands_run_and_fail_cleanly(digit_tree: Path, digit_run: Path, tmp_pa
     found = pixclust("similar", some, "--in", digit_run, "--top", "3", "--out", tmp_path / "sim")
     assert found.returncode == 0, found.stderr
     assert (tmp_path / "sim" / "similar.csv").read_text().count("\n") == 4
+    assert (
+        find_similar(digit_run, [str(some)], top=3, out=tmp_path / "sim").csv_path == tmp_path / "sim" / "similar.csv"
+    )
+    (tmp_path / "notes").mkdir()
+    (tmp_path / "notes" / "similar.csv").write_text("my own table")
+    kept = pixclust("similar", some, "--in", digit_run, "--top", "3", "--out", tmp_path / "notes")
+    assert kept.returncode == 2 and "not a file pixclust similar wrote" in kept.stderr
+    assert (tmp_path / "notes" / "similar.csv").read_text() == "my own table"
     dupes = pixclust("duplicates", digit_run, "--out", tmp_path / "dup")
     assert dupes.returncode == 0, dupes.stderr
     assert "duplicate groups" in dupes.stdout and (tmp_path / "dup" / "duplicates.csv").is_file()
@@ -224,6 +233,12 @@ def test_commands_run_and_fail_cleanly(digit_tree: Path, digit_run: Path, tmp_pa
     assert "0.70" in labelled.stdout and "0.80" in labelled.stdout
     bad = pixclust("label", "--refs", tmp_path / "missing", "--in", digit_run, "--out", tmp_path / "lab2")
     assert bad.returncode == 2 and "error:" in bad.stderr and "Traceback" not in bad.stderr
+    labels_csv = (tmp_path / "lab" / "labels.csv").read_bytes()
+    slip = pixclust(
+        "train", tmp_path / "lab" / "labels.csv", "--in", digit_run, "--out", tmp_path / "lab" / "labels.csv"
+    )
+    assert slip.returncode == 2 and "not a classifier made by 'pixclust train'" in " ".join(slip.stderr.split())
+    assert (tmp_path / "lab" / "labels.csv").read_bytes() == labels_csv
     both = pixclust(
         "train",
         tmp_path / "lab" / "labels.csv",
@@ -244,6 +259,8 @@ def test_commands_run_and_fail_cleanly(digit_tree: Path, digit_run: Path, tmp_pa
         "train", tmp_path / "lab" / "labels.csv", "--in", digit_run, "--out", tmp_path / "m.pkl", "--head", "logistic"
     )
     assert trained.returncode == 0, trained.stderr
+    # A classifier pixclust saved is what --out may replace.
+    train(tmp_path / "lab" / "labels.csv", digit_run, out=tmp_path / "m.pkl", heads=("logistic",), quiet=True)
     only_zeros = tmp_path / "zeros.csv"
     only_zeros.write_text(
         "path,label\n" + "".join(f"{p},zero\n" for p in sorted((digit_tree / "0" / "batch1").glob("*")))

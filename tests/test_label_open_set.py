@@ -257,3 +257,27 @@ def test_a_second_label_into_the_same_folder_waits_its_turn(digit_run: Path, tmp
         os.close(held)
     assert not (out / LABELS_CSV).exists()
     assert label(digit_run, refs, out=out).labels_csv.is_file()
+
+
+def test_label_leaves_a_labels_csv_it_did_not_write(digit_run: Path, tmp_path: Path) -> None:
+    """The folder may hold the user's own labelled list by the same name: it is refused, untouched, before any work."""
+    from pixclust.labelling.workflows import label
+
+    embeddings = open_embeddings(digit_run)
+    refs = tmp_path / "refs.csv"
+    refs.write_text("class,id\n" + "".join(f"first,{path}\n" for path in embeddings.paths[:3]))
+    out = tmp_path / "project"
+    out.mkdir()
+    typed = "path,label\nsome/photo.jpg,cat\n"
+    (out / LABELS_CSV).write_text(typed)
+    with pytest.raises(UsageError, match=r"labels\.csv is not a file pixclust label wrote"):
+        label(digit_run, refs, out=out)
+    assert (out / LABELS_CSV).read_text() == typed and not (out / "sheets").exists()
+
+    (out / LABELS_CSV).unlink()
+    (out / "sheets").symlink_to(tmp_path)
+    with pytest.raises(UsageError, match="is a link"):
+        label(digit_run, refs, out=out)
+    (out / "sheets").unlink()
+    first = label(digit_run, refs, out=out)
+    assert label(digit_run, refs, out=out).labels_csv == first.labels_csv

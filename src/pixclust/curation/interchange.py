@@ -42,6 +42,11 @@ COCO_JSON = "annotations.json"
 FIFTYONE_LABELS = "labels.json"
 FIFTYONE_DATA = "data.json"
 FIFTYONE_EXTRA = "pixclust.json"
+EXPORT_FILES = {
+    "fiftyone": (FIFTYONE_LABELS, FIFTYONE_DATA, FIFTYONE_EXTRA),
+    "coco": (COCO_JSON,),
+    "csv": (EXPORT_CSV,),
+}
 _CSV_COLUMNS = ("path", "cluster", "name", "flags", "flag_score", "duplicate_group", "duplicate_kind")
 
 
@@ -184,10 +189,9 @@ def _refuse_other_files(folder: Path) -> None:
     """An export replaces only what an export writes: a folder holding anything else is someone's, not ours."""
     from pixclust.errors import UsageError
     from pixclust.runs.lock import LOCK_FILE
+    from pixclust.runs.output_folder import OWNED_FILE
 
-    ours = {EXPORT_CSV, COCO_JSON, FIFTYONE_LABELS, FIFTYONE_DATA, FIFTYONE_EXTRA, LOCK_FILE}
-    if folder.is_symlink() or (folder.exists() and not folder.is_dir()):
-        raise UsageError(f"--out {folder} is not a folder (or is a link); choose a new or empty folder")
+    ours = {*(name for names in EXPORT_FILES.values() for name in names), LOCK_FILE, OWNED_FILE}
     others = sorted(entry.name for entry in folder.iterdir() if entry.name not in ours) if folder.is_dir() else []
     if others:
         raise UsageError(
@@ -228,7 +232,7 @@ def export_run(run_dir: str | Path, *, format: str, out: str | Path) -> ExportRu
     from pixclust.report.caches import cached_duplicates
     from pixclust.report.run_view import load_run
     from pixclust.runs.folder import is_run_folder
-    from pixclust.runs.lock import holding
+    from pixclust.runs.output_folder import writing_into
 
     if format not in EXPORT_FORMATS:
         raise UsageError(f"--format {format!r} is not known; choose {', '.join(EXPORT_FORMATS)}")
@@ -242,10 +246,13 @@ def export_run(run_dir: str | Path, *, format: str, out: str | Path) -> ExportRu
     duplicates = cached_duplicates(view.run_dir, view.record.model_id, view.embeddings)
     images = exported_images(view, duplicates)
     writers = {"fiftyone": write_fiftyone, "coco": write_coco, "csv": write_export_csv}
-    with holding(folder):
+    with writing_into(folder, "export") as owned:
+        owned.check_replaceable(folder / name for name in EXPORT_FILES[format])
         written = writers[format](folder, images)
+        files = written if isinstance(written, list) else [written]
+        owned.record(files)
     return ExportRun(
-        files=written if isinstance(written, list) else [written],
+        files=files,
         n_images=len(images),
         n_clusters=len({image.cluster for image in images}),
         n_duplicates=None if duplicates is None else sum(image.duplicate_group is not None for image in images),

@@ -26,6 +26,7 @@ from pixclust.errors import NoImagesError, UsageError
 from pixclust.names import escape_name, unescape_name, write_csv
 from pixclust.report.figures import SHEETS_DIR, write_contact_sheet
 from pixclust.runs.folder import DUPLICATES_CSV, ERRORS_CSV, RUN_JSON, RunFolder, is_run_folder
+from pixclust.runs.output_folder import writing_into
 
 SIMILAR_CSV = "similar.csv"
 DUPLICATE_LINKS_DIR = "duplicate_links"
@@ -108,16 +109,26 @@ def find_similar(
         names_files = embeddings.names_files
     if out is None:
         return SimilarResult(names, answers, None, [])
-    folder = Path(out)
-    rows = ((m.query, m.rank, m.path, f"{m.similarity:.4f}") for answer in answers for m in answer)
-    csv_path = write_csv(folder / SIMILAR_CSV, ("query", "rank", "path", "similarity"), rows, text=("query", "path"))
-    sheets = []
-    if names_files:
-        for number, (name, answer) in enumerate(zip(names, answers, strict=True)):
-            sheet = folder / SHEETS_DIR / f"similar_{number:03d}_{safe_file_name(Path(name).stem)}.png"
-            paths = ([name] if os.path.isfile(name) else []) + [m.path for m in answer]
-            captions = (["query"] if os.path.isfile(name) else []) + [f"{m.rank}: {m.similarity:.3f}" for m in answer]
-            sheets.append(write_contact_sheet(sheet, paths, captions))
+    with writing_into(out, "similar") as owned:
+        folder = owned.root
+        sheet_files = [
+            folder / SHEETS_DIR / f"similar_{number:03d}_{safe_file_name(Path(name).stem)}.png"
+            for number, name in enumerate(names)
+        ]
+        owned.check_replaceable([folder / SIMILAR_CSV, *(sheet_files if names_files else [])])
+        rows = ((m.query, m.rank, m.path, f"{m.similarity:.4f}") for answer in answers for m in answer)
+        csv_path = write_csv(
+            folder / SIMILAR_CSV, ("query", "rank", "path", "similarity"), rows, text=("query", "path")
+        )
+        sheets = []
+        if names_files:
+            for sheet, name, answer in zip(sheet_files, names, answers, strict=True):
+                paths = ([name] if os.path.isfile(name) else []) + [m.path for m in answer]
+                captions = (["query"] if os.path.isfile(name) else []) + [
+                    f"{m.rank}: {m.similarity:.3f}" for m in answer
+                ]
+                sheets.append(write_contact_sheet(sheet, paths, captions))
+        owned.record([csv_path, *sheets])
     return SimilarResult(names, answers, csv_path, sheets)
 
 

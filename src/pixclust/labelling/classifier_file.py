@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import io
 import json
+import os
 import pickle
 import zipfile
 import zlib
@@ -100,6 +101,29 @@ def save_classifier(classifier: TrainedClassifier, path: str | Path) -> None:
     with atomic_path(path) as tmp, zipfile.ZipFile(tmp, "w") as archive:
         archive.writestr(JSON_MEMBER, text, compress_type=zipfile.ZIP_DEFLATED)
         archive.writestr(ARRAYS_MEMBER, npz.getvalue())
+
+
+def check_replaceable(path: str | Path) -> None:
+    """Refuse a ``train --out`` that would replace anything but a classifier file ``pixclust train`` wrote.
+
+    Checked before training, so a slip of the keyboard (``--out labels.csv``, ``--out photo.jpg``)
+    costs one line rather than the user's file.
+    """
+    target = Path(path)
+    if not os.path.lexists(target):
+        return
+    refusal = UsageError(
+        f"--out {target} exists and is not a classifier made by 'pixclust train'; choose another name, or move it away"
+    )
+    if target.is_symlink() or not target.is_file():
+        raise refusal
+    try:
+        with zipfile.ZipFile(target) as archive:
+            record = json.loads(archive.read(JSON_MEMBER))
+    except (OSError, KeyError, ValueError, zipfile.BadZipFile):
+        raise refusal from None
+    if not isinstance(record, dict) or record.get("format") != FORMAT:
+        raise refusal
 
 
 def load_classifier(path: str | Path, *, allow_pickle: bool = False) -> TrainedClassifier:

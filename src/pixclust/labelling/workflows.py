@@ -25,7 +25,7 @@ from pixclust.labelling.label import DEFAULT_LABEL_METHOD, DEFAULT_THRESHOLDS, N
 from pixclust.names import write_csv
 from pixclust.progress import quietly
 from pixclust.report.figures import SHEETS_DIR, write_contact_sheet, write_roc_plot
-from pixclust.runs.lock import holding
+from pixclust.runs.output_folder import OutputFolder, writing_into
 
 if TYPE_CHECKING:
     from pixclust.embedding.extractor import FeatureExtractor
@@ -88,14 +88,14 @@ def label(
     folder = Path(out)
     embeddings = open_embeddings(source, ids=ids)
     references = load_references(refs, embeddings)
-    with holding(folder):
+    with writing_into(folder, "label") as owned:
         return _label_into(
-            folder, source, embeddings, references, method, thresholds, suggest, estimate_none, feedback, random_state
+            owned, source, embeddings, references, method, thresholds, suggest, estimate_none, feedback, random_state
         )
 
 
 def _label_into(
-    folder: Path,
+    owned: OutputFolder,
     source: str | Path | Embeddings,
     embeddings: Embeddings,
     references: References,
@@ -106,12 +106,14 @@ def _label_into(
     feedback: Sequence[str | Path],
     random_state: int,
 ) -> LabelRun:
-    """``label``'s work once its inputs are read, under ``folder``'s lock (answers.csv is read, then rewritten)."""
+    """``label``'s work once its inputs are read, under the folder's lock (answers.csv is read, then rewritten)."""
     from pixclust.labelling.feedback import feedback_from, read_answers, write_answers
     from pixclust.labelling.label import label_images
     from pixclust.labelling.structure import run_structure
 
+    folder = owned.root
     _refuse_unread_answers(folder, feedback, suggest)
+    owned.check_replaceable(_files_to_write(folder, references.class_names, suggest, feedback))
     earlier = read_answers(folder / ANSWERS_CSV) if (folder / ANSWERS_CSV).is_file() else []
     given = [answer for path in feedback for answer in read_answers(path)]
     answers = feedback_from(
@@ -131,9 +133,11 @@ def _label_into(
         feedback=answers,
         random_state=random_state,
     )
+    written = []
     changed = _changed_labels(folder / LABELS_CSV, result)
     if given:
         write_answers(folder / ANSWERS_CSV, [*earlier, *given])
+        written.append(folder / ANSWERS_CSV)
     rows = (
         (path, result.label_name(row), f"{result.confidence[row]:.4f}", f"{result.similarity[row]:.4f}")
         for row, path in enumerate(result.paths)
@@ -146,11 +150,13 @@ def _label_into(
             (row.name, row.n_labelled, f"{row.precision:.3f}", "" if np.isnan(row.recall) else f"{row.recall:.3f}")
             for row in result.estimates
         )
-        write_csv(
-            folder / CLASSES_CSV,
-            ("class", "images", "expected_precision", "expected_recall"),
-            estimated,
-            text=("class",),
+        written.append(
+            write_csv(
+                folder / CLASSES_CSV,
+                ("class", "images", "expected_precision", "expected_recall"),
+                estimated,
+                text=("class",),
+            )
         )
     sheets = []
     if embeddings.names_files:
@@ -172,11 +178,13 @@ def _label_into(
             (result.paths[row], result.label_name(row), f"{result.confidence[row]:.4f}", "")
             for row in result.suggestions
         ]
-        write_csv(
-            folder / SUGGEST_CSV,
-            ("path", "current_label", "confidence", "answer"),
-            suggested,
-            text=("path", "current_label", "answer"),
+        written.append(
+            write_csv(
+                folder / SUGGEST_CSV,
+                ("path", "current_label", "confidence", "answer"),
+                suggested,
+                text=("path", "current_label", "answer"),
+            )
         )
         if embeddings.names_files:
             sheets.append(
@@ -186,7 +194,27 @@ def _label_into(
                     [row[1] for row in suggested],
                 )
             )
+    owned.record([*written, labels_csv, *sheets])
     return LabelRun(result, references, labels_csv, sheets, answers=len(answers), changed=changed)
+
+
+def _files_to_write(
+    folder: Path, class_names: Sequence[str], suggest: int, feedback: Sequence[str | Path]
+) -> list[Path]:
+    """What a label run may write into ``folder``. A suggested.csv read back as feedback is the user's answers,
+    kept in answers.csv, so new suggestions may replace it although the answers changed its bytes."""
+    sheets = folder / SHEETS_DIR
+    files = [
+        folder / LABELS_CSV,
+        folder / CLASSES_CSV,
+        *(sheets / f"label_{safe_file_name(name)}.png" for name in [*class_names, NONE]),
+    ]
+    if feedback:
+        files.append(folder / ANSWERS_CSV)
+    if suggest:
+        read_back = {Path(path).resolve() for path in feedback}
+        files += [path for path in (folder / SUGGEST_CSV, sheets / "suggested.png") if path.resolve() not in read_back]
+    return files
 
 
 def _refuse_unread_answers(folder: Path, feedback: Sequence[str | Path], suggest: int) -> None:
@@ -243,9 +271,10 @@ def train(
     """
     with quietly(quiet):
         from pixclust.labelling.classifier import train_classifier
-        from pixclust.labelling.classifier_file import save_classifier
+        from pixclust.labelling.classifier_file import check_replaceable, save_classifier
         from pixclust.labelling.label import read_labelled_list, rows_with_labels
 
+        check_replaceable(out)
         embeddings = open_embeddings(source, ids=ids)
         rows, labels = rows_with_labels(embeddings, read_labelled_list(labels_csv), what=str(labels_csv))
         # Vectors whose run.json is gone still train a classifier; it cannot embed new images.
@@ -328,7 +357,10 @@ def evaluate(
     roc_png = None
     if out is not None:
         aucs = {row.name: row.auc for row in evaluation.per_class}
-        roc_png = write_roc_plot(Path(out) / ROC_PNG, evaluation.roc, aucs)
+        with writing_into(out, "evaluate") as owned:
+            owned.check_replaceable([owned.root / ROC_PNG])
+            roc_png = write_roc_plot(owned.root / ROC_PNG, evaluation.roc, aucs)
+            owned.record([roc_png])
     return EvaluationRun(evaluation, roc_png)
 
 

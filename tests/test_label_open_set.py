@@ -238,15 +238,20 @@ def test_none_trains_and_evaluates_as_a_class(digits_run: Path, tmp_path: Path) 
     assert scores["none"].f1 is not None and scores["none"].f1 > 0.9 and scores["none"].auc is not None
 
 
+def _three_examples(run_dir: Path, folder: Path) -> Path:
+    """refs.csv naming the run's first three images as examples of one class."""
+    refs = folder / "refs.csv"
+    refs.write_text("class,id\n" + "".join(f"first,{path}\n" for path in open_embeddings(run_dir).paths[:3]))
+    return refs
+
+
 def test_a_second_label_into_the_same_folder_waits_its_turn(digit_run: Path, tmp_path: Path) -> None:
     from pixclust.errors import RunFolderBusyError
     from pixclust.labelling.workflows import label
     from pixclust.runs.folder import LOCK_FILE
     from pixclust.runs.lock import hold_lock
 
-    embeddings = open_embeddings(digit_run)
-    refs = tmp_path / "refs.csv"
-    refs.write_text("class,id\n" + "".join(f"first,{path}\n" for path in embeddings.paths[:3]))
+    refs = _three_examples(digit_run, tmp_path)
     out = tmp_path / "out"
     out.mkdir()
     held = hold_lock(out / LOCK_FILE)
@@ -263,9 +268,7 @@ def test_label_leaves_a_labels_csv_it_did_not_write(digit_run: Path, tmp_path: P
     """The folder may hold the user's own labelled list by the same name: it is refused, untouched, before any work."""
     from pixclust.labelling.workflows import label
 
-    embeddings = open_embeddings(digit_run)
-    refs = tmp_path / "refs.csv"
-    refs.write_text("class,id\n" + "".join(f"first,{path}\n" for path in embeddings.paths[:3]))
+    refs = _three_examples(digit_run, tmp_path)
     out = tmp_path / "project"
     out.mkdir()
     typed = "path,label\nsome/photo.jpg,cat\n"

@@ -137,7 +137,12 @@ def test_images_the_run_holds_are_not_added_twice_and_copies_are_listed(
     known_run: tuple[Path, Path], run_copy: Path, tmp_path: Path
 ) -> None:
     source, _ = known_run
-    assert add(run_copy, [source], quiet=True).paths == []
+    again = pixclust_cli("add", str(run_copy), str(source), "--no-report")
+    assert again.returncode == 0, again.stderr
+    assert "0 images added" in again.stdout and "400 already in the run" in again.stdout
+    # No batch was made, so no batch table; ten of the 400 named, then a count.
+    assert "batch_" not in again.stdout and again.stdout.count("already in the run:") == 10
+    assert "and 390 more already in the run" in again.stdout
     original = next((source / "0").iterdir())
     new = tmp_path / "new"
     new.mkdir()

@@ -122,23 +122,30 @@ def render_flags(counts: dict[str, int], n_flagged: int, in_report: bool) -> Non
     console().print(f"quality flags: {n_flagged:,} images ({each}); see {where}clusters.csv's flags column")
 
 
+# Adding a folder the run already holds names every image once; a screenful says what happened.
+ALREADY_SHOWN = 10
+
+
 def render_add(result: AddResult) -> None:
     """Where the batch went: images per cluster, novel ones, copies and images the run held already."""
     from pixclust.curation.export import NOVEL_CLUSTER
 
     out = console()
     counts = Counter(result.clusters)
-    table = _table(("cluster", "added"), right=("added",), title=f"{result.batch}", title_justify="left")
-    for name in sorted(counts, key=lambda name: (name == NOVEL_CLUSTER, name)):
-        table.add_row(name, f"{counts[name]:,}")
-    out.print(table)
+    if result.paths:
+        table = _table(("cluster", "added"), right=("added",), title=f"{result.batch}", title_justify="left")
+        for name in sorted(counts, key=lambda name: (name == NOVEL_CLUSTER, name)):
+            table.add_row(name, f"{counts[name]:,}")
+        out.print(table)
     out.print(
         f"{len(result.paths):,} images added ({result.n_extracted:,} embedded), {result.n_novel:,} fit no cluster "
         f"(in {NOVEL_CLUSTER}), {len(result.already):,} already in the run, {len(result.skipped):,} skipped"
         + (" (see errors.csv)" if result.skipped else "")
     )
-    for path, existing in result.already:
+    for path, existing in result.already[:ALREADY_SHOWN]:
         out.print(f"already in the run: {shown(path)} (as {shown(existing)})")
+    if len(result.already) > ALREADY_SHOWN:
+        out.print(f"... and {len(result.already) - ALREADY_SHOWN:,} more already in the run")
     if result.duplicates:
         out.print(f"{len(result.duplicates):,} added images copy others: see added_duplicates.csv")
     if result.suggest_reclustering:

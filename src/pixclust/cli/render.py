@@ -123,7 +123,7 @@ def render_flags(counts: dict[str, int], n_flagged: int, in_report: bool) -> Non
 
 
 # Adding a folder the run already holds names every image once; a screenful says what happened.
-ALREADY_SHOWN = 10
+SHOWN_ALREADY = 10
 
 
 def render_add(result: AddResult) -> None:
@@ -142,10 +142,10 @@ def render_add(result: AddResult) -> None:
         f"(in {NOVEL_CLUSTER}), {len(result.already):,} already in the run, {len(result.skipped):,} skipped"
         + (" (see errors.csv)" if result.skipped else "")
     )
-    for path, existing in result.already[:ALREADY_SHOWN]:
+    for path, existing in result.already[:SHOWN_ALREADY]:
         out.print(f"already in the run: {shown(path)} (as {shown(existing)})")
-    if len(result.already) > ALREADY_SHOWN:
-        out.print(f"... and {len(result.already) - ALREADY_SHOWN:,} more already in the run")
+    if len(result.already) > SHOWN_ALREADY:
+        out.print(f"... and {len(result.already) - SHOWN_ALREADY:,} more already in the run")
     if result.duplicates:
         out.print(f"{len(result.duplicates):,} added images copy others: see added_duplicates.csv")
     if result.suggest_reclustering:

@@ -272,6 +272,54 @@ def test_what_a_run_killed_while_starting_leaves_does_not_lock_the_folder_out(tm
     assert cluster(photos, run).returncode == 0
 
 
+def test_an_output_folder_is_left_as_it_was_found(tmp_path: Path) -> None:
+    """A command refused in the user's folder, or in one made for it, leaves no lock file and no empty folder."""
+    from pixclust.runs.lock import holding
+
+    theirs = tmp_path / "theirs"
+    theirs.mkdir()
+    (theirs / "notes.txt").write_text("mine")
+    new = tmp_path / "new" / "out"
+    for folder in (theirs, new):
+        with pytest.raises(ValueError, match="refused"), holding(folder):
+            assert (folder / ".pixclust.lock").is_file()
+            raise ValueError("refused")
+    assert os.listdir(theirs) == ["notes.txt"]
+    assert os.listdir(tmp_path) == ["theirs"]
+
+    with holding(new):
+        (new / "result.csv").write_text("id\n")
+    assert os.listdir(new) == ["result.csv"]
+
+
+def test_a_lock_file_removed_while_it_is_being_locked_is_not_taken_as_held(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its holder let go (and removed it) between this writer's open and lock, and a third writer made a new one."""
+    import fcntl
+
+    from pixclust.errors import RunFolderBusyError
+    from pixclust.runs.lock import LOCK_FILE, hold_lock
+
+    lock_file = tmp_path / LOCK_FILE
+    real_flock = fcntl.flock
+    third: list[int] = []
+
+    def flock_after_the_file_changed_hands(descriptor: int, operation: int) -> None:
+        if not third:
+            os.unlink(lock_file)
+            third.append(-1)
+            third[0] = hold_lock(lock_file)
+        real_flock(descriptor, operation)
+
+    monkeypatch.setattr(fcntl, "flock", flock_after_the_file_changed_hands)
+    try:
+        with pytest.raises(RunFolderBusyError, match=f"pid {os.getpid()}"):
+            hold_lock(lock_file)
+    finally:
+        os.close(third[0])
+
+
 @pytest.mark.parametrize("spelling", ["dot-dot", "link"])
 def test_a_run_folder_inside_the_images_is_refused_however_spelled(tmp_path: Path, spelling: str) -> None:
     """3: ``P/sub/..`` or a link to P slipped past the "run folder inside the source" check."""

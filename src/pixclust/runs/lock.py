@@ -4,6 +4,14 @@ The kernel releases an ``flock`` when its holder's descriptor closes, so a
 holder that dies (even by ``kill -9``) frees the folder at once; the file keeps
 the holder's pid for the message a second writer gets. The file is opened
 without following a link.
+
+An output folder that is not a run folder (``label --out``, ``export --out``)
+gets its lock file, and the folder itself if it was made for the command and
+stays empty, removed again on release, so that a refused command leaves the
+user's folder as it found it. A lock file can be removed only because every
+holder checks, once locked, that the file it locked is still the one at the
+path: a writer that opened the file just before its holder removed it would
+otherwise lock a file no longer in the folder, beside a third that made a new one.
 """
 
 from __future__ import annotations
@@ -12,7 +20,7 @@ import errno
 import fcntl
 import os
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 
 from pixclust.atomic import DISK_FULL_ERRNOS
@@ -22,17 +30,63 @@ from pixclust.errors import OutputNotWritableError, RunFolderBusyError, UsageErr
 LOCK_FILE = ".pixclust.lock"
 
 
+# Times to lock again when the lock file was removed between opening and locking it (by a holder letting go).
+LOCK_ATTEMPTS = 5
+
+
 def hold_lock(lock_file: Path) -> int:
     """The descriptor that holds ``lock_file``'s lock (close it to let go); a held lock is one line naming its holder."""
-    descriptor = _open_lock_file(lock_file)
+    descriptor, _ = _hold(lock_file)
+    return descriptor
+
+
+@contextmanager
+def holding(folder: Path) -> Iterator[None]:
+    """Hold ``folder``'s writer lock (made if new) for the block: for output folders that are not run folders.
+
+    On release the lock file goes if this call made it, and so do the folders made for it that the block left empty.
+    """
+    made = _missing_folders(folder)
     try:
-        fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except BlockingIOError:
-        holder = os.pread(descriptor, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        if error.errno in DISK_FULL_ERRNOS:
+            raise
+        raise OutputNotWritableError(
+            f"cannot make --out {folder} ({error.strerror or error}); choose another --out"
+        ) from error
+    try:
+        lock_file = folder / LOCK_FILE
+        descriptor, created = _hold(lock_file)
+        try:
+            yield
+        finally:
+            if created and _is_at(descriptor, lock_file):
+                # Removed while still locked: a writer that opens it now finds it gone once it has the lock, and retries.
+                with suppress(OSError):
+                    os.unlink(lock_file)
+            os.close(descriptor)
+    finally:
+        _remove_if_empty(made)
+
+
+def _hold(lock_file: Path) -> tuple[int, bool]:
+    """The descriptor holding ``lock_file``'s lock, and whether this call made the file."""
+    for _ in range(LOCK_ATTEMPTS):
+        descriptor, created = _open_lock_file(lock_file)
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(descriptor, 4096, 0).decode("utf-8", "replace").strip() or "another process"
+            os.close(descriptor)
+            raise RunFolderBusyError(
+                f"{lock_file.parent} is being written by {holder}; wait for it to finish, or choose another --out"
+            ) from None
+        if _is_at(descriptor, lock_file):
+            break
         os.close(descriptor)
-        raise RunFolderBusyError(
-            f"{lock_file.parent} is being written by {holder}; wait for it to finish, or choose another --out"
-        ) from None
+    else:
+        raise _busy_in_turn(lock_file)
     try:
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"pixclust (pid {os.getpid()})\n".encode(), 0)
@@ -42,30 +96,57 @@ def hold_lock(lock_file: Path) -> int:
         if error.errno not in DISK_FULL_ERRNOS:
             os.close(descriptor)
             raise
-    return descriptor
+    return descriptor, created
 
 
-@contextmanager
-def holding(folder: Path) -> Iterator[None]:
-    """Hold ``folder``'s writer lock (made if new) for the block: for output folders that are not run folders."""
+def _busy_in_turn(lock_file: Path) -> RunFolderBusyError:
+    return RunFolderBusyError(
+        f"{lock_file.parent} is being written by other pixclust commands one after another; "
+        "wait for them to finish, or choose another --out"
+    )
+
+
+def _is_at(descriptor: int, lock_file: Path) -> bool:
+    """Whether the file open as ``descriptor`` is still the one at ``lock_file``."""
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        if error.errno in DISK_FULL_ERRNOS:
-            raise
-        raise OutputNotWritableError(
-            f"cannot make --out {folder} ({error.strerror or error}); choose another --out"
-        ) from error
-    descriptor = hold_lock(folder / LOCK_FILE)
-    try:
-        yield
-    finally:
-        os.close(descriptor)
+        on_disk = os.stat(lock_file, follow_symlinks=False)
+    except FileNotFoundError:
+        return False
+    held = os.fstat(descriptor)
+    return (held.st_dev, held.st_ino) == (on_disk.st_dev, on_disk.st_ino)
 
 
-def _open_lock_file(lock_file: Path) -> int:
+def _missing_folders(folder: Path) -> list[Path]:
+    """``folder`` and its parents that do not exist yet, deepest first."""
+    missing = []
+    for candidate in (folder, *folder.parents):
+        if os.path.lexists(candidate):
+            break
+        missing.append(candidate)
+    return missing
+
+
+def _remove_if_empty(folders: list[Path]) -> None:
+    for folder in folders:
+        try:
+            os.rmdir(folder)
+        except OSError:
+            return
+
+
+def _open_lock_file(lock_file: Path) -> tuple[int, bool]:
+    """The lock file opened for writing (made if missing, never through a link), and whether this call made it."""
+    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
     try:
-        return os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
+        for _ in range(LOCK_ATTEMPTS):
+            try:
+                return os.open(lock_file, flags | os.O_CREAT | os.O_EXCL, 0o666), True
+            except FileExistsError:
+                pass
+            # Gone again (its holder let go between the two opens): made anew on the next turn.
+            with suppress(FileNotFoundError):
+                return os.open(lock_file, flags), False
+        raise _busy_in_turn(lock_file)
     except OSError as error:
         if error.errno in DISK_FULL_ERRNOS:
             raise

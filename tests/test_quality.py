@@ -19,8 +19,10 @@ pytestmark = pytest.mark.slow
 
 def test_default_command_on_the_digits(digits_default_run: RunResult) -> None:
     ten = digits_default_run
-    # Measured 0.955 (features chosen: embedding+hog); the fixed pipeline gets 0.55.
-    assert ten.scores["acc"] >= 0.90
+    # Measured ACC 0.958-0.959 / NMI 0.930-0.932 over seeds 0-2 (2026-12-04; features chosen:
+    # embedding+hog); the floors are those less 0.03, as issue 23 asks. The fixed pipeline gets 0.55.
+    assert ten.scores["acc"] >= 0.925
+    assert ten.scores["nmi"] >= 0.90
     assert ten.clustering.choice["representation"] == "embedding+hog"
 
     # Into the same run folder: its stored vectors are the ones the sharded path's test reads, and stay as they are.
@@ -36,11 +38,12 @@ def test_default_command_on_the_digits(digits_default_run: RunResult) -> None:
 )
 def test_default_command_on_fashion_mnist(fashion_default_run: RunResult) -> None:
     result = fashion_default_run
-    # Measured ACC 0.773-0.778 / NMI 0.711-0.719 over seeds 0-2 on these 3,000 images (0.790-0.792 /
-    # 0.736-0.740 on all 10,000); ACC 0.754-0.756 when the refinement used the embedding alone, 0.615
-    # when the choice of features went wrong. Not 2,000 images: there two clusterings fit the rows
-    # about equally well, and the seed decided between ACC 0.66 and 0.77.
-    assert result.scores["acc"] >= 0.72
-    assert result.scores["nmi"] >= 0.66
+    # Measured ACC 0.779-0.780 / NMI 0.720-0.721 over seeds 0-2 on these 3,000 images (2026-12-04;
+    # 0.790-0.792 / 0.736-0.740 on all 10,000); the floors are those less 0.03. ACC 0.754-0.756 when
+    # the refinement used the embedding alone, 0.615 when the choice of features went wrong. Not 2,000
+    # images: there two clusterings fit the rows about equally well, and the seed decided between ACC
+    # 0.66 and 0.77.
+    assert result.scores["acc"] >= 0.745
+    assert result.scores["nmi"] >= 0.69
     assert result.clustering.choice["representation"] == "embedding"
     assert result.clustering.choice["refined_on"] == "embedding+hog"

@@ -292,6 +292,40 @@ def test_an_output_folder_is_left_as_it_was_found(tmp_path: Path) -> None:
     assert os.listdir(new) == ["result.csv"]
 
 
+def _take_turns(folder: str, turns: int) -> int:
+    """Hold ``folder`` ``turns`` times, each time making and removing a file no other holder may see; the clashes."""
+    from pixclust.errors import RunFolderBusyError
+    from pixclust.runs.lock import holding
+
+    clashes, held = 0, 0
+    while held < turns:
+        try:
+            with holding(Path(folder)):
+                try:
+                    os.close(os.open(os.path.join(folder, "only-holder"), os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+                except FileExistsError:
+                    clashes += 1
+                    continue
+                time.sleep(0.001)
+                os.unlink(os.path.join(folder, "only-holder"))
+                held += 1
+        except RunFolderBusyError:
+            continue
+    return clashes
+
+
+def test_writers_that_remove_the_lock_file_as_they_go_never_hold_it_together(tmp_path: Path) -> None:
+    """Four processes take an output folder's lock in turn, each removing the lock file on release: one at a time."""
+    import multiprocessing
+
+    folder = tmp_path / "out"
+    folder.mkdir()
+    with multiprocessing.get_context("spawn").Pool(4) as pool:
+        clashes = pool.starmap(_take_turns, [(str(folder), 100)] * 4)
+    assert clashes == [0, 0, 0, 0]
+    assert os.listdir(folder) == []
+
+
 def test_a_lock_file_removed_while_it_is_being_locked_is_not_taken_as_held(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -28,23 +28,16 @@ from pixclust.errors import OutputNotWritableError, RunFolderBusyError, UsageErr
 
 # The lock file of a run folder, or of any folder a command writes into.
 LOCK_FILE = ".pixclust.lock"
-
-
 # Times to lock again when the lock file was removed between opening and locking it (by a holder letting go).
 LOCK_ATTEMPTS = 5
-
-
-def hold_lock(lock_file: Path) -> int:
-    """The descriptor that holds ``lock_file``'s lock (close it to let go); a held lock is one line naming its holder."""
-    descriptor, _ = _hold(lock_file)
-    return descriptor
 
 
 @contextmanager
 def holding(folder: Path) -> Iterator[None]:
     """Hold ``folder``'s writer lock (made if new) for the block: for output folders that are not run folders.
 
-    On release the lock file goes if this call made it, and so do the folders made for it that the block left empty.
+    On release the lock file goes (a stale one a killed holder left included: it is pixclust's by its name alone, as
+    every holder rewrites it), and so do the folders made for it that the block left empty.
     """
     made = _missing_folders(folder)
     try:
@@ -57,11 +50,11 @@ def holding(folder: Path) -> Iterator[None]:
         ) from error
     try:
         lock_file = folder / LOCK_FILE
-        descriptor, created = _hold(lock_file)
+        descriptor = hold_lock(lock_file)
         try:
             yield
         finally:
-            if created and _is_at(descriptor, lock_file):
+            if _is_at(descriptor, lock_file):
                 # Removed while still locked: a writer that opens it now finds it gone once it has the lock, and retries.
                 with suppress(OSError):
                     os.unlink(lock_file)
@@ -70,10 +63,10 @@ def holding(folder: Path) -> Iterator[None]:
         _remove_if_empty(made)
 
 
-def _hold(lock_file: Path) -> tuple[int, bool]:
-    """The descriptor holding ``lock_file``'s lock, and whether this call made the file."""
+def hold_lock(lock_file: Path) -> int:
+    """The descriptor that holds ``lock_file``'s lock (close it to let go); a held lock is one line naming its holder."""
     for _ in range(LOCK_ATTEMPTS):
-        descriptor, created = _open_lock_file(lock_file)
+        descriptor = _open_lock_file(lock_file)
         try:
             fcntl.flock(descriptor, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
@@ -86,7 +79,10 @@ def _hold(lock_file: Path) -> tuple[int, bool]:
             break
         os.close(descriptor)
     else:
-        raise _busy_in_turn(lock_file)
+        raise RunFolderBusyError(
+            f"{lock_file.parent} is being written by other pixclust commands one after another; "
+            "wait for them to finish, or choose another --out"
+        )
     try:
         os.ftruncate(descriptor, 0)
         os.pwrite(descriptor, f"pixclust (pid {os.getpid()})\n".encode(), 0)
@@ -96,14 +92,7 @@ def _hold(lock_file: Path) -> tuple[int, bool]:
         if error.errno not in DISK_FULL_ERRNOS:
             os.close(descriptor)
             raise
-    return descriptor, created
-
-
-def _busy_in_turn(lock_file: Path) -> RunFolderBusyError:
-    return RunFolderBusyError(
-        f"{lock_file.parent} is being written by other pixclust commands one after another; "
-        "wait for them to finish, or choose another --out"
-    )
+    return descriptor
 
 
 def _is_at(descriptor: int, lock_file: Path) -> bool:
@@ -134,19 +123,9 @@ def _remove_if_empty(folders: list[Path]) -> None:
             return
 
 
-def _open_lock_file(lock_file: Path) -> tuple[int, bool]:
-    """The lock file opened for writing (made if missing, never through a link), and whether this call made it."""
-    flags = os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC
+def _open_lock_file(lock_file: Path) -> int:
     try:
-        for _ in range(LOCK_ATTEMPTS):
-            try:
-                return os.open(lock_file, flags | os.O_CREAT | os.O_EXCL, 0o666), True
-            except FileExistsError:
-                pass
-            # Gone again (its holder let go between the two opens): made anew on the next turn.
-            with suppress(FileNotFoundError):
-                return os.open(lock_file, flags), False
-        raise _busy_in_turn(lock_file)
+        return os.open(lock_file, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o666)
     except OSError as error:
         if error.errno in DISK_FULL_ERRNOS:
             raise

@@ -342,7 +342,7 @@ def test_a_lock_file_removed_while_it_is_being_locked_is_not_taken_as_held(
     def flock_after_the_file_changed_hands(descriptor: int, operation: int) -> None:
         if not third:
             os.unlink(lock_file)
-            third.append(-1)
+            third.append(-1)  # before the third writer's hold_lock, which comes through here too
             third[0] = hold_lock(lock_file)
         real_flock(descriptor, operation)
 

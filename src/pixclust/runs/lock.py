@@ -41,14 +41,14 @@ def holding(folder: Path) -> Iterator[None]:
     """
     made = _missing_folders(folder)
     try:
-        folder.mkdir(parents=True, exist_ok=True)
-    except OSError as error:
-        if error.errno in DISK_FULL_ERRNOS:
-            raise
-        raise OutputNotWritableError(
-            f"cannot make --out {folder} ({error.strerror or error}); choose another --out"
-        ) from error
-    try:
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            if error.errno in DISK_FULL_ERRNOS:
+                raise
+            raise OutputNotWritableError(
+                f"cannot make --out {folder} ({error.strerror or error}); choose another --out"
+            ) from error
         lock_file = folder / LOCK_FILE
         descriptor = hold_lock(lock_file)
         try:

@@ -41,10 +41,12 @@ from sklearn.model_selection import StratifiedKFold, cross_val_score
 from sklearn.neighbors import KNeighborsClassifier
 
 import pixclust
-from pixclust.clustering.adaptive import PCA_COMPONENTS, candidate_representations
+from pixclust.clustering.adaptive import PCA_COMPONENTS
 from pixclust.clustering.metrics import clustering_scores
 from pixclust.clustering.reduce import reduce_features
+from pixclust.clustering.views import HOG_VIEW, handmade_views, view_features, view_means
 from pixclust.demo import write_digits
+from pixclust.runs.folder import VIEWS_DIR
 from pixclust.runs.pipeline import RunConfig, run
 
 SEED = 0
@@ -181,15 +183,15 @@ def pixclust_runs(folder: Path, out: Path, k: int) -> DefaultRun:
     seconds = time.perf_counter() - started
     auto = run(RunConfig(source=str(folder), out=str(out), k="auto", truth="folders", report=False), quiet=True)
     choice = fixed.clustering.choice
-    # Both views come back from the run folder's store, embedded once by the runs above (with the model the
-    # run chose: its network fed ink on paper as grey where the collection is that).
+    # Every view comes back from the run folder's stores, embedded once by the runs above with the models the
+    # run chose (its network fed ink on paper as grey, and HOG with the outline, where the collection is that).
     embedding = pixclust.embed(str(folder), model=fixed.embeddings.model.model, out=str(out), quiet=True)
-    hog = pixclust.embed(str(folder), model="hog", out=str(out), quiet=True)
+    hog = pixclust.embed(str(folder), model=fixed.hog_model, out=str(out / VIEWS_DIR / HOG_VIEW), quiet=True)
     hog_rows = {path: row for row, path in enumerate(hog.paths)}
-    views = {"embedding": embedding.vectors, "hog": hog.vectors[[hog_rows[path] for path in embedding.paths]]}
-    space = choice["refined_on"] or choice["representation"]
+    views = {"embedding": embedding.vectors} | handmade_views(hog.vectors[[hog_rows[path] for path in embedding.paths]])
+    space = tuple(str(choice["refined_on"] or choice["representation"]).split("+"))
     features = reduce_features(
-        candidate_representations(views)[space], "pca", n_components=PCA_COMPONENTS, random_state=SEED
+        view_features(views, space, view_means(views)), "pca", n_components=PCA_COMPONENTS, random_state=SEED
     ).coords
     names = [Path(path).parent.name for path in embedding.paths]
     return DefaultRun(

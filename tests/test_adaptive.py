@@ -19,9 +19,12 @@ from pixclust.clustering.adaptive import (
 )
 from pixclust.clustering.k_selection import choose_k_by_modularity, graph_modularity
 from pixclust.clustering.metrics import cluster_accuracy, clustering_scores
+from pixclust.clustering.placement import ClusterModel
 from pixclust.clustering.reduce import l2_normalize, reduce_features
 from pixclust.clustering.refine import nearest_neighbours, refine_best, refine_clusters
 from pixclust.clustering.stability import choose_representation, clustering_stability
+from pixclust.clustering.views import join_normalized
+from pixclust.embedding.outline import outline_mask
 from pixclust.errors import UsageError
 
 
@@ -32,6 +35,18 @@ def digits() -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     big = np.kron(data.images, np.ones((4, 4)))
     hogs = np.array([hog(image, orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2)) for image in big])
     return data.data.astype(np.float32), hogs.astype(np.float32), data.target
+
+
+@pytest.fixture(scope="module")
+def digit_outlines() -> np.ndarray:
+    """HOG, as the digits fixture takes it, of each digit's outline (its ink drawn dark on white, holes filled)."""
+    big = np.kron(load_digits().images, np.ones((4, 4)))
+    on_paper = np.repeat((255 - big * 255 / 16).astype(np.uint8)[..., None], 3, axis=3)
+    outlines = [
+        hog(outline_mask(picture), orientations=9, pixels_per_cell=(8, 8), cells_per_block=(2, 2))
+        for picture in on_paper
+    ]
+    return np.array(outlines, dtype=np.float32)
 
 
 def test_modularity_of_two_separate_cliques_is_one_half_for_the_right_split() -> None:
@@ -114,6 +129,42 @@ def test_refinement_keeps_to_the_chosen_features_when_hog_disagrees(digits) -> N
     # Where the chosen candidate is every view joined, there is nothing to measure.
     joined = AdaptiveClusterer(k=10).fit({"embedding": noise, "hog": hogs})
     assert joined.refined_on_ == "embedding+hog" and joined.choice_["view_agreement"] is None
+
+
+def test_the_outline_joins_the_refinement_beside_the_embedding_alone_and_never_the_choice(
+    digits, digit_outlines, tmp_path
+) -> None:
+    pixels, hogs, truth = digits
+    without = AdaptiveClusterer(k=10).fit({"embedding": pixels, "hog": hogs})
+    views = {"embedding": pixels, "hog": hogs, "outline": digit_outlines}
+    result = AdaptiveClusterer(k=10).fit(views)
+    # The choice of features and of k sees the same candidates, with or without the outline.
+    assert result.choice_["candidates"] == without.choice_["candidates"]
+    assert result.representation_ == without.representation_ == "embedding"
+    assert without.refined_on_ == "embedding+hog" and result.refined_on_ == "embedding+hog+outline"
+    assert result.model_.views == ("embedding", "hog", "outline")
+    assert cluster_accuracy(truth, result.labels_) > 0.8
+    # The saved model places the rows where the refinement put them, the outline's mean included.
+    result.model_.save(tmp_path / "model.npz")
+    np.testing.assert_array_equal(ClusterModel.load(tmp_path / "model.npz").predict(views), result.labels_)
+    with pytest.raises(UsageError, match="need the outline view"):
+        result.model_.predict({"embedding": pixels, "hog": hogs})
+    # Where HOG is what k-means clusters, the refinement keeps to it.
+    noise = np.random.default_rng(1).random(pixels.shape).astype(np.float32)
+    joined = AdaptiveClusterer(k=10).fit({"embedding": noise, "hog": hogs, "outline": digit_outlines})
+    assert joined.refined_on_ == "embedding+hog" and joined.model_.views == ("embedding", "hog")
+    with pytest.raises(UsageError, match="beside HOG"):
+        AdaptiveClusterer(k=10).fit({"embedding": pixels, "outline": digit_outlines})
+
+
+def test_hog_and_the_outline_together_weigh_what_the_embedding_does() -> None:
+    rng = np.random.default_rng(0)
+    embedding, hog_view, outline = (rng.random((30, width), dtype=np.float32) for width in (8, 5, 5))
+    means = hog_view.mean(axis=0), outline.mean(axis=0)
+    joined = join_normalized(embedding, [(hog_view, means[0]), (outline, means[1])])
+    np.testing.assert_allclose(np.linalg.norm(joined[:, :8], axis=1), np.sqrt(1 / 2), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(joined[:, 8:13], axis=1), np.sqrt(1 / 4), rtol=1e-5)
+    np.testing.assert_allclose(np.linalg.norm(joined[:, 13:], axis=1), np.sqrt(1 / 4), rtol=1e-5)
 
 
 def test_auto_k_lands_near_the_ten_digits(digits) -> None:

@@ -14,10 +14,11 @@ from real_data import colour_at_random, grey_digits, write_image_tree, write_pho
 
 from pixclust.embedding.discover import walk_candidates
 from pixclust.embedding.ink import INK_FORM, collection_wants_ink, normalise_ink, read_ink
-from pixclust.embedding.ink_choice import check_ink, choose_ink, network_model
+from pixclust.embedding.ink_choice import InkChoice, check_ink, choose_ink, network_model, outline_wanted
 from pixclust.embedding.models import resolve_model
+from pixclust.embedding.outline import outline_mask
 from pixclust.embedding.store import EmbeddingStore
-from pixclust.embedding.transforms import HogTransform
+from pixclust.embedding.transforms import HOG_DIM, HogTransform
 from pixclust.errors import UsageError
 from pixclust.runs.add import add
 from pixclust.runs.pipeline import RunConfig, run
@@ -95,6 +96,44 @@ def test_ink_names_a_network_or_hog_fed_ink_as_grey() -> None:
             resolve_model(name)
 
 
+def test_the_outline_is_the_ink_with_its_holes_filled_on_any_paper() -> None:
+    grey, classes = grey_digits()
+    zero = np.kron(grey[np.flatnonzero(classes == 0)[0]], np.ones((16, 16), dtype=np.uint8))
+    # The loop of a zero is a hole in its ink: the outline is the whole figure.
+    assert zero[64, 64] < 40
+    for coloured in colour_at_random(np.repeat(zero[None], 3, axis=0), random_state=2):
+        mask = outline_mask(coloured)
+        assert mask[64, 64] == 1 and mask[:8, :8].sum() == 0
+        assert set(np.unique(mask)) == {0.0, 1.0}
+        # Only the faintest ink, a few levels off the paper, may fall either side with the colours.
+        assert np.mean(mask == outline_mask(np.repeat(zero[..., None], 3, axis=2))) > 0.97
+
+
+def test_the_outline_follows_hog_in_the_outline_models_vectors() -> None:
+    grey, _ = grey_digits()
+    for picture in (Image.fromarray(grey[5]), Image.fromarray(colour_at_random(grey[5:6])[0])):
+        for ink in (False, True):
+            plain, both = HogTransform(ink)(picture), HogTransform(ink, outline=True)(picture)
+            assert plain.shape == (HOG_DIM,) and both.shape == (2 * HOG_DIM,)
+            np.testing.assert_array_equal(both[:HOG_DIM], plain)
+            assert np.linalg.norm(both[HOG_DIM:] - plain) > 1
+    assert resolve_model("hog+outline").dim == resolve_model("hog+ink+outline").dim == 2 * HOG_DIM
+    assert resolve_model("hog+ink+outline").ink and resolve_model("hog+ink+outline").outline
+    for name in ("efficientnet-lite0+outline", "hog+outline+outline", "pixels+outline"):
+        with pytest.raises(UsageError, match=r"comes once, last, after hog or hog\+ink"):
+            resolve_model(name)
+    with pytest.raises(UsageError, match="follows the name of a network or hog"):
+        resolve_model("hog+outline+ink")
+
+
+def test_the_outline_is_wanted_where_the_collection_is_ink_on_paper_on_one_paper_or_many() -> None:
+    assert outline_wanted("efficientnet-lite0+ink", None)
+    assert not outline_wanted("efficientnet-lite0", None)
+    # Grey digits: every picture ink on one paper, so the network is fed them as they are, but they have outlines.
+    assert outline_wanted("efficientnet-lite0", InkChoice(False, 256, 256, 0))
+    assert not outline_wanted("efficientnet-lite0", InkChoice(False, 256, 13, 0))
+
+
 def test_hog_of_ink_reads_the_same_shape_in_any_ink_on_any_paper() -> None:
     grey, _ = grey_digits()
     pictures = [Image.fromarray(picture) for picture in colour_at_random(np.repeat(grey[:1], 20, axis=0))]
@@ -117,7 +156,9 @@ def test_a_run_over_coloured_digits_feeds_them_as_grey_and_a_grey_run_does_not(t
     turned = run(RunConfig(str(coloured), str(tmp_path / "run"), k=3, truth="folders", report=False), quiet=True)
     record = json.loads((tmp_path / "run" / "run.json").read_text())["model"]
     assert record["model"] == "efficientnet-lite0+ink" and record["preprocessing"]["ink"] == INK_FORM
-    assert EmbeddingStore(tmp_path / "run" / "views" / "hog").load().model_id.startswith("hog+ink:")
+    # HOG reads the same grey, and the collection being ink on paper, each picture's outline too.
+    assert record["hog_model"] == "hog+ink+outline"
+    assert EmbeddingStore(tmp_path / "run" / "views" / "hog").load().model_id.startswith("hog+ink+outline:")
     assert (
         record["ink_sample"]["wanted"] and record["ink_sample"]["read"] == record["ink_sample"]["ink_on_paper"] == 120
     )
@@ -125,6 +166,8 @@ def test_a_run_over_coloured_digits_feeds_them_as_grey_and_a_grey_run_does_not(t
         RunConfig(str(coloured), str(tmp_path / "kept"), k=3, truth="folders", report=False, ink="off"), quiet=True
     )
     assert kept.embeddings.model.model == "efficientnet-lite0" and kept.ink is None
+    # Told not to read the pictures as ink, the run has no sample saying they are, so HOG stays alone.
+    assert kept.hog_model == "hog"
     # Colour and light-or-dark split the three digits when they are kept; as grey ink the digits group.
     assert turned.scores["nmi"] > kept.scores["nmi"] + 0.1
 
@@ -133,7 +176,7 @@ def test_a_run_over_coloured_digits_feeds_them_as_grey_and_a_grey_run_does_not(t
     new = write_image_tree(tmp_path / "new", colour_at_random(grey[more], random_state=1), labels[more])
     added = add(tmp_path / "run", [new], quiet=True)
     hog = EmbeddingStore(tmp_path / "run" / "views" / "hog").load()
-    assert len(hog) == 150 and hog.model_id.startswith("hog+ink:")
+    assert len(hog) == 150 and hog.model_id.startswith("hog+ink+outline:")
     with open(tmp_path / "run" / "clusters.csv", newline="") as stream:
         cluster_of = {row["path"]: row["cluster"] for row in csv.DictReader(stream)}
     added_paths = set(added.paths)

@@ -58,8 +58,9 @@ def part_files(run_dir: Path) -> list[str]:
     return sorted(name for name in os.listdir(run_dir / "embeddings.parts") if name != PARTS_INDEX)
 
 
-def assert_hog_mirrors(run_dir: Path, images: Path, *, model: str = "hog") -> None:
-    """The HOG view pairs with the parts row for row (same part names and rows) and holds the local HOG vectors."""
+def assert_hog_mirrors(run_dir: Path, images: Path, *, model: str = "hog+outline") -> None:
+    """The HOG view pairs with the parts row for row (same part names and rows) and holds the local HOG vectors
+    (the digits are ink on paper, so by default HOG with each outline's HOG)."""
     view = run_dir / "views" / "hog"
     indexes = [json.loads((folder / "embeddings.parts" / PARTS_INDEX).read_text()) for folder in (run_dir, view)]
     assert indexes[0]["parts"] == indexes[1]["parts"] and indexes[1]["model"] == model
@@ -256,7 +257,7 @@ def test_ink_on_paper_in_many_colours_reaches_the_network_as_grey_as_cluster_fee
     index = json.loads((run_dir / "embeddings.parts" / PARTS_INDEX).read_text())
     assert index["model"] == "efficientnet-lite0+ink" and index["ink_sample"] == done.ink.to_dict()
     assert_local_vectors(run_dir, images, model="efficientnet-lite0+ink")
-    assert_hog_mirrors(run_dir, images, model="hog+ink")
+    assert_hog_mirrors(run_dir, images, model="hog+ink+outline")
     # The command line gives cluster-shards a list of inputs: one run folder among them still brings its HOG view.
     address = ray_instance.get_runtime_context().gcs_address
     clustered = CliRunner().invoke(

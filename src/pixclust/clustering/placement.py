@@ -27,13 +27,20 @@ import io
 import json
 import zipfile
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from pixclust.atomic import atomic_path
-from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW, view_features
+from pixclust.clustering.views import (
+    EMBEDDING_VIEW,
+    HANDMADE_VIEWS,
+    HOG_VIEW,
+    OUTLINE_VIEW,
+    handmade_views,
+    view_features,
+)
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
 
@@ -60,15 +67,16 @@ PLACEMENT_CHUNK = 4_096
 
 @dataclass(frozen=True)
 class FeatureSpace:
-    """Features made from ``views`` (``views.view_features``), then centred on ``mean`` and projected on ``components`` (m x D)."""
+    """Features made from ``views`` (``views.view_features``, each hand-made view centred on its ``view_means``),
+    then centred on ``mean`` and projected on ``components`` (m x D)."""
 
     views: tuple[str, ...]
     mean: np.ndarray
     components: np.ndarray
-    hog_mean: np.ndarray | None = None
+    view_means: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def transform(self, views: Mapping[str, np.ndarray]) -> np.ndarray:
-        features = view_features(views, self.views, self.hog_mean)
+        features = view_features(views, self.views, self.view_means)
         features -= self.mean
         return np.ascontiguousarray(features @ self.components.T, dtype=np.float32)
 
@@ -119,9 +127,9 @@ class ClusterModel:
 
     @property
     def views(self) -> tuple[str, ...]:
-        """Every view a new image needs (the embedding, and HOG when the run joined it)."""
+        """Every view a new image needs (the embedding, and the hand-made views the run joined)."""
         needed = set(self.space.views) | set(self.head_space.views if self.head_space else ())
-        return tuple(name for name in (EMBEDDING_VIEW, HOG_VIEW) if name in needed)
+        return tuple(name for name in (EMBEDDING_VIEW, *HANDMADE_VIEWS) if name in needed)
 
     @classmethod
     def from_clustering(
@@ -324,38 +332,43 @@ def _head_arguments(head: tuple[FeatureSpace, np.ndarray, np.ndarray] | None) ->
 
 def _space_arrays(prefix: str, space: FeatureSpace) -> dict[str, np.ndarray]:
     arrays = {f"{prefix}_mean": space.mean, f"{prefix}_components": space.components}
-    if space.hog_mean is not None:
-        arrays[f"{prefix}_hog_mean"] = space.hog_mean
+    for name, mean in space.view_means.items():
+        arrays[f"{prefix}_{name}_mean"] = mean
     return arrays
 
 
 def _space_from(arrays: dict[str, np.ndarray], prefix: str, views: object) -> FeatureSpace:
-    if not isinstance(views, list) or views not in ([EMBEDDING_VIEW], [EMBEDDING_VIEW, HOG_VIEW]):
+    known = ([EMBEDDING_VIEW], [EMBEDDING_VIEW, HOG_VIEW], [EMBEDDING_VIEW, HOG_VIEW, OUTLINE_VIEW])
+    if not isinstance(views, list) or views not in known:
         raise ValueError(f"unknown views {views!r}")
     return FeatureSpace(
         tuple(views),
         arrays[f"{prefix}_mean"].astype(np.float32),
         arrays[f"{prefix}_components"].astype(np.float32),
-        arrays.get(f"{prefix}_hog_mean"),
+        {name: arrays[f"{prefix}_{name}_mean"] for name in views[1:]},
     )
 
 
 def _as_views(
     data: Mapping[str, np.ndarray] | Embeddings | np.ndarray, needed: tuple[str, ...]
 ) -> Mapping[str, np.ndarray]:
-    """The views of the rows in ``data``; for ``Embeddings`` of image files, HOG is made from the files when needed."""
+    """The views of the rows in ``data``; for ``Embeddings`` of image files, the hand-made views are made from the
+    files when needed, as the run made them beside the same network."""
     if isinstance(data, np.ndarray):
         return {EMBEDDING_VIEW: data}
     if not isinstance(data, Embeddings):
         return data
     views = {EMBEDDING_VIEW: data.vectors}
-    if HOG_VIEW in needed and data.names_files:
+    if set(needed) & set(HANDMADE_VIEWS) and data.names_files:
         from pixclust.embedding.extraction import embed
+        from pixclust.embedding.models import hog_model_for
 
-        hog = embed(data.paths, model=HOG_VIEW)
+        network = (data.model.model if data.model is not None else None) or ""
+        hog_model = hog_model_for(network, outline=OUTLINE_VIEW in needed)
+        hog = embed(data.paths, model=hog_model)
         row_of = {path: row for row, path in enumerate(hog.paths)}
         missing = [path for path in data.paths if path not in row_of]
         if missing:
             raise UsageError(f"{missing[0]} gave no HOG vector (see the reason with pixclust.embed); leave it out")
-        views[HOG_VIEW] = hog.vectors[[row_of[path] for path in data.paths]]
+        views |= handmade_views(hog.vectors[[row_of[path] for path in data.paths]])
     return views

@@ -38,7 +38,7 @@ from pixclust.clustering.k_selection import check_k_settings
 from pixclust.clustering.large_kmeans import MIN_SAMPLE, POINTS_PER_CENTRE
 from pixclust.clustering.placement import ClusterModel
 from pixclust.clustering.reduce import is_whole_number
-from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW
+from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW, handmade_views
 from pixclust.distributed.parts import PATH_COLUMN, Part, Segment, VectorParts, part_vectors, read_part, read_segments
 from pixclust.embedding.engines import DEFAULT_RAY_WAIT_S, check_engine
 from pixclust.embedding.engines.ray import run_tasks
@@ -206,7 +206,8 @@ def gather_rows(
     for done, part_views in run_tasks(ray, calls, wait_s):
         for name, vectors in part_views.items():
             views[name][wanted[done][1]] = vectors
-    return views
+    # Parted only now: the tasks hand back the HOG model's vectors whole (with the outline's where they hold it).
+    return views | handmade_views(views[HOG_VIEW]) if hog is not None else views
 
 
 @dataclass(frozen=True)
@@ -247,6 +248,8 @@ def sample_part(part: Part, dim: int, rows: np.ndarray, hog: HogRows | None) -> 
 def place_part(part: Part, dim: int, model: ClusterModel, hog: HogRows | None) -> tuple[pa.Table, np.ndarray, float]:
     """Ray task: one part placed by ``model``: its table, rows per cluster, and the sum of squared distances."""
     table, views = _part_views(part, dim, hog)
+    if HOG_VIEW in views:
+        views |= handmade_views(views[HOG_VIEW])
     n_rows = table.num_rows
     labels = np.empty(n_rows, dtype=np.int32)
     distances = np.empty(n_rows, dtype=np.float32)

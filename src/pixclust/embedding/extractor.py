@@ -119,8 +119,10 @@ def load_extractor(
     if spec.family == "hog":
         _reject_weights(spec, weights)
         described = f"128x128 grey, ink on paper as {INK_FORM}" if spec.ink else "128x128 grey"
+        if spec.outline:
+            described += ", then the outline's HOG (ink off the border's paper, holes filled)"
         return FeatureExtractor(
-            spec, spec.dim, HogTransform(spec.ink), HogTransform.side, _handmade_record(spec, described)
+            spec, spec.dim, HogTransform(spec.ink, spec.outline), HogTransform.side, _handmade_record(spec, described)
         )
     if spec.family == "pixels":
         _reject_weights(spec, weights)

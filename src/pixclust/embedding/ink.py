@@ -65,13 +65,18 @@ class InkReading:
     reach: float
 
 
+def border_pixels(pixels: np.ndarray) -> np.ndarray:
+    """The picture's outer band (``BORDER_SHARE`` of its shorter side), one row per pixel: where its paper shows."""
+    band = max(1, round(min(pixels.shape[0], pixels.shape[1]) * BORDER_SHARE))
+    edges = (pixels[:band], pixels[-band:], pixels[:, :band], pixels[:, -band:])
+    return np.concatenate([edge.reshape(-1, pixels.shape[2]) for edge in edges])
+
+
 def read_ink(pixels: np.ndarray) -> InkReading | None:
     """The picture (H x W x 3 uint8) as ink on plain paper; None when it is not one."""
     step = max(1, min(pixels.shape[0], pixels.shape[1]) // READ_SIDE)
     sampled = pixels[::step, ::step].astype(np.float32) / 255.0
-    band = max(1, round(min(sampled.shape[0], sampled.shape[1]) * BORDER_SHARE))
-    edges = (sampled[:band], sampled[-band:], sampled[:, :band], sampled[:, -band:])
-    border = np.concatenate([edge.reshape(-1, 3) for edge in edges])
+    border = border_pixels(sampled)
     paper = np.median(border, axis=0)
     if np.mean(np.linalg.norm(border - paper, axis=1) < PAPER_TOLERANCE) < PLAIN_BORDER:
         return None
@@ -115,5 +120,10 @@ def collection_wants_ink(pictures: Iterable[np.ndarray]) -> tuple[bool, int, int
     if len(papers):
         apart = int(np.sum(np.linalg.norm(papers - np.median(papers, axis=0), axis=1) > PAPERS_APART))
     read, ink = len(readings), len(papers)
-    wanted = read > 0 and ink >= COLLECTION_INK_SHARE * read and apart >= COLLECTION_PAPERS_APART_SHARE * read
+    wanted = collection_is_ink(read, ink) and apart >= COLLECTION_PAPERS_APART_SHARE * read
     return wanted, read, ink, apart
+
+
+def collection_is_ink(read: int, ink: int) -> bool:
+    """Whether a sample of ``read`` pictures, ``ink`` of them ink on paper, is of a collection of ink on paper."""
+    return read > 0 and ink >= COLLECTION_INK_SHARE * read

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from pixclust.embedding.decode import load_rgb
-from pixclust.embedding.ink import READ_SIDE, collection_wants_ink
+from pixclust.embedding.ink import READ_SIDE, collection_is_ink, collection_wants_ink
 from pixclust.embedding.models import INK_SUFFIX, ModelSpec, resolve_model
 from pixclust.embedding.transforms import DEFAULT_CROP_FRACTION, CentreCrop
 from pixclust.errors import DecodeError, UsageError
@@ -43,6 +43,11 @@ class InkChoice:
 
     def to_dict(self) -> dict[str, int | bool]:
         return {"wanted": self.wanted, "read": self.read, "ink_on_paper": self.ink, "papers_apart": self.papers_apart}
+
+    @property
+    def collection_is_ink(self) -> bool:
+        """Whether the collection is ink on paper, on one paper or many (``wanted`` asks for many)."""
+        return collection_is_ink(self.read, self.ink)
 
 
 def choose_ink(files: Sequence[str], spec: ModelSpec, *, max_pixels: int, random_state: int = 0) -> InkChoice:
@@ -95,3 +100,13 @@ def _pictures(files: Iterator[str], crop: CentreCrop, max_pixels: int) -> Iterat
             continue
         taken += 1
         yield crop(image)
+
+
+def outline_wanted(model: str, choice: InkChoice | None) -> bool:
+    """Whether the HOG view beside vectors of ``model`` holds each picture's outline too (``embedding.outline``).
+
+    Where the collection is ink on paper: as the sample that chose ``model`` read it (``choice``), or as the
+    run was told (a network fed ink as grey). Without a sample (``ink`` "off", or a network not chosen by one),
+    HOG stays alone.
+    """
+    return model.endswith(INK_SUFFIX) or (choice is not None and choice.collection_is_ink)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, replace
 
+from pixclust.embedding.transforms import HOG_DIM
 from pixclust.errors import UsageError
 
 DEFAULT_MODEL = "efficientnet-lite0"
@@ -21,6 +22,8 @@ HOG_MODEL = "hog"
 TIMM_PREFIX = "timm:"
 # Appended to a network's name: the same network, fed pictures of ink on paper as grey ink on white.
 INK_SUFFIX = "+ink"
+# Appended to a HOG model's name: HOG followed by the HOG of the picture's outline (embedding.outline).
+OUTLINE_SUFFIX = "+outline"
 
 
 @dataclass(frozen=True)
@@ -42,6 +45,8 @@ class ModelSpec:
     # Pictures of ink on plain paper become grey ink on white before the network (pixclust.embedding.ink);
     # the name of such a spec ends in INK_SUFFIX.
     ink: bool = False
+    # A HOG model whose vectors hold the outline's HOG after HOG's own; its name ends in OUTLINE_SUFFIX.
+    outline: bool = False
 
 
 def _lite(level: int) -> ModelSpec:
@@ -73,26 +78,38 @@ MODELS: dict[str, ModelSpec] = {
         ModelSpec("resnet50", "timm", 2048, "ResNet-50, pooled", "resnet50.tv_in1k"),
         ModelSpec("mobilenet_v2", "timm", 1280, "MobileNetV2, pooled", "mobilenetv2_100.ra_in1k"),
         ModelSpec("efficientnet_b0", "timm", 1280, "EfficientNet-B0, pooled", "efficientnet_b0.ra_in1k"),
-        ModelSpec(HOG_MODEL, "hog", 1764, "Histogram of oriented gradients, 128x128 grey"),
+        ModelSpec(HOG_MODEL, "hog", HOG_DIM, "Histogram of oriented gradients, 128x128 grey"),
         ModelSpec("pixels", "pixels", 3072, "Raw pixels, 32x32 RGB"),
     )
 }
 
 
-def hog_model_for(model: str) -> str:
-    """The model of the HOG view beside vectors of ``model``: a network fed ink as grey has HOG of the same grey."""
-    return HOG_MODEL + INK_SUFFIX if model.endswith(INK_SUFFIX) else HOG_MODEL
+def hog_model_for(model: str, outline: bool = False) -> str:
+    """The model of the HOG view beside vectors of ``model``: a network fed ink as grey has HOG of the same grey,
+    and ``outline`` adds the HOG of each picture's outline."""
+    name = HOG_MODEL + INK_SUFFIX if model.endswith(INK_SUFFIX) else HOG_MODEL
+    return name + OUTLINE_SUFFIX if outline else name
 
 
 def resolve_model(name: str) -> ModelSpec:
-    """Return the spec for ``name``; ``timm:ARCH`` names any timm model, ``NAME+ink`` a network fed ink as grey.
+    """Return the spec for ``name``; ``timm:ARCH`` names any timm model, ``NAME+ink`` a network fed ink as grey,
+    ``hog+outline`` (or ``hog+ink+outline``) HOG followed by the HOG of the picture's outline.
 
     An unknown name raises :class:`UsageError` listing the valid names and
     the closest match.
     """
+    if name.endswith(OUTLINE_SUFFIX):
+        base = resolve_model(name[: -len(OUTLINE_SUFFIX)])
+        if base.family != "hog" or base.outline:
+            raise UsageError(
+                f"model '{name}': {OUTLINE_SUFFIX} comes once, last, after {HOG_MODEL} or {HOG_MODEL}{INK_SUFFIX}, "
+                f"e.g. {HOG_MODEL}{OUTLINE_SUFFIX}"
+            )
+        described = f"{base.description}, then the HOG of its outline"
+        return replace(base, name=name, dim=2 * HOG_DIM, description=described, outline=True)
     if name.endswith(INK_SUFFIX):
         base = resolve_model(name[: -len(INK_SUFFIX)])
-        if base.family == "pixels" or base.ink:
+        if base.family == "pixels" or base.ink or base.outline:
             raise UsageError(
                 f"model '{name}': {INK_SUFFIX} follows the name of a network or {HOG_MODEL}, "
                 f"e.g. {DEFAULT_MODEL}{INK_SUFFIX}"

@@ -9,6 +9,11 @@ from typing import Any
 import numpy as np
 
 from pixclust.embedding.ink import INK_FORM, normalise_ink
+from pixclust.embedding.outline import outline_mask
+
+# HOG reads pictures at this side; with hog_descriptor's cells and blocks that makes HOG_DIM numbers.
+HOG_SIDE = 128
+HOG_DIM = 1764
 
 # JPEGs decode by DCT scaling (1/2, 1/4, 1/8) to the smallest size whose shorter side is at
 # least this share of the resize side, so the crop may be upscaled by up to 1/0.9. A 640x480
@@ -110,26 +115,39 @@ class HogTransform:
     """HOG descriptor of the 128x128 grey image (the seeds' hand-made feature).
 
     With ``ink``, a picture of ink on paper is first turned as the network's input is: the grey of a
-    coloured picture can leave ink and paper a few levels apart, and HOG then sees noise.
+    coloured picture can leave ink and paper a few levels apart, and HOG then sees noise. With
+    ``outline``, the HOG of the picture's outline (``outline.outline_mask``) follows HOG's own numbers.
     """
 
-    side = 128
+    side = HOG_SIDE
 
-    def __init__(self, ink: bool = False) -> None:
+    def __init__(self, ink: bool = False, outline: bool = False) -> None:
         self.ink = ink
+        self.outline = outline
 
     def __call__(self, image: Any) -> np.ndarray:
         from PIL import Image
-        from skimage.feature import hog
 
-        if self.ink:
+        small = None
+        if self.ink or self.outline:
             small = np.asarray(image.convert("RGB").resize((self.side, self.side), Image.Resampling.BILINEAR))
+        if self.ink:
             turned = normalise_ink(small)
             # normalise_ink hands back the very array where the picture is not ink on paper.
             grey = np.asarray(Image.fromarray(small).convert("L")) if turned is small else turned[..., 0]
+            small = turned
         else:
             grey = np.asarray(image.convert("L").resize((self.side, self.side), Image.Resampling.BILINEAR))
-        return hog(grey, orientations=9, pixels_per_cell=(16, 16), cells_per_block=(2, 2)).astype(np.float32)
+        if not self.outline:
+            return hog_descriptor(grey)
+        return np.concatenate([hog_descriptor(grey), hog_descriptor(outline_mask(small))])
+
+
+def hog_descriptor(grey: np.ndarray) -> np.ndarray:
+    """HOG of a HOG_SIDE-square grey picture: 9 orientations, 16-pixel cells, 2 x 2 blocks (HOG_DIM numbers)."""
+    from skimage.feature import hog
+
+    return hog(grey, orientations=9, pixels_per_cell=(16, 16), cells_per_block=(2, 2)).astype(np.float32)
 
 
 class PixelTransform:

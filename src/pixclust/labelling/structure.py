@@ -56,7 +56,7 @@ def run_structure(run_dir: Path, embeddings: Embeddings) -> Structure | None:
     clusters.csv does not list every stored image, or when a view the model needs is not stored.
     """
     from pixclust.clustering.placement import ClusterModel
-    from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW
+    from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW, handmade_views
     from pixclust.curation.export import read_clusters_csv
     from pixclust.embedding.store import EmbeddingStore
     from pixclust.errors import UsageError
@@ -80,7 +80,8 @@ def run_structure(run_dir: Path, embeddings: Embeddings) -> Structure | None:
         row_of = {path: row for row, path in enumerate(hog.paths)}
         if any(path not in row_of for path in embeddings.paths):
             return None
-        views[HOG_VIEW] = hog.vectors[[row_of[path] for path in embeddings.paths]]
+        rows = hog.vectors[[row_of[path] for path in embeddings.paths]]
+        views |= handmade_views(rows)
     features = l2_normalize(model.space.transform(views))
     clusters = np.array([_cluster_id(table[path].get("cluster_id")) for path in embeddings.paths], dtype=np.int64)
     return Structure(features.astype(np.float32), clusters, "run")

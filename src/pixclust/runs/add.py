@@ -28,7 +28,7 @@ import numpy as np
 
 from pixclust.atomic import write_text_atomic
 from pixclust.clustering.placement import NOVELTY_FALSE_ALARMS, ClusterModel, Placement
-from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW
+from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW, handmade_views
 from pixclust.curation.duplicates import DuplicateReport
 from pixclust.curation.export import (
     NOVEL_CLUSTER,
@@ -185,10 +185,12 @@ def _add_in(
             "(weights or preprocessing changed); cluster the run again before adding to it"
         )
     fresh, already = _new_rows(run, new)
-    hog_view = (run_dir / VIEWS_DIR / HOG_VIEW, hog_model_for(model_record.model or ""))
+    # The run's own HOG model, so that new rows join its store; runs before run.json named it kept plain HOG.
+    hog_model = record.model.get("hog_model") or hog_model_for(model_record.model or "")
+    hog_view = (run_dir / VIEWS_DIR / HOG_VIEW, hog_model)
     fresh, hog, skipped = _with_views(fresh, model, new.skipped, hog_view, read_options)
     timings["embed_s"] = time.perf_counter() - started
-    views = {EMBEDDING_VIEW: fresh.vectors} | ({} if hog is None else {HOG_VIEW: hog.vectors})
+    views = {EMBEDDING_VIEW: fresh.vectors} | ({} if hog is None else handmade_views(hog.vectors))
     started = time.perf_counter()
     placement = model.place(views, false_alarms=false_alarms) if len(fresh) else _no_placement(model)
     timings["place_s"] = time.perf_counter() - started

@@ -25,7 +25,7 @@ import numpy as np
 from pixclust.atomic import write_text_atomic
 from pixclust.clustering.clusterer import ClusterResult
 from pixclust.clustering.placement import ClusterModel
-from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW
+from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW, handmade_views
 from pixclust.curation.corrections import Corrections, apply_edits, cluster_ids, correct
 from pixclust.curation.edits import EXCLUDED_CLUSTER, check_run, read_edits, run_identity
 from pixclust.curation.export import csv_text, export_folders, number_cell, read_clusters_csv
@@ -220,7 +220,8 @@ def _refit_model(folder: RunFolder, vectors: np.ndarray, paths: Sequence[str], l
     model = ClusterModel.load(model_file)
     views = {EMBEDDING_VIEW: vectors}
     if HOG_VIEW in model.space.views:
-        views[HOG_VIEW] = stored_rows(EmbeddingStore(run_dir / VIEWS_DIR / HOG_VIEW).load(), paths, run_dir).vectors
+        hog = stored_rows(EmbeddingStore(run_dir / VIEWS_DIR / HOG_VIEW).load(), paths, run_dir)
+        views |= handmade_views(hog.vectors)
     if labels.max() < 0:
         # Every image marked: no cluster is left to place new images in.
         folder.remove_managed_file(CLUSTER_MODEL_FILE)

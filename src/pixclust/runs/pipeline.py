@@ -15,11 +15,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pixclust.clustering.adaptive import EMBEDDING_VIEW, HOG_VIEW, AdaptiveClusterer
+from pixclust.clustering.adaptive import AdaptiveClusterer
 from pixclust.clustering.clusterer import DEFAULT_CLUSTER_METHOD, ClusterResult, ImageClusterer
 from pixclust.clustering.metrics import clustering_scores
 from pixclust.clustering.placement import ClusterModel, FeatureSpace
 from pixclust.clustering.reduce import DEFAULT_REDUCE, Reduction, is_whole_number, project_2d, reduce_features
+from pixclust.clustering.views import EMBEDDING_VIEW, HOG_VIEW, handmade_views
 from pixclust.curation.corrections import Corrections
 from pixclust.curation.edits import EXCLUDED_LABEL, new_run_id
 from pixclust.curation.export import (
@@ -37,7 +38,7 @@ from pixclust.embedding.class_head import ClassHead, class_head
 from pixclust.embedding.discover import walk_candidates
 from pixclust.embedding.extraction import embed
 from pixclust.embedding.files import READABLE_FORMATS
-from pixclust.embedding.ink_choice import InkChoice, network_model
+from pixclust.embedding.ink_choice import InkChoice, network_model, outline_wanted
 from pixclust.embedding.models import hog_model_for, resolve_model
 from pixclust.embeddings import Embeddings
 from pixclust.errors import NoImagesError, UsageError
@@ -92,8 +93,8 @@ def cluster(
         raise UsageError(
             f"k {k} is more than the {len(vectors)} images; ask for at most {len(vectors)} clusters, or for 'auto'"
         )
-    hog_rows = _paired_rows(data, hog) if resolve_pipeline(pipeline, method, reduce) == "auto" else None
-    views = {EMBEDDING_VIEW: vectors} | ({HOG_VIEW: hog_rows} if hog_rows is not None else {})
+    handmade = _handmade_views(data, hog) if resolve_pipeline(pipeline, method, reduce) == "auto" else {}
+    views = {EMBEDDING_VIEW: vectors} | handmade
     return cluster_views(
         views,
         k=k,
@@ -176,6 +177,15 @@ def _map_2d(vectors: np.ndarray, reduction: Reduction, random_state: int) -> np.
     return project_2d(vectors, random_state=random_state)
 
 
+def _handmade_views(data: Embeddings | np.ndarray, hog: Embeddings | np.ndarray | None) -> dict[str, np.ndarray]:
+    """The hand-made views in the rows of ``data`` (HOG, and the outline where ``hog``'s model made it); none when
+    ``hog`` is None or some image has no HOG vector (``_paired_rows``)."""
+    rows = _paired_rows(data, hog)
+    if rows is None:
+        return {}
+    return handmade_views(rows)
+
+
 def _paired_rows(data: Embeddings | np.ndarray, hog: Embeddings | np.ndarray | None) -> np.ndarray | None:
     """HOG vectors in the rows of ``data``, paired by path; None when there are none, or some image has none.
 
@@ -226,6 +236,8 @@ class RunResult:
     edits: list[dict[str, object]] = field(default_factory=list)
     # The sample of the source that decided whether the network got ink on paper as grey (None: not sampled).
     ink: InkChoice | None = None
+    # The model of the HOG view beside the embedding (models.hog_model_for), None where there is none.
+    hog_model: str | None = None
 
 
 def run(config: RunConfig, *, quiet: bool = False) -> RunResult:
@@ -273,7 +285,12 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
         )
 
     started = time.perf_counter()
-    hog = _hog_view(config, sources, run_dir, model) if config.pipeline == "auto" else None
+    hog_model = _hog_model(config, model, ink)
+    hog = (
+        None
+        if hog_model is None
+        else _embed_source(config, sources, out=run_dir / VIEWS_DIR / HOG_VIEW, model=hog_model)
+    )
     timings["hog_s"] = time.perf_counter() - started
     started = time.perf_counter()
     clustering = cluster(
@@ -295,10 +312,7 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
         # What a person corrected in this run before (pixclust apply) holds in the new clustering too.
         started = time.perf_counter()
         automatic = cluster_names(clustering.labels, _descriptions(head, embeddings, clustering.labels, config))
-        views = {EMBEDDING_VIEW: embeddings.vectors}
-        hog_rows = _paired_rows(embeddings, hog)
-        if hog_rows is not None:
-            views[HOG_VIEW] = hog_rows
+        views = {EMBEDDING_VIEW: embeddings.vectors} | _handmade_views(embeddings, hog)
         clustering, corrected_names = keep_corrections(
             clustering, corrections, embeddings.paths, views, automatic, random_state=config.seed
         )
@@ -355,6 +369,7 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
         run_id=previous.run_id if previous is not None and previous.run_id else new_run_id(),
         edits=previous.edits if previous is not None else [],
         ink=ink,
+        hog_model=hog_model,
     )
     if config.report:
         started = time.perf_counter()
@@ -437,14 +452,16 @@ def _embed_source(
     )
 
 
-def _hog_view(config: RunConfig, sources: list[str | Path], run_dir: Path, model: str) -> Embeddings | None:
-    """HOG vectors of the run's images, stored (and reused) in its views/hog/ folder; None when the model is HOG.
+def _hog_model(config: RunConfig, model: str, ink: InkChoice | None) -> str | None:
+    """The model of the HOG view the run keeps in views/hog/ beside vectors of ``model``; None where it keeps none
+    (a run embedded with HOG itself, or a pipeline that does not join it).
 
-    ``model`` is what the run embedded with: beside a network fed ink as grey, HOG reads the same grey.
+    Beside a network fed ink as grey, HOG reads the same grey; where the collection
+    is ink on paper, each vector holds the outline's HOG after HOG's own.
     """
-    if resolve_model(model).family == "hog":
+    if config.pipeline != "auto" or resolve_model(model).family == "hog":
         return None
-    return _embed_source(config, sources, out=run_dir / VIEWS_DIR / HOG_VIEW, model=hog_model_for(model))
+    return hog_model_for(model, outline=outline_wanted(model, ink))
 
 
 def _open_run_folder(config: RunConfig) -> RunFolder:

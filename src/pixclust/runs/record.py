@@ -88,7 +88,8 @@ class RunRecord:
             created=datetime.now(timezone.utc).isoformat(timespec="seconds"),
             config=json_plain(result.config.settings()),
             model=({} if embeddings.model is None else embeddings.model.to_dict())
-            | ({} if result.ink is None else {"ink_sample": result.ink.to_dict()}),
+            | ({} if result.ink is None else {"ink_sample": result.ink.to_dict()})
+            | ({} if result.hog_model is None else {"hog_model": result.hog_model}),
             counts={
                 "images_used": len(embeddings),
                 "files_skipped": len(embeddings.skipped),

@@ -34,7 +34,7 @@ from pixclust.embedding.engines.ray import RayEmbedder, RaySettings, ray_session
 from pixclust.embedding.extraction import discover_sources, extract_chunks, hash_files
 from pixclust.embedding.extractor import load_extractor
 from pixclust.embedding.files import READABLE_FORMATS, SkippedFile
-from pixclust.embedding.ink_choice import InkChoice, check_ink, network_model
+from pixclust.embedding.ink_choice import InkChoice, check_ink, network_model, outline_wanted
 from pixclust.embedding.models import DEFAULT_MODEL, hog_model_for, resolve_model
 from pixclust.embedding.part_store import (
     PART_WRITE_ROWS,
@@ -202,7 +202,7 @@ def embed_shards(
                 rewritten_from,
                 max_pixels=max_pixels,
                 wait_s=ray_wait,
-                hog_model=hog_model_for(model),
+                hog_model=hog_model_for(model, outline=outline_wanted(model, ink_choice)),
             )
         else:
             drop_hog_view(folder)

@@ -100,6 +100,6 @@ def view_features(
         if views[name].shape[1:] != means[name].shape:
             raise UsageError(
                 f"{name} vectors of {views[name].shape[1]} numbers, where the clustering's have {len(means[name])}; "
-                "give the views as handmade_views parts the run's HOG model's vectors"
+                "make them with the run's HOG model and part them with pixclust.clustering.views.handmade_views"
             )
     return join_normalized(embedding, [(views[name], means[name]) for name in handmade])

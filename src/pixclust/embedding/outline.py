@@ -7,7 +7,7 @@ went to the coats' cluster). The HOG of the garment's outline alone, where
 texture is gone, tells sleeves, collars and hems apart; set beside HOG as a
 view of its own, the refinement's neighbours (:mod:`pixclust.clustering.refine`)
 lifted Fashion-MNIST's test set from ACC 0.790-0.792 / NMI 0.737-0.739 to
-0.798-0.800 / 0.744-0.746, the digits unchanged (docs/QUALITY.md).
+0.797-0.800 / 0.743-0.745 over seeds 0-3, the digits unchanged (docs/QUALITY.md).
 
 Only a picture of ink on plain paper has an outline: the paper is the colour
 of its border (as :func:`pixclust.embedding.ink.read_ink` reads it), the ink

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import itertools
 import os
+import weakref
 from collections import defaultdict
 from pathlib import Path
 
@@ -24,7 +25,15 @@ from real_data import (
     write_image_tree,
 )
 
-from pixclust.curation.duplicates import DuplicateReport, candidate_pairs, extend_duplicates, find_duplicates
+from pixclust.curation import duplicates
+from pixclust.curation.duplicates import (
+    DEFAULT_CANDIDATE_SIMILARITY,
+    DEFAULT_CANDIDATES,
+    DuplicateReport,
+    candidate_pairs,
+    extend_duplicates,
+    find_duplicates,
+)
 from pixclust.curation.verify import signature, verify_pairs
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
@@ -256,3 +265,57 @@ def test_groups_extended_with_added_images_match_a_search_of_all(
     assert partition(extended) == partition(find_duplicates(arriving))
     assert extended.n_images == len(arriving)
     assert all(group.kinds[group.rows.index(group.keeper)] == "keeper" for group in extended.groups)
+
+
+def test_checks_in_blocks_make_each_signature_once_and_let_them_go(
+    photo_set: tuple[list, Embeddings, DuplicateReport], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Small blocks (as 70,000 images make 4,096-image ones): the same groups, each file read once, few held."""
+    _, embeddings, report = photo_set
+    left, right, _ = candidate_pairs(
+        embeddings.vectors, neighbours=DEFAULT_CANDIDATES, threshold=DEFAULT_CANDIDATE_SIMILARITY
+    )
+    candidates = {embeddings.paths[row] for row in np.concatenate([left, right]).tolist()}
+    make_signatures = duplicates.signature_chunk
+    made: list[str] = []
+    held: list[weakref.ref] = []
+    most_held = 0
+
+    def counted(paths: list[str]) -> list:
+        nonlocal most_held
+        found = make_signatures(paths)
+        made.extend(paths)
+        held.extend(weakref.ref(one) for one in found if one is not None)
+        most_held = max(most_held, sum(ref() is not None for ref in held))
+        return found
+
+    # One block's signatures are then one task, made in this process, where they can be counted.
+    monkeypatch.setattr(duplicates, "_CHECK_BLOCK", 6)
+    monkeypatch.setattr(duplicates, "_ORDER_BUCKET", 12)
+    monkeypatch.setattr(duplicates, "signature_chunk", counted)
+
+    blocked = find_duplicates(embeddings)
+
+    assert [(group.rows, group.keeper, group.kinds, group.evidence) for group in blocked.groups] == [
+        (group.rows, group.keeper, group.kinds, group.evidence) for group in report.groups
+    ]
+    # Pairs of files with the same bytes are not checked, so not every candidate needs a signature.
+    assert len(made) == len(set(made)) and set(made) <= candidates
+    assert most_held <= len(candidates) // 2, (most_held, len(candidates))
+
+
+def test_check_order_keeps_neighbouring_images_together(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Two far-apart groups of vectors, pairs only within each: each group is checked in one stretch."""
+    rng = np.random.default_rng(0)
+    directions = np.eye(8, dtype=np.float32)[[0, 4]]
+    group = np.repeat([0, 1], 30)
+    vectors = directions[group] + 0.05 * rng.standard_normal((60, 8)).astype(np.float32)
+    shuffled = rng.permutation(60)
+    vectors, group = vectors[shuffled], group[shuffled]
+    pairs = np.array([(i, j) for i in range(60) for j in range(i + 1, 60) if group[i] == group[j]])
+    monkeypatch.setattr(duplicates, "_ORDER_BUCKET", 10)
+
+    order = duplicates.check_order(vectors, pairs[:, 0], pairs[:, 1])
+
+    assert sorted(order.tolist()) == list(range(60))
+    assert np.count_nonzero(np.diff(group[order])) == 1

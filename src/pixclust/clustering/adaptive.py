@@ -42,13 +42,21 @@ from sklearn.cluster import KMeans
 from sklearn.metrics import adjusted_rand_score
 
 from pixclust.clustering.clusterer import centres_and_distances, kmeans_starts, relabel_by_size
+from pixclust.clustering.joined_pca import joined_pca
 from pixclust.clustering.k_selection import GRAPH_NEIGHBOURS, KScan, check_k_settings, graph_modularity, scan_k
 from pixclust.clustering.metrics import mean_silhouette, silhouette_values
 from pixclust.clustering.placement import ClusterModel, FeatureSpace
 from pixclust.clustering.reduce import Reduction, reduce_features
 from pixclust.clustering.refine import DEFAULT_NEIGHBOURS, anchor_neighbours, nearest_neighbours, refine_best
 from pixclust.clustering.stability import STABILITY_SAMPLE, choose_representation, clustering_stability
-from pixclust.clustering.views import EMBEDDING_VIEW, HANDMADE_VIEWS, HOG_VIEW, OUTLINE_VIEW, view_features, view_means
+from pixclust.clustering.views import (
+    EMBEDDING_VIEW,
+    HANDMADE_VIEWS,
+    HOG_VIEW,
+    OUTLINE_VIEW,
+    JoinedViews,
+    view_means,
+)
 from pixclust.errors import UsageError
 
 # PCA components k-means and the refinement work in. With --k 10 over six seeds: Fashion-MNIST's
@@ -82,15 +90,14 @@ SAME_SOLUTION_ARI = 0.9
 MAX_RIVAL_STARTS = 3
 
 
-def iter_candidates(views: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndarray]]:
+def iter_candidates(views: dict[str, np.ndarray]) -> Iterator[tuple[str, JoinedViews]]:
     """The representations to choose from, one at a time: the embedding, then the embedding joined with HOG.
 
     Each view is L2-normalised (HOG after centring) before joining, so both
-    count equally (``views.join_normalized``). One at a time because the
-    joined matrix is the largest thing pixclust holds (70,000 x 3,044 floats
-    is 0.85 GB): callers reduce each candidate and let it go, so no two joined
-    matrices ever coexist. Each candidate is a new array that the caller may
-    overwrite.
+    count equally (``views.join_normalized``). Each is a ``JoinedViews``,
+    which holds no joined matrix: :func:`~pixclust.clustering.joined_pca.joined_pca`
+    reduces it from the views themselves (the embedding joined with HOG is
+    70,000 x 3,044 floats at 70,000 images, 0.85 GB).
     """
     if EMBEDDING_VIEW not in views:
         raise UsageError("the adaptive pipeline needs the image embeddings (view 'embedding')")
@@ -103,7 +110,7 @@ def iter_candidates(views: dict[str, np.ndarray]) -> Iterator[tuple[str, np.ndar
         raise UsageError("the outline view goes beside HOG; pass the 'hog' view too, or leave the outline out")
     means = view_means(views)
     for names in candidate_views(views):
-        yield _candidate_name(names), view_features(views, names, means)
+        yield _candidate_name(names), JoinedViews(views, names, means)
 
 
 def candidate_views(views: dict[str, np.ndarray]) -> list[tuple[str, ...]]:
@@ -121,8 +128,8 @@ def _candidate_name(names: tuple[str, ...]) -> str:
 
 
 def candidate_representations(views: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    """Every candidate of :func:`iter_candidates` at once, by name."""
-    return dict(iter_candidates(views))
+    """Every candidate of :func:`iter_candidates` at once, by name, each made whole."""
+    return {name: joined.dense() for name, joined in iter_candidates(views)}
 
 
 def view_agreement(labels: np.ndarray, own: np.ndarray, other: np.ndarray, *, random_state: int = 0) -> float:
@@ -280,10 +287,8 @@ class AdaptiveClusterer:
         agreement = view_agreement(labels[rows], samples[chosen], hog_sample, random_state=self.random_state)
         return (_candidate_name(every_view(views)) if agreement >= VIEW_AGREEMENT else chosen), agreement
 
-    def _reduce(self, features: np.ndarray) -> Reduction:
-        return reduce_features(
-            features, "pca", n_components=PCA_COMPONENTS, random_state=self.random_state, overwrite=True
-        )
+    def _reduce(self, joined: JoinedViews) -> Reduction:
+        return joined_pca(joined, PCA_COMPONENTS, random_state=self.random_state)
 
     @staticmethod
     def _space(views: dict[str, np.ndarray], reductions: dict[str, Reduction], name: str) -> FeatureSpace:
@@ -297,10 +302,8 @@ class AdaptiveClusterer:
         if EMBEDDING_VIEW in views:
             check_k_settings(self.k, self.k_range, self.random_state, len(views[EMBEDDING_VIEW]))
         reductions = {}
-        for name, features in iter_candidates(views):
-            reductions[name] = self._reduce(features)
-            # Let it go before the next candidate is built beside it.
-            del features
+        for name, joined in iter_candidates(views):
+            reductions[name] = self._reduce(joined)
         rows = _subsample(len(views[EMBEDDING_VIEW]), self.selection_sample, self.random_state)
         samples = {name: reduction.coords[rows, :SELECTION_COMPONENTS] for name, reduction in reductions.items()}
         scores = {name: self._choose_k(sample) for name, sample in samples.items()}
@@ -330,10 +333,10 @@ class AdaptiveClusterer:
             # the joined space with the head on the embedding alone: 0.777-0.780 / 0.723-0.727).
             refined_on, agreement = self._refinement_space(views, chosen, samples, rows, solutions[0][1])
             if refined_on not in reductions:
-                # Every view joined is reduced only where the refinement uses it (1.3 GB at 70,000 images).
-                joined = view_features(views, tuple(refined_on.split("+")), view_means(views))
-                reductions[refined_on] = self._reduce(joined)
-                del joined
+                # Every view joined is reduced only where the refinement uses it.
+                reductions[refined_on] = self._reduce(
+                    JoinedViews(views, tuple(refined_on.split("+")), view_means(views))
+                )
             space = reductions[refined_on].coords
             anchors, neighbours = anchor_neighbours(space, DEFAULT_NEIGHBOURS, random_state=self.random_state)
             starts = rival_starts(solutions)

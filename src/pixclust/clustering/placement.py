@@ -38,8 +38,8 @@ from pixclust.clustering.views import (
     HANDMADE_VIEWS,
     HOG_VIEW,
     OUTLINE_VIEW,
+    JoinedViews,
     handmade_views,
-    view_features,
 )
 from pixclust.embeddings import Embeddings
 from pixclust.errors import UsageError
@@ -76,9 +76,11 @@ class FeatureSpace:
     view_means: Mapping[str, np.ndarray] = field(default_factory=dict)
 
     def transform(self, views: Mapping[str, np.ndarray]) -> np.ndarray:
-        features = view_features(views, self.views, self.view_means)
-        features -= self.mean
-        return np.ascontiguousarray(features @ self.components.T, dtype=np.float32)
+        # As products of the views (views.JoinedViews): the features are never made whole for the rows placed.
+        projection = self.components.T.astype(np.float32)
+        coords = JoinedViews(views, self.views, self.view_means).times(projection)
+        coords -= self.mean.astype(np.float32) @ projection
+        return np.ascontiguousarray(coords, dtype=np.float32)
 
 
 @dataclass(frozen=True)

@@ -175,3 +175,43 @@ def test_vectors_that_cannot_fit_in_memory_are_refused_before_any_image_is_embed
     assert not (tmp_path / "run" / "embeddings.partial").exists()
     monkeypatch.setattr(extraction, "memory_bytes", lambda: 30_720)
     assert len(extraction.embed(images, quiet=True)) == 6
+
+
+def test_gathering_lets_each_chunk_of_fresh_vectors_go_once_its_rows_are_copied() -> None:
+    import weakref
+
+    from pixclust.embedding.extraction import _gather, _releasing_vector_of
+    from pixclust.embedding.pixel_stats import unmeasured
+    from pixclust.embedding.store import KnownEmbeddings, StoredVector
+
+    rng = np.random.default_rng(0)
+    chunks = [rng.random((3, 4), dtype=np.float32) for _ in range(3)]
+    stats = unmeasured(1)[0]
+    fresh = {f"{c}-{r}": StoredVector(chunk[r], 8, 8, stats) for c, chunk in enumerate(chunks) for r in range(3)}
+    expected = {digest: stored.vector.copy() for digest, stored in fresh.items()}
+    stored_vector = rng.random((1, 4), dtype=np.float32)
+    known = KnownEmbeddings(
+        content_hashes=["old"],
+        row_of_hash={"old": 0},
+        vectors=stored_vector,
+        image_sizes=np.array([[8, 8]], dtype=np.int32),
+        image_stats=unmeasured(1),
+    )
+    alive = [weakref.ref(chunk) for chunk in chunks]
+    del chunks
+    # In the order the files were embedded, with a stored vector and a copy of a file ("1-0" twice) among them.
+    digests = ["0-0", "0-1", "old", "0-2", "1-0", "1-1", "1-0", "1-2", "2-0", "2-1", "2-2"]
+    lookup = _releasing_vector_of(fresh, known, digests)
+    chunks_alive_at = {}
+
+    def recording(digest: str) -> StoredVector:
+        chunks_alive_at[digest] = [ref() is not None for ref in alive]
+        return lookup(digest)
+
+    vectors, _, _ = _gather(digests, recording, 4)
+    for row, digest in enumerate(digests):
+        np.testing.assert_array_equal(vectors[row], stored_vector[0] if digest == "old" else expected[digest])
+    # The row copied last is still in hand while the next one is looked up: a chunk goes one row after its last.
+    assert chunks_alive_at["1-1"] == [False, True, True]
+    assert chunks_alive_at["2-1"] == [False, False, True]
+    assert fresh == {} and all(ref() is None for ref in alive)

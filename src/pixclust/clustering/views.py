@@ -4,9 +4,10 @@ A view is one vector per image from one model: the network's embedding, HOG
 (gradient histograms) beside it, and for ink on paper the HOG of the picture's
 outline (:mod:`pixclust.embedding.outline`). HOG and the outline are made in one
 pass and stored together, the outline's half after HOG's
-(:func:`handmade_views` parts them). The same function makes a candidate's
-features at clustering time and for images placed later, so both see the same
-numbers.
+(:func:`handmade_views` parts them). :func:`join_normalized` says how a
+candidate's features are made; :class:`JoinedViews` gives them as products,
+the same at clustering time and for images placed later, so both see the same
+numbers, and :func:`view_features` makes them whole where a caller needs them so.
 """
 
 from __future__ import annotations

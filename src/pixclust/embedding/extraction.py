@@ -374,7 +374,7 @@ def _releasing_vector_of(
     A fresh vector is a row of the chunk it was saved in, and holds that whole chunk. Taken out as the
     final array fills (``digests`` come in the order the files were embedded), each chunk is let go once
     its rows are copied, rather than every chunk being held beside the final array: 70,000 images' HOG view
-    peaked at 2.28 GB with both, 0.99 GB each (docs/PERFORMANCE.md).
+    peaked at 2.25 GB with both, 0.99 GB each, and 1.30 GB without (docs/PERFORMANCE.md).
     """
     uses_left = Counter(digests)
 

@@ -317,7 +317,8 @@ def _run_in(folder: RunFolder, config: RunConfig) -> RunResult:
             clustering, corrections, embeddings.paths, views, automatic, random_state=config.seed
         )
         timings["corrections_s"] = time.perf_counter() - started
-    # The HOG matrix (0.5 GB at 70,000 images) is not needed past clustering; the report holds its own arrays.
+    # The HOG view (0.99 GB at 70,000 images with the outline) is not needed past clustering; the report holds its own
+    # arrays.
     del hog
 
     scores, n_scored = None, 0

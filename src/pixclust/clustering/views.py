@@ -46,6 +46,12 @@ def view_means(views: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
     return {name: views[name].mean(axis=0) for name in HANDMADE_VIEWS if name in views}
 
 
+def handmade_length(count: int) -> np.float32:
+    """The length each of ``count`` hand-made views is scaled to beside the unit embedding (see
+    :func:`join_normalized`), so that together they weigh what the embedding does."""
+    return np.float32(1 / np.sqrt(max(count, 1)))
+
+
 def join_normalized(embedding: np.ndarray, handmade: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
     """Unit embedding beside the hand-made views (vectors, mean), each centred and made unit, the whole row then
     made unit.
@@ -70,7 +76,7 @@ def join_normalized(embedding: np.ndarray, handmade: list[tuple[np.ndarray, np.n
         part -= mean
         l2_normalize(part, in_place=True)
         if len(handmade) > 1:
-            part /= np.float32(np.sqrt(len(handmade)))
+            part *= handmade_length(len(handmade))
         start += vectors.shape[1]
     return l2_normalize(joined, in_place=True)
 
@@ -131,7 +137,7 @@ class JoinedViews:
         _check_views(views, names, means)
         self.views, self.names, self.means = views, names, means
         handmade = [name for name in names if name != EMBEDDING_VIEW]
-        weight = np.float32(1 / np.sqrt(max(len(handmade), 1)))
+        weight = handmade_length(len(handmade))
         self.parts: list[tuple[np.ndarray, np.ndarray | None, np.ndarray]] = []
         squared_lengths = np.zeros(len(views[EMBEDDING_VIEW]), dtype=np.float32)
         for name in (EMBEDDING_VIEW, *handmade):

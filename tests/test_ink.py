@@ -13,12 +13,13 @@ from PIL import Image
 from real_data import colour_at_random, grey_digits, write_image_tree, write_photo_crops
 
 from pixclust.embedding.discover import walk_candidates
+from pixclust.embedding.hog import HOG_DIM
 from pixclust.embedding.ink import INK_FORM, collection_wants_ink, normalise_ink, read_ink
 from pixclust.embedding.ink_choice import InkChoice, check_ink, choose_ink, network_model, outline_wanted
 from pixclust.embedding.models import resolve_model
 from pixclust.embedding.outline import outline_mask
 from pixclust.embedding.store import EmbeddingStore
-from pixclust.embedding.transforms import HOG_DIM, HogTransform
+from pixclust.embedding.transforms import HogTransform
 from pixclust.errors import UsageError
 from pixclust.runs.add import add
 from pixclust.runs.pipeline import RunConfig, run

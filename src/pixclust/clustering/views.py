@@ -17,7 +17,7 @@ from collections.abc import Iterator, Mapping
 import numpy as np
 
 from pixclust.clustering.reduce import CHUNK_ROWS, check_features, l2_normalize
-from pixclust.embedding.transforms import HOG_DIM
+from pixclust.embedding.hog import HOG_DIM
 from pixclust.errors import UsageError
 
 EMBEDDING_VIEW = "embedding"

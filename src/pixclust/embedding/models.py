@@ -11,7 +11,7 @@ from __future__ import annotations
 import difflib
 from dataclasses import dataclass, replace
 
-from pixclust.embedding.transforms import HOG_DIM
+from pixclust.embedding.hog import HOG_DIM
 from pixclust.errors import UsageError
 
 DEFAULT_MODEL = "efficientnet-lite0"

@@ -8,12 +8,9 @@ from typing import Any
 
 import numpy as np
 
+from pixclust.embedding.hog import HOG_SIDE, hog_descriptor
 from pixclust.embedding.ink import INK_FORM, normalise_ink
 from pixclust.embedding.outline import outline_mask
-
-# HOG reads pictures at this side; with hog_descriptor's cells and blocks that makes HOG_DIM numbers.
-HOG_SIDE = 128
-HOG_DIM = 1764
 
 # JPEGs decode by DCT scaling (1/2, 1/4, 1/8) to the smallest size whose shorter side is at
 # least this share of the resize side, so the crop may be upscaled by up to 1/0.9. A 640x480
@@ -141,13 +138,6 @@ class HogTransform:
         if not self.outline:
             return hog_descriptor(grey)
         return np.concatenate([hog_descriptor(grey), hog_descriptor(outline_mask(small))])
-
-
-def hog_descriptor(grey: np.ndarray) -> np.ndarray:
-    """HOG of a HOG_SIDE-square grey picture: 9 orientations, 16-pixel cells, 2 x 2 blocks (HOG_DIM numbers)."""
-    from skimage.feature import hog
-
-    return hog(grey, orientations=9, pixels_per_cell=(16, 16), cells_per_block=(2, 2)).astype(np.float32)
 
 
 class PixelTransform:

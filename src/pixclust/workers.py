@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
+from functools import partial
 from typing import Any, TypeVar
 
 Item = TypeVar("Item")
@@ -42,15 +43,48 @@ def map_chunks(
 ) -> Iterator[list[Result]]:
     """``function(chunk, *args)`` for each chunk, in order, in worker processes (in this one when there is one chunk
     or one CPU); each result is yielded as soon as it and those before it are done, so callers can show progress."""
+    yield from map_chunks_sharing(partial(_without_shared, function), None, chunks, *args)
+
+
+def map_chunks_sharing(
+    function: Callable[..., list[Result]], shared: Any, chunks: Sequence[Sequence[Item]], *args: Any
+) -> Iterator[list[Result]]:
+    """``function(shared, chunk, *args)`` for each chunk, as :func:`map_chunks` calls its function.
+
+    ``shared`` reaches each worker once, as it starts, rather than with every
+    chunk: a forked worker inherits it without a copy (elsewhere it is pickled
+    once a worker). For what many chunks read, such as images' signatures that
+    each of many pairs needs.
+    """
     workers = min(len(chunks), os.cpu_count() or 1)
     if workers <= 1:
         for chunk in chunks:
-            yield function(chunk, *args)
+            yield function(shared, chunk, *args)
         return
     with ProcessPoolExecutor(
-        workers, mp_context=worker_context(), initializer=exit_with_parent, initargs=(os.getpid(),)
+        workers, mp_context=worker_context(), initializer=_start_worker, initargs=(os.getpid(), shared)
     ) as pool:
-        yield from pool.map(function, chunks, *([arg] * len(chunks) for arg in args))
+        yield from pool.map(_call_with_shared, [function] * len(chunks), chunks, *([arg] * len(chunks) for arg in args))
+
+
+# What map_chunks_sharing handed this worker process as it started.
+_worker_shared: Any = None
+
+
+def _start_worker(parent_pid: int, shared: Any) -> None:
+    global _worker_shared
+    exit_with_parent(parent_pid)
+    _worker_shared = shared
+
+
+def _call_with_shared(function: Callable[..., list[Result]], chunk: Sequence[Item], *args: Any) -> list[Result]:
+    return function(_worker_shared, chunk, *args)
+
+
+def _without_shared(
+    function: Callable[..., list[Result]], _shared: Any, chunk: Sequence[Item], *args: Any
+) -> list[Result]:
+    return function(chunk, *args)
 
 
 def exit_with_parent(parent_pid: int) -> None:

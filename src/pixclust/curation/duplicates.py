@@ -31,7 +31,7 @@ from pixclust.embeddings import Embeddings
 from pixclust.errors import DecodeError, UsageError
 from pixclust.index import VectorIndex
 from pixclust.progress import progress_bar
-from pixclust.workers import map_chunks
+from pixclust.workers import map_chunks, map_chunks_sharing
 
 DEFAULT_CANDIDATES = 20
 # On bench/duplicates.py's photos copies sat at cosine 0.65 or more with their originals; 0.60 leaves
@@ -409,17 +409,32 @@ def _check_pairs(
 ) -> list[Verdict | None]:
     """The verdicts of the pairs (``left``, ``right``), whose signatures are all made, checked in worker processes.
 
-    A function of its own so that the pairs, which hold their signatures, are let go when it returns.
+    The workers are handed the paths and the block's signatures once, as they start, and each task only
+    rows: sent with every pair, two signatures (68 KB) cost the parent more to pickle than a worker
+    takes to check them.
     """
-    pairs = [
-        (paths[i], paths[j], signatures[i], signatures[j]) for i, j in zip(left.tolist(), right.tolist(), strict=True)
+    rows = np.unique(np.concatenate([left, right])).tolist()
+    shared = (paths, {row: signatures[row] for row in rows})
+    tasks = [
+        list(zip(left[start : start + _PAIR_CHUNK].tolist(), right[start : start + _PAIR_CHUNK].tolist(), strict=True))
+        for start in range(0, len(left), _PAIR_CHUNK)
     ]
     verdicts: list[Verdict | None] = []
-    tasks = [pairs[start : start + _PAIR_CHUNK] for start in range(0, len(pairs), _PAIR_CHUNK)]
-    for found in map_chunks(verify_chunk, tasks, colour, mirror):
+    for found in map_chunks_sharing(verify_rows, shared, tasks, colour, mirror):
         verdicts.extend(found)
         advance(len(found))
     return verdicts
+
+
+def verify_rows(
+    shared: tuple[Sequence[str], dict[int, Signature | None]],
+    pairs: Sequence[tuple[int, int]],
+    colour: bool,
+    mirror: bool,
+) -> list[Verdict | None]:
+    """:func:`verify_chunk` of pairs of rows, given every row's path and signature in ``shared``."""
+    paths, signatures = shared
+    return verify_chunk([(paths[i], paths[j], signatures[i], signatures[j]) for i, j in pairs], colour, mirror)
 
 
 def signature_chunk(paths: Sequence[str]) -> list[Signature | None]:

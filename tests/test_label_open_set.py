@@ -20,6 +20,8 @@ from pixclust.labelling.workflows import ANSWERS_CSV, CLASSES_CSV, LABELS_CSV, S
 from pixclust.labelling.workflows import evaluate as evaluate_saved
 from pixclust.runs.pipeline import RunResult
 
+LABEL_DRAWS = 40
+
 
 @pytest.fixture(scope="module")
 def digits_run(digits_default_run: RunResult) -> Path:
@@ -48,12 +50,18 @@ def _known_f1(expected: np.ndarray, predicted: np.ndarray, n_known: int, mask: n
 
 
 def _majority_none(run: Path) -> dict[str, float]:
-    """Two known classes, five examples each, three draws: known-class F1 and precision of each rule."""
+    """Two known classes, five examples each, forty draws: known-class F1 and precision of each rule, averaged.
+
+    Forty, not three: one example that falls into a neighbouring cluster brings all of it along, so one draw's
+    F1 swings by 0.3 with the examples drawn, and the mean of three moved by more than a better clustering changes
+    it (Fashion-MNIST with the neighbours' vote against without: F1 0.647 against 0.690 over draws 0-2, 0.737
+    against 0.726 over draws 0-39). The forty take about 7 s.
+    """
     embeddings, truth = _truth(run)
     structure = run_structure(run, embeddings)
     assert structure is not None and structure.source == "run"
     scores: dict[str, list[tuple[float, float]]] = {}
-    for draw in range(3):
+    for draw in range(LABEL_DRAWS):
         rng = np.random.default_rng(draw)
         kept = tuple(sorted(int(c) for c in rng.choice(10, 2, replace=False)))
         expected = np.array([kept.index(t) if t in kept else NONE_LABEL for t in truth])
@@ -81,7 +89,8 @@ def _majority_none(run: Path) -> dict[str, float]:
 def test_digits_mostly_none_beat_the_seed_rule(digits_run: Path) -> None:
     found = _majority_none(digits_run)
     print(found)
-    # Measured: default F1 0.96 and precision 0.93; the seed's rule at its best fixed threshold 0.45.
+    # Measured over the forty draws (2026-12-05): default F1 0.95, precision 0.94; the seed's rule at its best
+    # fixed threshold 0.49.
     assert found["default f1"] >= found["seed f1"] + 0.3
     assert found["default precision"] >= 0.85
 
@@ -90,7 +99,8 @@ def test_digits_mostly_none_beat_the_seed_rule(digits_run: Path) -> None:
 def test_fashion_mostly_none_beat_the_seed_rule(fashion_run: Path) -> None:
     found = _majority_none(fashion_run)
     print(found)
-    # Measured: default F1 0.73, precision 0.68; the seed's rule at its best fixed threshold 0.58 and 0.49.
+    # Measured over the forty draws (2026-12-05): default F1 0.737, precision 0.678 (0.726 and 0.700 with the
+    # clusters before the neighbours' vote); the seed's rule at its best fixed threshold 0.572.
     assert found["default f1"] >= found["seed f1"] + 0.1
     assert found["default precision"] >= 0.65
 

@@ -145,6 +145,8 @@ def test_report_shows_the_planted_duplicate_groups_with_the_largest_kept(report_
     )
     choice = json.loads((report_run / "run.json").read_text())["clustering"]["pipeline"]
     moved = f"{choice['refined_share']:.1%} of images moved"
+    if choice["voted_share"] is not None:
+        moved += f", {choice['voted_share']:.1%} by their neighbours' vote"
     if choice["view_agreement"] is not None:
         moved += f"; views' agreement {choice['view_agreement']:.2f}"
     assert dict(data["summary"])["refined on"] == f"{choice['refined_on']} ({moved})"

@@ -29,6 +29,9 @@ features. k-means starts whose inertia is within 1% of the best but whose
 clusterings differ are each refined, and the refinement with the lowest
 objective is kept: near-equal inertias hide clusterings that score 0.68 and
 0.76 ACC on Fashion-MNIST, and which start wins on inertia turns on rounding.
+Last, :mod:`pixclust.clustering.vote` lets each image's nearest neighbours in that
+space outvote the refinement's straight boundaries, and fits the head that
+assigns every image to the result.
 """
 
 from __future__ import annotations
@@ -57,6 +60,7 @@ from pixclust.clustering.views import (
     JoinedViews,
     view_means,
 )
+from pixclust.clustering.vote import head_labels, voted_head
 from pixclust.errors import UsageError
 
 # PCA components k-means and the refinement work in. With --k 10 over six seeds: Fashion-MNIST's
@@ -206,7 +210,9 @@ def _rounded(value: float | None) -> float | None:
 class AdaptiveClusterer:
     """Choose the representation and k on a sample, cluster every row with k-means, then refine.
 
-    The refinement works with every view joined where the views agree (``view_agreement``).
+    The refinement works with every view joined where the views agree (``view_agreement``); after it,
+    each image takes the cluster of most of its nearest neighbours and a linear head fitted to that
+    assigns every image (``vote.voted_head``).
 
     ``fit(views)`` takes ``{"embedding": N x d}`` and optionally ``{"hog": N x h}``,
     and beside HOG ``{"outline": N x h}`` (``views.handmade_views`` parts a HOG
@@ -321,7 +327,7 @@ class AdaptiveClusterer:
         k = min(scores[chosen].k, len(coords))
         solutions = kmeans_starts(coords, k, random_state=self.random_state)
         labels, _ = relabel_by_size(solutions[0][1])
-        refined_share, refined_on, agreement, rivals, chosen_start = None, None, None, 1, 0
+        refined_share, refined_on, agreement, rivals, chosen_start, voted_share = None, None, None, 1, 0, None
         chosen_space = self._space(views, reductions, chosen)
         head: tuple[FeatureSpace, np.ndarray, np.ndarray] | None = None
         if self.refine and k >= 2:
@@ -343,13 +349,21 @@ class AdaptiveClusterer:
             refinement, chosen_start = refine_best(
                 space, starts, neighbours, anchors=anchors, random_state=self.random_state
             )
-            labels, old_by_size = relabel_by_size(refinement.labels)
-            refined_share, rivals = refinement.changed, len(starts)
-            if refinement.weight is not None:
+            refined, weight, bias = refinement.labels, refinement.weight, refinement.bias
+            rivals = len(starts)
+            if weight is not None:
+                voted = voted_head(space, refined, anchors, neighbours, random_state=self.random_state)
+                if voted is not None:
+                    weight, bias = voted
+                    refined = head_labels(space, weight, bias)
+                    voted_share = float(np.mean(refined != refinement.labels))
+            refined_share = float(np.mean(refined != starts[chosen_start]))
+            labels, old_by_size = relabel_by_size(refined)
+            if weight is not None:
                 head = (
                     chosen_space if refined_on == chosen else self._space(views, reductions, refined_on),
-                    refinement.weight[:, old_by_size],
-                    refinement.bias[old_by_size],
+                    weight[:, old_by_size],
+                    bias[old_by_size],
                 )
         self.model_ = ClusterModel.from_clustering(
             chosen_space, coords, labels, head=head, random_state=self.random_state
@@ -372,6 +386,7 @@ class AdaptiveClusterer:
                 name: {"k": score.k, "stability": _rounded(score.stability)} for name, score in scores.items()
             },
             "refined_share": _rounded(refined_share),
+            "voted_share": _rounded(voted_share),
             "refined_on": refined_on,
             "view_agreement": _rounded(agreement),
             "rival_starts": rivals,

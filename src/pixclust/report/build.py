@@ -354,8 +354,14 @@ def _summary_rows(view: RunView, duplicates: DuplicateReport | None) -> list[lis
         if choice.get("refined_on"):
             agreement = choice.get("view_agreement")
             agreed = "" if agreement is None else f"; views' agreement {agreement:.2f}"
+            # Runs made before the neighbours' vote have no voted_share.
+            voted = choice.get("voted_share")
+            by_vote = "" if voted is None else f", {voted:.1%} by their neighbours' vote"
             rows.append(
-                ["refined on", f"{choice['refined_on']} ({choice['refined_share']:.1%} of images moved{agreed})"]
+                [
+                    "refined on",
+                    f"{choice['refined_on']} ({choice['refined_share']:.1%} of images moved{by_vote}{agreed})",
+                ]
             )
     scan = clustering.get("k_scan")
     if scan:

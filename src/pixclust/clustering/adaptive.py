@@ -31,7 +31,7 @@ objective is kept: near-equal inertias hide clusterings that score 0.68 and
 0.76 ACC on Fashion-MNIST, and which start wins on inertia turns on rounding.
 Last, :mod:`pixclust.clustering.vote` lets each image's nearest neighbours in that
 space outvote the refinement's straight boundaries (outliers, whose neighbours are
-far off, stay put), and fits the head that assigns every image to the result.
+far off, keep their clusters in it), and fits the head that assigns every image to the result.
 """
 
 from __future__ import annotations

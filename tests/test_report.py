@@ -83,7 +83,13 @@ def test_maps_fit_a_sample_and_place_the_rest() -> None:
         coords = map_coordinates(basis, method, fit_sample=120, random_state=0)
         assert coords.shape == (300, 2) and np.isfinite(coords).all()
         np.testing.assert_array_equal(coords, map_coordinates(basis, method, fit_sample=120, random_state=0))
-    assert map_coordinates(basis, "tsne", n_components=3, fit_sample=120).shape == (300, 3)
+    in_depth = map_coordinates(basis, "tsne", n_components=3, fit_sample=120)
+    assert in_depth.shape == (300, 3) and np.isfinite(in_depth).all()
+    # The report hands the 3-D map its cached 2-D map; the map is the one made without it.
+    flat = map_coordinates(basis, "tsne", fit_sample=120)
+    np.testing.assert_array_equal(
+        in_depth, map_coordinates(basis, "tsne", n_components=3, fit_sample=120, flat_map=flat)
+    )
     assert map_coordinates(basis, "pca", n_components=3).shape == (300, 3)
     assert map_coordinates(map_basis(basis[:2]), "tsne").shape == (2, 2)
     with pytest.raises(UsageError, match="--map 'mds'"):

@@ -78,7 +78,11 @@ def load_maps(view: RunView, methods: tuple[str, ...], *, random_state: int = 0)
         with progress_bar("maps", len(missing), unit="maps") as advance:
             basis = map_basis(view.vectors, random_state=random_state)
             for method, dims in missing:
-                cached[(method, dims)] = map_coordinates(basis, method, n_components=dims, random_state=random_state)
+                # The 3-D t-SNE map goes on from the 2-D one, made first (``wanted``'s order) or cached.
+                flat = cached.get((method, 2)) if method == "tsne" and dims == 3 else None
+                cached[(method, dims)] = map_coordinates(
+                    basis, method, n_components=dims, random_state=random_state, flat_map=flat
+                )
                 advance(1)
         _write_maps(cache_file, fingerprint, cached)
     maps: dict[str, dict[int, np.ndarray]] = {}

@@ -92,6 +92,10 @@ def test_maps_fit_a_sample_and_place_the_rest() -> None:
     )
     assert map_coordinates(basis, "pca", n_components=3).shape == (300, 3)
     assert map_coordinates(map_basis(basis[:2]), "tsne").shape == (2, 2)
+    # Twenty copies of one picture: one spot, not NaN (openTSNE's) nor rounding errors spread out.
+    copies = map_basis(np.repeat(load_digits().data[:1], 20, axis=0))
+    for dims in (2, 3):
+        np.testing.assert_allclose(map_coordinates(copies, "tsne", n_components=dims), 0.0, atol=1e-6)
     with pytest.raises(UsageError, match="--map 'mds'"):
         map_coordinates(basis, "mds")
 

@@ -29,6 +29,9 @@ from pixclust.errors import UsageError
 MAP_METHODS = ("pca", "tsne", "umap")
 DEFAULT_MAPS = ("pca", "tsne")
 DEFAULT_FIT_SAMPLE = 10_000
+# The basis is PCA of unit vectors: where no coordinate spreads further than this, the rows differ by rounding
+# alone (twenty copies of one digit spread 1.4e-14).
+_COPIES_SPREAD = 1e-6
 # openTSNE's 500 iterations after early exaggeration polish more than a map on screen shows: on 10,000
 # Fashion-MNIST images (one exploratory run, openTSNE called directly) 250 kept the share of 10 nearest map
 # neighbours of the same class (2-D 0.759 -> 0.759, 3-D 0.767 -> 0.766 with the theta below) and took the
@@ -72,7 +75,10 @@ def map_coordinates(
     if n_components not in (2, 3):
         raise UsageError(f"maps have 2 or 3 dimensions, not {n_components}")
     n = len(basis)
-    if method == "pca" or n < 5:
+    # Where every image has the same vector (one picture copied), t-SNE's start has no spread to scale and
+    # openTSNE gives NaN, or it spreads rounding errors over the map; the map is then PCA's: every image on
+    # one spot.
+    if method == "pca" or n < 5 or np.ptp(basis, axis=0).max() <= _COPIES_SPREAD:
         coords = basis[:, :n_components]
     else:
         rng = np.random.default_rng(random_state)
